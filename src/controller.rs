@@ -1,0 +1,588 @@
+//! The reconcile loop: resolve the key, poll PPIO, compute status, write it only when it
+//! changed, and decide when to look again.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::{Api, Client, Resource, ResourceExt};
+use rand::Rng;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::crd::{PpioInstance, PpioInstanceStatus};
+use crate::interval::parse_refresh_interval;
+use crate::metrics::Metrics;
+use crate::ppio::{ApiKey, PpioApi, PpioError};
+use crate::status::{Failure, Observation, compute_status, condition};
+
+/// The field manager of every status write.
+pub const FIELD_MANAGER: &str = "ppio-operator";
+/// Instances in a transitional state are polled at least this often.
+pub const TRANSITION_POLL: Duration = Duration::from_secs(10);
+/// An instance PPIO no longer knows is polled at most this often.
+pub const GONE_POLL: Duration = Duration::from_secs(300);
+/// The first error backoff.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// The longest error backoff.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// PPIO states in which an instance is stable; any other state is a transition.
+pub const STABLE_STATES: [&str; 3] = ["running", "exited", "removed"];
+
+/// Operator-wide settings of the controller.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Used when `spec.refreshInterval` is omitted.
+    pub default_refresh: Duration,
+    /// Used when `spec.credentialsSecretRef` is omitted.
+    pub default_key: Option<ApiKey>,
+}
+
+/// What the controller remembers per PpioInstance between reconciles.
+#[derive(Debug, Clone)]
+struct Tracked {
+    /// The generation last acted on.
+    generation: Option<i64>,
+    /// When the next poll is due; a reconcile triggered earlier (e.g. by our own status
+    /// write) polls nothing.
+    next_poll: Instant,
+    /// Consecutive failures, for the error backoff.
+    failures: u32,
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    pub client: Client,
+    pub ppio: Arc<dyn PpioApi>,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    tracked: Mutex<HashMap<String, Tracked>>,
+    /// Per API key (by fingerprint): no request before this instant (a 429's Retry-After).
+    key_paused_until: Mutex<HashMap<u64, Instant>>,
+    key_hasher: RandomState,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        ppio: Arc<dyn PpioApi>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Context {
+        Context {
+            client,
+            ppio,
+            settings,
+            metrics,
+            tracked: Mutex::new(HashMap::new()),
+            key_paused_until: Mutex::new(HashMap::new()),
+            key_hasher: RandomState::new(),
+        }
+    }
+
+    fn fingerprint(&self, key: &ApiKey) -> u64 {
+        self.key_hasher.hash_one(key)
+    }
+
+    fn key_pause(&self, key: &ApiKey) -> Option<Instant> {
+        let fp = self.fingerprint(key);
+        let mut paused = lock(&self.key_paused_until);
+        let now = Instant::now();
+        paused.retain(|_, until| *until > now);
+        paused.get(&fp).copied()
+    }
+
+    fn pause_key(&self, key: &ApiKey, until: Instant) {
+        let fp = self.fingerprint(key);
+        let mut paused = lock(&self.key_paused_until);
+        let entry = paused.entry(fp).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    fn tracked(&self, key: &str) -> Option<Tracked> {
+        lock(&self.tracked).get(key).cloned()
+    }
+
+    fn set_tracked(&self, key: &str, t: Tracked) {
+        let mut tracked = lock(&self.tracked);
+        tracked.insert(key.to_string(), t);
+        self.metrics
+            .backoffs
+            .set(tracked.values().filter(|t| t.failures > 0).count() as i64);
+    }
+
+    fn forget(&self, key: &str) {
+        let mut tracked = lock(&self.tracked);
+        tracked.remove(key);
+        self.metrics
+            .backoffs
+            .set(tracked.values().filter(|t| t.failures > 0).count() as i64);
+    }
+
+    /// Drops what is remembered (and the metrics series) of PpioInstances that no longer
+    /// exist. `exists` answers for a `namespace/name` key.
+    pub fn forget_missing(&self, exists: impl Fn(&str, &str) -> bool) {
+        let gone: Vec<String> = lock(&self.tracked)
+            .keys()
+            .filter(|k| {
+                let (ns, name) = k.split_once('/').unwrap_or_default();
+                !exists(ns, name)
+            })
+            .cloned()
+            .collect();
+        for key in gone {
+            let (ns, name) = key.split_once('/').unwrap_or_default();
+            self.metrics.forget_instance(ns, name);
+            self.forget(&key);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Errors that make a reconcile retry later without touching status (the Kubernetes API
+/// failed; PPIO errors are reported in status instead).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing status failed: {0}")]
+    WriteStatus(#[source] kube::Error),
+    #[error("reading the credentials Secret failed: {0}")]
+    ReadSecret(#[source] kube::Error),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::WriteStatus(_) => "write_status",
+            Error::ReadSecret(_) => "read_secret",
+        }
+    }
+}
+
+/// `d` scaled by a random factor in [0.9, 1.1].
+pub fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.9..=1.1))
+}
+
+/// The error backoff after `failures` consecutive failures (1 = the first): 5s doubling up
+/// to 5 min, jittered.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    jitter(BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX))
+}
+
+/// The delay until the next poll after a successful observation in `state`.
+pub fn poll_interval(refresh: Duration, state: &str) -> Duration {
+    if STABLE_STATES.contains(&state) {
+        refresh
+    } else {
+        refresh.min(TRANSITION_POLL)
+    }
+}
+
+/// The reconcile entry point for [`kube::runtime::Controller`].
+pub async fn reconcile(
+    obj: Arc<DeserializeGuard<PpioInstance>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let instance = match &obj.0 {
+        Ok(instance) => instance,
+        Err(invalid) => {
+            // One malformed object must not stop the others: report it and wait for an edit.
+            warn!(
+                namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+                name = invalid.metadata.name.as_deref().unwrap_or_default(),
+                error = %invalid.error,
+                "skipping a PpioInstance that does not match the CRD schema; fix or re-create it"
+            );
+            return Ok(Action::await_change());
+        }
+    };
+    let span = tracing::info_span!(
+        "reconcile",
+        namespace = instance.namespace().unwrap_or_default(),
+        name = instance.name_any(),
+        instance_id = instance.spec.instance_id.as_str(),
+    );
+    let _timer = ctx.metrics.reconcile_timer();
+    let result = reconcile_instance(instance, &ctx).instrument(span).await;
+    let label = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&crate::metrics::ResultLabels {
+            result: label.into(),
+        })
+        .inc();
+    result
+}
+
+/// The error policy: retry after the per-object backoff.
+pub fn error_policy(
+    obj: Arc<DeserializeGuard<PpioInstance>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let Ok(instance) = &obj.0 else {
+        return Action::await_change();
+    };
+    let key = object_key(instance);
+    let mut t = ctx.tracked(&key).unwrap_or(Tracked {
+        generation: instance.meta().generation,
+        next_poll: Instant::now(),
+        failures: 0,
+    });
+    t.failures += 1;
+    let delay = backoff(t.failures);
+    t.next_poll = Instant::now();
+    ctx.set_tracked(&key, t);
+    warn!(
+        namespace = instance.namespace().unwrap_or_default(),
+        name = instance.name_any(),
+        error = %error,
+        retry_in_s = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+fn object_key(instance: &PpioInstance) -> String {
+    format!(
+        "{}/{}",
+        instance.namespace().unwrap_or_default(),
+        instance.name_any()
+    )
+}
+
+async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Action, Error> {
+    let key = object_key(instance);
+    if instance.meta().deletion_timestamp.is_some() {
+        ctx.forget(&key);
+        return Ok(Action::await_change());
+    }
+    let generation = instance.meta().generation;
+    let refresh = match instance.spec.refresh_interval.as_deref() {
+        None => ctx.settings.default_refresh,
+        Some(text) => parse_refresh_interval(text).unwrap_or_else(|e| {
+            warn!(error = %e, "spec.refreshInterval is invalid; using the default refresh interval");
+            ctx.settings.default_refresh
+        }),
+    };
+    let now = Instant::now();
+    let previous = ctx.tracked(&key);
+    match &previous {
+        // A trigger before the poll is due (our own status write, a label edit): nothing to do.
+        Some(t) if t.generation == generation && t.next_poll > now => {
+            return Ok(Action::requeue(t.next_poll - now));
+        }
+        // First sight since start-up of an object already observed at this generation: spread
+        // the first polls over the first interval instead of polling everything at once.
+        None if already_observed(instance) => {
+            let delay = refresh.mul_f64(rand::rng().random_range(0.0..1.0));
+            ctx.set_tracked(
+                &key,
+                Tracked {
+                    generation,
+                    next_poll: now + delay,
+                    failures: 0,
+                },
+            );
+            debug!(delay_ms = delay.as_millis() as u64, "first poll scheduled");
+            return Ok(Action::requeue(delay));
+        }
+        _ => {}
+    }
+    let failures = previous.map(|t| t.failures).unwrap_or(0);
+
+    if instance.spec.suspend == Some(true) {
+        write_status(instance, ctx, Observation::Suspended).await?;
+        ctx.set_tracked(
+            &key,
+            Tracked {
+                generation,
+                next_poll: far_future(now),
+                failures: 0,
+            },
+        );
+        return Ok(Action::await_change());
+    }
+
+    let api_key = match resolve_key(instance, ctx).await? {
+        Ok(k) => k,
+        Err(failure) => {
+            let failures = failures + 1;
+            let delay = backoff(failures);
+            write_status(instance, ctx, Observation::Failed(&failure)).await?;
+            ctx.set_tracked(
+                &key,
+                Tracked {
+                    generation,
+                    next_poll: now + delay,
+                    failures,
+                },
+            );
+            return Ok(Action::requeue(delay));
+        }
+    };
+
+    if let Some(until) = ctx.key_pause(&api_key) {
+        // Another object using this key was told to wait (429 Retry-After): so do we.
+        let delay = until.saturating_duration_since(now) + jitter_up(Duration::from_secs(1));
+        ctx.set_tracked(
+            &key,
+            Tracked {
+                generation,
+                next_poll: now + delay,
+                failures,
+            },
+        );
+        return Ok(Action::requeue(delay));
+    }
+
+    let started = Instant::now();
+    let result = ctx
+        .ppio
+        .get_instance(&api_key, &instance.spec.instance_id)
+        .await;
+    ctx.metrics
+        .api_request(request_class(&result), started.elapsed().as_secs_f64());
+    let (delay, failures) = match &result {
+        Ok(observed) => {
+            let state = observed.state().unwrap_or_default();
+            write_status(instance, ctx, Observation::Instance(observed)).await?;
+            (jitter(poll_interval(refresh, state)), 0)
+        }
+        Err(e) => {
+            let failure = Failure::from(e);
+            write_status(instance, ctx, Observation::Failed(&failure)).await?;
+            match e {
+                PpioError::NotFound { .. } => (jitter(refresh.max(GONE_POLL)), 0),
+                PpioError::RateLimited {
+                    retry_after: Some(after),
+                } => {
+                    ctx.pause_key(&api_key, now + *after);
+                    (*after + jitter_up(Duration::from_secs(1)), failures + 1)
+                }
+                _ => (backoff(failures + 1), failures + 1),
+            }
+        }
+    };
+    ctx.set_tracked(
+        &key,
+        Tracked {
+            generation,
+            next_poll: now + delay,
+            failures,
+        },
+    );
+    Ok(Action::requeue(delay))
+}
+
+/// The status class of a PPIO answer, for metrics.
+fn request_class<T>(result: &Result<T, PpioError>) -> &'static str {
+    match result {
+        Ok(_) => "2xx",
+        Err(PpioError::Connect | PpioError::Timeout) => "error",
+        Err(PpioError::Server { .. }) => "5xx",
+        Err(PpioError::TooLarge { .. } | PpioError::Decode(_)) => "2xx",
+        Err(PpioError::UnexpectedStatus { .. }) => "other",
+        Err(_) => "4xx",
+    }
+}
+
+/// A small random delay in [0, d], so objects released together do not fire together.
+fn jitter_up(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.0..=1.0))
+}
+
+fn far_future(now: Instant) -> Instant {
+    now + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// True when the stored status already answers the current generation with an observation.
+fn already_observed(instance: &PpioInstance) -> bool {
+    instance.status.as_ref().is_some_and(|s| {
+        s.observed_generation.is_some()
+            && s.observed_generation == instance.meta().generation
+            && s.instance_id.as_deref() == Some(instance.spec.instance_id.as_str())
+            && s.conditions.iter().any(|c| c.type_ == condition::SYNCED)
+    })
+}
+
+/// The API key for this instance: the referenced Secret's key, else the operator's default.
+/// The outer error is a Kubernetes API failure (retry); the inner one a user-facing
+/// `CredentialsMissing` failure.
+async fn resolve_key(
+    instance: &PpioInstance,
+    ctx: &Context,
+) -> Result<Result<ApiKey, Failure>, Error> {
+    let Some(sref) = &instance.spec.credentials_secret_ref else {
+        return Ok(ctx.settings.default_key.clone().ok_or_else(|| {
+            Failure::credentials_missing(
+                "No spec.credentialsSecretRef is set and the operator has no default API key (PPIO_API_KEY).",
+            )
+        }));
+    };
+    let ns = instance.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let key_name = sref.key_or_default();
+    let secret = match secrets.get_opt(&sref.name).await {
+        Ok(s) => s,
+        Err(kube::Error::Api(ae)) if ae.code == 403 => {
+            return Ok(Err(Failure::credentials_missing(format!(
+                "The operator is not allowed to read Secret {:?} in namespace {ns:?}.",
+                sref.name
+            ))));
+        }
+        Err(e) => return Err(Error::ReadSecret(e)),
+    };
+    let Some(secret) = secret else {
+        return Ok(Err(Failure::credentials_missing(format!(
+            "Secret {:?} was not found in namespace {ns:?}.",
+            sref.name
+        ))));
+    };
+    let value = secret.data.as_ref().and_then(|d| d.get(key_name));
+    Ok(match value {
+        None => Err(Failure::credentials_missing(format!(
+            "Secret {:?} has no key {key_name:?}.",
+            sref.name
+        ))),
+        Some(bytes) => std::str::from_utf8(&bytes.0)
+            .ok()
+            .and_then(ApiKey::new)
+            .ok_or_else(|| {
+                Failure::credentials_missing(format!(
+                    "Key {key_name:?} of Secret {:?} is empty or not text.",
+                    sref.name
+                ))
+            }),
+    })
+}
+
+/// Our conditions, in a stable order, without conditions other writers may have added.
+fn own_view(status: &PpioInstanceStatus) -> PpioInstanceStatus {
+    let mut s = status.clone();
+    s.conditions
+        .retain(|c| c.type_ == condition::READY || c.type_ == condition::SYNCED);
+    s.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    s
+}
+
+/// Computes the new status and applies it, only when it differs from the stored one.
+/// Returns whether a write happened.
+async fn write_status(
+    instance: &PpioInstance,
+    ctx: &Context,
+    observation: Observation<'_>,
+) -> Result<bool, Error> {
+    let current = instance.status.as_ref();
+    let new = compute_status(
+        &instance.spec.instance_id,
+        instance.meta().generation,
+        observation,
+        current,
+        jiff::Timestamp::now(),
+    );
+    let polled_ok = matches!(observation, Observation::Instance(_));
+    let ns = instance.namespace().unwrap_or_default();
+    ctx.metrics
+        .observe_instance(&ns, &instance.name_any(), &new, polled_ok);
+    if current.map(own_view).as_ref() == Some(&own_view(&new)) {
+        debug!("status unchanged; no write");
+        ctx.metrics.status_writes_skipped.inc();
+        return Ok(false);
+    }
+    log_transitions(current, &new);
+    let api: Api<PpioInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": PpioInstance::api_version(&()),
+        "kind": PpioInstance::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        &instance.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::WriteStatus)?;
+    ctx.metrics.status_writes.inc();
+    Ok(true)
+}
+
+fn find<'a>(s: Option<&'a PpioInstanceStatus>, type_: &str) -> Option<&'a str> {
+    s?.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.reason.as_str())
+}
+
+/// Logs at info level what a user would want to know: state changes and sync transitions.
+fn log_transitions(old: Option<&PpioInstanceStatus>, new: &PpioInstanceStatus) {
+    let old_state = old.and_then(|s| s.state.as_deref());
+    if old_state != new.state.as_deref() {
+        info!(
+            from = old_state.unwrap_or("-"),
+            to = new.state.as_deref().unwrap_or("-"),
+            "instance state changed"
+        );
+    }
+    let old_sync = find(old, condition::SYNCED);
+    let new_sync = find(Some(new), condition::SYNCED);
+    if old_sync != new_sync {
+        let message = new
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::SYNCED)
+            .map(|c| c.message.as_str())
+            .unwrap_or_default();
+        if new_sync == Some(crate::status::reason::OBSERVED) {
+            info!(from = old_sync.unwrap_or("-"), "sync recovered");
+        } else {
+            warn!(reason = new_sync.unwrap_or("-"), message, "sync failing");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_five_minutes() {
+        let secs = |n| backoff(n).as_secs_f64();
+        assert!((4.5..=5.5).contains(&secs(1)), "{}", secs(1));
+        assert!((9.0..=11.0).contains(&secs(2)));
+        assert!((18.0..=22.0).contains(&secs(3)));
+        assert!((270.0..=330.0).contains(&secs(10)));
+        assert!((270.0..=330.0).contains(&secs(200)));
+    }
+
+    #[test]
+    fn transitional_states_poll_fast() {
+        let m = Duration::from_secs(300);
+        assert_eq!(poll_interval(m, "running"), m);
+        assert_eq!(poll_interval(m, "exited"), m);
+        assert_eq!(poll_interval(m, "removed"), m);
+        assert_eq!(poll_interval(m, "starting"), TRANSITION_POLL);
+        assert_eq!(poll_interval(m, "somethingNew"), TRANSITION_POLL);
+        assert_eq!(
+            poll_interval(Duration::from_secs(10), "pulling"),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..1000 {
+            let j = jitter(Duration::from_secs(100)).as_secs_f64();
+            assert!((90.0..=110.0).contains(&j));
+        }
+    }
+}

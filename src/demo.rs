@@ -1,0 +1,158 @@
+//! `ppio-operator demo`: a local control plane, the PPIO simulator with sample instances and
+//! the operator, all on 127.0.0.1, until Ctrl-C.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use kube::api::ListParams;
+
+use crate::controller::Settings;
+use crate::crd::PpioInstance;
+use crate::operator::{RunConfig, run_until, shutdown_signal};
+use crate::ppio::{ApiKey, HttpClient, HttpClientConfig};
+use crate::simulator::Simulator;
+use crate::testenv::{ControlPlane, free_port};
+
+/// The sample manifests the demo applies.
+pub const DEMO_MANIFESTS: &str = include_str!("../examples/demo.yaml");
+/// The API key of the demo's simulator.
+pub const DEMO_KEY: &str = "demo-key";
+
+/// Options of `ppio-operator demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where kube-apiserver, etcd and kubectl are (built by tools/build.sh).
+    #[arg(long, env = "PPIO_TOOLS_BIN", default_value_os_t = crate::cli::default_tools_dir())]
+    pub tools_dir: PathBuf,
+    /// Where to keep the control plane's state and the kubeconfig (removed on exit).
+    #[arg(long, default_value = "/tmp/ppio-operator-demo")]
+    pub state_dir: PathBuf,
+    /// Stop after the sample status is printed instead of waiting for Ctrl-C.
+    #[arg(long)]
+    pub once: bool,
+}
+
+pub async fn main(args: DemoArgs) -> ExitCode {
+    crate::telemetry::init(crate::telemetry::LogFormat::Text);
+    match demo(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let _ = std::fs::remove_dir_all(&args.state_dir);
+    let crds = args.state_dir.join("crds");
+    std::fs::create_dir_all(&crds)?;
+    std::fs::write(
+        crds.join("ppioinstances.gpus.ppio.com.yaml"),
+        crate::crd::crd_yaml()?,
+    )?;
+
+    step("starting etcd and kube-apiserver on 127.0.0.1");
+    let mut cp = ControlPlane::start(&args.tools_dir, Some(&args.state_dir), Some(&crds)).await?;
+    let client = cp.client().await?;
+
+    step("starting the PPIO simulator with 3 sample instances");
+    let sim = Simulator::new(Simulator::samples(), vec![DEMO_KEY.to_string()]);
+    let sim_addr = sim
+        .spawn(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await?;
+
+    step("starting the operator");
+    let http_port = free_port()?;
+    let ppio = HttpClient::new(&HttpClientConfig {
+        base_url: format!("http://{sim_addr}"),
+        ..Default::default()
+    })?;
+    let config = RunConfig {
+        namespace: None,
+        settings: Settings {
+            default_refresh: Duration::from_secs(30),
+            default_key: ApiKey::new(DEMO_KEY),
+        },
+        ppio: Arc::new(ppio),
+        concurrency: 8,
+        http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, http_port)),
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let operator = tokio::spawn(run_until(client.clone(), config, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+
+    step("applying examples/demo.yaml with kubectl");
+    let manifests = args.state_dir.join("demo.yaml");
+    std::fs::write(&manifests, DEMO_MANIFESTS)?;
+    let out = cp
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&manifests)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    let api: Api<PpioInstance> = Api::namespaced(client, "demo");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let list = api.list(&ListParams::default()).await?;
+        if !list.items.is_empty()
+            && list
+                .items
+                .iter()
+                .all(|i| i.status.as_ref().is_some_and(|s| !s.conditions.is_empty()))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let out = cp
+        .kubectl()
+        .args(["get", "ppioinstances", "-n", "demo", "-o", "wide"])
+        .output()?;
+    println!();
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+
+    let kubectl = cp.tools.join("kubectl");
+    println!(
+        "
+The demo runs until Ctrl-C. In another terminal:
+  export KUBECONFIG={kc}
+  alias kubectl={kubectl}
+  kubectl get ppioinstances -A -o wide --watch
+  kubectl describe ppioinstance -n demo trainer-b
+  curl -s localhost:{http_port}/metrics | grep ppio_instance_state
+Change an instance in the simulator and watch the status follow:
+  curl -X PATCH -H 'content-type: application/json' -d '{{\"status\":{{\"status\":\"running\"}}}}' http://{sim_addr}/_sim/instances/b7e2c91d04
+  curl -X PUT -H 'content-type: application/json' -d '{{\"status\":503}}' http://{sim_addr}/_sim/faults/ca338f12f3
+",
+        kc = cp.kubeconfig.display(),
+        kubectl = kubectl.display(),
+    );
+    if !args.once {
+        shutdown_signal().await;
+    }
+    step("stopping");
+    let _ = stop_tx.send(true);
+    let _ = operator.await;
+    cp.stop();
+    let _ = std::fs::remove_dir_all(&args.state_dir);
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! ppio-operator: mirrors PPIO GPU instances into `PpioInstance` resources.
+//!
+//! Layout: [`crd`] (the API types), [`ppio`] (the vendor client), [`status`] (the pure
+//! observation-to-status function), [`controller`] (the loop and its timing policies),
+//! [`operator`] (start-up), [`simulator`] (a local PPIO API for tests and demos),
+//! [`cli`] and [`telemetry`].
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod demo;
+pub mod interval;
+pub mod metrics;
+pub mod operator;
+pub mod ppio;
+pub mod server;
+pub mod simulator;
+pub mod status;
+pub mod telemetry;
+pub mod testenv;

@@ -1,0 +1,294 @@
+//! The PPIO v2 API as the operator sees it: one read call behind a trait, and one
+//! classification of everything that can go wrong with it.
+
+mod http;
+pub mod wire;
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+
+pub use http::{HttpClient, HttpClientConfig, InvalidBaseUrl};
+pub use wire::{DecodeError, Instance};
+
+/// A PPIO API key. It has no `Display` and its `Debug` is redacted, so it cannot end up in a
+/// log line or an error message by accident.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key; surrounding whitespace (a trailing newline in a Secret) is dropped.
+    /// An empty key is no key.
+    pub fn new(raw: &str) -> Option<ApiKey> {
+        let k = raw.trim();
+        (!k.is_empty()).then(|| ApiKey(k.to_string()))
+    }
+
+    /// The key itself, for the Authorization header only.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Everything that can go wrong reading an instance, classified once. The `Display` text is
+/// fixed per class (no response text, no request ids, no durations, never the key), so it is
+/// safe for status messages, Events and logs, and identical for identical failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PpioError {
+    #[error("could not connect to the PPIO API")]
+    Connect,
+    #[error("the PPIO API did not answer within the request timeout")]
+    Timeout,
+    #[error("the PPIO API rejected the API key (HTTP 401)")]
+    Unauthorized,
+    #[error("the API key is not allowed to read this instance (HTTP 403)")]
+    Forbidden,
+    #[error("the PPIO API reports that the instance does not exist (HTTP {status})")]
+    NotFound { status: u16 },
+    #[error("the PPIO API rate limit was reached (HTTP 429)")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("the PPIO API refused the request (HTTP {status}{})", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Rejected { status: u16, code: Option<String> },
+    #[error("the PPIO API failed (HTTP {status})")]
+    Server { status: u16 },
+    #[error("the PPIO API answered with unexpected HTTP status {status}")]
+    UnexpectedStatus { status: u16 },
+    #[error("the PPIO API response is larger than the {limit} byte limit")]
+    TooLarge { limit: usize },
+    #[error("the PPIO API response could not be decoded: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+/// The condition reasons of `Synced=False` that a PPIO error maps to.
+pub mod reason {
+    pub const INSTANCE_NOT_FOUND: &str = "InstanceNotFound";
+    pub const UNAUTHORIZED: &str = "Unauthorized";
+    pub const FORBIDDEN: &str = "Forbidden";
+    pub const RATE_LIMITED: &str = "RateLimited";
+    pub const API_UNAVAILABLE: &str = "ApiUnavailable";
+    pub const INVALID_RESPONSE: &str = "InvalidResponse";
+    pub const REQUEST_REJECTED: &str = "RequestRejected";
+}
+
+impl PpioError {
+    /// The `Synced` condition reason for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PpioError::Connect | PpioError::Timeout | PpioError::Server { .. } => {
+                reason::API_UNAVAILABLE
+            }
+            PpioError::Unauthorized => reason::UNAUTHORIZED,
+            PpioError::Forbidden => reason::FORBIDDEN,
+            PpioError::NotFound { .. } => reason::INSTANCE_NOT_FOUND,
+            PpioError::RateLimited { .. } => reason::RATE_LIMITED,
+            PpioError::Rejected { .. } => reason::REQUEST_REJECTED,
+            PpioError::UnexpectedStatus { .. }
+            | PpioError::TooLarge { .. }
+            | PpioError::Decode(_) => reason::INVALID_RESPONSE,
+        }
+    }
+
+    /// A short, bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            PpioError::Connect => "connect",
+            PpioError::Timeout => "timeout",
+            PpioError::Unauthorized => "unauthorized",
+            PpioError::Forbidden => "forbidden",
+            PpioError::NotFound { .. } => "not_found",
+            PpioError::RateLimited { .. } => "rate_limited",
+            PpioError::Rejected { .. } => "rejected",
+            PpioError::Server { .. } => "server_error",
+            PpioError::UnexpectedStatus { .. } => "unexpected_status",
+            PpioError::TooLarge { .. } => "too_large",
+            PpioError::Decode(_) => "decode",
+        }
+    }
+
+    /// Classifies a non-success HTTP answer from its status, `Retry-After` header and body.
+    pub fn from_response(
+        status: u16,
+        retry_after: Option<&str>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> PpioError {
+        match status {
+            401 => PpioError::Unauthorized,
+            403 => PpioError::Forbidden,
+            404 => PpioError::NotFound { status },
+            429 => PpioError::RateLimited {
+                retry_after: retry_after.and_then(|v| parse_retry_after(v, now)),
+            },
+            400..=499 => {
+                let code = vendor_error_code(body);
+                if code.as_deref() == Some("RESOURCE_NOT_FOUND") {
+                    PpioError::NotFound { status }
+                } else {
+                    PpioError::Rejected { status, code }
+                }
+            }
+            500..=599 => PpioError::Server { status },
+            _ => PpioError::UnexpectedStatus { status },
+        }
+    }
+}
+
+/// The longest `Retry-After` honoured; a larger value is capped to it.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Parses `Retry-After` as delay-seconds or as an HTTP date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let delay = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// The vendor's symbolic error code from an error body (`reason`, or a string `code` or
+/// `error`), when it looks like one (`UPPER_SNAKE_CASE`, at most 64 characters). Free text
+/// from the body is never returned.
+fn vendor_error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object()?;
+    let nested = obj.get("error").and_then(|e| e.as_object());
+    let candidates = ["reason", "code", "error"]
+        .into_iter()
+        .filter_map(|k| obj.get(k))
+        .chain(
+            nested
+                .into_iter()
+                .flat_map(|n| ["reason", "code"].into_iter().filter_map(|k| n.get(k))),
+        );
+    candidates
+        .filter_map(|c| c.as_str())
+        .map(str::trim)
+        .find(|c| {
+            !c.is_empty()
+                && c.len() <= 64
+                && c.starts_with(|ch: char| ch.is_ascii_uppercase())
+                && c.chars()
+                    .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+        })
+        .map(str::to_string)
+}
+
+/// The one call the operator makes. Implemented over HTTP by [`HttpClient`] and by fakes in
+/// tests.
+pub trait PpioApi: Send + Sync {
+    /// `GET /gpus/v2/instances/{id}`.
+    fn get_instance<'a>(
+        &'a self,
+        key: &'a ApiKey,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<Instance, PpioError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(status: u16, body: &str) -> PpioError {
+        PpioError::from_response(status, None, body.as_bytes(), SystemTime::now())
+    }
+
+    #[test]
+    fn every_status_class_maps_to_a_reason() {
+        assert_eq!(classify(401, "").reason(), "Unauthorized");
+        assert_eq!(classify(403, "").reason(), "Forbidden");
+        assert_eq!(classify(404, "").reason(), "InstanceNotFound");
+        assert_eq!(
+            classify(
+                400,
+                r#"{"code":400,"reason":"RESOURCE_NOT_FOUND","message":"x"}"#
+            )
+            .reason(),
+            "InstanceNotFound"
+        );
+        assert_eq!(
+            classify(400, r#"{"error":{"code":"RESOURCE_NOT_FOUND"}}"#).reason(),
+            "InstanceNotFound"
+        );
+        assert_eq!(
+            classify(400, r#"{"reason":"INVALID_PARAMS"}"#).reason(),
+            "RequestRejected"
+        );
+        assert_eq!(
+            classify(400, "RESOURCE_NOT_FOUND").reason(),
+            "RequestRejected"
+        );
+        assert_eq!(classify(429, "").reason(), "RateLimited");
+        assert_eq!(classify(500, "").reason(), "ApiUnavailable");
+        assert_eq!(classify(503, "").reason(), "ApiUnavailable");
+        assert_eq!(classify(302, "").reason(), "InvalidResponse");
+        assert_eq!(PpioError::Timeout.reason(), "ApiUnavailable");
+        assert_eq!(PpioError::Connect.reason(), "ApiUnavailable");
+        assert_eq!(PpioError::TooLarge { limit: 1 }.reason(), "InvalidResponse");
+        assert_eq!(
+            PpioError::Decode(DecodeError::NoState).reason(),
+            "InvalidResponse"
+        );
+    }
+
+    #[test]
+    fn vendor_free_text_never_reaches_the_error() {
+        let e = classify(
+            422,
+            r#"{"reason":"lowercase secret-ish text","message":"token=abc"}"#,
+        );
+        assert_eq!(
+            e,
+            PpioError::Rejected {
+                status: 422,
+                code: None
+            }
+        );
+        assert_eq!(e.to_string(), "the PPIO API refused the request (HTTP 422)");
+        let e = classify(400, r#"{"reason":"INVALID_PARAMS"}"#);
+        assert_eq!(
+            e.to_string(),
+            "the PPIO API refused the request (HTTP 400 INVALID_PARAMS)"
+        );
+    }
+
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("30", now), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(120));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(120))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(120));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("999999", now), Some(MAX_RETRY_AFTER));
+        let e = PpioError::from_response(429, Some("30"), b"", now);
+        assert_eq!(
+            e,
+            PpioError::RateLimited {
+                retry_after: Some(Duration::from_secs(30))
+            }
+        );
+    }
+
+    #[test]
+    fn api_key_debug_is_redacted() {
+        let k = ApiKey::new(" sk-marker \n").expect("key");
+        assert_eq!(k.expose(), "sk-marker");
+        assert!(!format!("{k:?}").contains("marker"));
+        assert!(ApiKey::new("  \n").is_none());
+    }
+}

@@ -1,0 +1,272 @@
+//! The PPIO v2 instance object as it arrives on the wire, decoded leniently.
+//!
+//! PPIO sends integers as numbers or as numeric strings, omits or nulls whole blocks and adds
+//! fields without notice. Every field here is optional and a field of the wrong shape reads as
+//! absent instead of failing the whole decode. Secrets in the object (`tools.ssh.password`,
+//! `tools.web_terminal.password`, `envs`, `command`, `entrypoint`) have no field here, so they
+//! are never decoded at all.
+
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, Deserializer};
+use serde_json::Value;
+
+/// Deserializes any JSON value and keeps it only when it has the expected shape.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    let v = Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).ok())
+}
+
+/// An integer sent as a JSON number (integral) or as a numeric string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Int(pub i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        int_from_value(&v)
+            .map(Int)
+            .ok_or_else(|| serde::de::Error::custom("expected an integer or a numeric string"))
+    }
+}
+
+fn int_from_value(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        }),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>().ok().or_else(|| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A text field; numbers and booleans are accepted and shown as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(Text(s)),
+            Value::Number(n) => Ok(Text(n.to_string())),
+            Value::Bool(b) => Ok(Text(b.to_string())),
+            _ => Err(serde::de::Error::custom("expected a string")),
+        }
+    }
+}
+
+/// A boolean; `"true"`/`"false"` strings and 0/1 are accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flag(pub bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Bool(b) => Ok(Flag(b)),
+            Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(Flag(true)),
+            Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(Flag(false)),
+            Value::Number(n) if n.as_i64() == Some(0) => Ok(Flag(false)),
+            Value::Number(n) if n.as_i64() == Some(1) => Ok(Flag(true)),
+            _ => Err(serde::de::Error::custom("expected a boolean")),
+        }
+    }
+}
+
+macro_rules! wire_struct {
+    ($(#[$meta:meta])* pub struct $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+        pub struct $name {
+            $(
+                #[serde(default, deserialize_with = "lenient")]
+                pub $field: Option<$ty>,
+            )*
+        }
+    };
+}
+
+wire_struct! {
+    /// One instance, as `GET /gpus/v2/instances/{id}` returns it.
+    pub struct Instance {
+        id: Text,
+        name: Text,
+        r#type: Text,
+        product_id: Text,
+        image: Text,
+        registry_auth_id: Text,
+        billing: Billing,
+        ports: Vec<Port>,
+        resource_specs: ResourceSpecs,
+        network: Network,
+        volumes: Vec<Volume>,
+        region: Text,
+        tools: Tools,
+        auto_migrate: AutoMigrate,
+        status: State,
+        pricing: Pricing,
+        created_at: Int,
+        last_started_at: Int,
+        last_stopped_at: Int,
+        member_id: Text,
+        owner_id: Text,
+        region_version: Text,
+    }
+}
+
+wire_struct! {
+    /// `billing`.
+    pub struct Billing { mode: Text, prepaid: Prepaid }
+}
+wire_struct! {
+    /// `billing.prepaid`.
+    pub struct Prepaid { months: Int, end_time: Int, auto_renew: AutoRenew }
+}
+wire_struct! {
+    /// `billing.prepaid.auto_renew`.
+    pub struct AutoRenew { enabled: Flag, months: Int, status: Text }
+}
+wire_struct! {
+    /// One of `ports`.
+    pub struct Port { port: Int, protocol: Text, endpoint: Text }
+}
+wire_struct! {
+    /// `resource_specs`.
+    pub struct ResourceSpecs { rootfs_size_gb: Int, gpu_num: Int, cpu_num: Int, memory_gb: Int, gpu_ids: Vec<Int> }
+}
+wire_struct! {
+    /// `network`.
+    pub struct Network { id: Text, ip: Text }
+}
+wire_struct! {
+    /// One of `volumes`.
+    pub struct Volume { r#type: Text, id: Text, mount_point: Text }
+}
+wire_struct! {
+    /// `tools`: endpoints. The passwords it carries are not decoded.
+    pub struct Tools { jupyter: Jupyter, ssh: Ssh, web_terminal: WebTerminal, log: Log }
+}
+wire_struct! {
+    /// `tools.jupyter`.
+    pub struct Jupyter { endpoint: Text, enabled: Flag, port: Int }
+}
+wire_struct! {
+    /// `tools.ssh`, without its password.
+    pub struct Ssh { command: Text, username: Text }
+}
+wire_struct! {
+    /// `tools.web_terminal`, without its password.
+    pub struct WebTerminal { endpoint: Text, enabled: Flag, username: Text }
+}
+wire_struct! {
+    /// `tools.log`.
+    pub struct Log { instance_endpoint: Text, system_endpoint: Text }
+}
+wire_struct! {
+    /// `auto_migrate`.
+    pub struct AutoMigrate { enabled: Flag, include_system_disk: Flag }
+}
+wire_struct! {
+    /// `status`: the instance state.
+    pub struct State { status: Text, error: Text, message: Text }
+}
+wire_struct! {
+    /// `pricing`.
+    pub struct Pricing { instance_price: Int, instance_base_price: Int, rootfs_storage_price: Int, prepaid: PrepaidPricing, spot: Spot }
+}
+wire_struct! {
+    /// `pricing.prepaid`.
+    pub struct PrepaidPricing { monthly_price: Vec<MonthlyPrice> }
+}
+wire_struct! {
+    /// One of `pricing.prepaid.monthly_price`.
+    pub struct MonthlyPrice { price: Int, base_price: Int, month: Int, price_precision: Int, month_spec_id: Text }
+}
+wire_struct! {
+    /// `pricing.spot`.
+    pub struct Spot { spot_status: Text, spot_reclaim_time: Int }
+}
+
+/// Why a response body could not be read as an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the response body is not a JSON object")]
+    NotAnObject,
+    #[error("the response carries no instance state (status.status)")]
+    NoState,
+}
+
+impl Instance {
+    /// Decodes a `GET /gpus/v2/instances/{id}` body. Fails only when the body is not a JSON
+    /// object or carries no instance state; everything else is optional.
+    pub fn from_slice(body: &[u8]) -> Result<Instance, DecodeError> {
+        let value: Value = serde_json::from_slice(body).map_err(|_| DecodeError::NotAnObject)?;
+        if !value.is_object() {
+            return Err(DecodeError::NotAnObject);
+        }
+        let instance: Instance =
+            serde_json::from_value(value).map_err(|_| DecodeError::NotAnObject)?;
+        match instance.state() {
+            Some(s) if !s.is_empty() => Ok(instance),
+            _ => Err(DecodeError::NoState),
+        }
+    }
+
+    /// The reported state (`status.status`).
+    pub fn state(&self) -> Option<&str> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .map(|t| t.0.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_as_strings_and_garbage_fields() {
+        let body = br#"{"status":{"status":"running"},"resource_specs":{"memory_gb":"62","gpu_num":2,"cpu_num":"x"},
+            "created_at":"1785780950","last_stopped_at":"0","tools":"nonsense","volumes":null,"extra":{"a":1}}"#;
+        let i = Instance::from_slice(body).expect("decodes");
+        let r = i.resource_specs.expect("specs");
+        assert_eq!(r.memory_gb, Some(Int(62)));
+        assert_eq!(r.gpu_num, Some(Int(2)));
+        assert_eq!(r.cpu_num, None);
+        assert_eq!(i.created_at, Some(Int(1785780950)));
+        assert_eq!(i.last_stopped_at, Some(Int(0)));
+        assert!(i.tools.is_none());
+        assert!(i.volumes.is_none());
+    }
+
+    #[test]
+    fn rejects_non_objects_and_missing_state() {
+        assert_eq!(Instance::from_slice(b"[1]"), Err(DecodeError::NotAnObject));
+        assert_eq!(
+            Instance::from_slice(b"{\"id\":"),
+            Err(DecodeError::NotAnObject)
+        );
+        assert_eq!(
+            Instance::from_slice(b"<html>"),
+            Err(DecodeError::NotAnObject)
+        );
+        assert_eq!(Instance::from_slice(b"{}"), Err(DecodeError::NoState));
+        assert_eq!(
+            Instance::from_slice(br#"{"status":{"status":""}}"#),
+            Err(DecodeError::NoState)
+        );
+    }
+}

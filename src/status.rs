@@ -1,0 +1,374 @@
+//! Status as a pure function of (spec, observation, previous status).
+//!
+//! The same inputs always give the same status, byte for byte, so an unchanged instance (or a
+//! repeated identical failure) produces no write. Nothing here reads a clock: `now` is passed
+//! in and only lands in a condition's `lastTransitionTime` when that condition's status
+//! changes.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::{
+    AutoMigrate, AutoRenew, Billing, Endpoints, Jupyter, LogEndpoints, MonthlyPrice, Network, Port,
+    PpioInstanceStatus, Prepaid, PrepaidPricing, Pricing, Resources, Spot, Ssh, Volume,
+    WebTerminal,
+};
+use crate::ppio::{PpioError, wire};
+
+/// Condition types written by the operator.
+pub mod condition {
+    pub const SYNCED: &str = "Synced";
+    pub const READY: &str = "Ready";
+}
+
+/// Condition reasons written by the operator (besides the PPIO error reasons in
+/// [`crate::ppio::reason`]).
+pub mod reason {
+    pub const OBSERVED: &str = "Observed";
+    pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const RUNNING: &str = "Running";
+    pub const NOT_RUNNING: &str = "NotRunning";
+    pub const NOT_OBSERVED: &str = "NotObserved";
+    pub use crate::ppio::reason::INSTANCE_NOT_FOUND;
+}
+
+/// The `state` shown once PPIO no longer knows the instance.
+pub const STATE_NOT_FOUND: &str = "NotFound";
+/// The PPIO state in which `Ready` is True.
+pub const STATE_RUNNING: &str = "running";
+/// The longest condition message.
+pub const MAX_MESSAGE_CHARS: usize = 256;
+
+/// Why a poll did not produce an observation: a condition reason and a message built from a
+/// fixed vocabulary (never response text, never a secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl From<&PpioError> for Failure {
+    fn from(e: &PpioError) -> Failure {
+        Failure {
+            reason: e.reason(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Failure {
+    pub fn credentials_missing(message: impl Into<String>) -> Failure {
+        Failure {
+            reason: reason::CREDENTIALS_MISSING,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.reason == reason::INSTANCE_NOT_FOUND
+    }
+}
+
+/// What one reconcile learned.
+#[derive(Debug, Clone, Copy)]
+pub enum Observation<'a> {
+    /// PPIO returned the instance.
+    Instance(&'a wire::Instance),
+    /// The poll failed (or could not be made).
+    Failed(&'a Failure),
+    /// `spec.suspend` is true: no poll was made.
+    Suspended,
+}
+
+/// Computes the status to write.
+///
+/// * `instance_id`, `generation`: from the PpioInstance being reconciled.
+/// * `previous`: the status currently stored (its last good observation is kept on errors).
+/// * `now`: used only as the `lastTransitionTime` of a condition whose status changes.
+pub fn compute_status(
+    instance_id: &str,
+    generation: Option<i64>,
+    observation: Observation<'_>,
+    previous: Option<&PpioInstanceStatus>,
+    now: Timestamp,
+) -> PpioInstanceStatus {
+    // An observation of another instance id (possible only if immutability was bypassed) is
+    // not this instance's: start over.
+    let mut status = previous
+        .filter(|p| p.instance_id.as_deref() == Some(instance_id))
+        .cloned()
+        .unwrap_or_default();
+    let old_conditions = std::mem::take(&mut status.conditions);
+    let old = |t: &str| old_conditions.iter().find(|c| c.type_ == t);
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let cond = |type_: &str, st: &str, reason: &str, message: &str| {
+        make_condition(old(type_), type_, st, reason, message, generation, now)
+    };
+    let keep_ready = || match old(condition::READY) {
+        Some(c) if c.status == "True" || c.status == "False" => {
+            cond(condition::READY, &c.status, &c.reason, &c.message)
+        }
+        _ => cond(
+            condition::READY,
+            "Unknown",
+            reason::NOT_OBSERVED,
+            "The instance has not been observed yet.",
+        ),
+    };
+
+    let (ready, synced) = match observation {
+        Observation::Instance(instance) => {
+            status = observed_fields(instance);
+            let state = status.state.clone().unwrap_or_default();
+            let ready = if state == STATE_RUNNING {
+                cond(
+                    condition::READY,
+                    "True",
+                    reason::RUNNING,
+                    "The instance is running.",
+                )
+            } else {
+                cond(
+                    condition::READY,
+                    "False",
+                    reason::NOT_RUNNING,
+                    &format!("The instance is {state}, not running."),
+                )
+            };
+            let synced = cond(
+                condition::SYNCED,
+                "True",
+                reason::OBSERVED,
+                "The last poll of the PPIO API succeeded.",
+            );
+            (ready, synced)
+        }
+        Observation::Failed(failure) if failure.is_not_found() => {
+            status.state = Some(STATE_NOT_FOUND.to_string());
+            let ready = cond(
+                condition::READY,
+                "False",
+                reason::INSTANCE_NOT_FOUND,
+                "The instance no longer exists in PPIO.",
+            );
+            let synced = cond(condition::SYNCED, "False", failure.reason, &failure.message);
+            (ready, synced)
+        }
+        Observation::Failed(failure) => (
+            keep_ready(),
+            cond(condition::SYNCED, "False", failure.reason, &failure.message),
+        ),
+        Observation::Suspended => (
+            keep_ready(),
+            cond(
+                condition::SYNCED,
+                "False",
+                reason::SUSPENDED,
+                "Polling is suspended (spec.suspend is true); status shows the last observation.",
+            ),
+        ),
+    };
+    status.observed_generation = generation;
+    status.instance_id = Some(instance_id.to_string());
+    status.conditions = vec![ready, synced];
+    status
+}
+
+fn make_condition(
+    old: Option<&Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let last_transition_time = match old {
+        Some(o) if o.status == status => o.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: bounded(message),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Cuts a message to [`MAX_MESSAGE_CHARS`] characters.
+pub fn bounded(message: &str) -> String {
+    if message.chars().count() <= MAX_MESSAGE_CHARS {
+        return message.to_string();
+    }
+    let mut out: String = message.chars().take(MAX_MESSAGE_CHARS - 3).collect();
+    out.push_str("...");
+    out
+}
+
+fn text(t: &Option<wire::Text>) -> Option<String> {
+    t.as_ref().map(|t| t.0.clone()).filter(|s| !s.is_empty())
+}
+
+fn int(i: &Option<wire::Int>) -> Option<i64> {
+    i.map(|i| i.0)
+}
+
+fn flag(f: &Option<wire::Flag>) -> Option<bool> {
+    f.map(|f| f.0)
+}
+
+/// RFC 3339 (UTC, seconds) from Unix seconds; 0, negative or absent is omitted.
+pub fn rfc3339(unix: &Option<wire::Int>) -> Option<String> {
+    let secs = int(unix).filter(|s| *s > 0)?;
+    Timestamp::from_second(secs).ok().map(|t| t.to_string())
+}
+
+/// `Some(v)` unless `v` is the default (all fields absent).
+fn some_unless_empty<T: Default + PartialEq>(v: T) -> Option<T> {
+    (v != T::default()).then_some(v)
+}
+
+fn observed_fields(i: &wire::Instance) -> PpioInstanceStatus {
+    let state = i.status.as_ref();
+    let tools = i.tools.as_ref();
+    PpioInstanceStatus {
+        state: state.and_then(|s| text(&s.status)),
+        state_error: state.and_then(|s| text(&s.error)),
+        state_message: state.and_then(|s| text(&s.message)),
+        name: text(&i.name),
+        r#type: text(&i.r#type),
+        product_id: text(&i.product_id),
+        image: text(&i.image),
+        registry_auth_id: text(&i.registry_auth_id),
+        region: text(&i.region),
+        region_version: text(&i.region_version),
+        owner_id: text(&i.owner_id),
+        member_id: text(&i.member_id),
+        created_at: rfc3339(&i.created_at),
+        last_started_at: rfc3339(&i.last_started_at),
+        last_stopped_at: rfc3339(&i.last_stopped_at),
+        resources: i.resource_specs.as_ref().and_then(|r| {
+            some_unless_empty(Resources {
+                gpu_num: int(&r.gpu_num),
+                cpu_num: int(&r.cpu_num),
+                memory_gb: int(&r.memory_gb),
+                rootfs_size_gb: int(&r.rootfs_size_gb),
+                gpu_ids: r.gpu_ids.iter().flatten().map(|g| g.0).collect(),
+            })
+        }),
+        network: i.network.as_ref().and_then(|n| {
+            some_unless_empty(Network {
+                id: text(&n.id),
+                ip: text(&n.ip),
+            })
+        }),
+        volumes: i
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| Volume {
+                r#type: text(&v.r#type),
+                id: text(&v.id),
+                mount_point: text(&v.mount_point),
+            })
+            .filter(|v| *v != Volume::default())
+            .collect(),
+        billing: i.billing.as_ref().and_then(|b| {
+            some_unless_empty(Billing {
+                mode: text(&b.mode),
+                prepaid: b.prepaid.as_ref().and_then(|p| {
+                    some_unless_empty(Prepaid {
+                        months: int(&p.months),
+                        end_time: rfc3339(&p.end_time),
+                        auto_renew: p.auto_renew.as_ref().and_then(|a| {
+                            some_unless_empty(AutoRenew {
+                                enabled: flag(&a.enabled),
+                                months: int(&a.months),
+                                status: text(&a.status),
+                            })
+                        }),
+                    })
+                }),
+            })
+        }),
+        auto_migrate: i.auto_migrate.as_ref().and_then(|a| {
+            some_unless_empty(AutoMigrate {
+                enabled: flag(&a.enabled),
+                include_system_disk: flag(&a.include_system_disk),
+            })
+        }),
+        endpoints: some_unless_empty(Endpoints {
+            ports: i
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| Port {
+                    port: int(&p.port),
+                    protocol: text(&p.protocol),
+                    endpoint: text(&p.endpoint),
+                })
+                .filter(|p| *p != Port::default())
+                .collect(),
+            jupyter: tools.and_then(|t| t.jupyter.as_ref()).and_then(|j| {
+                some_unless_empty(Jupyter {
+                    endpoint: text(&j.endpoint),
+                    enabled: flag(&j.enabled),
+                    port: int(&j.port),
+                })
+            }),
+            ssh: tools.and_then(|t| t.ssh.as_ref()).and_then(|s| {
+                some_unless_empty(Ssh {
+                    command: text(&s.command),
+                    username: text(&s.username),
+                })
+            }),
+            web_terminal: tools.and_then(|t| t.web_terminal.as_ref()).and_then(|w| {
+                some_unless_empty(WebTerminal {
+                    endpoint: text(&w.endpoint),
+                    enabled: flag(&w.enabled),
+                    username: text(&w.username),
+                })
+            }),
+            log: tools.and_then(|t| t.log.as_ref()).and_then(|l| {
+                some_unless_empty(LogEndpoints {
+                    instance_endpoint: text(&l.instance_endpoint),
+                    system_endpoint: text(&l.system_endpoint),
+                })
+            }),
+        }),
+        pricing: i.pricing.as_ref().and_then(|p| {
+            some_unless_empty(Pricing {
+                instance_price: int(&p.instance_price),
+                instance_base_price: int(&p.instance_base_price),
+                rootfs_storage_price: int(&p.rootfs_storage_price),
+                prepaid: p.prepaid.as_ref().and_then(|pp| {
+                    some_unless_empty(PrepaidPricing {
+                        monthly_price: pp
+                            .monthly_price
+                            .iter()
+                            .flatten()
+                            .map(|m| MonthlyPrice {
+                                month: int(&m.month),
+                                price: int(&m.price),
+                                base_price: int(&m.base_price),
+                                price_precision: int(&m.price_precision),
+                                month_spec_id: text(&m.month_spec_id),
+                            })
+                            .filter(|m| *m != MonthlyPrice::default())
+                            .collect(),
+                    })
+                }),
+                spot: p.spot.as_ref().and_then(|s| {
+                    some_unless_empty(Spot {
+                        status: text(&s.spot_status),
+                        reclaim_time: rfc3339(&s.spot_reclaim_time),
+                    })
+                }),
+            })
+        }),
+        ..PpioInstanceStatus::default()
+    }
+}

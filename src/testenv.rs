@@ -1,0 +1,459 @@
+//! A throw-away local control plane (etcd + the upstream kube-apiserver on 127.0.0.1), the
+//! way controller-runtime's envtest runs one. Used by the end-to-end tests and by
+//! `ppio-operator demo`. There is no controller-manager: no garbage collection, no pods.
+//!
+//! Every child runs under a small `sh` guard that reads from a pipe held by this process:
+//! when this process exits for any reason (a panic, a kill) the pipe closes and the guard
+//! kills the child, so no etcd or kube-apiserver outlives its test run.
+
+use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+
+/// Failures starting the control plane; each says what is missing or what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("{program} not found at {path}; build it with tools/build.sh")]
+    MissingProgram { program: String, path: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("generating certificates failed: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("{what} did not become ready within {secs}s; its log is at {log}")]
+    NotReady {
+        what: String,
+        secs: u64,
+        log: String,
+    },
+    #[error("{what} exited early ({status}); its log is at {log}")]
+    Exited {
+        what: String,
+        status: String,
+        log: String,
+    },
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error("installing CRDs failed: {0}")]
+    Crd(String),
+}
+
+/// A running child process, killed when dropped (and when this process dies).
+pub struct Guarded {
+    child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Guarded {
+    /// Starts `program args` under the guard, with stdout and stderr to `log`.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        envs: &[(&str, &str)],
+    ) -> Result<Guarded, EnvError> {
+        let out = fs::File::create(log)?;
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#""$@" <&- & c=$!; trap 'kill -9 $c 2>/dev/null' EXIT; read _ignored; kill -TERM $c 2>/dev/null; i=0; while kill -0 $c 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done"#)
+            .arg("sh")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn()?;
+        Ok(Guarded {
+            child,
+            name: name.to_string(),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Fails when the process already exited.
+    pub fn check_alive(&mut self) -> Result<(), EnvError> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => Err(EnvError::Exited {
+                what: self.name.clone(),
+                status: status.to_string(),
+                log: self.log.display().to_string(),
+            }),
+        }
+    }
+
+    /// Asks the process to stop (SIGTERM, then SIGKILL after 5s) and waits for it.
+    pub fn stop(&mut self) {
+        // Closing the pipe makes the guard send SIGTERM and wait up to 5s.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16, EnvError> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// The running etcd and kube-apiserver.
+pub struct ControlPlane {
+    /// The kubeconfig of a `system:masters` admin.
+    pub kubeconfig: PathBuf,
+    /// The apiserver URL.
+    pub server: String,
+    /// The folder with certificates, data and logs.
+    pub dir: PathBuf,
+    /// kubectl, kube-apiserver, etcd (and helm) live here.
+    pub tools: PathBuf,
+    // Field order: the apiserver stops before etcd.
+    apiserver: Guarded,
+    etcd: Guarded,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver from `tools`, waits for readiness and the `default`
+    /// namespace, and installs every CRD YAML in `crds` (if given). `dir`: where to keep
+    /// state; `None` for a temporary folder removed on drop.
+    pub async fn start(
+        tools: &Path,
+        dir: Option<&Path>,
+        crds: Option<&Path>,
+    ) -> Result<ControlPlane, EnvError> {
+        for p in ["etcd", "kube-apiserver"] {
+            if !tools.join(p).is_file() {
+                return Err(EnvError::MissingProgram {
+                    program: p.into(),
+                    path: tools.join(p).display().to_string(),
+                });
+            }
+        }
+        let (tmp, dir) = match dir {
+            Some(d) => {
+                fs::create_dir_all(d)?;
+                (None, d.to_path_buf())
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("ppio-testenv-").tempdir()?;
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let pki = dir.join("pki");
+        fs::create_dir_all(&pki)?;
+        let certs = Certs::generate()?;
+        let write = |name: &str, body: &str| -> Result<PathBuf, EnvError> {
+            let p = pki.join(name);
+            fs::write(&p, body)?;
+            Ok(p)
+        };
+        let ca = write("ca.crt", &certs.ca_pem)?;
+        let serving_crt = write("apiserver.crt", &certs.serving_pem)?;
+        let serving_key = write("apiserver.key", &certs.serving_key)?;
+        let sa_key = write("sa.key", &certs.sa_key)?;
+
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut etcd = Guarded::spawn(
+            "etcd",
+            &tools.join("etcd"),
+            &[
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                "--unsafe-no-fsync".into(),
+                "--log-level=warn".into(),
+            ],
+            &dir.join("etcd.log"),
+            &[],
+        )?;
+        wait_tcp(&mut etcd, etcd_port, Duration::from_secs(30)).await?;
+
+        let port = free_port()?;
+        let server = format!("https://127.0.0.1:{port}");
+        let mut apiserver = Guarded::spawn(
+            "kube-apiserver",
+            &tools.join("kube-apiserver"),
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={port}"),
+                format!("--cert-dir={}", dir.join("apiserver-certs").display()),
+                format!("--tls-cert-file={}", serving_crt.display()),
+                format!("--tls-private-key-file={}", serving_key.display()),
+                format!("--client-ca-file={}", ca.display()),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", sa_key.display()),
+                format!("--service-account-signing-key-file={}", sa_key.display()),
+                "--authorization-mode=RBAC".into(),
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--allow-privileged=true".into(),
+                "--enable-priority-and-fairness=false".into(),
+                "--v=0".into(),
+            ],
+            &dir.join("kube-apiserver.log"),
+            &[],
+        )?;
+
+        let kubeconfig = dir.join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &server, &certs)?;
+        let client = client_for(&kubeconfig).await?;
+        wait_ready(&mut apiserver, &client, Duration::from_secs(90)).await?;
+        let cp = ControlPlane {
+            kubeconfig,
+            server,
+            dir,
+            tools: tools.to_path_buf(),
+            apiserver,
+            etcd,
+            _tmp: tmp,
+        };
+        if let Some(crds) = crds {
+            install_crds(&client, crds).await?;
+        }
+        Ok(cp)
+    }
+
+    /// A new client for the admin kubeconfig.
+    pub async fn client(&self) -> Result<Client, EnvError> {
+        client_for(&self.kubeconfig).await
+    }
+
+    /// Fails when etcd or the apiserver died.
+    pub fn check_alive(&mut self) -> Result<(), EnvError> {
+        self.etcd.check_alive()?;
+        self.apiserver.check_alive()
+    }
+
+    /// Runs the real kubectl against this control plane.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new(self.tools.join("kubectl"));
+        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        c
+    }
+
+    /// Stops the apiserver, then etcd.
+    pub fn stop(&mut self) {
+        self.apiserver.stop();
+        self.etcd.stop();
+    }
+}
+
+struct Certs {
+    ca_pem: String,
+    serving_pem: String,
+    serving_key: String,
+    client_pem: String,
+    client_key: String,
+    sa_key: String,
+}
+
+impl Certs {
+    fn generate() -> Result<Certs, rcgen::Error> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "ppio-testenv-ca");
+        let ca_cert = ca.self_signed(&ca_key)?;
+
+        let serving_key = KeyPair::generate()?;
+        let mut serving = CertificateParams::new(vec!["localhost".to_string()])?;
+        serving
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        serving
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let serving_cert = serving.signed_by(&serving_key, &ca_cert, &ca_key)?;
+
+        let client_key = KeyPair::generate()?;
+        let mut client = CertificateParams::new(Vec::<String>::new())?;
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "testenv-admin");
+        client
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_cert = client.signed_by(&client_key, &ca_cert, &ca_key)?;
+
+        Ok(Certs {
+            ca_pem: ca_cert.pem(),
+            serving_pem: serving_cert.pem(),
+            serving_key: serving_key.serialize_pem(),
+            client_pem: client_cert.pem(),
+            client_key: client_key.serialize_pem(),
+            sa_key: KeyPair::generate()?.serialize_pem(),
+        })
+    }
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn write_kubeconfig(path: &Path, server: &str, certs: &Certs) -> Result<(), EnvError> {
+    let body = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: testenv
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: testenv-admin
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: testenv
+  context:
+    cluster: testenv
+    user: testenv-admin
+    namespace: default
+current-context: testenv
+",
+        ca = b64(&certs.ca_pem),
+        cert = b64(&certs.client_pem),
+        key = b64(&certs.client_key),
+    );
+    let mut f = fs::File::create(path)?;
+    f.write_all(body.as_bytes())?;
+    Ok(())
+}
+
+/// A client for a kubeconfig file.
+pub async fn client_for(kubeconfig: &Path) -> Result<Client, EnvError> {
+    let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| EnvError::Kubeconfig(e.to_string()))?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| EnvError::Kubeconfig(e.to_string()))?;
+    Client::try_from(config).map_err(|e| EnvError::Kubeconfig(e.to_string()))
+}
+
+async fn wait_tcp(p: &mut Guarded, port: u16, limit: Duration) -> Result<(), EnvError> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        p.check_alive()?;
+        if tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(EnvError::NotReady {
+        what: p.name.clone(),
+        secs: limit.as_secs(),
+        log: p.log.display().to_string(),
+    })
+}
+
+async fn wait_ready(p: &mut Guarded, client: &Client, limit: Duration) -> Result<(), EnvError> {
+    let start = Instant::now();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    while start.elapsed() < limit {
+        p.check_alive()?;
+        let ready = match http::Request::get("/readyz").body(Vec::new()) {
+            Ok(req) => client
+                .request_text(req)
+                .await
+                .map(|t| t.trim() == "ok")
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        if ready && matches!(namespaces.get_opt("default").await, Ok(Some(_))) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(EnvError::NotReady {
+        what: p.name.clone(),
+        secs: limit.as_secs(),
+        log: p.log.display().to_string(),
+    })
+}
+
+/// Server-side applies every `*.yaml` CRD in `dir` and waits until each is Established.
+pub async fn install_crds(client: &Client, dir: &Path) -> Result<(), EnvError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
+    let mut entries: Vec<_> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+    {
+        let text = fs::read_to_string(path)?;
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&text)
+            .map_err(|e| EnvError::Crd(format!("{}: {e}", path.display())))?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("ppio-testenv").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .map_err(|e| EnvError::Crd(format!("{name}: {e}")))?;
+        names.push(name);
+    }
+    let start = Instant::now();
+    for name in names {
+        loop {
+            let established = api.get_opt(&name).await.ok().flatten().is_some_and(|c| {
+                c.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+            if established {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(EnvError::Crd(format!(
+                    "{name} was not Established within 30s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
