@@ -298,68 +298,98 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
         _ => {}
     }
     let failures = previous.map(|t| t.failures).unwrap_or(0);
+    let polled = poll(instance, ctx, refresh, failures).await?;
+    let next_poll = match polled.next {
+        Some(delay) => now + delay,
+        None => far_future(now),
+    };
+    ctx.set_tracked(
+        &key,
+        Tracked {
+            generation,
+            next_poll,
+            failures: polled.failures,
+        },
+    );
+    Ok(polled
+        .next
+        .map(Action::requeue)
+        .unwrap_or_else(Action::await_change))
+}
 
+/// The outcome of one poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Polled {
+    /// When to poll next; `None`: only when the object changes (suspended).
+    pub next: Option<Duration>,
+    /// Consecutive failures after this poll.
+    pub failures: u32,
+    /// Whether the status was written.
+    pub wrote: bool,
+    /// Whether a request was sent to PPIO.
+    pub requested: bool,
+}
+
+/// One poll, whatever the timing: resolve the key, fetch the instance, write the status if it
+/// changed, and decide the delay to the next poll. `failures`: consecutive failures so far.
+pub async fn poll(
+    instance: &PpioInstance,
+    ctx: &Context,
+    refresh: Duration,
+    failures: u32,
+) -> Result<Polled, Error> {
     if instance.spec.suspend == Some(true) {
-        write_status(instance, ctx, Observation::Suspended).await?;
-        ctx.set_tracked(
-            &key,
-            Tracked {
-                generation,
-                next_poll: far_future(now),
-                failures: 0,
-            },
-        );
-        return Ok(Action::await_change());
+        let wrote = write_status(instance, ctx, Observation::Suspended).await?;
+        return Ok(Polled {
+            next: None,
+            failures: 0,
+            wrote,
+            requested: false,
+        });
     }
 
     let api_key = match resolve_key(instance, ctx).await? {
         Ok(k) => k,
         Err(failure) => {
+            let wrote = write_status(instance, ctx, Observation::Failed(&failure)).await?;
             let failures = failures + 1;
-            let delay = backoff(failures);
-            write_status(instance, ctx, Observation::Failed(&failure)).await?;
-            ctx.set_tracked(
-                &key,
-                Tracked {
-                    generation,
-                    next_poll: now + delay,
-                    failures,
-                },
-            );
-            return Ok(Action::requeue(delay));
+            return Ok(Polled {
+                next: Some(backoff(failures)),
+                failures,
+                wrote,
+                requested: false,
+            });
         }
     };
 
+    let now = Instant::now();
     if let Some(until) = ctx.key_pause(&api_key) {
         // Another object using this key was told to wait (429 Retry-After): so do we.
         let delay = until.saturating_duration_since(now) + jitter_up(Duration::from_secs(1));
-        ctx.set_tracked(
-            &key,
-            Tracked {
-                generation,
-                next_poll: now + delay,
-                failures,
-            },
-        );
-        return Ok(Action::requeue(delay));
+        return Ok(Polled {
+            next: Some(delay),
+            failures,
+            wrote: false,
+            requested: false,
+        });
     }
 
-    let started = Instant::now();
     let result = ctx
         .ppio
         .get_instance(&api_key, &instance.spec.instance_id)
         .await;
     ctx.metrics
-        .api_request(request_class(&result), started.elapsed().as_secs_f64());
+        .api_request(request_class(&result), now.elapsed().as_secs_f64());
+    let (observation, failure);
     let (delay, failures) = match &result {
         Ok(observed) => {
+            observation = Observation::Instance(observed);
             let state = observed.state().unwrap_or_default();
-            write_status(instance, ctx, Observation::Instance(observed)).await?;
             (jitter(poll_interval(refresh, state)), 0)
         }
         Err(e) => {
-            let failure = Failure::from(e);
-            write_status(instance, ctx, Observation::Failed(&failure)).await?;
+            failure = Failure::from(e);
+            observation = Observation::Failed(&failure);
             match e {
                 PpioError::NotFound { .. } => (jitter(refresh.max(GONE_POLL)), 0),
                 PpioError::RateLimited {
@@ -372,15 +402,13 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
             }
         }
     };
-    ctx.set_tracked(
-        &key,
-        Tracked {
-            generation,
-            next_poll: now + delay,
-            failures,
-        },
-    );
-    Ok(Action::requeue(delay))
+    let wrote = write_status(instance, ctx, observation).await?;
+    Ok(Polled {
+        next: Some(delay),
+        failures,
+        wrote,
+        requested: true,
+    })
 }
 
 /// The status class of a PPIO answer, for metrics.
@@ -543,7 +571,10 @@ fn log_transitions(old: Option<&PpioInstanceStatus>, new: &PpioInstanceStatus) {
             .map(|c| c.message.as_str())
             .unwrap_or_default();
         if new_sync == Some(crate::status::reason::OBSERVED) {
-            info!(from = old_sync.unwrap_or("-"), "sync recovered");
+            match old_sync {
+                None => info!("instance observed"),
+                Some(from) => info!(from, "sync recovered"),
+            }
         } else {
             warn!(reason = new_sync.unwrap_or("-"), message, "sync failing");
         }

@@ -37,7 +37,6 @@ pub struct DemoArgs {
 }
 
 pub async fn main(args: DemoArgs) -> ExitCode {
-    crate::telemetry::init(crate::telemetry::LogFormat::Text);
     match demo(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -63,6 +62,8 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     step("starting etcd and kube-apiserver on 127.0.0.1");
     let mut cp = ControlPlane::start(&args.tools_dir, Some(&args.state_dir), Some(&crds)).await?;
     let client = cp.client().await?;
+    // Logging starts once the control plane answers, so start-up polling stays quiet.
+    crate::telemetry::init(crate::telemetry::LogFormat::Text);
 
     step("starting the PPIO simulator with 3 sample instances");
     let sim = Simulator::new(Simulator::samples(), vec![DEMO_KEY.to_string()]);

@@ -47,11 +47,25 @@ pub enum EnvError {
     Crd(String),
 }
 
+/// Runs "$@" and exits with it; when stdin (a pipe from this process) closes, sends the child
+/// SIGTERM, then SIGKILL 5s later. Writes the child's pid to $GUARD_PIDFILE.
+const GUARD_SCRIPT: &str = r#"exec 3<&0
+"$@" 3<&- </dev/null &
+c=$!
+echo "$c" > "$GUARD_PIDFILE"
+( read _x <&3; kill -TERM "$c" 2>/dev/null; sleep 5; kill -9 "$c" 2>/dev/null ) &
+w=$!
+exec 3<&-
+wait "$c"; rc=$?
+kill "$w" 2>/dev/null
+exit "$rc""#;
+
 /// A running child process, killed when dropped (and when this process dies).
 pub struct Guarded {
     child: Child,
     pub name: String,
     pub log: PathBuf,
+    pidfile: PathBuf,
 }
 
 impl Guarded {
@@ -64,15 +78,18 @@ impl Guarded {
         envs: &[(&str, &str)],
     ) -> Result<Guarded, EnvError> {
         let out = fs::File::create(log)?;
+        let pidfile = log.with_extension("pid");
+        let _ = fs::remove_file(&pidfile);
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(r#""$@" <&- & c=$!; trap 'kill -9 $c 2>/dev/null' EXIT; read _ignored; kill -TERM $c 2>/dev/null; i=0; while kill -0 $c 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done"#)
+            .arg(GUARD_SCRIPT)
             .arg("sh")
             .arg(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(out.try_clone()?)
-            .stderr(out);
+            .stderr(out)
+            .env("GUARD_PIDFILE", &pidfile);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -81,6 +98,7 @@ impl Guarded {
             child,
             name: name.to_string(),
             log: log.to_path_buf(),
+            pidfile,
         })
     }
 
@@ -93,6 +111,47 @@ impl Guarded {
                 status: status.to_string(),
                 log: self.log.display().to_string(),
             }),
+        }
+    }
+
+    /// The pid of the program itself (not of its guard), once it started.
+    pub fn pid(&self) -> Option<u32> {
+        fs::read_to_string(&self.pidfile).ok()?.trim().parse().ok()
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL") to the program.
+    pub fn signal(&self, signal: &str) -> std::io::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| std::io::Error::other(format!("{} has no pid yet", self.name)))?;
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "kill -s {signal} {pid} failed"
+            )))
+        }
+    }
+
+    /// Waits up to `limit` for the program to exit; its exit status if it did.
+    pub fn wait_timeout(
+        &mut self,
+        limit: Duration,
+    ) -> std::io::Result<Option<std::process::ExitStatus>> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(Some(s));
+            }
+            if start.elapsed() > limit {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -173,6 +232,7 @@ impl ControlPlane {
         let serving_crt = write("apiserver.crt", &certs.serving_pem)?;
         let serving_key = write("apiserver.key", &certs.serving_key)?;
         let sa_key = write("sa.key", &certs.sa_key)?;
+        let sa_pub = write("sa.pub", &certs.sa_pub)?;
 
         let etcd_port = free_port()?;
         let peer_port = free_port()?;
@@ -211,13 +271,14 @@ impl ControlPlane {
                 format!("--tls-private-key-file={}", serving_key.display()),
                 format!("--client-ca-file={}", ca.display()),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", sa_key.display()),
+                format!("--service-account-key-file={}", sa_pub.display()),
                 format!("--service-account-signing-key-file={}", sa_key.display()),
                 "--authorization-mode=RBAC".into(),
                 "--disable-admission-plugins=ServiceAccount".into(),
                 "--service-cluster-ip-range=10.0.0.0/24".into(),
                 "--allow-privileged=true".into(),
                 "--enable-priority-and-fairness=false".into(),
+                "--endpoint-reconciler-type=none".into(),
                 "--v=0".into(),
             ],
             &dir.join("kube-apiserver.log"),
@@ -226,6 +287,7 @@ impl ControlPlane {
 
         let kubeconfig = dir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &certs)?;
+        wait_tcp(&mut apiserver, port, Duration::from_secs(60)).await?;
         let client = client_for(&kubeconfig).await?;
         wait_ready(&mut apiserver, &client, Duration::from_secs(90)).await?;
         let cp = ControlPlane {
@@ -275,6 +337,7 @@ struct Certs {
     client_pem: String,
     client_key: String,
     sa_key: String,
+    sa_pub: String,
 }
 
 impl Certs {
@@ -308,13 +371,15 @@ impl Certs {
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let client_cert = client.signed_by(&client_key, &ca_cert, &ca_key)?;
 
+        let sa = KeyPair::generate()?;
         Ok(Certs {
             ca_pem: ca_cert.pem(),
             serving_pem: serving_cert.pem(),
             serving_key: serving_key.serialize_pem(),
             client_pem: client_cert.pem(),
             client_key: client_key.serialize_pem(),
-            sa_key: KeyPair::generate()?.serialize_pem(),
+            sa_key: sa.serialize_pem(),
+            sa_pub: sa.public_key_pem(),
         })
     }
 }

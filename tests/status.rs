@@ -1,0 +1,375 @@
+//! Status as a pure function: the seed's example response against a hand-reviewed golden
+//! status, the decoding variants PPIO is known to send, and the condition rules.
+
+use jiff::Timestamp;
+use ppio_operator::crd::PpioInstanceStatus;
+use ppio_operator::ppio::{DecodeError, Instance, PpioError};
+use ppio_operator::status::{Failure, Observation, compute_status};
+use serde_json::{Value, json};
+
+const FIXTURE: &str = include_str!("fixtures/get-instance.json");
+const GOLDEN: &str = include_str!("golden/get-instance.status.yaml");
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(secs).expect("valid time")
+}
+
+fn fixture() -> Value {
+    serde_json::from_str(FIXTURE).expect("fixture is JSON")
+}
+
+fn decode(v: &Value) -> Instance {
+    Instance::from_slice(&serde_json::to_vec(v).expect("serializes")).expect("decodes")
+}
+
+fn observe(v: &Value, previous: Option<&PpioInstanceStatus>, now: i64) -> PpioInstanceStatus {
+    compute_status(
+        "ca338f12f3",
+        Some(1),
+        Observation::Instance(&decode(v)),
+        previous,
+        t(now),
+    )
+}
+
+fn fail(e: &PpioError, previous: Option<&PpioInstanceStatus>, now: i64) -> PpioInstanceStatus {
+    compute_status(
+        "ca338f12f3",
+        Some(1),
+        Observation::Failed(&Failure::from(e)),
+        previous,
+        t(now),
+    )
+}
+
+fn yaml(s: &PpioInstanceStatus) -> String {
+    serde_yaml::to_string(s).expect("serializes")
+}
+
+fn cond<'a>(
+    s: &'a PpioInstanceStatus,
+    t: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .expect("condition present")
+}
+
+#[test]
+fn seed_example_gives_the_golden_status() {
+    let status = observe(&fixture(), None, 1_750_000_000);
+    let got = yaml(&status);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/golden/get-instance.status.yaml"
+            ),
+            &got,
+        )
+        .expect("write golden");
+    }
+    assert_eq!(
+        got, GOLDEN,
+        "status differs from tests/golden/get-instance.status.yaml"
+    );
+}
+
+#[test]
+fn numbers_as_strings_and_unknown_fields_change_nothing() {
+    fn stringify(v: &Value) -> Value {
+        match v {
+            Value::Number(n) => Value::String(n.to_string()),
+            Value::Array(a) => Value::Array(a.iter().map(stringify).collect()),
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, v)| (k.clone(), stringify(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    let base = observe(&fixture(), None, 1_750_000_000);
+    assert_eq!(observe(&stringify(&fixture()), None, 1_750_000_000), base);
+
+    let mut extra = fixture();
+    extra["brand_new_field"] = json!({"nested": [1, 2, 3]});
+    extra["status"]["new_flag"] = json!(true);
+    extra["resource_specs"]["gpu_model"] = json!("H100");
+    assert_eq!(observe(&extra, None, 1_750_000_000), base);
+}
+
+#[test]
+fn missing_blocks_are_omitted_not_errors() {
+    let base = observe(&fixture(), None, 1_750_000_000);
+
+    let mut v = fixture();
+    v.as_object_mut().expect("object").remove("pricing");
+    let s = observe(&v, None, 1_750_000_000);
+    assert_eq!(s.pricing, None);
+    assert_eq!(
+        PpioInstanceStatus {
+            pricing: base.pricing.clone(),
+            ..s
+        },
+        base
+    );
+
+    let mut v = fixture();
+    v["tools"] = Value::Null;
+    let s = observe(&v, None, 1_750_000_000);
+    let endpoints = s.endpoints.clone().expect("ports remain");
+    assert_eq!(endpoints.ports.len(), 1);
+    assert!(
+        endpoints.jupyter.is_none()
+            && endpoints.ssh.is_none()
+            && endpoints.web_terminal.is_none()
+            && endpoints.log.is_none()
+    );
+
+    let mut v = fixture();
+    v["billing"] = json!({"mode": "postpaid"});
+    let s = observe(&v, None, 1_750_000_000);
+    let billing = s.billing.expect("billing");
+    assert_eq!(billing.mode.as_deref(), Some("postpaid"));
+    assert_eq!(billing.prepaid, None);
+
+    let mut v = fixture();
+    for k in ["network", "volumes", "auto_migrate", "resource_specs"] {
+        v.as_object_mut().expect("object").remove(k);
+    }
+    let s = observe(&v, None, 1_750_000_000);
+    assert!(
+        s.network.is_none()
+            && s.volumes.is_empty()
+            && s.auto_migrate.is_none()
+            && s.resources.is_none()
+    );
+}
+
+#[test]
+fn zero_timestamps_are_omitted() {
+    let mut v = fixture();
+    v["created_at"] = json!(0);
+    v["last_started_at"] = json!("0");
+    v["billing"]["prepaid"]["end_time"] = json!(0);
+    v["pricing"]["spot"]["spot_reclaim_time"] = json!(0);
+    let s = observe(&v, None, 1_750_000_000);
+    assert_eq!(s.created_at, None);
+    assert_eq!(s.last_started_at, None);
+    assert_eq!(s.last_stopped_at, None);
+    assert_eq!(
+        s.billing.and_then(|b| b.prepaid).and_then(|p| p.end_time),
+        None
+    );
+    assert_eq!(
+        s.pricing.and_then(|p| p.spot).and_then(|s| s.reclaim_time),
+        None
+    );
+}
+
+#[test]
+fn unknown_state_is_shown_verbatim_and_not_ready() {
+    let mut v = fixture();
+    v["status"] = json!({"status": "hibernating", "error": "disk quota", "message": "waiting"});
+    let s = observe(&v, None, 1_750_000_000);
+    assert_eq!(s.state.as_deref(), Some("hibernating"));
+    assert_eq!(s.state_error.as_deref(), Some("disk quota"));
+    assert_eq!(s.state_message.as_deref(), Some("waiting"));
+    let ready = cond(&s, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NotRunning")
+    );
+    assert!(ready.message.contains("hibernating"));
+    assert_eq!(cond(&s, "Synced").status, "True");
+}
+
+#[test]
+fn never_observed_failure_reports_ready_unknown() {
+    let s = fail(&PpioError::Server { status: 503 }, None, 1_750_000_000);
+    let ready = cond(&s, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("Unknown", "NotObserved")
+    );
+    assert_eq!(s.state, None);
+    assert_eq!(s.instance_id.as_deref(), Some("ca338f12f3"));
+    assert_eq!(s.observed_generation, Some(1));
+}
+
+#[test]
+fn every_error_class_maps_to_its_reason_and_repeats_byte_identically() {
+    let good = observe(&fixture(), None, 1_750_000_000);
+    let cases = [
+        (PpioError::Connect, "ApiUnavailable"),
+        (PpioError::Timeout, "ApiUnavailable"),
+        (PpioError::Server { status: 500 }, "ApiUnavailable"),
+        (PpioError::Server { status: 503 }, "ApiUnavailable"),
+        (PpioError::Unauthorized, "Unauthorized"),
+        (PpioError::Forbidden, "Forbidden"),
+        (PpioError::NotFound { status: 404 }, "InstanceNotFound"),
+        (PpioError::NotFound { status: 400 }, "InstanceNotFound"),
+        (
+            PpioError::RateLimited {
+                retry_after: Some(std::time::Duration::from_secs(30)),
+            },
+            "RateLimited",
+        ),
+        (PpioError::RateLimited { retry_after: None }, "RateLimited"),
+        (
+            PpioError::Rejected {
+                status: 400,
+                code: Some("INVALID_PARAMS".into()),
+            },
+            "RequestRejected",
+        ),
+        (PpioError::TooLarge { limit: 1 << 20 }, "InvalidResponse"),
+        (
+            PpioError::Decode(DecodeError::NotAnObject),
+            "InvalidResponse",
+        ),
+        (
+            PpioError::UnexpectedStatus { status: 302 },
+            "InvalidResponse",
+        ),
+    ];
+    for (e, reason) in cases {
+        let first = fail(&e, Some(&good), 1_750_000_100);
+        let synced = cond(&first, "Synced");
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("False", reason),
+            "{e:?}"
+        );
+        assert!(synced.message.chars().count() <= 256);
+        // The same failure later: the very same bytes, so no write.
+        let again = fail(&e, Some(&first), 1_750_000_900);
+        assert_eq!(yaml(&again), yaml(&first), "{e:?}");
+        // A retry-after of another length is the same failure too.
+        if let PpioError::RateLimited { .. } = e {
+            let other = fail(
+                &PpioError::RateLimited {
+                    retry_after: Some(std::time::Duration::from_secs(5)),
+                },
+                Some(&first),
+                1_750_000_950,
+            );
+            assert_eq!(yaml(&other), yaml(&first));
+        }
+    }
+}
+
+#[test]
+fn errors_keep_the_last_good_observation() {
+    let good = observe(&fixture(), None, 1_750_000_000);
+    let failed = fail(
+        &PpioError::Server { status: 502 },
+        Some(&good),
+        1_750_000_100,
+    );
+    let strip = |s: &PpioInstanceStatus| PpioInstanceStatus {
+        conditions: vec![],
+        ..s.clone()
+    };
+    assert_eq!(strip(&failed), strip(&good));
+    assert_eq!(
+        cond(&failed, "Ready"),
+        cond(&good, "Ready"),
+        "Ready keeps its last observed value"
+    );
+    let synced = cond(&failed, "Synced");
+    assert_eq!(synced.last_transition_time.0, t(1_750_000_100));
+
+    let gone = fail(
+        &PpioError::NotFound { status: 404 },
+        Some(&good),
+        1_750_000_200,
+    );
+    assert_eq!(gone.state.as_deref(), Some("NotFound"));
+    assert_eq!(gone.region, good.region);
+    assert_eq!(gone.endpoints, good.endpoints);
+    let ready = cond(&gone, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InstanceNotFound")
+    );
+}
+
+#[test]
+fn last_transition_time_moves_only_on_status_change() {
+    let first = observe(&fixture(), None, 1_750_000_000);
+    let same = observe(&fixture(), Some(&first), 1_750_000_500);
+    assert_eq!(
+        same, first,
+        "an unchanged instance gives an identical status"
+    );
+
+    // Running -> exited flips Ready at the new time; Synced stays True with its old time.
+    let mut v = fixture();
+    v["status"]["status"] = json!("exited");
+    let exited = observe(&v, Some(&same), 1_750_001_000);
+    assert_eq!(cond(&exited, "Ready").status, "False");
+    assert_eq!(
+        cond(&exited, "Ready").last_transition_time.0,
+        t(1_750_001_000)
+    );
+    assert_eq!(
+        cond(&exited, "Synced").last_transition_time.0,
+        t(1_750_000_000)
+    );
+
+    // exited -> starting: Ready stays False, so its time does not move although the reason text does.
+    let mut v2 = fixture();
+    v2["status"]["status"] = json!("starting");
+    let starting = observe(&v2, Some(&exited), 1_750_002_000);
+    assert_eq!(
+        cond(&starting, "Ready").last_transition_time.0,
+        t(1_750_001_000)
+    );
+    assert!(cond(&starting, "Ready").message.contains("starting"));
+}
+
+#[test]
+fn suspended_keeps_the_observation() {
+    let good = observe(&fixture(), None, 1_750_000_000);
+    let s = compute_status(
+        "ca338f12f3",
+        Some(2),
+        Observation::Suspended,
+        Some(&good),
+        t(1_750_000_100),
+    );
+    let synced = cond(&s, "Synced");
+    assert_eq!(
+        (synced.status.as_str(), synced.reason.as_str()),
+        ("False", "Suspended")
+    );
+    assert_eq!(s.observed_generation, Some(2));
+    assert_eq!(s.state.as_deref(), Some("running"));
+    assert_eq!(cond(&s, "Ready").status, "True");
+}
+
+#[test]
+fn credentials_missing_is_its_own_reason() {
+    let f = Failure::credentials_missing("Secret \"x\" was not found in namespace \"ml\".");
+    let s = compute_status(
+        "ca338f12f3",
+        Some(1),
+        Observation::Failed(&f),
+        None,
+        t(1_750_000_000),
+    );
+    let synced = cond(&s, "Synced");
+    assert_eq!(
+        (synced.status.as_str(), synced.reason.as_str()),
+        ("False", "CredentialsMissing")
+    );
+}
+
+#[test]
+fn long_messages_are_bounded() {
+    let mut v = fixture();
+    v["status"]["status"] = json!("x".repeat(1000));
+    let s = observe(&v, None, 1_750_000_000);
+    assert_eq!(cond(&s, "Ready").message.chars().count(), 256);
+}
