@@ -50,7 +50,7 @@ pub enum PpioError {
     Unauthorized,
     #[error("the API key is not allowed to read this instance (HTTP 403)")]
     Forbidden,
-    #[error("the PPIO API reports that the instance does not exist (HTTP {status})")]
+    #[error("the PPIO API reports that the instance does not exist")]
     NotFound { status: u16 },
     #[error("the PPIO API rate limit was reached (HTTP 429)")]
     RateLimited { retry_after: Option<Duration> },
