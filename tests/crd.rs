@@ -141,13 +141,12 @@ fn openapi_errors(schema: &Value, spec: &Value) -> Vec<String> {
             {
                 out.push(format!("{path}: longer than maxLength"));
             }
-            if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
-                if !regex::Regex::new(p)
+            if let Some(p) = schema.get("pattern").and_then(Value::as_str)
+                && !regex::Regex::new(p)
                     .expect("pattern compiles")
                     .is_match(text)
-                {
-                    out.push(format!("{path}: does not match {p}"));
-                }
+            {
+                out.push(format!("{path}: does not match {p}"));
             }
         }
     }
