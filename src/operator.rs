@@ -159,9 +159,20 @@ async fn run_controller(
     let housekeeping = tokio::spawn({
         let ctx = ctx.clone();
         async move {
-            if store.wait_until_ready().await.is_ok() {
-                health.ready.store(true, Ordering::Relaxed);
-                info!("watch synced; ready");
+            // The store's readiness signal wakes only its latest waiter (the controller also
+            // waits on it), so look again every 100ms instead of waiting once.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        health.ready.store(true, Ordering::Relaxed);
+                        info!("watch synced; ready");
+                        break;
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_elapsed) => {}
+                }
             }
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {

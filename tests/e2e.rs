@@ -1,0 +1,720 @@
+//! End-to-end: the real kube-apiserver + etcd, the real kubectl, the PPIO simulator, and the
+//! operator running as its own process.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use ppio_operator::crd::{PpioInstance, PpioInstanceStatus};
+use ppio_operator::simulator::{BodyFault, Fault, Simulator};
+use serde_json::json;
+use support::*;
+
+const GOLDEN: &str = include_str!("golden/get-instance.status.yaml");
+
+fn without_conditions(s: &PpioInstanceStatus) -> PpioInstanceStatus {
+    PpioInstanceStatus {
+        conditions: vec![],
+        observed_generation: None,
+        ..s.clone()
+    }
+}
+
+fn rv(obj: &PpioInstance) -> String {
+    obj.metadata.resource_version.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn new_instance_gets_the_full_status_and_kubectl_shows_the_columns() {
+    let client = client().await;
+    let ns = namespace(&client, "full").await;
+    let (_sim, addr) = simulator(&["key-full"]).await;
+    let mut op = Operator::start(&ns, addr, Some("key-full"), &[]).await;
+    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+
+    let created = Instant::now();
+    apply_instance(&ns, "trainer-a", "instanceId: ca338f12f3");
+    apply_instance(&ns, "trainer-b", "instanceId: b7e2c91d04");
+    let a = wait_for(
+        &api,
+        "trainer-a",
+        Duration::from_secs(10),
+        "Synced=True",
+        |o| has(o, "Synced", "True", "Observed"),
+    )
+    .await;
+    assert!(created.elapsed() < Duration::from_secs(10));
+    let status = a.status.clone().expect("status");
+    let golden: PpioInstanceStatus = serde_yaml::from_str(GOLDEN).expect("golden");
+    assert_eq!(
+        without_conditions(&status),
+        without_conditions(&golden),
+        "status follows the contract's mapping"
+    );
+    assert_eq!(status.observed_generation, a.metadata.generation);
+    assert!(has(&a, "Ready", "True", "Running"));
+    wait_for(
+        &api,
+        "trainer-b",
+        Duration::from_secs(10),
+        "Synced=True",
+        |o| has(o, "Synced", "True", "Observed"),
+    )
+    .await;
+
+    let table = kubectl_ok(&["get", "ppioinstances", "-n", &ns], None);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "INSTANCE", "STATE", "GPUS", "REGION", "READY", "SYNCED", "AGE"
+        ]
+    );
+    let row_a: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("trainer-a"))
+        .expect("row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row_a[..7],
+        [
+            "trainer-a",
+            "ca338f12f3",
+            "running",
+            "1",
+            "region-id",
+            "True",
+            "True"
+        ]
+    );
+    let row_b: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("trainer-b"))
+        .expect("row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row_b[..7],
+        [
+            "trainer-b",
+            "b7e2c91d04",
+            "starting",
+            "4",
+            "cn-south-1",
+            "False",
+            "True"
+        ]
+    );
+
+    let wide = kubectl_ok(&["get", "ppioi", "-n", &ns, "-o", "wide"], None);
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "INSTANCE", "STATE", "GPUS", "REGION", "READY", "SYNCED", "AGE", "IP",
+            "BILLING"
+        ]
+    );
+    let row: Vec<&str> = wide
+        .lines()
+        .find(|l| l.starts_with("trainer-a"))
+        .expect("row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[row.len() - 2..], ["10.2.1.1", "prepaid"]);
+    // The category and the explain docs.
+    assert!(kubectl_ok(&["get", "ppio", "-n", &ns], None).contains("trainer-a"));
+    let explain = kubectl_ok(&["explain", "ppioinstance.spec"], None);
+    for field in [
+        "instanceId",
+        "credentialsSecretRef",
+        "refreshInterval",
+        "suspend",
+        "Immutable",
+    ] {
+        assert!(
+            explain.contains(field),
+            "kubectl explain lacks {field}:\n{explain}"
+        );
+    }
+    op.assert_running();
+}
+
+#[tokio::test]
+async fn upstream_changes_show_within_one_interval_and_kubectl_wait_returns() {
+    let client = client().await;
+    let ns = namespace(&client, "change").await;
+    let (sim, addr) = simulator(&["key-change"]).await;
+    let _op = Operator::start(&ns, addr, Some("key-change"), &[]).await;
+    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+
+    apply_instance(&ns, "b", "instanceId: b7e2c91d04\nrefreshInterval: 10s");
+    wait_for(&api, "b", Duration::from_secs(10), "state starting", |o| {
+        o.status.as_ref().and_then(|s| s.state.as_deref()) == Some("starting")
+    })
+    .await;
+
+    let kc = kubeconfig().to_path_buf();
+    let kubectl_bin = tools_dir().join("kubectl");
+    let ns2 = ns.clone();
+    let waiter = std::thread::spawn(move || {
+        let start = Instant::now();
+        let out = std::process::Command::new(kubectl_bin)
+            .arg("--kubeconfig")
+            .arg(kc)
+            .args([
+                "wait",
+                "--for=condition=Ready",
+                "ppioinstance/b",
+                "-n",
+                &ns2,
+                "--timeout=60s",
+            ])
+            .output()
+            .expect("kubectl wait runs");
+        (out, start.elapsed())
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sim.patch_instance("b7e2c91d04", &json!({"status": {"status": "running"}}));
+    let changed = Instant::now();
+    let (out, _) = waiter.join().expect("waiter");
+    assert!(
+        out.status.success(),
+        "kubectl wait failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("condition met"));
+    assert!(
+        changed.elapsed() <= Duration::from_secs(12),
+        "Ready took {:?}",
+        changed.elapsed()
+    );
+
+    // running -> exited: shown within one refresh interval (10s, +10% jitter).
+    sim.patch_instance(
+        "b7e2c91d04",
+        &json!({"status": {"status": "exited"}, "last_stopped_at": 1714560000}),
+    );
+    let changed = Instant::now();
+    let obj = wait_for(&api, "b", Duration::from_secs(12), "state exited", |o| {
+        o.status.as_ref().and_then(|s| s.state.as_deref()) == Some("exited")
+    })
+    .await;
+    assert!(changed.elapsed() <= Duration::from_secs(12));
+    assert!(has(&obj, "Ready", "False", "NotRunning"));
+    assert_eq!(
+        obj.status.and_then(|s| s.last_stopped_at).as_deref(),
+        Some("2024-05-01T10:40:00Z")
+    );
+}
+
+#[tokio::test]
+async fn an_unchanged_instance_is_never_rewritten_even_across_a_restart() {
+    let client = client().await;
+    let ns = namespace(&client, "quiet").await;
+    let (sim, addr) = simulator(&["key-quiet"]).await;
+    let mut op = Operator::start(&ns, addr, Some("key-quiet"), &[]).await;
+    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+
+    apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
+    let first = wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
+        has(o, "Synced", "True", "Observed")
+    })
+    .await;
+    let version = rv(&first);
+    let polls = sim.requests_for("ca338f12f3");
+    tokio::time::sleep(Duration::from_secs(34)).await;
+    let later = api.get("a").await.expect("get");
+    assert_eq!(
+        rv(&later),
+        version,
+        "status was rewritten although nothing changed"
+    );
+    assert!(
+        sim.requests_for("ca338f12f3") >= polls + 3,
+        "the instance was polled every interval"
+    );
+
+    // Restart: the new process polls again, and still writes nothing.
+    op.process.stop();
+    let polls = sim.requests_for("ca338f12f3");
+    let _op = Operator::start(&ns, addr, Some("key-quiet"), &[]).await;
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    assert!(
+        sim.requests_for("ca338f12f3") > polls,
+        "the restarted operator polls"
+    );
+    assert_eq!(
+        rv(&api.get("a").await.expect("get")),
+        version,
+        "a restart rewrote the status"
+    );
+}
+
+#[tokio::test]
+async fn every_fault_has_its_reason_keeps_data_and_clears() {
+    let client = client().await;
+    let ns = namespace(&client, "faults").await;
+    let (sim, addr) = simulator(&["key-faults"]).await;
+    let mut op = Operator::start(
+        &ns,
+        addr,
+        Some("key-faults"),
+        &["--ppio-request-timeout", "2s"],
+    )
+    .await;
+    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+    let sample = Simulator::samples().remove(0);
+    let f = |status: Option<u16>| Fault {
+        status,
+        ..Default::default()
+    };
+    let cases: Vec<(&str, Fault, &str)> = vec![
+        ("f401", f(Some(401)), "Unauthorized"),
+        ("f403", f(Some(403)), "Forbidden"),
+        ("f404", f(Some(404)), "InstanceNotFound"),
+        (
+            "f400nf",
+            Fault {
+                status: Some(400),
+                reason: Some("RESOURCE_NOT_FOUND".into()),
+                ..Default::default()
+            },
+            "InstanceNotFound",
+        ),
+        (
+            "f429",
+            Fault {
+                status: Some(429),
+                retry_after: Some("5".into()),
+                ..Default::default()
+            },
+            "RateLimited",
+        ),
+        ("f500", f(Some(500)), "ApiUnavailable"),
+        ("f503", f(Some(503)), "ApiUnavailable"),
+        (
+            "fslow",
+            Fault {
+                latency_ms: Some(3000),
+                ..Default::default()
+            },
+            "ApiUnavailable",
+        ),
+        (
+            "fmalformed",
+            Fault {
+                body: Some(BodyFault::Malformed),
+                ..Default::default()
+            },
+            "InvalidResponse",
+        ),
+        (
+            "ftruncated",
+            Fault {
+                body: Some(BodyFault::Truncated),
+                ..Default::default()
+            },
+            "InvalidResponse",
+        ),
+        (
+            "foversized",
+            Fault {
+                body: Some(BodyFault::Oversized),
+                ..Default::default()
+            },
+            "InvalidResponse",
+        ),
+        (
+            "fstrings",
+            Fault {
+                body: Some(BodyFault::NumbersAsStrings),
+                ..Default::default()
+            },
+            "Observed",
+        ),
+    ];
+    // A Secret per 429 case keeps its key's pause to itself.
+    for (id, _, _) in &cases {
+        sim.put_instance(id, sample.clone());
+        let spec = if *id == "f429" {
+            sim.set_keys(vec!["key-faults".into(), "key-429".into()]);
+            secret(&api_client(&api), &ns, "k429", "apiKey", "key-429").await;
+            format!("instanceId: {id}\nrefreshInterval: 10s\ncredentialsSecretRef:\n  name: k429")
+        } else {
+            format!("instanceId: {id}\nrefreshInterval: 10s")
+        };
+        apply_instance(&ns, id, &spec);
+    }
+    let mut good = std::collections::BTreeMap::new();
+    for (id, _, _) in &cases {
+        let o = wait_for(&api, id, Duration::from_secs(15), "observed", |o| {
+            has(o, "Synced", "True", "Observed")
+        })
+        .await;
+        good.insert(id.to_string(), o.status.expect("status"));
+    }
+    for (id, fault, _) in &cases {
+        sim.set_fault(id, fault.clone());
+    }
+    let mut failed = std::collections::BTreeMap::new();
+    for (id, _, reason) in &cases {
+        let o = if *reason == "Observed" {
+            // Numbers as strings are read the same: the status stays exactly as it was.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            api.get(id).await.expect("get")
+        } else {
+            wait_for(&api, id, Duration::from_secs(25), reason, |o| {
+                has(o, "Synced", "False", reason)
+            })
+            .await
+        };
+        let s = o.status.clone().expect("status");
+        let g = &good[*id];
+        assert_eq!(s.region, g.region, "{id}: last good data kept");
+        assert_eq!(s.endpoints, g.endpoints, "{id}: last good data kept");
+        assert_eq!(s.pricing, g.pricing, "{id}: last good data kept");
+        if *reason == "InstanceNotFound" {
+            assert_eq!(s.state.as_deref(), Some("NotFound"), "{id}");
+            assert!(has(&o, "Ready", "False", "InstanceNotFound"), "{id}");
+        } else {
+            assert_eq!(s.state, g.state, "{id}");
+            assert!(
+                has(&o, "Ready", "True", "Running"),
+                "{id}: Ready keeps its last value"
+            );
+        }
+        failed.insert(id.to_string(), (rv(&o), sim.requests_for(id)));
+    }
+    op.assert_running();
+    // The identical failures repeat (backoff 5s, 10s): requests, but no writes.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    for (id, _, reason) in &cases {
+        if *reason == "InstanceNotFound" {
+            continue; // a gone instance is polled only every 5 minutes
+        }
+        let (version, requests) = &failed[*id];
+        assert!(sim.requests_for(id) > *requests, "{id} was polled again");
+        assert_eq!(
+            &rv(&api.get(id).await.expect("get")),
+            version,
+            "{id}: a repeated failure rewrote status"
+        );
+    }
+    // Clear the faults: every instance recovers (gone ones on their slow poll are re-created
+    // to be noticed sooner).
+    for (id, _, _) in &cases {
+        sim.clear_fault(id);
+    }
+    for (id, _, reason) in &cases {
+        if *reason == "InstanceNotFound" {
+            continue;
+        }
+        let o = wait_for(&api, id, Duration::from_secs(30), "recovered", |o| {
+            has(o, "Synced", "True", "Observed")
+        })
+        .await;
+        assert_eq!(
+            without_conditions(o.status.as_ref().expect("status")),
+            without_conditions(&good[*id]),
+            "{id}"
+        );
+    }
+    op.assert_running();
+}
+
+fn api_client(api: &Api<PpioInstance>) -> kube::Client {
+    api.clone().into_client()
+}
+
+#[tokio::test]
+async fn retry_after_stops_all_requests_with_that_key() {
+    let client = client().await;
+    let ns = namespace(&client, "ratelimit").await;
+    let (sim, addr) = simulator(&["key-rl"]).await;
+    let _op = Operator::start(&ns, addr, Some("key-rl"), &[]).await;
+    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+    apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
+    apply_instance(&ns, "b", "instanceId: b7e2c91d04\nrefreshInterval: 10s");
+    for n in ["a", "b"] {
+        wait_for(&api, n, Duration::from_secs(10), "observed", |o| {
+            has(o, "Synced", "True", "Observed")
+        })
+        .await;
+    }
+    sim.set_fault(
+        "ca338f12f3",
+        Fault {
+            status: Some(429),
+            retry_after: Some("30".into()),
+            ..Default::default()
+        },
+    );
+    wait_for(&api, "a", Duration::from_secs(15), "RateLimited", |o| {
+        has(o, "Synced", "False", "RateLimited")
+    })
+    .await;
+    let paused_at = Instant::now();
+    let count = sim.counts().keys.get("key0").copied().unwrap_or(0);
+    sim.clear_fault("ca338f12f3");
+    tokio::time::sleep(Duration::from_secs(27)).await;
+    assert_eq!(
+        sim.counts().keys.get("key0").copied().unwrap_or(0),
+        count,
+        "a request with the paused key within Retry-After"
+    );
+    // After the pause, polling resumes and the status recovers.
+    wait_for(&api, "a", Duration::from_secs(20), "recovered", |o| {
+        has(o, "Synced", "True", "Observed")
+    })
+    .await;
+    assert!(paused_at.elapsed() >= Duration::from_secs(29));
+    assert!(sim.requests_for("b7e2c91d04") > 0);
+}
+
+#[tokio::test]
+async fn the_api_server_rejects_invalid_specs_naming_the_field() {
+    let client = client().await;
+    let ns = namespace(&client, "invalid").await;
+    let cases = [
+        ("instanceId: ../x", "spec.instanceId"),
+        ("instanceId: a/b", "spec.instanceId"),
+        ("instanceId: \"%2F\"", "spec.instanceId"),
+        ("instanceId: \"\"", "spec.instanceId"),
+        (
+            &*format!("instanceId: {}", "x".repeat(256)),
+            "spec.instanceId",
+        ),
+        (
+            "instanceId: ok1\nrefreshInterval: 1s",
+            "spec.refreshInterval",
+        ),
+        (
+            "instanceId: ok2\nrefreshInterval: abc",
+            "spec.refreshInterval",
+        ),
+        (
+            "instanceId: ok3\nrefreshInterval: 25h",
+            "spec.refreshInterval",
+        ),
+        (
+            "instanceId: ok4\ncredentialsSecretRef:\n  name: Bad_Name",
+            "spec.credentialsSecretRef.name",
+        ),
+    ];
+    for (i, (spec, field)) in cases.iter().enumerate() {
+        let manifest = format!(
+            "apiVersion: gpus.ppio.com/v1alpha1\nkind: PpioInstance\nmetadata:\n  name: bad-{i}\n  namespace: {ns}\nspec:\n{}",
+            spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
+        );
+        let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {spec}");
+        assert!(
+            err.contains(field),
+            "{spec}: error does not name {field}: {err}"
+        );
+    }
+    apply_instance(&ns, "fixed", "instanceId: ca338f12f3");
+    let out = kubectl(
+        &[
+            "patch",
+            "ppioinstance",
+            "fixed",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"instanceId":"other"}}"#,
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "instanceId changed");
+    assert!(
+        err.contains("spec.instanceId") && err.contains("immutable"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn credentials_missing_then_created_and_rotated_without_restart() {
+    let client = client().await;
+    let ns = namespace(&client, "creds").await;
+    let (_sim, addr) = simulator(&["key-right"]).await;
+    let mut op = Operator::start(&ns, addr, None, &[]).await;
+    let api: Api<PpioInstance> = Api::namespaced(client.clone(), &ns);
+    apply_instance(
+        &ns,
+        "a",
+        "instanceId: ca338f12f3\ncredentialsSecretRef:\n  name: ppio\n  key: token",
+    );
+    let o = wait_for(
+        &api,
+        "a",
+        Duration::from_secs(10),
+        "CredentialsMissing",
+        |o| has(o, "Synced", "False", "CredentialsMissing"),
+    )
+    .await;
+    assert!(has(&o, "Ready", "Unknown", "NotObserved"));
+    secret(&client, &ns, "ppio", "token", "key-wrong").await;
+    wait_for(&api, "a", Duration::from_secs(20), "Unauthorized", |o| {
+        has(o, "Synced", "False", "Unauthorized")
+    })
+    .await;
+    secret(&client, &ns, "ppio", "token", "key-right").await;
+    wait_for(&api, "a", Duration::from_secs(30), "Observed", |o| {
+        has(o, "Synced", "True", "Observed")
+    })
+    .await;
+    // Without a Secret reference and without PPIO_API_KEY: CredentialsMissing too.
+    apply_instance(&ns, "nokey", "instanceId: ca338f12f3");
+    wait_for(
+        &api,
+        "nokey",
+        Duration::from_secs(10),
+        "CredentialsMissing",
+        |o| has(o, "Synced", "False", "CredentialsMissing"),
+    )
+    .await;
+    op.assert_running();
+}
+
+#[tokio::test]
+async fn suspend_stops_polling_and_keeps_the_observation() {
+    let client = client().await;
+    let ns = namespace(&client, "suspend").await;
+    let (sim, addr) = simulator(&["key-s"]).await;
+    let _op = Operator::start(&ns, addr, Some("key-s"), &[]).await;
+    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+    apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
+    wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
+        has(o, "Synced", "True", "Observed")
+    })
+    .await;
+    api.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .expect("patch");
+    let o = wait_for(&api, "a", Duration::from_secs(10), "Suspended", |o| {
+        has(o, "Synced", "False", "Suspended")
+    })
+    .await;
+    assert_eq!(
+        o.status.as_ref().and_then(|s| s.state.as_deref()),
+        Some("running")
+    );
+    assert_eq!(
+        o.status.as_ref().and_then(|s| s.observed_generation),
+        o.metadata.generation
+    );
+    let n = sim.requests_for("ca338f12f3");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        sim.requests_for("ca338f12f3"),
+        n,
+        "a suspended instance was polled"
+    );
+    api.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": false}})),
+    )
+    .await
+    .expect("patch");
+    wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
+        has(o, "Synced", "True", "Observed")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn no_secret_reaches_status_events_or_logs() {
+    let client = client().await;
+    let ns = namespace(&client, "leak").await;
+    let markers = [
+        "LEAKKEY-default",
+        "LEAKKEY-secret",
+        "sim-ssh-password",
+        "sim-web-password",
+        "sim-env-value",
+        "sim-command-token",
+    ];
+    let (sim, addr) = simulator(&["LEAKKEY-default", "LEAKKEY-secret"]).await;
+    let mut op = Operator::start(&ns, addr, Some("LEAKKEY-default"), &[]).await;
+    let api: Api<PpioInstance> = Api::namespaced(client.clone(), &ns);
+    secret(&client, &ns, "ppio", "apiKey", "LEAKKEY-secret").await;
+    apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
+    apply_instance(
+        &ns,
+        "b",
+        "instanceId: b7e2c91d04\nrefreshInterval: 10s\ncredentialsSecretRef:\n  name: ppio",
+    );
+    for n in ["a", "b"] {
+        wait_for(&api, n, Duration::from_secs(10), "observed", |o| {
+            has(o, "Synced", "True", "Observed")
+        })
+        .await;
+    }
+    // Failures too: a rejected key and a server error.
+    sim.set_keys(vec!["LEAKKEY-secret".into()]);
+    sim.set_fault(
+        "b7e2c91d04",
+        Fault {
+            status: Some(500),
+            ..Default::default()
+        },
+    );
+    wait_for(&api, "a", Duration::from_secs(15), "Unauthorized", |o| {
+        has(o, "Synced", "False", "Unauthorized")
+    })
+    .await;
+    wait_for(&api, "b", Duration::from_secs(15), "ApiUnavailable", |o| {
+        has(o, "Synced", "False", "ApiUnavailable")
+    })
+    .await;
+    op.assert_running();
+
+    let everything = [
+        kubectl_ok(&["get", "ppioinstances", "-A", "-o", "yaml"], None),
+        kubectl_ok(&["get", "events", "-A", "-o", "yaml"], None),
+        kubectl_ok(
+            &["get", "events.v1.events.k8s.io", "-A", "-o", "yaml"],
+            None,
+        ),
+        op.log(),
+    ];
+    assert!(
+        everything[0].contains("root@proxy"),
+        "the scan saw the status"
+    );
+    assert!(
+        everything[3].contains("instance state changed"),
+        "the scan saw the log"
+    );
+    for m in markers {
+        for (what, text) in ["status", "events", "events.k8s.io", "operator log"]
+            .iter()
+            .zip(&everything)
+        {
+            assert!(!text.contains(m), "{m} found in {what}");
+        }
+    }
+}

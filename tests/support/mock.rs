@@ -1,0 +1,184 @@
+//! A mocked Kubernetes API server (tower-test) that serves Secrets and records status
+//! writes, and the simulator on 127.0.0.1 behind the real PPIO HTTP client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::client::Body;
+use ppio_operator::controller::{Context, Settings};
+use ppio_operator::crd::{PpioInstance, PpioInstanceSpec, PpioInstanceStatus};
+use ppio_operator::metrics::Metrics;
+use ppio_operator::ppio::{ApiKey, HttpClient, HttpClientConfig};
+use ppio_operator::simulator::Simulator;
+use serde_json::{Value, json};
+
+pub const FIXTURE: &str = include_str!("../fixtures/get-instance.json");
+pub const KEY: &str = "sk-test-key";
+pub const REFRESH: Duration = Duration::from_secs(60);
+
+/// A fake Kubernetes API: Secrets to serve, and the status patches received.
+#[derive(Clone, Default)]
+pub struct MockApi {
+    secrets: Arc<Mutex<BTreeMap<String, Secret>>>,
+    patches: Arc<Mutex<Vec<Value>>>,
+}
+
+impl MockApi {
+    pub fn client(&self) -> Client {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let resp = me.answer(req).await;
+                send.send_response(resp);
+            }
+        });
+        Client::new(svc, "default")
+    }
+
+    async fn answer(&self, req: Request<Body>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let body = req.into_body().collect_bytes().await.expect("body");
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (method, parts.as_slice()) {
+            (Method::GET, ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                match self
+                    .secrets
+                    .lock()
+                    .expect("lock")
+                    .get(&format!("{ns}/{name}"))
+                {
+                    Some(s) => {
+                        json_response(StatusCode::OK, &serde_json::to_value(s).expect("json"))
+                    }
+                    None => json_response(
+                        StatusCode::NOT_FOUND,
+                        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("secrets \"{name}\" not found")}),
+                    ),
+                }
+            }
+            (
+                Method::PATCH,
+                [
+                    "apis",
+                    "gpus.ppio.com",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "ppioinstances",
+                    name,
+                    "status",
+                ],
+            ) => {
+                let patch: Value = serde_json::from_slice(&body).expect("patch is JSON");
+                self.patches.lock().expect("lock").push(patch.clone());
+                let mut obj = json!({"apiVersion": "gpus.ppio.com/v1alpha1", "kind": "PpioInstance",
+                    "metadata": {"name": name, "namespace": ns, "generation": 1, "resourceVersion": "2"},
+                    "spec": {"instanceId": "ca338f12f3"}});
+                obj["status"] = patch["status"].clone();
+                json_response(StatusCode::OK, &obj)
+            }
+            (m, p) => panic!("unexpected request to the Kubernetes API: {m} {p:?}"),
+        }
+    }
+
+    pub fn patches(&self) -> Vec<Value> {
+        self.patches.lock().expect("lock").clone()
+    }
+
+    pub fn last_status(&self) -> PpioInstanceStatus {
+        let p = self.patches().last().cloned().expect("a status patch");
+        serde_json::from_value(p["status"].clone()).expect("status decodes")
+    }
+
+    pub fn put_secret(&self, ns: &str, name: &str, key: &str, value: &str) {
+        let mut data = BTreeMap::new();
+        data.insert(key.to_string(), ByteString(value.as_bytes().to_vec()));
+        let s = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            data: Some(data),
+            ..Default::default()
+        };
+        self.secrets
+            .lock()
+            .expect("lock")
+            .insert(format!("{ns}/{name}"), s);
+    }
+}
+
+pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(v).expect("json")))
+        .expect("response")
+}
+
+pub struct Harness {
+    pub sim: Simulator,
+    pub api: MockApi,
+    pub ctx: Arc<Context>,
+}
+
+pub async fn harness(default_key: Option<&str>) -> Harness {
+    let fixture: Value = serde_json::from_str(FIXTURE).expect("fixture");
+    let sim = Simulator::new(vec![fixture], vec![KEY.to_string()]);
+    let addr = sim
+        .spawn(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .expect("simulator binds");
+    let http = HttpClient::new(&HttpClientConfig {
+        base_url: format!("http://{addr}"),
+        timeout: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .expect("client");
+    let api = MockApi::default();
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        Arc::new(http),
+        Settings {
+            default_refresh: REFRESH,
+            default_key: default_key.and_then(ApiKey::new),
+        },
+        Arc::new(Metrics::new()),
+    ));
+    Harness { sim, api, ctx }
+}
+
+pub fn instance(name: &str, status: Option<PpioInstanceStatus>) -> PpioInstance {
+    let mut i = PpioInstance::new(
+        name,
+        PpioInstanceSpec {
+            instance_id: "ca338f12f3".into(),
+            credentials_secret_ref: None,
+            refresh_interval: None,
+            suspend: None,
+        },
+    );
+    i.metadata.namespace = Some("ml".into());
+    i.metadata.generation = Some(1);
+    i.status = status;
+    i
+}
+
+pub fn condition(s: &PpioInstanceStatus, t: &str) -> (String, String) {
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .expect("condition");
+    (c.status.clone(), c.reason.clone())
+}
