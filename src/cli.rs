@@ -63,6 +63,29 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Elect a leader through a coordination.k8s.io Lease; only the leader reconciles (use it
+    /// with more than one replica).
+    #[arg(long, env = "LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Namespace of the Lease (default: POD_NAMESPACE, else --namespace, else "default").
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE", value_parser = parse_namespace)]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the Lease.
+    #[arg(long, env = "LEADER_ELECTION_NAME", default_value = "ppio-operator", value_parser = parse_lease_name)]
+    pub leader_election_name: String,
+
+    /// How long a leader's Lease lasts without renewal (5s..120s); a standby takes over
+    /// about this long after the leader died.
+    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration, value_name = "DURATION")]
+    pub leader_election_lease_duration: Duration,
+
+    /// This replica's identity in the Lease and in Events (default: POD_NAME, else the host
+    /// name and process id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
 }
 
 fn parse_base_url(s: &str) -> Result<String, String> {
@@ -79,6 +102,15 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
+    parse_duration_within(s, Duration::from_secs(1), Duration::from_secs(60))
+}
+
+fn parse_lease_duration(s: &str) -> Result<Duration, String> {
+    parse_duration_within(s, Duration::from_secs(5), Duration::from_secs(120))
+}
+
+/// Parses `10s` or `500ms` and checks `min..=max`.
+fn parse_duration_within(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
     let d = s
         .strip_suffix("ms")
         .and_then(|n| n.parse::<u64>().ok())
@@ -89,10 +121,37 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
                 .map(Duration::from_secs)
         })
         .ok_or_else(|| format!("'{s}' is not a duration such as 10s or 500ms"))?;
-    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&d) {
-        return Err(format!("'{s}' is outside the allowed range 1s..60s"));
+    if !(min..=max).contains(&d) {
+        return Err(format!(
+            "'{s}' is outside the allowed range {}s..{}s",
+            min.as_secs(),
+            max.as_secs()
+        ));
     }
     Ok(d)
+}
+
+fn parse_lease_name(s: &str) -> Result<String, String> {
+    let ok =
+        !s.is_empty() && s.len() <= 253 && s.split('.').all(|label| parse_namespace(label).is_ok());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is not a valid Lease name (lowercase letters, digits, '-' and '.')"
+        ))
+    }
+}
+
+/// This replica's default identity: the host name and the process id.
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ppio-operator".into());
+    format!("{host}-{}", std::process::id())
 }
 
 fn parse_namespace(s: &str) -> Result<String, String> {
@@ -145,8 +204,33 @@ async fn run(args: RunArgs) -> ExitCode {
     let default_key = std::env::var("PPIO_API_KEY")
         .ok()
         .and_then(|k| ApiKey::new(&k));
+    let namespace = args.namespace.filter(|n| !n.is_empty());
+    let identity = args
+        .identity
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(default_identity);
+    let leader = args.leader_election.then(|| {
+        let lease_ns = args
+            .leader_election_namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            })
+            .or_else(|| namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        crate::leader::LeaderConfig::new(
+            lease_ns,
+            args.leader_election_name.clone(),
+            identity.clone(),
+            args.leader_election_lease_duration,
+        )
+    });
     let config = crate::operator::RunConfig {
-        namespace: args.namespace.filter(|n| !n.is_empty()),
+        namespace,
+        leader,
+        identity,
         settings: Settings {
             default_refresh: args.default_refresh_interval,
             default_key,

@@ -60,6 +60,8 @@ pub struct Context {
     pub ppio: Arc<dyn PpioApi>,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    /// Publishes Events; `None` in tests that do not look at Events.
+    recorder: Option<kube::runtime::events::Recorder>,
     tracked: Mutex<HashMap<String, Tracked>>,
     /// Per API key (by fingerprint): no request before this instant (a 429's Retry-After).
     key_paused_until: Mutex<HashMap<u64, Instant>>,
@@ -78,10 +80,17 @@ impl Context {
             ppio,
             settings,
             metrics,
+            recorder: None,
             tracked: Mutex::new(HashMap::new()),
             key_paused_until: Mutex::new(HashMap::new()),
             key_hasher: RandomState::new(),
         }
+    }
+
+    /// Publishes Events through `recorder`.
+    pub fn with_recorder(mut self, recorder: kube::runtime::events::Recorder) -> Context {
+        self.recorder = Some(recorder);
+        self
     }
 
     fn fingerprint(&self, key: &ApiKey) -> u64 {
@@ -526,7 +535,8 @@ async fn write_status(
         ctx.metrics.status_writes_skipped.inc();
         return Ok(false);
     }
-    log_transitions(current, &new);
+    let changes = transitions(current, &new);
+    log_transitions(current, &new, &changes);
     let api: Api<PpioInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = serde_json::json!({
         "apiVersion": PpioInstance::api_version(&()),
@@ -541,6 +551,7 @@ async fn write_status(
     .await
     .map_err(Error::WriteStatus)?;
     ctx.metrics.status_writes.inc();
+    publish_events(ctx, instance, &changes).await;
     Ok(true)
 }
 
@@ -551,32 +562,128 @@ fn find<'a>(s: Option<&'a PpioInstanceStatus>, type_: &str) -> Option<&'a str> {
         .map(|c| c.reason.as_str())
 }
 
-/// Logs at info level what a user would want to know: state changes and sync transitions.
-fn log_transitions(old: Option<&PpioInstanceStatus>, new: &PpioInstanceStatus) {
-    let old_state = old.and_then(|s| s.state.as_deref());
-    if old_state != new.state.as_deref() {
-        info!(
-            from = old_state.unwrap_or("-"),
-            to = new.state.as_deref().unwrap_or("-"),
-            "instance state changed"
-        );
+/// A change worth a log line and an Event: never one per poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// The PPIO state changed (both old and new are PPIO states, not NotFound).
+    State { from: String, to: String },
+    /// Synced turned False, or its reason changed.
+    SyncFailed { reason: String, message: String },
+    /// Synced turned True after having been False.
+    SyncRecovered { from: String },
+    /// The first successful observation.
+    FirstObserved,
+}
+
+/// The transitions from `old` to `new`.
+pub fn transitions(old: Option<&PpioInstanceStatus>, new: &PpioInstanceStatus) -> Vec<Transition> {
+    let mut out = Vec::new();
+    let known = |s: Option<&str>| {
+        s.filter(|s| *s != crate::status::STATE_NOT_FOUND)
+            .map(str::to_string)
+    };
+    if let (Some(from), Some(to)) = (
+        known(old.and_then(|s| s.state.as_deref())),
+        known(new.state.as_deref()),
+    ) && from != to
+    {
+        out.push(Transition::State { from, to });
     }
     let old_sync = find(old, condition::SYNCED);
     let new_sync = find(Some(new), condition::SYNCED);
     if old_sync != new_sync {
-        let message = new
-            .conditions
-            .iter()
-            .find(|c| c.type_ == condition::SYNCED)
-            .map(|c| c.message.as_str())
-            .unwrap_or_default();
         if new_sync == Some(crate::status::reason::OBSERVED) {
-            match old_sync {
-                None => info!("instance observed"),
-                Some(from) => info!(from, "sync recovered"),
-            }
+            out.push(match old_sync {
+                None => Transition::FirstObserved,
+                Some(from) => Transition::SyncRecovered {
+                    from: from.to_string(),
+                },
+            });
         } else {
-            warn!(reason = new_sync.unwrap_or("-"), message, "sync failing");
+            let message = new
+                .conditions
+                .iter()
+                .find(|c| c.type_ == condition::SYNCED)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            out.push(Transition::SyncFailed {
+                reason: new_sync.unwrap_or_default().to_string(),
+                message,
+            });
+        }
+    }
+    out
+}
+
+/// Logs each transition (info for good news, warn for failures).
+fn log_transitions(
+    old: Option<&PpioInstanceStatus>,
+    new: &PpioInstanceStatus,
+    list: &[Transition],
+) {
+    if old.and_then(|s| s.state.as_deref()) != new.state.as_deref() {
+        info!(
+            from = old.and_then(|s| s.state.as_deref()).unwrap_or("-"),
+            to = new.state.as_deref().unwrap_or("-"),
+            "instance state changed"
+        );
+    }
+    for t in list {
+        match t {
+            Transition::State { .. } => {}
+            Transition::FirstObserved => info!("instance observed"),
+            Transition::SyncRecovered { from } => info!(from = from.as_str(), "sync recovered"),
+            Transition::SyncFailed { reason, message } => {
+                warn!(
+                    reason = reason.as_str(),
+                    message = message.as_str(),
+                    "sync failing"
+                )
+            }
+        }
+    }
+}
+
+/// Publishes an Event per transition; a failure to publish is logged, never fatal.
+async fn publish_events(ctx: &Context, instance: &PpioInstance, list: &[Transition]) {
+    use kube::runtime::events::{Event, EventType};
+    let Some(recorder) = &ctx.recorder else {
+        return;
+    };
+    let reference = instance.object_ref(&());
+    for t in list {
+        let event = match t {
+            Transition::State { from, to } => Event {
+                type_: EventType::Normal,
+                reason: "StateChanged".into(),
+                note: Some(crate::status::bounded(&format!(
+                    "The instance state changed from {from} to {to}."
+                ))),
+                action: "Observe".into(),
+                secondary: None,
+            },
+            Transition::SyncFailed { reason, message } => Event {
+                type_: if reason == crate::status::reason::SUSPENDED {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
+                reason: reason.clone(),
+                note: Some(message.clone()),
+                action: "Poll".into(),
+                secondary: None,
+            },
+            Transition::SyncRecovered { from } => Event {
+                type_: EventType::Normal,
+                reason: "Synced".into(),
+                note: Some(format!("The PPIO API answers again (was {from}).")),
+                action: "Poll".into(),
+                secondary: None,
+            },
+            Transition::FirstObserved => continue,
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            warn!(error = %e, reason = event.reason.as_str(), "publishing an Event failed");
         }
     }
 }

@@ -79,6 +79,8 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let config = RunConfig {
         namespace: None,
+        leader: None,
+        identity: "demo".into(),
         settings: Settings {
             default_refresh: Duration::from_secs(30),
             default_key: ApiKey::new(DEMO_KEY),

@@ -11,6 +11,7 @@ pub mod controller;
 pub mod crd;
 pub mod demo;
 pub mod interval;
+pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod ppio;

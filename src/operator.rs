@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::controller::{Context, Settings, error_policy, reconcile};
 use crate::crd::{CRD_NAME, CRD_PATH, PpioInstance};
+use crate::leader::{Elector, LeaderConfig};
 use crate::metrics::Metrics;
 use crate::ppio::PpioApi;
 use crate::server::{self, Health};
@@ -30,7 +31,14 @@ pub struct RunConfig {
     pub concurrency: u16,
     /// Where `/metrics`, `/livez` and `/readyz` are served.
     pub http_addr: SocketAddr,
+    /// Leader election; `None`: this replica always reconciles.
+    pub leader: Option<LeaderConfig>,
+    /// This replica's name in Events (`reportingInstance`).
+    pub identity: String,
 }
+
+/// How long in-flight work may take after SIGTERM before the operator exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 /// Start-up failures, each with what the user should do.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +55,8 @@ pub enum StartError {
         #[source]
         source: kube::Error,
     },
+    #[error("lost the leader lease {0}; exiting so that no two replicas write")]
+    LostLeadership(String),
     #[error("--http-addr: cannot listen on {addr}: {source}")]
     HttpAddr {
         addr: SocketAddr,
@@ -110,20 +120,83 @@ pub async fn run_until(
             addr: config.http_addr,
             source,
         })?;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server_stop = async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
     let http = tokio::spawn(server::serve(
         listener,
         health.clone(),
         metrics.clone(),
-        server_stop,
+        stopped(http_stop_rx),
     ));
-    let result = run_controller(client, config, metrics, health, shutdown).await;
-    let _ = stop_tx.send(true);
+
+    let result = async {
+        let api: Api<PpioInstance> = match &config.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        check_crd(&api, config.namespace.as_deref()).await?;
+        let Some(leader) = config.leader.clone() else {
+            return run_bounded(client, config, metrics, health, stop_rx).await;
+        };
+        // A standby is ready: it serves, and takes over when the leader goes.
+        health.ready.store(true, Ordering::Relaxed);
+        let mut elector = Elector::new(client.clone(), leader);
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = stopped(stop_rx.clone()) => {
+                info!("stopped while standing by");
+                return Ok(());
+            }
+        }
+        metrics.leader.set(1);
+        let lease = format!("{}/{}", elector.config().namespace, elector.config().name);
+        let outcome = tokio::select! {
+            r = run_bounded(client, config, metrics.clone(), health, stop_rx) => r,
+            _ = elector.hold() => Err(StartError::LostLeadership(lease)),
+        };
+        metrics.leader.set(0);
+        if outcome.is_ok() {
+            elector.release().await;
+        }
+        outcome
+    }
+    .await;
+    let _ = http_stop_tx.send(true);
     let _ = http.await;
     result
+}
+
+/// Resolves once the stop flag is set.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// [`run_controller`], cut short [`SHUTDOWN_GRACE`] after the stop signal.
+async fn run_bounded(
+    client: Client,
+    config: RunConfig,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let deadline = {
+        let rx = stop_rx.clone();
+        async move {
+            stopped(rx).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    tokio::select! {
+        r = run_controller(client, config, metrics, health, stopped(stop_rx)) => r,
+        _ = deadline => {
+            warn!("in-flight reconciles did not finish in time; exiting");
+            Ok(())
+        }
+    }
 }
 
 async fn run_controller(
@@ -133,15 +206,10 @@ async fn run_controller(
     health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
-    let (api, guarded): (Api<PpioInstance>, Api<DeserializeGuard<PpioInstance>>) =
-        match &config.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
-    check_crd(&api, config.namespace.as_deref()).await?;
+    let guarded: Api<DeserializeGuard<PpioInstance>> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     info!(
         namespace = config.namespace.as_deref().unwrap_or("<all>"),
         default_refresh_s = config.settings.default_refresh.as_secs(),
@@ -153,7 +221,16 @@ async fn run_controller(
             "PPIO_API_KEY is not set: PpioInstances without spec.credentialsSecretRef will report CredentialsMissing"
         );
     }
-    let ctx = Arc::new(Context::new(client, config.ppio, config.settings, metrics));
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: crate::controller::FIELD_MANAGER.into(),
+            instance: Some(config.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(
+        Context::new(client, config.ppio, config.settings, metrics).with_recorder(recorder),
+    );
     let controller = Controller::new(guarded, watcher::Config::default().any_semantic());
     let store = controller.store();
     let housekeeping = tokio::spawn({
