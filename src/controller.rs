@@ -206,7 +206,7 @@ pub async fn reconcile(
             // One malformed object must not stop the others: report it and wait for an edit.
             warn!(
                 namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
-                name = invalid.metadata.name.as_deref().unwrap_or_default(),
+                ppioinstance = invalid.metadata.name.as_deref().unwrap_or_default(),
                 error = %invalid.error,
                 "skipping a PpioInstance that does not match the CRD schema; fix or re-create it"
             );
@@ -216,7 +216,7 @@ pub async fn reconcile(
     let span = tracing::info_span!(
         "reconcile",
         namespace = instance.namespace().unwrap_or_default(),
-        name = instance.name_any(),
+        ppioinstance = instance.name_any(),
         instance_id = instance.spec.instance_id.as_str(),
     );
     let _timer = ctx.metrics.reconcile_timer();
@@ -252,7 +252,7 @@ pub fn error_policy(
     ctx.set_tracked(&key, t);
     warn!(
         namespace = instance.namespace().unwrap_or_default(),
-        name = instance.name_any(),
+        ppioinstance = instance.name_any(),
         error = %error,
         retry_in_s = delay.as_secs(),
         "reconcile failed"
@@ -636,7 +636,7 @@ fn log_transitions(
             Transition::SyncFailed { reason, message } => {
                 warn!(
                     reason = reason.as_str(),
-                    message = message.as_str(),
+                    detail = message.as_str(),
                     "sync failing"
                 )
             }

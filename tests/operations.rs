@@ -477,3 +477,54 @@ async fn readyz_waits_for_the_first_watch_sync_while_livez_stays_up() {
         .expect("joins")
         .expect("runs cleanly");
 }
+
+#[tokio::test]
+async fn json_logs_are_one_line_per_change_not_per_poll() {
+    let client = client().await;
+    let ns = namespace(&client, "logs").await;
+    let (sim, addr) = simulator(&["key-j"]).await;
+    let op = Operator::start_logging(
+        &ns,
+        addr,
+        Some("key-j"),
+        &["--log-format", "json"],
+        "warn,ppio_operator=info",
+    )
+    .await;
+    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+    apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
+    wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
+        has(o, "Synced", "True", "Observed")
+    })
+    .await;
+    let polls = sim.requests_for("ca338f12f3");
+    let start = Instant::now();
+    while sim.requests_for("ca338f12f3") < polls + 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "not polled");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let log = op.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let about_a: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["span"]["ppioinstance"] == "a")
+        .collect();
+    let messages: Vec<&str> = about_a
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .collect();
+    assert_eq!(
+        messages,
+        ["instance state changed", "instance observed"],
+        "one line per change, none per poll:\n{log}"
+    );
+    let span = &about_a[0]["span"];
+    assert_eq!(span["namespace"], ns.as_str());
+    assert_eq!(span["instance_id"], "ca338f12f3");
+    assert_eq!(span["name"], "reconcile");
+    assert_eq!(about_a[0]["level"], "INFO");
+    assert_eq!(about_a[0]["to"], "running");
+}

@@ -212,6 +212,17 @@ impl Operator {
         default_key: Option<&str>,
         extra: &[&str],
     ) -> Operator {
+        Self::start_logging(ns, sim, default_key, extra, "ppio_operator=debug,warn").await
+    }
+
+    /// [`Operator::start`] with a given `RUST_LOG`.
+    pub async fn start_logging(
+        ns: &str,
+        sim: SocketAddr,
+        default_key: Option<&str>,
+        extra: &[&str],
+        rust_log: &str,
+    ) -> Operator {
         let port = free_port().expect("port");
         let http = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
@@ -233,10 +244,7 @@ impl Operator {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let kc = kubeconfig().display().to_string();
-        let mut envs = vec![
-            ("KUBECONFIG", kc.as_str()),
-            ("RUST_LOG", "ppio_operator=debug,warn"),
-        ];
+        let mut envs = vec![("KUBECONFIG", kc.as_str()), ("RUST_LOG", rust_log)];
         if let Some(k) = default_key {
             envs.push(("PPIO_API_KEY", k));
         }
