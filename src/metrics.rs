@@ -66,6 +66,7 @@ pub struct Metrics {
     pub instance_synced: Family<ObjectLabels, Gauge>,
     pub instance_last_success: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
     pub instance_price: Family<PriceLabels, Gauge>,
+    pub instance_prepaid_end: Family<ObjectLabels, Gauge>,
     /// The state label currently exported per object, to replace it on change.
     states: Mutex<std::collections::HashMap<ObjectLabels, String>>,
 }
@@ -93,6 +94,7 @@ impl Metrics {
             instance_synced: Family::default(),
             instance_last_success: Family::default(),
             instance_price: Family::default(),
+            instance_prepaid_end: Family::default(),
             states: Mutex::new(Default::default()),
             registry: Registry::default(),
         };
@@ -160,6 +162,11 @@ impl Metrics {
             "instance_price",
             "Raw PPIO price integers by kind (instance, base, storage)",
             m.instance_price.clone(),
+        );
+        registry.register(
+            "instance_prepaid_end_time_seconds",
+            "Unix time when the prepaid term ends (prepaid instances only)",
+            m.instance_prepaid_end.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -235,6 +242,22 @@ impl Metrics {
                 .get_or_create(&state_labels(&obj, state))
                 .set(1);
         }
+        let prepaid_end = status
+            .billing
+            .as_ref()
+            .and_then(|b| b.prepaid.as_ref())
+            .and_then(|p| p.end_time.as_deref())
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        match prepaid_end {
+            Some(t) => {
+                self.instance_prepaid_end
+                    .get_or_create(&obj)
+                    .set(t.as_second());
+            }
+            None => {
+                self.instance_prepaid_end.remove(&obj);
+            }
+        }
         if let Some(p) = &status.pricing {
             for (kind, v) in [
                 ("instance", p.instance_price),
@@ -275,6 +298,7 @@ impl Metrics {
         self.instance_ready.remove(&obj);
         self.instance_synced.remove(&obj);
         self.instance_last_success.remove(&obj);
+        self.instance_prepaid_end.remove(&obj);
         for kind in ["instance", "base", "storage"] {
             self.instance_price.remove(&PriceLabels {
                 namespace: namespace.into(),

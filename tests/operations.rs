@@ -109,6 +109,13 @@ async fn metrics_follow_the_instance_and_disappear_with_it() {
         ),
         Some(10.0)
     );
+    assert_eq!(
+        sample(
+            &m,
+            &format!("ppio_instance_prepaid_end_time_seconds{{{obj}}}")
+        ),
+        Some(1714464000.0)
+    );
     let last = sample(
         &m,
         &format!("ppio_instance_last_success_timestamp_seconds{{{obj}}}"),
