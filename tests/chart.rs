@@ -1,0 +1,491 @@
+//! The Helm chart, checked with the real helm and the real API server: lint, schema,
+//! least-privilege RBAC, server-side validation of every rendering, install, upgrade and
+//! uninstall.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use kube::CustomResourceExt;
+use ppio_operator::crd::{PpioInstance, crd_yaml};
+use serde::Deserialize;
+use serde_json::Value;
+use support::*;
+
+fn chart() -> PathBuf {
+    Path::new(REPO).join("charts/ppio-operator")
+}
+
+/// Helm, with its config and cache in a folder of the test run (never the user's).
+fn helm(args: &[&str]) -> Output {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    let home = HOME.get_or_init(|| {
+        let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
+        std::fs::create_dir_all(&d).expect("helm home");
+        d
+    });
+    Command::new(tools_dir().join("helm"))
+        .args(args)
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .expect("helm runs")
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn render(sets: &[&str]) -> String {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "rel",
+        chart.to_str().expect("path"),
+        "--namespace",
+        "ppio-system",
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    helm_ok(&args)
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|d| Value::deserialize(d).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = docs
+        .iter()
+        .filter_map(|d| d["kind"].as_str().map(str::to_string))
+        .collect();
+    k.sort();
+    k
+}
+
+const ALL_FEATURES: &[&str] = &[
+    "apiKey.value=sk-chart-test",
+    "replicaCount=2",
+    "leaderElection.enabled=true",
+    "metrics.serviceMonitor.enabled=true",
+    "networkPolicy.enabled=true",
+    "networkPolicy.apiServerCidrs={10.0.0.1/32}",
+    "podDisruptionBudget.enabled=true",
+    "watchNamespace=chart-watched",
+];
+
+#[test]
+fn the_chart_crd_is_the_generated_crd() {
+    let file = std::fs::read_to_string(chart().join("files/ppioinstances.gpus.ppio.com.yaml"))
+        .expect("chart CRD file");
+    assert!(
+        file == crd_yaml().expect("renders"),
+        "charts/ppio-operator/files/ppioinstances.gpus.ppio.com.yaml is out of date: regenerate it with `cargo run -- crd`"
+    );
+    let rendered = docs(&render(&[]));
+    let crd = rendered
+        .iter()
+        .find(|d| d["kind"] == "CustomResourceDefinition")
+        .expect("the chart renders the CRD");
+    let want = serde_json::to_value(PpioInstance::crd()).expect("json");
+    assert_eq!(crd["spec"], want["spec"]);
+    assert_eq!(crd["metadata"]["name"], "ppioinstances.gpus.ppio.com");
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    assert!(
+        !kinds(&docs(&render(&["crds.install=false"])))
+            .contains(&"CustomResourceDefinition".to_string())
+    );
+}
+
+#[test]
+fn lint_passes_and_bad_values_are_refused() {
+    let chart = chart();
+    let chart = chart.to_str().expect("path");
+    helm_ok(&["lint", "--strict", chart]);
+    let mut all = vec!["lint", "--strict", chart];
+    for s in ALL_FEATURES {
+        all.extend(["--set", s]);
+    }
+    helm_ok(&all);
+    for (set, mention) in [
+        ("replicaCount=notanumber", "replicaCount"),
+        ("replicaCount=2", "leaderElection"),
+        ("defaultRefreshInterval=soon", "defaultRefreshInterval"),
+        ("logFormat=xml", "logFormat"),
+        ("ppio.baseUrl=not-a-url", "baseUrl"),
+        ("watchNamespace=Bad_NS", "watchNamespace"),
+        ("replicaCont=1", "replicaCont"),
+    ] {
+        let out = helm(&["template", "rel", chart, "--set", set]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{set} accepted");
+        assert!(
+            err.contains(mention),
+            "{set}: error does not mention {mention}: {err}"
+        );
+    }
+}
+
+fn rules(docs: &[Value], kind: &str) -> Vec<(String, Value)> {
+    docs.iter()
+        .filter(|d| d["kind"] == kind)
+        .flat_map(|d| {
+            let ns = d["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            d["rules"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |r| (ns.clone(), r))
+        })
+        .collect()
+}
+
+#[test]
+fn rbac_is_least_privilege_without_wildcards() {
+    for sets in [vec![], ALL_FEATURES.to_vec()] {
+        let d = docs(&render(&sets));
+        for kind in ["Role", "ClusterRole"] {
+            for (_, r) in rules(&d, kind) {
+                for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                    for v in r[field].as_array().into_iter().flatten() {
+                        assert_ne!(v.as_str(), Some("*"), "wildcard in {kind} {r}");
+                    }
+                }
+                for verb in r["verbs"].as_array().into_iter().flatten() {
+                    let verb = verb.as_str().unwrap_or_default();
+                    assert!(
+                        ![
+                            "delete",
+                            "deletecollection",
+                            "escalate",
+                            "bind",
+                            "impersonate"
+                        ]
+                        .contains(&verb),
+                        "{verb} in {r}"
+                    );
+                }
+            }
+        }
+    }
+    // Cluster-wide mode: one ClusterRole; Secrets read-only; no Leases without election.
+    let d = docs(&render(&[]));
+    let cluster = rules(&d, "ClusterRole");
+    let secrets: Vec<&Value> = cluster
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| r["resources"][0] == "secrets")
+        .collect();
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(secrets[0]["verbs"], serde_json::json!(["get"]));
+    assert!(
+        !serde_json::to_string(&d).expect("json").contains("leases"),
+        "no Lease access without leader election"
+    );
+    let status = cluster
+        .iter()
+        .find(|(_, r)| r["resources"][0] == "ppioinstances/status")
+        .expect("status rule");
+    assert_eq!(status.1["verbs"], serde_json::json!(["patch"]));
+
+    // Namespaced mode: no ClusterRole or ClusterRoleBinding at all; Secrets in the watched
+    // namespace only; the Lease by name in the release namespace.
+    let d = docs(&render(ALL_FEATURES));
+    let k = kinds(&d);
+    assert!(
+        !k.contains(&"ClusterRole".to_string()) && !k.contains(&"ClusterRoleBinding".to_string()),
+        "{k:?}"
+    );
+    for (ns, r) in rules(&d, "Role") {
+        if r["resources"][0] == "secrets" {
+            assert_eq!(ns, "chart-watched");
+        }
+        if r["resources"][0] == "leases" && r["verbs"] != serde_json::json!(["create"]) {
+            assert_eq!(ns, "ppio-system");
+            assert_eq!(r["resourceNames"], serde_json::json!(["rel-ppio-operator"]));
+        }
+    }
+}
+
+#[test]
+fn the_deployment_is_hardened_and_configured_from_values() {
+    let d = docs(&render(&[
+        "apiKey.existingSecret=ppio-credentials",
+        "watchNamespace=ml",
+        "defaultRefreshInterval=30s",
+    ]));
+    let dep = d
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("deployment");
+    let pod = &dep["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in [
+        "run",
+        "--namespace=ml",
+        "--default-refresh-interval=30s",
+        "--ppio-base-url=https://api.ppio.com",
+    ] {
+        assert!(args.contains(&want), "{want} missing from {args:?}");
+    }
+    let env = c["env"].as_array().expect("env");
+    let key = env
+        .iter()
+        .find(|e| e["name"] == "PPIO_API_KEY")
+        .expect("PPIO_API_KEY");
+    assert_eq!(key["valueFrom"]["secretKeyRef"]["name"], "ppio-credentials");
+    let sa = d
+        .iter()
+        .find(|d| d["kind"] == "ServiceAccount")
+        .expect("sa");
+    assert_eq!(sa["automountServiceAccountToken"], false);
+    // The operator's flags must all exist: the binary parses the rendered args.
+    let mut argv = vec![OPERATOR.to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    argv.push("--help".into());
+    let out = Command::new(OPERATOR)
+        .args(&argv[1..])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "the operator refuses the chart's args: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const SERVICE_MONITOR_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: servicemonitors.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  names: {kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          x-kubernetes-preserve-unknown-fields: true
+"#;
+
+#[tokio::test]
+async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_work() {
+    let client = client().await;
+    // What the optional features need in the cluster: the ServiceMonitor kind (the Prometheus
+    // Operator's, reduced to its name) and the namespaces.
+    kubectl_ok(&["apply", "-f", "-"], Some(SERVICE_MONITOR_CRD));
+    kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "--timeout=30s",
+        ],
+        None,
+    );
+    for ns in ["ppio-system", "chart-watched"] {
+        let _ = kubectl(&["create", "namespace", ns], None);
+    }
+    let variants: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["apiKey.existingSecret=ppio-credentials"],
+        ALL_FEATURES.to_vec(),
+        vec![
+            "leaderElection.enabled=true",
+            "crds.install=false",
+            "rbac.create=false",
+            "serviceAccount.create=false",
+            "metrics.service.enabled=false",
+        ],
+    ];
+    for sets in &variants {
+        let rendered = render(sets);
+        let out = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
+        assert!(
+            out.status.success(),
+            "{sets:?} does not validate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Install. The test control plane installed the CRD itself; Helm installs it here.
+    kubectl_ok(
+        &[
+            "delete",
+            "crd",
+            "ppioinstances.gpus.ppio.com",
+            "--wait=true",
+        ],
+        None,
+    );
+    let chart = chart();
+    let chart = chart.to_str().expect("path");
+    helm_ok(&[
+        "install",
+        "rel",
+        chart,
+        "-n",
+        "ppio-system",
+        "--set",
+        "apiKey.existingSecret=ppio-credentials",
+    ]);
+    for (kind, name, ns) in [
+        ("deployment", "rel-ppio-operator", Some("ppio-system")),
+        ("serviceaccount", "rel-ppio-operator", Some("ppio-system")),
+        ("service", "rel-ppio-operator-metrics", Some("ppio-system")),
+        ("clusterrole", "rel-ppio-operator", None),
+        ("clusterrolebinding", "rel-ppio-operator", None),
+        ("crd", "ppioinstances.gpus.ppio.com", None),
+    ] {
+        let mut args = vec!["get", kind, name, "-o", "name"];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        kubectl_ok(&args, None);
+    }
+    kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/ppioinstances.gpus.ppio.com",
+            "--timeout=30s",
+        ],
+        None,
+    );
+    apply_instance("chart-watched", "survivor", "instanceId: ca338f12f3");
+
+    // Upgrade: values change the Deployment; leader election brings its Role.
+    helm_ok(&[
+        "upgrade",
+        "rel",
+        chart,
+        "-n",
+        "ppio-system",
+        "--reuse-values",
+        "--set",
+        "replicaCount=2",
+        "--set",
+        "leaderElection.enabled=true",
+        "--set",
+        "defaultRefreshInterval=30s",
+    ]);
+    let dep: Value = serde_json::from_str(&kubectl_ok(
+        &[
+            "get",
+            "deployment",
+            "rel-ppio-operator",
+            "-n",
+            "ppio-system",
+            "-o",
+            "json",
+        ],
+        None,
+    ))
+    .expect("json");
+    assert_eq!(dep["spec"]["replicas"], 2);
+    let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--leader-election") && args.contains("--default-refresh-interval=30s"),
+        "{args}"
+    );
+    kubectl_ok(
+        &[
+            "get",
+            "role",
+            "rel-ppio-operator-leader-election",
+            "-n",
+            "ppio-system",
+        ],
+        None,
+    );
+    // A bad value is refused and the release stays as it was.
+    let out = helm(&[
+        "upgrade",
+        "rel",
+        chart,
+        "-n",
+        "ppio-system",
+        "--reuse-values",
+        "--set",
+        "replicaCount=notanumber",
+    ]);
+    assert!(!out.status.success());
+    let status: Value = serde_json::from_str(&helm_ok(&[
+        "status",
+        "rel",
+        "-n",
+        "ppio-system",
+        "-o",
+        "json",
+    ]))
+    .expect("json");
+    assert_eq!(status["version"], 2);
+    assert_eq!(status["info"]["status"], "deployed");
+
+    // Uninstall: the operator goes, the CRD and the PpioInstances stay.
+    helm_ok(&["uninstall", "rel", "-n", "ppio-system"]);
+    let out = kubectl(
+        &[
+            "get",
+            "deployment",
+            "rel-ppio-operator",
+            "-n",
+            "ppio-system",
+        ],
+        None,
+    );
+    assert!(!out.status.success(), "the Deployment survived uninstall");
+    kubectl_ok(&["get", "crd", "ppioinstances.gpus.ppio.com"], None);
+    kubectl_ok(
+        &["get", "ppioinstance", "survivor", "-n", "chart-watched"],
+        None,
+    );
+    drop(client);
+}
