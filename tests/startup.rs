@@ -1,0 +1,125 @@
+//! Start-up as a user meets it: bad flags and a missing CRD exit non-zero with a message that
+//! says what to do.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::json;
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_ppio-operator");
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(OPERATOR);
+    cmd.args(args)
+        .env_remove("PPIO_BASE_URL")
+        .env_remove("WATCH_NAMESPACE")
+        .env_remove("PPIO_DEFAULT_REFRESH_INTERVAL")
+        .env_remove("HTTP_ADDR");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the operator runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_flag_exits_non_zero_naming_the_flag() {
+    for (args, flag) in [
+        (
+            vec!["run", "--default-refresh-interval", "1s"],
+            "--default-refresh-interval",
+        ),
+        (
+            vec!["run", "--default-refresh-interval", "abc"],
+            "--default-refresh-interval",
+        ),
+        (vec!["run", "--ppio-base-url", "ftp://x"], "--ppio-base-url"),
+        (vec!["run", "--http-addr", "localhost"], "--http-addr"),
+        (vec!["run", "--no-such-flag"], "--no-such-flag"),
+    ] {
+        let (code, err) = run(&args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    // Environment fallbacks are checked the same way.
+    let (code, err) = run(&["run"], &[("PPIO_DEFAULT_REFRESH_INTERVAL", "25h")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--default-refresh-interval"), "{err}");
+}
+
+#[test]
+fn crd_prints_the_committed_file() {
+    let out = Command::new(OPERATOR).arg("crd").output().expect("runs");
+    assert!(out.status.success());
+    let committed = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/ppioinstances.gpus.ppio.com.yaml"
+    ))
+    .expect("file");
+    assert_eq!(out.stdout, committed);
+}
+
+/// An API server that knows no PpioInstance CRD: every request is a Kubernetes 404.
+async fn api_without_the_crd() -> SocketAddr {
+    let app = axum::Router::new().fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "the server could not find the requested resource", "reason": "NotFound", "details": {}, "code": 404})),
+        )
+            .into_response()
+    });
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_crd_exits_non_zero_with_the_install_command() {
+    let addr = api_without_the_crd().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{addr}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
+        ),
+    )
+    .expect("kubeconfig");
+    let kc = kubeconfig.display().to_string();
+    let (code, err) = tokio::task::spawn_blocking(move || {
+        run(
+            &["run", "--http-addr", "127.0.0.1:0"],
+            &[("KUBECONFIG", &kc)],
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ppioinstances.gpus.ppio.com"), "{err}");
+    assert!(
+        err.contains("ppio-operator crd | kubectl apply --server-side -f -"),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_cluster_configuration_is_a_clear_error() {
+    let (code, err) = run(
+        &["run", "--http-addr", "127.0.0.1:0"],
+        &[
+            ("KUBECONFIG", "/nonexistent/kubeconfig"),
+            ("HOME", "/nonexistent"),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("KUBECONFIG"), "{err}");
+}
