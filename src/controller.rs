@@ -14,7 +14,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::crd::{PpioInstance, PpioInstanceStatus};
+use crate::crd::{PpioInstance, PpioInstanceStatus, REFRESH_ANNOTATION};
 use crate::interval::parse_refresh_interval;
 use crate::metrics::Metrics;
 use crate::ppio::{ApiKey, PpioApi, PpioError};
@@ -52,6 +52,8 @@ struct Tracked {
     next_poll: Instant,
     /// Consecutive failures, for the error backoff.
     failures: u32,
+    /// The refresh annotation value last acted on.
+    handled_refresh: Option<String>,
 }
 
 /// Shared state of the controller.
@@ -245,6 +247,7 @@ pub fn error_policy(
         generation: instance.meta().generation,
         next_poll: Instant::now(),
         failures: 0,
+        handled_refresh: None,
     });
     t.failures += 1;
     let delay = backoff(t.failures);
@@ -284,7 +287,17 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
     };
     let now = Instant::now();
     let previous = ctx.tracked(&key);
+    let requested = refresh_request(instance);
+    let refresh_now = requested.is_some()
+        && requested
+            != instance
+                .status
+                .as_ref()
+                .and_then(|s| s.last_handled_refresh.as_deref())
+        && requested != previous.as_ref().and_then(|t| t.handled_refresh.as_deref());
     match &previous {
+        // The user asked for a poll now (the refresh annotation).
+        _ if refresh_now => debug!("refresh requested"),
         // A trigger before the poll is due (our own status write, a label edit): nothing to do.
         Some(t) if t.generation == generation && t.next_poll > now => {
             return Ok(Action::requeue(t.next_poll - now));
@@ -299,6 +312,7 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
                     generation,
                     next_poll: now + delay,
                     failures: 0,
+                    handled_refresh: None,
                 },
             );
             debug!(delay_ms = delay.as_millis() as u64, "first poll scheduled");
@@ -306,8 +320,13 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
         }
         _ => {}
     }
-    let failures = previous.map(|t| t.failures).unwrap_or(0);
+    let failures = previous.as_ref().map(|t| t.failures).unwrap_or(0);
     let polled = poll(instance, ctx, refresh, failures).await?;
+    let handled_refresh = if polled.requested || polled.wrote {
+        requested.map(str::to_string)
+    } else {
+        previous.and_then(|t| t.handled_refresh)
+    };
     let next_poll = match polled.next {
         Some(delay) => now + delay,
         None => far_future(now),
@@ -318,6 +337,7 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
             generation,
             next_poll,
             failures: polled.failures,
+            handled_refresh,
         },
     );
     Ok(polled
@@ -441,6 +461,17 @@ fn far_future(now: Instant) -> Instant {
     now + Duration::from_secs(365 * 24 * 3600)
 }
 
+/// The value of the refresh annotation, if set.
+fn refresh_request(instance: &PpioInstance) -> Option<&str> {
+    instance
+        .meta()
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REFRESH_ANNOTATION))
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
 /// True when the stored status already answers the current generation with an observation.
 fn already_observed(instance: &PpioInstance) -> bool {
     instance.status.as_ref().is_some_and(|s| {
@@ -519,13 +550,19 @@ async fn write_status(
     observation: Observation<'_>,
 ) -> Result<bool, Error> {
     let current = instance.status.as_ref();
-    let new = compute_status(
+    let mut new = compute_status(
         &instance.spec.instance_id,
         instance.meta().generation,
         observation,
         current,
         jiff::Timestamp::now(),
     );
+    // Any poll answers a pending refresh request; a suspended instance is not polled.
+    new.last_handled_refresh = match observation {
+        Observation::Suspended => None,
+        _ => refresh_request(instance).map(str::to_string),
+    }
+    .or_else(|| current.and_then(|c| c.last_handled_refresh.clone()));
     let polled_ok = matches!(observation, Observation::Instance(_));
     let ns = instance.namespace().unwrap_or_default();
     ctx.metrics

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "gpus.ppio.com";
 /// The name of the CRD object.
 pub const CRD_NAME: &str = "ppioinstances.gpus.ppio.com";
+/// Set this annotation to a new value (e.g. the current time) to make the operator poll the
+/// instance now; the value is echoed in `status.lastHandledRefresh` once acted on.
+pub const REFRESH_ANNOTATION: &str = "gpus.ppio.com/refresh";
 /// Where the generated CRD is committed.
 pub const CRD_PATH: &str = "crds/ppioinstances.gpus.ppio.com.yaml";
 
@@ -224,6 +227,10 @@ pub struct PpioInstanceStatus {
     /// currency or unit for them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
+    /// The value of the gpus.ppio.com/refresh annotation that the operator last acted on. Set
+    /// the annotation to a new value to poll the instance now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_refresh: Option<String>,
     /// Synced: whether the last poll of the PPIO API succeeded. Ready: whether the instance
     /// is running.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

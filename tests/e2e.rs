@@ -718,3 +718,65 @@ async fn no_secret_reaches_status_events_or_logs() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_refresh_annotation_polls_now_and_is_acknowledged() {
+    let client = client().await;
+    let ns = namespace(&client, "refresh").await;
+    let (sim, addr) = simulator(&["key-refresh"]).await;
+    let _op = Operator::start(&ns, addr, Some("key-refresh"), &[]).await;
+    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+    apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 1h");
+    let first = wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
+        has(o, "Synced", "True", "Observed")
+    })
+    .await;
+    assert_eq!(
+        first
+            .status
+            .as_ref()
+            .and_then(|s| s.last_handled_refresh.as_deref()),
+        None
+    );
+    sim.patch_instance("ca338f12f3", &json!({"status": {"status": "exited"}}));
+    let polls = sim.requests_for("ca338f12f3");
+    let asked = Instant::now();
+    kubectl_ok(
+        &[
+            "annotate",
+            "ppioinstance",
+            "a",
+            "-n",
+            &ns,
+            "gpus.ppio.com/refresh=first",
+            "--overwrite",
+        ],
+        None,
+    );
+    let o = wait_for(&api, "a", Duration::from_secs(5), "refreshed", |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.last_handled_refresh.as_deref())
+            == Some("first")
+    })
+    .await;
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        o.status.as_ref().and_then(|s| s.state.as_deref()),
+        Some("exited"),
+        "the poll saw the change an hour early"
+    );
+    assert_eq!(
+        sim.requests_for("ca338f12f3"),
+        polls + 1,
+        "exactly one poll per request"
+    );
+    // The acknowledged request causes nothing more.
+    let version = o.metadata.resource_version.clone();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sim.requests_for("ca338f12f3"), polls + 1);
+    assert_eq!(
+        api.get("a").await.expect("get").metadata.resource_version,
+        version
+    );
+}
