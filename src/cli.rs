@@ -56,6 +56,15 @@ pub struct RunArgs {
     #[arg(long, env = "PPIO_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_timeout, value_name = "DURATION")]
     pub ppio_request_timeout: Duration,
 
+    /// PPIO requests per second allowed per API key, shared by every PpioInstance using that
+    /// key (0: unlimited).
+    #[arg(long, env = "PPIO_REQUESTS_PER_SECOND", default_value_t = crate::controller::DEFAULT_REQUESTS_PER_SECOND, value_parser = parse_rate)]
+    pub ppio_requests_per_second: f64,
+
+    /// Requests per API key that may go at once before the per-second rate applies.
+    #[arg(long, env = "PPIO_BURST", default_value_t = crate::controller::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub ppio_burst: u32,
+
     /// At most this many PpioInstances are reconciled at the same time.
     #[arg(long, env = "PPIO_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_concurrent_reconciles: u16,
@@ -129,6 +138,15 @@ fn parse_duration_within(s: &str, min: Duration, max: Duration) -> Result<Durati
         ));
     }
     Ok(d)
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r == 0.0 || (0.01..=10000.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "'{s}' is not a rate between 0.01 and 10000 (or 0 for unlimited)"
+        )),
+    }
 }
 
 fn parse_lease_name(s: &str) -> Result<String, String> {
@@ -234,6 +252,11 @@ async fn run(args: RunArgs) -> ExitCode {
         settings: Settings {
             default_refresh: args.default_refresh_interval,
             default_key,
+            budget: crate::controller::Budget {
+                per_second: (args.ppio_requests_per_second > 0.0)
+                    .then_some(args.ppio_requests_per_second),
+                burst: args.ppio_burst,
+            },
         },
         ppio: Arc::new(http),
         concurrency: args.max_concurrent_reconciles,
@@ -275,6 +298,9 @@ mod tests {
             ("--http-addr", "nowhere"),
             ("--namespace", "Bad_NS"),
             ("--ppio-request-timeout", "5m"),
+            ("--ppio-requests-per-second", "lots"),
+            ("--ppio-requests-per-second", "20000"),
+            ("--ppio-burst", "0"),
         ] {
             let err = Cli::try_parse_from(["ppio-operator", "run", flag, value])
                 .expect_err("must be refused");

@@ -84,6 +84,7 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         settings: Settings {
             default_refresh: Duration::from_secs(30),
             default_key: ApiKey::new(DEMO_KEY),
+            budget: crate::controller::Budget::default(),
         },
         ppio: Arc::new(ppio),
         concurrency: 8,

@@ -351,3 +351,27 @@ async fn a_malformed_object_does_not_stop_the_others() {
     assert_eq!(h.api.patches().len(), 1, "only the good object is written");
     assert_eq!(h.sim.requests_for("ca338f12f3"), 1);
 }
+
+#[tokio::test]
+async fn instances_sharing_a_key_share_its_request_budget() {
+    let budget = ppio_operator::controller::Budget {
+        per_second: Some(5.0),
+        burst: 1,
+    };
+    let h = harness_with_budget(Some(KEY), budget).await;
+    let started = std::time::Instant::now();
+    let polls = (0..4).map(|n| {
+        let ctx = h.ctx.clone();
+        async move { poll(&instance(&format!("i{n}"), None), &ctx, REFRESH, 0).await }
+    });
+    for p in futures::future::join_all(polls).await {
+        assert!(p.expect("poll").requested);
+    }
+    // Four requests at 5 per second with no burst: the last one starts 0.6s after the first.
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(h.sim.requests_for("ca338f12f3"), 4);
+}

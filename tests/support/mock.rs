@@ -133,6 +133,14 @@ pub struct Harness {
 }
 
 pub async fn harness(default_key: Option<&str>) -> Harness {
+    harness_with_budget(default_key, ppio_operator::controller::Budget::default()).await
+}
+
+/// [`harness`] with a given per-key request budget.
+pub async fn harness_with_budget(
+    default_key: Option<&str>,
+    budget: ppio_operator::controller::Budget,
+) -> Harness {
     let fixture: Value = serde_json::from_str(FIXTURE).expect("fixture");
     let sim = Simulator::new(vec![fixture], vec![KEY.to_string()]);
     let addr = sim
@@ -152,6 +160,7 @@ pub async fn harness(default_key: Option<&str>) -> Harness {
         Settings {
             default_refresh: REFRESH,
             default_key: default_key.and_then(ApiKey::new),
+            budget,
         },
         Arc::new(Metrics::new()),
     ));
