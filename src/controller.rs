@@ -303,7 +303,8 @@ pub fn error_policy(
     });
     t.failures += 1;
     let delay = backoff(t.failures);
-    t.next_poll = Instant::now();
+    // Watch events during the backoff do not cut it short.
+    t.next_poll = Instant::now() + delay;
     ctx.set_tracked(&key, t);
     warn!(
         namespace = instance.namespace().unwrap_or_default(),

@@ -230,10 +230,7 @@ async fn an_unchanged_instance_is_never_rewritten_even_across_a_restart() {
     let api: Api<PpioInstance> = Api::namespaced(client, &ns);
 
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
-    let first = wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
-        has(o, "Synced", "True", "Observed")
-    })
-    .await;
+    let first = wait_observed(&api, "a").await;
     let version = rv(&first);
     let polls = sim.requests_for("ca338f12f3");
     tokio::time::sleep(Duration::from_secs(34)).await;
@@ -450,10 +447,7 @@ async fn retry_after_stops_all_requests_with_that_key() {
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
     apply_instance(&ns, "b", "instanceId: b7e2c91d04\nrefreshInterval: 10s");
     for n in ["a", "b"] {
-        wait_for(&api, n, Duration::from_secs(10), "observed", |o| {
-            has(o, "Synced", "True", "Observed")
-        })
-        .await;
+        wait_observed(&api, n).await;
     }
     sim.set_fault(
         "ca338f12f3",
@@ -602,10 +596,7 @@ async fn suspend_stops_polling_and_keeps_the_observation() {
     let _op = Operator::start(&ns, addr, Some("key-s"), &[]).await;
     let api: Api<PpioInstance> = Api::namespaced(client, &ns);
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
-    wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
-        has(o, "Synced", "True", "Observed")
-    })
-    .await;
+    wait_observed(&api, "a").await;
     api.patch(
         "a",
         &PatchParams::default(),
@@ -639,10 +630,7 @@ async fn suspend_stops_polling_and_keeps_the_observation() {
     )
     .await
     .expect("patch");
-    wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
-        has(o, "Synced", "True", "Observed")
-    })
-    .await;
+    wait_observed(&api, "a").await;
 }
 
 #[tokio::test]
@@ -668,10 +656,7 @@ async fn no_secret_reaches_status_events_or_logs() {
         "instanceId: b7e2c91d04\nrefreshInterval: 10s\ncredentialsSecretRef:\n  name: ppio",
     );
     for n in ["a", "b"] {
-        wait_for(&api, n, Duration::from_secs(10), "observed", |o| {
-            has(o, "Synced", "True", "Observed")
-        })
-        .await;
+        wait_observed(&api, n).await;
     }
     // Failures too: a rejected key and a server error.
     sim.set_keys(vec!["LEAKKEY-secret".into()]);
@@ -727,10 +712,7 @@ async fn the_refresh_annotation_polls_now_and_is_acknowledged() {
     let _op = Operator::start(&ns, addr, Some("key-refresh"), &[]).await;
     let api: Api<PpioInstance> = Api::namespaced(client, &ns);
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 1h");
-    let first = wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
-        has(o, "Synced", "True", "Observed")
-    })
-    .await;
+    let first = wait_observed(&api, "a").await;
     assert_eq!(
         first
             .status

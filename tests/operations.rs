@@ -66,10 +66,7 @@ async fn metrics_follow_the_instance_and_disappear_with_it() {
     let op = Operator::start(&ns, addr, Some("key-m"), &[]).await;
     let api: Api<PpioInstance> = Api::namespaced(client, &ns);
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
-    wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
-        has(o, "Synced", "True", "Observed")
-    })
-    .await;
+    wait_observed(&api, "a").await;
 
     let obj = format!("namespace=\"{ns}\",name=\"a\"");
     let m = wait_metric(&op, "instance series", Duration::from_secs(5), |m| {
@@ -198,10 +195,7 @@ async fn events_tell_each_transition_once() {
     let _op = Operator::start(&ns, addr, Some("key-e"), &[]).await;
     let api: Api<PpioInstance> = Api::namespaced(client.clone(), &ns);
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
-    wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
-        has(o, "Synced", "True", "Observed")
-    })
-    .await;
+    wait_observed(&api, "a").await;
     assert!(
         events_for(&client, &ns, "a").await.is_empty(),
         "no Event for a first observation"
@@ -305,10 +299,7 @@ async fn only_the_leader_writes_and_a_standby_takes_over_after_a_crash() {
     let api: Api<PpioInstance> = Api::namespaced(client.clone(), &ns);
     let leader = wait_leader(&[&first, &second], Duration::from_secs(15)).await;
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
-    wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
-        has(o, "Synced", "True", "Observed")
-    })
-    .await;
+    wait_observed(&api, "a").await;
     let (lead, standby) = if leader == 0 {
         (&mut first, &mut second)
     } else {
@@ -501,10 +492,7 @@ async fn json_logs_are_one_line_per_change_not_per_poll() {
     .await;
     let api: Api<PpioInstance> = Api::namespaced(client, &ns);
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
-    wait_for(&api, "a", Duration::from_secs(10), "observed", |o| {
-        has(o, "Synced", "True", "Observed")
-    })
-    .await;
+    wait_observed(&api, "a").await;
     let polls = sim.requests_for("ca338f12f3");
     let start = Instant::now();
     while sim.requests_for("ca338f12f3") < polls + 2 {

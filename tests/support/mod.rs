@@ -352,6 +352,14 @@ pub async fn wait_for(
     }
 }
 
+/// Waits up to 10s until the PpioInstance reports `Synced=True` (`Observed`).
+pub async fn wait_observed(api: &Api<PpioInstance>, name: &str) -> PpioInstance {
+    wait_for(api, name, Duration::from_secs(10), "observed", |o| {
+        has(o, "Synced", "True", "Observed")
+    })
+    .await
+}
+
 /// The (status, reason) of a condition.
 pub fn condition(s: Option<&PpioInstanceStatus>, t: &str) -> Option<(String, String)> {
     s?.conditions
