@@ -762,3 +762,67 @@ async fn the_refresh_annotation_polls_now_and_is_acknowledged() {
         version
     );
 }
+
+#[tokio::test]
+async fn the_demo_runs_and_leaves_no_process_behind_when_killed() {
+    let state = tempfile::Builder::new()
+        .prefix("ppio-demo-test-")
+        .tempdir()
+        .expect("tmp");
+    let dir = state.path().join("demo");
+    let log = state.path().join("demo.log");
+    let mut demo = ppio_operator::testenv::Guarded::spawn(
+        "ppio-operator demo",
+        std::path::Path::new(OPERATOR),
+        &[
+            "demo".into(),
+            "--state-dir".into(),
+            dir.display().to_string(),
+        ],
+        &log,
+        &[("PPIO_TOOLS_BIN", &tools_dir().display().to_string())],
+    )
+    .expect("the demo starts");
+    let start = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("The demo runs until Ctrl-C") {
+            break text;
+        }
+        demo.check_alive()
+            .unwrap_or_else(|e| panic!("the demo died: {e}\n{text}"));
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the demo did not come up:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // The sample PpioInstances are shown with their observed state.
+    for row in [
+        "trainer-a    ca338f12f3   running",
+        "notebook-c   c0ffee1234   exited",
+        "retired-d    d00000dead   NotFound",
+    ] {
+        assert!(text.contains(row), "missing {row:?} in:\n{text}");
+    }
+    let pid = |name: &str| -> u32 {
+        std::fs::read_to_string(dir.join(format!("{name}.pid")))
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid")
+    };
+    let children = [pid("etcd"), pid("kube-apiserver")];
+    let alive = |p: u32| std::path::Path::new(&format!("/proc/{p}")).exists();
+    assert!(children.iter().all(|p| alive(*p)));
+    // SIGKILL: no clean-up code runs in the demo, yet its etcd and kube-apiserver must go.
+    demo.signal("KILL").expect("kill");
+    let start = Instant::now();
+    while children.iter().any(|p| alive(*p)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "etcd or kube-apiserver outlived the demo"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
