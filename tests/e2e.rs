@@ -279,6 +279,10 @@ async fn every_fault_has_its_reason_keeps_data_and_clears() {
         status,
         ..Default::default()
     };
+    let body = |kind: BodyFault| Fault {
+        body: Some(kind),
+        ..Default::default()
+    };
     let cases: Vec<(&str, Fault, &str)> = vec![
         ("f401", f(Some(401)), "Unauthorized"),
         ("f403", f(Some(403)), "Forbidden"),
@@ -311,38 +315,10 @@ async fn every_fault_has_its_reason_keeps_data_and_clears() {
             },
             "ApiUnavailable",
         ),
-        (
-            "fmalformed",
-            Fault {
-                body: Some(BodyFault::Malformed),
-                ..Default::default()
-            },
-            "InvalidResponse",
-        ),
-        (
-            "ftruncated",
-            Fault {
-                body: Some(BodyFault::Truncated),
-                ..Default::default()
-            },
-            "InvalidResponse",
-        ),
-        (
-            "foversized",
-            Fault {
-                body: Some(BodyFault::Oversized),
-                ..Default::default()
-            },
-            "InvalidResponse",
-        ),
-        (
-            "fstrings",
-            Fault {
-                body: Some(BodyFault::NumbersAsStrings),
-                ..Default::default()
-            },
-            "Observed",
-        ),
+        ("fmalformed", body(BodyFault::Malformed), "InvalidResponse"),
+        ("ftruncated", body(BodyFault::Truncated), "InvalidResponse"),
+        ("foversized", body(BodyFault::Oversized), "InvalidResponse"),
+        ("fstrings", body(BodyFault::NumbersAsStrings), "Observed"),
     ];
     // A Secret per 429 case keeps its key's pause to itself.
     for (id, _, _) in &cases {
