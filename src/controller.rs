@@ -217,16 +217,12 @@ pub enum Error {
     WriteStatus(#[source] kube::Error),
     #[error("reading the credentials Secret failed: {0}")]
     ReadSecret(#[source] kube::Error),
+    #[error("{0} did not finish within {KUBE_CALL_TIMEOUT:?}")]
+    Timeout(&'static str),
 }
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::WriteStatus(_) => "write_status",
-            Error::ReadSecret(_) => "read_secret",
-        }
-    }
-}
+/// Every call to the Kubernetes API from a reconcile is bounded by this.
+pub const KUBE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `d` scaled by a random factor in [0.9, 1.1].
 pub fn jitter(d: Duration) -> Duration {
@@ -566,7 +562,10 @@ async fn resolve_key(
     let ns = instance.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let key_name = sref.key_or_default();
-    let secret = match secrets.get_opt(&sref.name).await {
+    let secret = tokio::time::timeout(KUBE_CALL_TIMEOUT, secrets.get_opt(&sref.name))
+        .await
+        .map_err(|_| Error::Timeout("reading the credentials Secret"))?;
+    let secret = match secret {
         Ok(s) => s,
         Err(kube::Error::Api(ae)) if ae.code == 403 => {
             return Ok(Err(Failure::credentials_missing(format!(
@@ -647,12 +646,14 @@ async fn write_status(
         "kind": PpioInstance::kind(&()),
         "status": new,
     });
-    api.patch_status(
-        &instance.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let name = instance.name_any();
+    tokio::time::timeout(
+        KUBE_CALL_TIMEOUT,
+        api.patch_status(&name, &params, &Patch::Apply(&patch)),
     )
     .await
+    .map_err(|_| Error::Timeout("writing status"))?
     .map_err(Error::WriteStatus)?;
     ctx.metrics.status_writes.inc();
     publish_events(ctx, instance, &changes).await;

@@ -95,23 +95,6 @@ impl PpioError {
         }
     }
 
-    /// A short, bounded label for metrics.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            PpioError::Connect => "connect",
-            PpioError::Timeout => "timeout",
-            PpioError::Unauthorized => "unauthorized",
-            PpioError::Forbidden => "forbidden",
-            PpioError::NotFound { .. } => "not_found",
-            PpioError::RateLimited { .. } => "rate_limited",
-            PpioError::Rejected { .. } => "rejected",
-            PpioError::Server { .. } => "server_error",
-            PpioError::UnexpectedStatus { .. } => "unexpected_status",
-            PpioError::TooLarge { .. } => "too_large",
-            PpioError::Decode(_) => "decode",
-        }
-    }
-
     /// Classifies a non-success HTTP answer from its status, `Retry-After` header and body.
     pub fn from_response(
         status: u16,
