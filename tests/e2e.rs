@@ -198,22 +198,23 @@ async fn upstream_changes_show_within_one_interval_and_kubectl_wait_returns() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("condition met"));
     assert!(
-        changed.elapsed() <= Duration::from_secs(12),
+        changed.elapsed() <= Duration::from_secs(13),
         "Ready took {:?}",
         changed.elapsed()
     );
 
-    // running -> exited: shown within one refresh interval (10s, +10% jitter).
+    // running -> exited: shown within one refresh interval (10s, +10% jitter, + the write
+    // and the watch: 13s).
     sim.patch_instance(
         "b7e2c91d04",
         &json!({"status": {"status": "exited"}, "last_stopped_at": 1714560000}),
     );
     let changed = Instant::now();
-    let obj = wait_for(&api, "b", Duration::from_secs(12), "state exited", |o| {
+    let obj = wait_for(&api, "b", Duration::from_secs(13), "state exited", |o| {
         o.status.as_ref().and_then(|s| s.state.as_deref()) == Some("exited")
     })
     .await;
-    assert!(changed.elapsed() <= Duration::from_secs(12));
+    assert!(changed.elapsed() <= Duration::from_secs(13));
     assert!(has(&obj, "Ready", "False", "NotRunning"));
     assert_eq!(
         obj.status.and_then(|s| s.last_stopped_at).as_deref(),
@@ -233,7 +234,7 @@ async fn an_unchanged_instance_is_never_rewritten_even_across_a_restart() {
     let first = wait_observed(&api, "a").await;
     let version = rv(&first);
     let polls = sim.requests_for("ca338f12f3");
-    tokio::time::sleep(Duration::from_secs(34)).await;
+    tokio::time::sleep(Duration::from_secs(36)).await;
     let later = api.get("a").await.expect("get");
     assert_eq!(
         rv(&later),
