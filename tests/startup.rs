@@ -123,3 +123,72 @@ fn no_cluster_configuration_is_a_clear_error() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("KUBECONFIG"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_serves_the_samples_and_refuses_bad_fixtures() {
+    let port = ppio_operator::testenv::free_port().expect("port");
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = dir.path().join("simulate.log");
+    let mut sim = ppio_operator::testenv::Guarded::spawn(
+        "ppio-operator simulate",
+        std::path::Path::new(OPERATOR),
+        &[
+            "simulate".into(),
+            "--addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--api-key".into(),
+            "k".into(),
+        ],
+        &log,
+        &[],
+    )
+    .expect("starts");
+    let url = format!("http://127.0.0.1:{port}/gpus/v2/instances/b7e2c91d04");
+    let client = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    let body = loop {
+        match client.get(&url).bearer_auth("k").send().await {
+            Ok(r) if r.status().is_success() => break r.text().await.expect("body"),
+            _ => {
+                sim.check_alive().expect("the simulator runs");
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(10),
+                    "no answer"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["status"]["status"], "starting");
+    sim.signal("TERM").expect("term");
+    let status = sim
+        .wait_timeout(std::time::Duration::from_secs(10))
+        .expect("wait")
+        .expect("exits");
+    assert!(status.success());
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"instances": [{"name": "no id"}]}"#).expect("write");
+    let (code, err) = tokio::task::spawn_blocking(move || {
+        run(
+            &[
+                "simulate",
+                "--api-key",
+                "k",
+                "--addr",
+                "127.0.0.1:0",
+                "--fixtures",
+                &bad.display().to_string(),
+            ],
+            &[],
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--fixtures"), "{err}");
+    let (code, err) = run(&["simulate", "--addr", "127.0.0.1:0"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--api-key"), "{err}");
+}

@@ -641,7 +641,8 @@ pub async fn main(args: SimulateArgs) -> ExitCode {
         }
     };
     let n = lock(&sim.state).instances.len();
-    tracing::info!(addr = %args.addr, instances = n, "PPIO simulator listening");
+    let bound = listener.local_addr().unwrap_or(args.addr);
+    tracing::info!(addr = %bound, instances = n, "PPIO simulator listening");
     tokio::select! {
         r = sim.serve(listener) => match r {
             Ok(()) => ExitCode::SUCCESS,
