@@ -50,8 +50,31 @@ fn step(msg: &str) {
     eprintln!("==> {msg}");
 }
 
+/// Marks a state folder as the demo's own, so only such a folder is ever emptied.
+const STATE_MARKER: &str = ".ppio-operator-demo";
+
+/// Empties the state folder of an earlier demo, or creates a new one. A folder that exists,
+/// is not empty and is not a demo's is refused, never deleted.
+fn prepare_state_dir(dir: &std::path::Path) -> Result<(), String> {
+    let not_empty = std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if not_empty {
+        if !dir.join(STATE_MARKER).exists() {
+            return Err(format!(
+                "--state-dir {} is not empty and was not made by the demo; choose another folder",
+                dir.display()
+            ));
+        }
+        std::fs::remove_dir_all(dir).map_err(|e| format!("cannot empty {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::write(dir.join(STATE_MARKER), "")
+        .map_err(|e| format!("cannot write in {}: {e}", dir.display()))
+}
+
 async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let _ = std::fs::remove_dir_all(&args.state_dir);
+    prepare_state_dir(&args.state_dir)?;
     let crds = args.state_dir.join("crds");
     std::fs::create_dir_all(&crds)?;
     std::fs::write(

@@ -192,3 +192,28 @@ async fn simulate_serves_the_samples_and_refuses_bad_fixtures() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--api-key"), "{err}");
 }
+
+#[test]
+fn the_demo_never_empties_a_folder_it_did_not_make() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "keep me").expect("write");
+    let (code, err) = run(
+        &[
+            "demo",
+            "--state-dir",
+            &dir.path().display().to_string(),
+            "--once",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--state-dir") && err.contains("not empty"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&precious).expect("still there"),
+        "keep me"
+    );
+}
