@@ -16,6 +16,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::crd::{PpioInstance, PpioInstanceStatus, REFRESH_ANNOTATION};
 use crate::interval::parse_refresh_interval;
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::ppio::{ApiKey, PpioApi, PpioError};
 use crate::status::{Failure, Observation, compute_status, condition};
@@ -203,10 +204,6 @@ impl Context {
             self.forget(&key);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Errors that make a reconcile retry later without touching status (the Kubernetes API

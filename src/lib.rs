@@ -20,3 +20,9 @@ pub mod simulator;
 pub mod status;
 pub mod telemetry;
 pub mod testenv;
+
+/// Locks a mutex, recovering the data of a poisoned one: a panic elsewhere must not stop the
+/// operator from reconciling.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::crd::PpioInstanceStatus;
+use crate::lock;
 use crate::status::condition;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -231,7 +232,7 @@ impl Metrics {
             self.instance_last_success.get_or_create(&obj).set(now);
         }
         if let Some(state) = &status.state {
-            let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+            let mut states = lock(&self.states);
             if let Some(old) = states
                 .insert(obj.clone(), state.clone())
                 .filter(|o| o != state)
@@ -287,12 +288,7 @@ impl Metrics {
             namespace: namespace.into(),
             name: name.into(),
         };
-        if let Some(old) = self
-            .states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&obj)
-        {
+        if let Some(old) = lock(&self.states).remove(&obj) {
             self.instance_state.remove(&state_labels(&obj, &old));
         }
         self.instance_ready.remove(&obj);

@@ -114,7 +114,7 @@ pub async fn run_until(
 ) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    let listener = server::bind(config.http_addr)
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| StartError::HttpAddr {
             addr: config.http_addr,
@@ -134,10 +134,7 @@ pub async fn run_until(
     ));
 
     let result = async {
-        let api: Api<PpioInstance> = match &config.namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
+        let api: Api<PpioInstance> = scoped(&client, config.namespace.as_deref());
         check_crd(&api, config.namespace.as_deref()).await?;
         let Some(leader) = config.leader.clone() else {
             return run_bounded(client, config, metrics, health, stop_rx).await;
@@ -168,6 +165,18 @@ pub async fn run_until(
     let _ = http_stop_tx.send(true);
     let _ = http.await;
     result
+}
+
+/// PpioInstances in one namespace, or in all.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Resolves once the stop flag is set.
@@ -206,10 +215,7 @@ async fn run_controller(
     health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
-    let guarded: Api<DeserializeGuard<PpioInstance>> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let guarded: Api<DeserializeGuard<PpioInstance>> = scoped(&client, config.namespace.as_deref());
     info!(
         namespace = config.namespace.as_deref().unwrap_or("<all>"),
         default_refresh_s = config.settings.default_refresh.as_secs(),

@@ -1,6 +1,5 @@
 //! The operator's HTTP server: `/livez`, `/readyz` and `/metrics`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -58,11 +57,6 @@ pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
             }),
         )
         .with_state(AppState { health, metrics })
-}
-
-/// Binds `addr`; the caller serves the returned listener with [`serve`].
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// Serves until `shutdown` resolves.

@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::lock;
+
 /// The built-in sample instances (used when no fixtures file is given).
 pub const SAMPLES: &str = include_str!("samples.json");
 
@@ -156,10 +158,6 @@ pub fn parse_fixtures(text: &str) -> Result<Vec<Value>, FixtureError> {
         return Err(FixtureError::Shape);
     }
     Ok(list)
-}
-
-fn lock(s: &Mutex<SimState>) -> std::sync::MutexGuard<'_, SimState> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Simulator {
