@@ -28,11 +28,9 @@ fn rv(obj: &PpioInstance) -> String {
 
 #[tokio::test]
 async fn new_instance_gets_the_full_status_and_kubectl_shows_the_columns() {
-    let client = client().await;
-    let ns = namespace(&client, "full").await;
-    let (_sim, addr) = simulator(&["key-full"]).await;
-    let mut op = Operator::start(&ns, addr, Some("key-full"), &[]).await;
-    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+    let Scene {
+        ns, mut op, api, ..
+    } = scene("full", "key-full", &[]).await;
 
     let created = Instant::now();
     apply_instance(&ns, "trainer-a", "instanceId: ca338f12f3");
@@ -155,11 +153,13 @@ async fn new_instance_gets_the_full_status_and_kubectl_shows_the_columns() {
 
 #[tokio::test]
 async fn upstream_changes_show_within_one_interval_and_kubectl_wait_returns() {
-    let client = client().await;
-    let ns = namespace(&client, "change").await;
-    let (sim, addr) = simulator(&["key-change"]).await;
-    let _op = Operator::start(&ns, addr, Some("key-change"), &[]).await;
-    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+    let Scene {
+        ns,
+        sim,
+        op: _op,
+        api,
+        ..
+    } = scene("change", "key-change", &[]).await;
 
     apply_instance(&ns, "b", "instanceId: b7e2c91d04\nrefreshInterval: 10s");
     wait_for(&api, "b", Duration::from_secs(10), "state starting", |o| {
@@ -224,11 +224,14 @@ async fn upstream_changes_show_within_one_interval_and_kubectl_wait_returns() {
 
 #[tokio::test]
 async fn an_unchanged_instance_is_never_rewritten_even_across_a_restart() {
-    let client = client().await;
-    let ns = namespace(&client, "quiet").await;
-    let (sim, addr) = simulator(&["key-quiet"]).await;
-    let mut op = Operator::start(&ns, addr, Some("key-quiet"), &[]).await;
-    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+    let Scene {
+        ns,
+        sim,
+        sim_addr: addr,
+        mut op,
+        api,
+        ..
+    } = scene("quiet", "key-quiet", &[]).await;
 
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
     let first = wait_observed(&api, "a").await;
@@ -416,11 +419,13 @@ fn api_client(api: &Api<PpioInstance>) -> kube::Client {
 
 #[tokio::test]
 async fn retry_after_stops_all_requests_with_that_key() {
-    let client = client().await;
-    let ns = namespace(&client, "ratelimit").await;
-    let (sim, addr) = simulator(&["key-rl"]).await;
-    let _op = Operator::start(&ns, addr, Some("key-rl"), &[]).await;
-    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+    let Scene {
+        ns,
+        sim,
+        op: _op,
+        api,
+        ..
+    } = scene("ratelimit", "key-rl", &[]).await;
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
     apply_instance(&ns, "b", "instanceId: b7e2c91d04\nrefreshInterval: 10s");
     for n in ["a", "b"] {
@@ -567,11 +572,13 @@ async fn credentials_missing_then_created_and_rotated_without_restart() {
 
 #[tokio::test]
 async fn suspend_stops_polling_and_keeps_the_observation() {
-    let client = client().await;
-    let ns = namespace(&client, "suspend").await;
-    let (sim, addr) = simulator(&["key-s"]).await;
-    let _op = Operator::start(&ns, addr, Some("key-s"), &[]).await;
-    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+    let Scene {
+        ns,
+        sim,
+        op: _op,
+        api,
+        ..
+    } = scene("suspend", "key-s", &[]).await;
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
     wait_observed(&api, "a").await;
     api.patch(
@@ -683,11 +690,13 @@ async fn no_secret_reaches_status_events_or_logs() {
 
 #[tokio::test]
 async fn the_refresh_annotation_polls_now_and_is_acknowledged() {
-    let client = client().await;
-    let ns = namespace(&client, "refresh").await;
-    let (sim, addr) = simulator(&["key-refresh"]).await;
-    let _op = Operator::start(&ns, addr, Some("key-refresh"), &[]).await;
-    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+    let Scene {
+        ns,
+        sim,
+        op: _op,
+        api,
+        ..
+    } = scene("refresh", "key-refresh", &[]).await;
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 1h");
     let first = wait_observed(&api, "a").await;
     assert_eq!(

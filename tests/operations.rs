@@ -60,11 +60,9 @@ async fn wait_metric(
 
 #[tokio::test]
 async fn metrics_follow_the_instance_and_disappear_with_it() {
-    let client = client().await;
-    let ns = namespace(&client, "metrics").await;
-    let (sim, addr) = simulator(&["key-m"]).await;
-    let op = Operator::start(&ns, addr, Some("key-m"), &[]).await;
-    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
+    let Scene {
+        ns, sim, op, api, ..
+    } = scene("metrics", "key-m", &[]).await;
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
     wait_observed(&api, "a").await;
 
@@ -189,11 +187,14 @@ fn count(events: &[Event], type_: &str, reason: &str) -> usize {
 
 #[tokio::test]
 async fn events_tell_each_transition_once() {
-    let client = client().await;
-    let ns = namespace(&client, "events").await;
-    let (sim, addr) = simulator(&["key-e"]).await;
-    let _op = Operator::start(&ns, addr, Some("key-e"), &[]).await;
-    let api: Api<PpioInstance> = Api::namespaced(client.clone(), &ns);
+    let Scene {
+        client,
+        ns,
+        sim,
+        op: _op,
+        api,
+        ..
+    } = scene("events", "key-e", &[]).await;
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
     wait_observed(&api, "a").await;
     assert!(

@@ -287,6 +287,35 @@ impl Operator {
     }
 }
 
+/// What most end-to-end tests start from: a fresh namespace, a simulator with the samples
+/// accepting `key`, the operator watching the namespace with `key` as its default, and an Api
+/// for the namespace's PpioInstances.
+pub struct Scene {
+    pub client: Client,
+    pub ns: String,
+    pub sim: Simulator,
+    pub sim_addr: SocketAddr,
+    pub op: Operator,
+    pub api: Api<PpioInstance>,
+}
+
+/// Sets up a [`Scene`]; `extra` are more `run` flags.
+pub async fn scene(prefix: &str, key: &str, extra: &[&str]) -> Scene {
+    let client = client().await;
+    let ns = namespace(&client, prefix).await;
+    let (sim, sim_addr) = simulator(&[key]).await;
+    let op = Operator::start(&ns, sim_addr, Some(key), extra).await;
+    let api = Api::namespaced(client.clone(), &ns);
+    Scene {
+        client,
+        ns,
+        sim,
+        sim_addr,
+        op,
+        api,
+    }
+}
+
 /// A minimal HTTP/1.1 GET against 127.0.0.1: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
