@@ -6,9 +6,12 @@
 FROM rust:1.95-alpine AS build
 RUN apk add --no-cache musl-dev
 WORKDIR /src
+# The workspace's manifests must all be present for cargo to resolve it; only the operator's
+# crate is built.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-COPY examples ./examples
+COPY benches ./benches
+COPY crates ./crates
 # On Alpine the target is x86_64/aarch64-unknown-linux-musl: the binary is static.
 RUN cargo build --release --locked --bin ppio-operator \
     && cp target/release/ppio-operator /ppio-operator

@@ -6,17 +6,14 @@
 //! 2. full polls (Secret-less key, real HTTP to the simulator on 127.0.0.1, a mocked
 //!    Kubernetes API) for many PpioInstances at once, with unchanged instances (no writes).
 
-#[path = "../tests/support/mock.rs"]
-mod mock;
-
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use mock::*;
 use ppio_operator::controller::{Budget, poll};
 use ppio_operator::ppio::Instance;
 use ppio_operator::status::{Observation, compute_status};
+use ppio_testenv::mock::*;
 
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -40,6 +37,7 @@ fn pure_path() {
         status = Some(compute_status(
             "ca338f12f3",
             Some(1),
+            None,
             Observation::Instance(&instance),
             status.as_ref(),
             now,

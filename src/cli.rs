@@ -1,16 +1,25 @@
-//! The command line: `ppio-operator run | crd | simulate | demo`.
+//! The command line: `ppio-operator run | crd | simulate`.
+//!
+//! Every subcommand has the same shape: its arguments (a clap struct with environment
+//! fallbacks) become a checked configuration (`config()`, which starts nothing), and the
+//! configuration is run. A bad argument exits with status 2 and a message naming the flag; a
+//! failure while running exits with status 1.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::controller::Settings;
-use crate::interval::parse_refresh_interval;
-use crate::ppio::{ApiKey, HttpClient, HttpClientConfig};
+use crate::controller::{Budget, DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND, Settings};
+use crate::duration::{Human, MAX_REFRESH, MIN_REFRESH, parse_duration_within};
+use crate::leader::LeaderConfig;
+use crate::operator::{DEFAULT_CONCURRENCY, RunConfig};
+use crate::ppio::{
+    ApiKey, DEFAULT_BASE_URL, DEFAULT_REQUEST_TIMEOUT, HttpClient, HttpClientConfig,
+};
 use crate::telemetry::{self, LogFormat};
 
 /// Mirrors PPIO GPU instances into PpioInstance resources.
@@ -29,15 +38,19 @@ pub enum Command {
     Crd,
     /// Serve a local PPIO v2 API simulator for tests and demos.
     Simulate(crate::simulator::SimulateArgs),
-    /// Start a throw-away local control plane, the simulator and the operator, with samples.
-    Demo(crate::demo::DemoArgs),
 }
 
-/// Options of `ppio-operator run`. Each has an environment variable fallback.
+/// The default refresh interval of PpioInstances without `spec.refreshInterval`.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// The default lease duration of leader election.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+
+/// Options of `ppio-operator run`. Each has an environment variable fallback. Durations are
+/// written like 30s, 5m, 1h30m or 500ms.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Base URL of the PPIO API.
-    #[arg(long, env = "PPIO_BASE_URL", default_value = "https://api.ppio.com", value_parser = parse_base_url)]
+    #[arg(long, env = "PPIO_BASE_URL", default_value = DEFAULT_BASE_URL, value_parser = parse_base_url)]
     pub ppio_base_url: String,
 
     /// Watch PpioInstances in this namespace only (default: all namespaces).
@@ -45,28 +58,33 @@ pub struct RunArgs {
     pub namespace: Option<String>,
 
     /// Refresh interval for PpioInstances without spec.refreshInterval (10s..24h).
-    #[arg(long, env = "PPIO_DEFAULT_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_interval, value_name = "DURATION")]
-    pub default_refresh_interval: Duration,
+    #[arg(long, env = "PPIO_DEFAULT_REFRESH_INTERVAL", default_value_t = Human(DEFAULT_REFRESH_INTERVAL), value_parser = parse_refresh, value_name = "DURATION")]
+    pub default_refresh_interval: Human,
 
     /// Address of the HTTP server for /metrics, /livez and /readyz.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
+    /// Also serve /livez and /readyz (only) on this address, e.g. for a pod's probes on a
+    /// port of their own.
+    #[arg(long, env = "HEALTH_ADDR")]
+    pub health_addr: Option<SocketAddr>,
+
     /// Timeout of one PPIO API request (1s..60s).
-    #[arg(long, env = "PPIO_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_timeout, value_name = "DURATION")]
-    pub ppio_request_timeout: Duration,
+    #[arg(long, env = "PPIO_REQUEST_TIMEOUT", default_value_t = Human(DEFAULT_REQUEST_TIMEOUT), value_parser = parse_timeout, value_name = "DURATION")]
+    pub ppio_request_timeout: Human,
 
     /// PPIO requests per second allowed per API key, shared by every PpioInstance using that
     /// key (0: unlimited).
-    #[arg(long, env = "PPIO_REQUESTS_PER_SECOND", default_value_t = crate::controller::DEFAULT_REQUESTS_PER_SECOND, value_parser = parse_rate)]
+    #[arg(long, env = "PPIO_REQUESTS_PER_SECOND", default_value_t = DEFAULT_REQUESTS_PER_SECOND, value_parser = parse_rate)]
     pub ppio_requests_per_second: f64,
 
     /// Requests per API key that may go at once before the per-second rate applies.
-    #[arg(long, env = "PPIO_BURST", default_value_t = crate::controller::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    #[arg(long, env = "PPIO_BURST", default_value_t = DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub ppio_burst: u32,
 
     /// At most this many PpioInstances are reconciled at the same time.
-    #[arg(long, env = "PPIO_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = "PPIO_MAX_CONCURRENT_RECONCILES", default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_concurrent_reconciles: u16,
 
     /// Log format.
@@ -88,13 +106,81 @@ pub struct RunArgs {
 
     /// How long a leader's Lease lasts without renewal (5s..120s); a standby takes over
     /// about this long after the leader died.
-    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration, value_name = "DURATION")]
-    pub leader_election_lease_duration: Duration,
+    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value_t = Human(DEFAULT_LEASE_DURATION), value_parser = parse_lease_duration, value_name = "DURATION")]
+    pub leader_election_lease_duration: Human,
 
     /// This replica's identity in the Lease and in Events (default: POD_NAME, else the host
     /// name and process id).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+}
+
+/// A command-line value that passed clap's parsing but cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {message}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+impl RunArgs {
+    /// The checked configuration of `run`. Reads the default key from `PPIO_API_KEY` (never a
+    /// flag, so that it does not show in the process list).
+    pub fn config(self) -> Result<RunConfig, ConfigError> {
+        let http = HttpClient::new(&HttpClientConfig {
+            base_url: self.ppio_base_url.clone(),
+            timeout: self.ppio_request_timeout.0,
+            ..Default::default()
+        })
+        .map_err(|e| ConfigError {
+            flag: "--ppio-base-url",
+            message: e.to_string(),
+        })?;
+        let default_key = std::env::var("PPIO_API_KEY")
+            .ok()
+            .and_then(|k| ApiKey::new(&k));
+        let namespace = self.namespace.filter(|n| !n.is_empty());
+        let identity = self
+            .identity
+            .filter(|i| !i.is_empty())
+            .unwrap_or_else(default_identity);
+        let leader = self.leader_election.then(|| {
+            let lease_ns = self
+                .leader_election_namespace
+                .clone()
+                .or_else(|| {
+                    std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .filter(|n| !n.is_empty())
+                })
+                .or_else(|| namespace.clone())
+                .unwrap_or_else(|| "default".into());
+            LeaderConfig::new(
+                lease_ns,
+                self.leader_election_name.clone(),
+                identity.clone(),
+                self.leader_election_lease_duration.0,
+            )
+        });
+        Ok(RunConfig {
+            namespace,
+            leader,
+            identity,
+            settings: Settings {
+                default_refresh: self.default_refresh_interval.0,
+                default_key,
+                budget: Budget {
+                    per_second: (self.ppio_requests_per_second > 0.0)
+                        .then_some(self.ppio_requests_per_second),
+                    burst: self.ppio_burst,
+                },
+            },
+            ppio: Arc::new(http),
+            concurrency: self.max_concurrent_reconciles,
+            http_addr: self.http_addr,
+            health_addr: self.health_addr,
+        })
+    }
 }
 
 fn parse_base_url(s: &str) -> Result<String, String> {
@@ -106,38 +192,22 @@ fn parse_base_url(s: &str) -> Result<String, String> {
     .map_err(|e| e.to_string())
 }
 
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    parse_refresh_interval(s).map_err(|e| e.to_string())
+fn parse_refresh(s: &str) -> Result<Human, String> {
+    parse_duration_within(s, MIN_REFRESH, MAX_REFRESH)
+        .map(Human)
+        .map_err(|e| e.to_string())
 }
 
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+fn parse_timeout(s: &str) -> Result<Human, String> {
     parse_duration_within(s, Duration::from_secs(1), Duration::from_secs(60))
+        .map(Human)
+        .map_err(|e| e.to_string())
 }
 
-fn parse_lease_duration(s: &str) -> Result<Duration, String> {
+fn parse_lease_duration(s: &str) -> Result<Human, String> {
     parse_duration_within(s, Duration::from_secs(5), Duration::from_secs(120))
-}
-
-/// Parses `10s` or `500ms` and checks `min..=max`.
-fn parse_duration_within(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
-    let d = s
-        .strip_suffix("ms")
-        .and_then(|n| n.parse::<u64>().ok())
-        .map(Duration::from_millis)
-        .or_else(|| {
-            s.strip_suffix('s')
-                .and_then(|n| n.parse::<u64>().ok())
-                .map(Duration::from_secs)
-        })
-        .ok_or_else(|| format!("'{s}' is not a duration such as 10s or 500ms"))?;
-    if !(min..=max).contains(&d) {
-        return Err(format!(
-            "'{s}' is outside the allowed range {}s..{}s",
-            min.as_secs(),
-            max.as_secs()
-        ));
-    }
-    Ok(d)
+        .map(Human)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -190,79 +260,34 @@ fn parse_namespace(s: &str) -> Result<String, String> {
 /// Runs a parsed command line; the return value is the process exit code.
 pub async fn main(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Crd => match crate::crd::crd_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: cannot render the CRD: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Run(args) => run(args).await,
-        Command::Simulate(args) => crate::simulator::main(args).await,
-        Command::Demo(args) => crate::demo::main(args).await,
+        Command::Run(args) => {
+            let format = args.log_format;
+            launch(args.config(), |config| async move {
+                telemetry::init(format);
+                crate::operator::run(config).await
+            })
+            .await
+        }
+        Command::Crd => launch(Ok(()), |()| async { crate::crd::print() }).await,
+        Command::Simulate(args) => launch(args.config(), crate::simulator::run).await,
     }
 }
 
-async fn run(args: RunArgs) -> ExitCode {
-    telemetry::init(args.log_format);
-    let http = match HttpClient::new(&HttpClientConfig {
-        base_url: args.ppio_base_url.clone(),
-        timeout: args.ppio_request_timeout,
-        ..Default::default()
-    }) {
+/// The common tail of every subcommand: a configuration error exits 2, a run error 1.
+async fn launch<C, E, F, Fut>(config: Result<C, ConfigError>, run: F) -> ExitCode
+where
+    E: std::fmt::Display,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: --ppio-base-url: {e}");
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let default_key = std::env::var("PPIO_API_KEY")
-        .ok()
-        .and_then(|k| ApiKey::new(&k));
-    let namespace = args.namespace.filter(|n| !n.is_empty());
-    let identity = args
-        .identity
-        .filter(|i| !i.is_empty())
-        .unwrap_or_else(default_identity);
-    let leader = args.leader_election.then(|| {
-        let lease_ns = args
-            .leader_election_namespace
-            .clone()
-            .or_else(|| {
-                std::env::var("POD_NAMESPACE")
-                    .ok()
-                    .filter(|n| !n.is_empty())
-            })
-            .or_else(|| namespace.clone())
-            .unwrap_or_else(|| "default".into());
-        crate::leader::LeaderConfig::new(
-            lease_ns,
-            args.leader_election_name.clone(),
-            identity.clone(),
-            args.leader_election_lease_duration,
-        )
-    });
-    let config = crate::operator::RunConfig {
-        namespace,
-        leader,
-        identity,
-        settings: Settings {
-            default_refresh: args.default_refresh_interval,
-            default_key,
-            budget: crate::controller::Budget {
-                per_second: (args.ppio_requests_per_second > 0.0)
-                    .then_some(args.ppio_requests_per_second),
-                burst: args.ppio_burst,
-            },
-        },
-        ppio: Arc::new(http),
-        concurrency: args.max_concurrent_reconciles,
-        http_addr: args.http_addr,
-    };
-    match crate::operator::run(config).await {
+    match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -270,13 +295,6 @@ async fn run(args: RunArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Where `demo` and the tests find the upstream programs (see tools/build.sh).
-pub fn default_tools_dir() -> PathBuf {
-    std::env::var_os("PPIO_TOOLS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/bin")))
 }
 
 #[cfg(test)]
@@ -296,8 +314,11 @@ mod tests {
             ("--default-refresh-interval", "1s"),
             ("--ppio-base-url", "not a url"),
             ("--http-addr", "nowhere"),
+            ("--health-addr", "nowhere"),
             ("--namespace", "Bad_NS"),
             ("--ppio-request-timeout", "5m"),
+            ("--ppio-request-timeout", "10"),
+            ("--leader-election-lease-duration", "1h"),
             ("--ppio-requests-per-second", "lots"),
             ("--ppio-requests-per-second", "20000"),
             ("--ppio-burst", "0"),
@@ -308,15 +329,50 @@ mod tests {
         }
     }
 
-    #[test]
-    fn defaults_match_the_contract() {
-        let cli = Cli::try_parse_from(["ppio-operator", "run"]).expect("parses");
+    fn run_args(args: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from(["ppio-operator", "run"].iter().chain(args)).expect("parses");
         let Command::Run(args) = cli.command else {
             panic!("run")
         };
+        args
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let args = run_args(&[]);
         assert_eq!(args.ppio_base_url, "https://api.ppio.com");
-        assert_eq!(args.default_refresh_interval, Duration::from_secs(60));
+        assert_eq!(args.default_refresh_interval.0, Duration::from_secs(60));
         assert_eq!(args.http_addr.to_string(), "0.0.0.0:8080");
-        assert_eq!(args.ppio_request_timeout, Duration::from_secs(10));
+        assert_eq!(args.health_addr, None);
+        assert_eq!(args.ppio_request_timeout.0, Duration::from_secs(10));
+        assert_eq!(args.max_concurrent_reconciles, 16);
+        let help = Cli::command()
+            .find_subcommand_mut("run")
+            .expect("run")
+            .render_long_help()
+            .to_string();
+        for shown in ["[default: 60s]", "[default: 10s]", "[default: 15s]"] {
+            assert!(help.contains(shown), "help lacks {shown}:\n{help}");
+        }
+    }
+
+    #[test]
+    fn every_duration_flag_reads_the_same_grammar() {
+        let args = run_args(&[
+            "--default-refresh-interval",
+            "1m30s",
+            "--ppio-request-timeout",
+            "1m",
+            "--leader-election-lease-duration",
+            "1m30s",
+        ]);
+        assert_eq!(args.default_refresh_interval.0, Duration::from_secs(90));
+        assert_eq!(args.ppio_request_timeout.0, Duration::from_secs(60));
+        assert_eq!(
+            args.leader_election_lease_duration.0,
+            Duration::from_secs(90)
+        );
+        let args = run_args(&["--ppio-request-timeout", "2500ms"]);
+        assert_eq!(args.ppio_request_timeout.0, Duration::from_millis(2500));
     }
 }

@@ -15,11 +15,13 @@ use rand::Rng;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::crd::{PpioInstance, PpioInstanceStatus, REFRESH_ANNOTATION};
-use crate::interval::parse_refresh_interval;
+use crate::duration::parse_refresh_interval;
 use crate::lock;
 use crate::metrics::Metrics;
+use crate::outcome::{Class, Retry, Severity};
 use crate::ppio::{ApiKey, PpioApi, PpioError};
-use crate::status::{Failure, Observation, compute_status, condition};
+use crate::status::{Failure, Observation, compute_status};
+use crate::vocabulary::{condition, event, reason, state};
 
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "ppio-operator";
@@ -31,8 +33,6 @@ pub const GONE_POLL: Duration = Duration::from_secs(300);
 pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// The longest error backoff.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// PPIO states in which an instance is stable; any other state is a transition.
-pub const STABLE_STATES: [&str; 3] = ["running", "exited", "removed"];
 
 /// Operator-wide settings of the controller.
 #[derive(Debug, Clone)]
@@ -175,6 +175,7 @@ impl Context {
         let mut tracked = lock(&self.tracked);
         tracked.insert(key.to_string(), t);
         self.metrics
+            .controller
             .backoffs
             .set(tracked.values().filter(|t| t.failures > 0).count() as i64);
     }
@@ -183,6 +184,7 @@ impl Context {
         let mut tracked = lock(&self.tracked);
         tracked.remove(key);
         self.metrics
+            .controller
             .backoffs
             .set(tracked.values().filter(|t| t.failures > 0).count() as i64);
     }
@@ -200,7 +202,7 @@ impl Context {
             .collect();
         for key in gone {
             let (ns, name) = key.split_once('/').unwrap_or_default();
-            self.metrics.forget_instance(ns, name);
+            self.metrics.instances.forget(ns, name);
             self.forget(&key);
         }
     }
@@ -234,8 +236,8 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 /// The delay until the next poll after a successful observation in `state`.
-pub fn poll_interval(refresh: Duration, state: &str) -> Duration {
-    if STABLE_STATES.contains(&state) {
+pub fn poll_interval(refresh: Duration, observed: &str) -> Duration {
+    if state::STABLE.contains(&observed) {
         refresh
     } else {
         refresh.min(TRANSITION_POLL)
@@ -266,15 +268,9 @@ pub async fn reconcile(
         ppioinstance = instance.name_any(),
         instance_id = instance.spec.instance_id.as_str(),
     );
-    let _timer = ctx.metrics.reconcile_timer();
+    let _timer = ctx.metrics.controller.reconcile_timer();
     let result = reconcile_instance(instance, &ctx).instrument(span).await;
-    let label = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics
-        .reconciles
-        .get_or_create(&crate::metrics::ResultLabels {
-            result: label.into(),
-        })
-        .inc();
+    ctx.metrics.controller.reconciled(result.is_ok());
     result
 }
 
@@ -467,25 +463,26 @@ pub async fn poll(
         .ppio
         .get_instance(&api_key, &instance.spec.instance_id)
         .await;
-    ctx.metrics
-        .api_request(request_class(&result), now.elapsed().as_secs_f64());
+    let class = result
+        .as_ref()
+        .map_or_else(PpioError::request_class, |_| "2xx");
+    ctx.metrics.api.request(class, now.elapsed().as_secs_f64());
     let (observation, failure);
     let (delay, failures) = match &result {
         Ok(observed) => {
             observation = Observation::Instance(observed);
-            let state = observed.state().unwrap_or_default();
-            (jitter(poll_interval(refresh, state)), 0)
+            let observed_state = observed.state().unwrap_or_default();
+            (jitter(poll_interval(refresh, observed_state)), 0)
         }
         Err(e) => {
             failure = Failure::from(e);
             observation = Observation::Failed(&failure);
-            match e {
-                PpioError::NotFound { .. } => (jitter(refresh.max(GONE_POLL)), 0),
-                PpioError::RateLimited {
-                    retry_after: Some(after),
-                } => {
-                    ctx.pause_key(&api_key, now + *after);
-                    (*after + jitter_up(Duration::from_secs(1)), failures + 1)
+            match (failure.class.retry(), e.retry_after()) {
+                (Retry::Gone, _) => (jitter(refresh.max(GONE_POLL)), 0),
+                (_, Some(after)) => {
+                    // The server said when: every PpioInstance using this key waits as well.
+                    ctx.pause_key(&api_key, now + after);
+                    (after + jitter_up(Duration::from_secs(1)), failures + 1)
                 }
                 _ => (backoff(failures + 1), failures + 1),
             }
@@ -498,18 +495,6 @@ pub async fn poll(
         wrote,
         requested: true,
     })
-}
-
-/// The status class of a PPIO answer, for metrics.
-fn request_class<T>(result: &Result<T, PpioError>) -> &'static str {
-    match result {
-        Ok(_) => "2xx",
-        Err(PpioError::Connect | PpioError::Timeout) => "error",
-        Err(PpioError::Server { .. }) => "5xx",
-        Err(PpioError::TooLarge { .. } | PpioError::Decode(_)) => "2xx",
-        Err(PpioError::UnexpectedStatus { .. }) => "other",
-        Err(_) => "4xx",
-    }
 }
 
 /// A small random delay in [0, d], so objects released together do not fire together.
@@ -538,7 +523,7 @@ fn already_observed(instance: &PpioInstance) -> bool {
         s.observed_generation.is_some()
             && s.observed_generation == instance.meta().generation
             && s.instance_id.as_deref() == Some(instance.spec.instance_id.as_str())
-            && s.conditions.iter().any(|c| c.type_ == condition::SYNCED)
+            && s.condition(condition::SYNCED).is_some()
     })
 }
 
@@ -600,7 +585,7 @@ async fn resolve_key(
 fn own_view(status: &PpioInstanceStatus) -> PpioInstanceStatus {
     let mut s = status.clone();
     s.conditions
-        .retain(|c| c.type_ == condition::READY || c.type_ == condition::SYNCED);
+        .retain(|c| condition::OWN.contains(&c.type_.as_str()));
     s.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     s
 }
@@ -613,26 +598,22 @@ async fn write_status(
     observation: Observation<'_>,
 ) -> Result<bool, Error> {
     let current = instance.status.as_ref();
-    let mut new = compute_status(
+    let new = compute_status(
         &instance.spec.instance_id,
         instance.meta().generation,
+        refresh_request(instance),
         observation,
         current,
         jiff::Timestamp::now(),
     );
-    // Any poll answers a pending refresh request; a suspended instance is not polled.
-    new.last_handled_refresh = match observation {
-        Observation::Suspended => None,
-        _ => refresh_request(instance).map(str::to_string),
-    }
-    .or_else(|| current.and_then(|c| c.last_handled_refresh.clone()));
     let polled_ok = matches!(observation, Observation::Instance(_));
     let ns = instance.namespace().unwrap_or_default();
     ctx.metrics
-        .observe_instance(&ns, &instance.name_any(), &new, polled_ok);
+        .instances
+        .observe(&ns, &instance.name_any(), &new, polled_ok);
     if current.map(own_view).as_ref() == Some(&own_view(&new)) {
         debug!("status unchanged; no write");
-        ctx.metrics.status_writes_skipped.inc();
+        ctx.metrics.controller.status_writes_skipped.inc();
         return Ok(false);
     }
     let changes = transitions(current, &new);
@@ -652,16 +633,14 @@ async fn write_status(
     .await
     .map_err(|_| Error::Timeout("writing status"))?
     .map_err(Error::WriteStatus)?;
-    ctx.metrics.status_writes.inc();
+    ctx.metrics.controller.status_writes.inc();
     publish_events(ctx, instance, &changes).await;
     Ok(true)
 }
 
-fn find<'a>(s: Option<&'a PpioInstanceStatus>, type_: &str) -> Option<&'a str> {
-    s?.conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.reason.as_str())
+/// The reason of a condition.
+fn reason_of<'a>(s: Option<&'a PpioInstanceStatus>, type_: &str) -> Option<&'a str> {
+    s?.condition(type_).map(|c| c.reason.as_str())
 }
 
 /// A change worth a log line and an Event: never one per poll.
@@ -680,10 +659,7 @@ pub enum Transition {
 /// The transitions from `old` to `new`.
 pub fn transitions(old: Option<&PpioInstanceStatus>, new: &PpioInstanceStatus) -> Vec<Transition> {
     let mut out = Vec::new();
-    let known = |s: Option<&str>| {
-        s.filter(|s| *s != crate::status::STATE_NOT_FOUND)
-            .map(str::to_string)
-    };
+    let known = |s: Option<&str>| s.filter(|s| *s != state::NOT_FOUND).map(str::to_string);
     if let (Some(from), Some(to)) = (
         known(old.and_then(|s| s.state.as_deref())),
         known(new.state.as_deref()),
@@ -691,10 +667,10 @@ pub fn transitions(old: Option<&PpioInstanceStatus>, new: &PpioInstanceStatus) -
     {
         out.push(Transition::State { from, to });
     }
-    let old_sync = find(old, condition::SYNCED);
-    let new_sync = find(Some(new), condition::SYNCED);
+    let old_sync = reason_of(old, condition::SYNCED);
+    let new_sync = reason_of(Some(new), condition::SYNCED);
     if old_sync != new_sync {
-        if new_sync == Some(crate::status::reason::OBSERVED) {
+        if new_sync == Some(reason::OBSERVED) {
             out.push(match old_sync {
                 None => Transition::FirstObserved,
                 Some(from) => Transition::SyncRecovered {
@@ -703,9 +679,7 @@ pub fn transitions(old: Option<&PpioInstanceStatus>, new: &PpioInstanceStatus) -
             });
         } else {
             let message = new
-                .conditions
-                .iter()
-                .find(|c| c.type_ == condition::SYNCED)
+                .condition(condition::SYNCED)
                 .map(|c| c.message.clone())
                 .unwrap_or_default();
             out.push(Transition::SyncFailed {
@@ -757,29 +731,28 @@ async fn publish_events(ctx: &Context, instance: &PpioInstance, list: &[Transiti
         let event = match t {
             Transition::State { from, to } => Event {
                 type_: EventType::Normal,
-                reason: "StateChanged".into(),
+                reason: event::STATE_CHANGED.into(),
                 note: Some(crate::status::bounded(&format!(
                     "The instance state changed from {from} to {to}."
                 ))),
-                action: "Observe".into(),
+                action: event::ACTION_OBSERVE.into(),
                 secondary: None,
             },
             Transition::SyncFailed { reason, message } => Event {
-                type_: if reason == crate::status::reason::SUSPENDED {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
+                type_: match Class::from_reason(reason).map(Class::severity) {
+                    Some(Severity::Normal) => EventType::Normal,
+                    Some(Severity::Warning) | None => EventType::Warning,
                 },
                 reason: reason.clone(),
                 note: Some(message.clone()),
-                action: "Poll".into(),
+                action: event::ACTION_POLL.into(),
                 secondary: None,
             },
             Transition::SyncRecovered { from } => Event {
                 type_: EventType::Normal,
-                reason: "Synced".into(),
+                reason: event::SYNCED.into(),
                 note: Some(format!("The PPIO API answers again (was {from}).")),
-                action: "Poll".into(),
+                action: event::ACTION_POLL.into(),
                 secondary: None,
             },
             Transition::FirstObserved => continue,

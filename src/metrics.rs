@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 
 use crate::crd::PpioInstanceStatus;
 use crate::lock;
-use crate::status::condition;
+use crate::vocabulary::{condition, status as cstatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -51,25 +51,15 @@ pub struct PriceLabels {
     pub kind: String,
 }
 
-/// All metrics of the operator.
+/// All metrics of the operator, by subsystem; each group registers itself.
 pub struct Metrics {
     registry: Registry,
-    pub reconciles: Family<ResultLabels, Counter>,
-    pub reconcile_duration: Histogram,
-    pub api_requests: Family<RequestLabels, Counter>,
-    pub api_request_duration: Histogram,
-    pub status_writes: Counter,
-    pub status_writes_skipped: Counter,
-    pub backoffs: Gauge,
-    pub leader: Gauge,
-    pub instance_state: Family<StateLabels, Gauge>,
-    pub instance_ready: Family<ObjectLabels, Gauge>,
-    pub instance_synced: Family<ObjectLabels, Gauge>,
-    pub instance_last_success: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
-    pub instance_price: Family<PriceLabels, Gauge>,
-    pub instance_prepaid_end: Family<ObjectLabels, Gauge>,
-    /// The state label currently exported per object, to replace it on change.
-    states: Mutex<std::collections::HashMap<ObjectLabels, String>>,
+    /// The controller: reconciles, status writes, backoffs, leadership.
+    pub controller: ControllerMetrics,
+    /// Requests to the PPIO API (`ppio_api_*`).
+    pub api: ApiMetrics,
+    /// Per-PpioInstance series (`ppio_instance_*`).
+    pub instances: InstanceMetrics,
 }
 
 impl Default for Metrics {
@@ -81,95 +71,18 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("ppio");
-        let m = Metrics {
-            reconciles: Family::default(),
-            reconcile_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
-            api_requests: Family::default(),
-            api_request_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
-            status_writes: Counter::default(),
-            status_writes_skipped: Counter::default(),
-            backoffs: Gauge::default(),
-            leader: Gauge::default(),
-            instance_state: Family::default(),
-            instance_ready: Family::default(),
-            instance_synced: Family::default(),
-            instance_last_success: Family::default(),
-            instance_price: Family::default(),
-            instance_prepaid_end: Family::default(),
-            states: Mutex::new(Default::default()),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "reconciles",
-            "Reconciles by result (ok, error)",
-            m.reconciles.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Duration of one reconcile",
-            m.reconcile_duration.clone(),
-        );
-        registry.register(
-            "api_requests",
-            "PPIO API requests by endpoint and status class (2xx, 4xx, 5xx, error)",
-            m.api_requests.clone(),
-        );
-        registry.register(
-            "api_request_duration_seconds",
-            "Latency of PPIO API requests",
-            m.api_request_duration.clone(),
-        );
-        registry.register(
-            "status_writes",
-            "Status subresource writes",
-            m.status_writes.clone(),
-        );
-        registry.register(
-            "status_writes_skipped",
-            "Status writes skipped because nothing changed",
-            m.status_writes_skipped.clone(),
-        );
-        registry.register(
-            "backoffs",
-            "PpioInstances currently in error backoff",
-            m.backoffs.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 when this replica is the leader and reconciles",
-            m.leader.clone(),
-        );
-        registry.register(
-            "instance_state",
-            "1 for the current PPIO state of each instance (label state)",
-            m.instance_state.clone(),
-        );
-        registry.register(
-            "instance_ready",
-            "1 when the instance is running",
-            m.instance_ready.clone(),
-        );
-        registry.register(
-            "instance_synced",
-            "1 when the last poll succeeded",
-            m.instance_synced.clone(),
-        );
-        registry.register(
-            "instance_last_success_timestamp_seconds",
-            "Unix time of the last successful poll",
-            m.instance_last_success.clone(),
-        );
-        registry.register(
-            "instance_price",
-            "Raw PPIO price integers by kind (instance, base, storage)",
-            m.instance_price.clone(),
-        );
-        registry.register(
-            "instance_prepaid_end_time_seconds",
-            "Unix time when the prepaid term ends (prepaid instances only)",
-            m.instance_prepaid_end.clone(),
-        );
-        Metrics { registry, ..m }
+        let controller = ControllerMetrics::default();
+        controller.register(&mut registry);
+        let api = ApiMetrics::default();
+        api.register(registry.sub_registry_with_prefix("api"));
+        let instances = InstanceMetrics::default();
+        instances.register(registry.sub_registry_with_prefix("instance"));
+        Metrics {
+            registry,
+            controller,
+            api,
+            instances,
+        }
     }
 
     /// The OpenMetrics text of every metric.
@@ -180,6 +93,74 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The controller's own work.
+pub struct ControllerMetrics {
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub status_writes: Counter,
+    pub status_writes_skipped: Counter,
+    pub backoffs: Gauge,
+    pub leader: Gauge,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        ControllerMetrics {
+            reconciles: Family::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            status_writes: Counter::default(),
+            status_writes_skipped: Counter::default(),
+            backoffs: Gauge::default(),
+            leader: Gauge::default(),
+        }
+    }
+}
+
+impl ControllerMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "reconciles",
+            "Reconciles by result (ok, error)",
+            self.reconciles.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile",
+            self.reconcile_duration.clone(),
+        );
+        r.register(
+            "status_writes",
+            "Status subresource writes",
+            self.status_writes.clone(),
+        );
+        r.register(
+            "status_writes_skipped",
+            "Status writes skipped because nothing changed",
+            self.status_writes_skipped.clone(),
+        );
+        r.register(
+            "backoffs",
+            "PpioInstances currently in error backoff",
+            self.backoffs.clone(),
+        );
+        r.register(
+            "leader",
+            "1 when this replica is the leader and reconciles",
+            self.leader.clone(),
+        );
+    }
+
+    /// Counts a reconcile by result.
+    pub fn reconciled(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
 
     /// Times a reconcile until the guard is dropped.
     pub fn reconcile_timer(&self) -> Timer<'_> {
@@ -188,20 +169,98 @@ impl Metrics {
             start: Instant::now(),
         }
     }
+}
+
+/// Requests to the PPIO API.
+pub struct ApiMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Histogram,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        ApiMetrics {
+            requests: Family::default(),
+            request_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
+        }
+    }
+}
+
+impl ApiMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "requests",
+            "PPIO API requests by endpoint and status class (2xx, 4xx, 5xx, error)",
+            self.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Latency of PPIO API requests",
+            self.request_duration.clone(),
+        );
+    }
 
     /// Counts one PPIO request.
-    pub fn api_request(&self, class: &str, seconds: f64) {
-        self.api_requests
+    pub fn request(&self, class: &str, seconds: f64) {
+        self.requests
             .get_or_create(&RequestLabels {
                 endpoint: "get_instance".into(),
                 class: class.into(),
             })
             .inc();
-        self.api_request_duration.observe(seconds);
+        self.request_duration.observe(seconds);
+    }
+}
+
+/// Per-PpioInstance series, labelled by namespace and name.
+#[derive(Default)]
+pub struct InstanceMetrics {
+    pub state: Family<StateLabels, Gauge>,
+    pub ready: Family<ObjectLabels, Gauge>,
+    pub synced: Family<ObjectLabels, Gauge>,
+    pub last_success: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
+    pub price: Family<PriceLabels, Gauge>,
+    pub prepaid_end: Family<ObjectLabels, Gauge>,
+    /// The state label currently exported per object, to replace it on change.
+    states: Mutex<std::collections::HashMap<ObjectLabels, String>>,
+}
+
+impl InstanceMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "state",
+            "1 for the current PPIO state of each instance (label state)",
+            self.state.clone(),
+        );
+        r.register(
+            "ready",
+            "1 when the instance is running",
+            self.ready.clone(),
+        );
+        r.register(
+            "synced",
+            "1 when the last poll succeeded",
+            self.synced.clone(),
+        );
+        r.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful poll",
+            self.last_success.clone(),
+        );
+        r.register(
+            "price",
+            "Raw PPIO price integers by kind (instance, base, storage)",
+            self.price.clone(),
+        );
+        r.register(
+            "prepaid_end_time_seconds",
+            "Unix time when the prepaid term ends (prepaid instances only)",
+            self.prepaid_end.clone(),
+        );
     }
 
     /// Exports the per-instance series from a status.
-    pub fn observe_instance(
+    pub fn observe(
         &self,
         namespace: &str,
         name: &str,
@@ -214,14 +273,13 @@ impl Metrics {
         };
         let is_true = |t: &str| {
             status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == t && c.status == "True") as i64
+                .condition(t)
+                .is_some_and(|c| c.status == cstatus::TRUE) as i64
         };
-        self.instance_ready
+        self.ready
             .get_or_create(&obj)
             .set(is_true(condition::READY));
-        self.instance_synced
+        self.synced
             .get_or_create(&obj)
             .set(is_true(condition::SYNCED));
         if polled_ok {
@@ -229,7 +287,7 @@ impl Metrics {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or_default();
-            self.instance_last_success.get_or_create(&obj).set(now);
+            self.last_success.get_or_create(&obj).set(now);
         }
         if let Some(state) = &status.state {
             let mut states = lock(&self.states);
@@ -237,11 +295,9 @@ impl Metrics {
                 .insert(obj.clone(), state.clone())
                 .filter(|o| o != state)
             {
-                self.instance_state.remove(&state_labels(&obj, &old));
+                self.state.remove(&state_labels(&obj, &old));
             }
-            self.instance_state
-                .get_or_create(&state_labels(&obj, state))
-                .set(1);
+            self.state.get_or_create(&state_labels(&obj, state)).set(1);
         }
         let prepaid_end = status
             .billing
@@ -251,12 +307,10 @@ impl Metrics {
             .and_then(|t| t.parse::<jiff::Timestamp>().ok());
         match prepaid_end {
             Some(t) => {
-                self.instance_prepaid_end
-                    .get_or_create(&obj)
-                    .set(t.as_second());
+                self.prepaid_end.get_or_create(&obj).set(t.as_second());
             }
             None => {
-                self.instance_prepaid_end.remove(&obj);
+                self.prepaid_end.remove(&obj);
             }
         }
         if let Some(p) = &status.pricing {
@@ -272,10 +326,10 @@ impl Metrics {
                 };
                 match v {
                     Some(v) => {
-                        self.instance_price.get_or_create(&labels).set(v);
+                        self.price.get_or_create(&labels).set(v);
                     }
                     None => {
-                        self.instance_price.remove(&labels);
+                        self.price.remove(&labels);
                     }
                 }
             }
@@ -283,20 +337,20 @@ impl Metrics {
     }
 
     /// Removes every series of a PpioInstance that is gone.
-    pub fn forget_instance(&self, namespace: &str, name: &str) {
+    pub fn forget(&self, namespace: &str, name: &str) {
         let obj = ObjectLabels {
             namespace: namespace.into(),
             name: name.into(),
         };
         if let Some(old) = lock(&self.states).remove(&obj) {
-            self.instance_state.remove(&state_labels(&obj, &old));
+            self.state.remove(&state_labels(&obj, &old));
         }
-        self.instance_ready.remove(&obj);
-        self.instance_synced.remove(&obj);
-        self.instance_last_success.remove(&obj);
-        self.instance_prepaid_end.remove(&obj);
+        self.ready.remove(&obj);
+        self.synced.remove(&obj);
+        self.last_success.remove(&obj);
+        self.prepaid_end.remove(&obj);
         for kind in ["instance", "base", "storage"] {
-            self.instance_price.remove(&PriceLabels {
+            self.price.remove(&PriceLabels {
                 namespace: namespace.into(),
                 name: name.into(),
                 kind: kind.into(),
@@ -322,5 +376,47 @@ pub struct Timer<'a> {
 impl Drop for Timer<'_> {
     fn drop(&mut self) {
         self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_keeps_its_name() {
+        let m = Metrics::new();
+        m.controller.reconciled(true);
+        m.api.request("2xx", 0.1);
+        let status: PpioInstanceStatus = serde_json::from_value(serde_json::json!({
+            "state": "running",
+            "billing": {"mode": "prepaid", "prepaid": {"endTime": "2030-01-01T00:00:00Z"}},
+            "pricing": {"instancePrice": 100},
+        }))
+        .expect("status");
+        m.instances.observe("ml", "a", &status, true);
+        let text = m.encode();
+        for name in [
+            "ppio_reconciles",
+            "ppio_reconcile_duration_seconds",
+            "ppio_api_requests",
+            "ppio_api_request_duration_seconds",
+            "ppio_status_writes",
+            "ppio_status_writes_skipped",
+            "ppio_backoffs",
+            "ppio_leader",
+            "ppio_instance_state",
+            "ppio_instance_ready",
+            "ppio_instance_synced",
+            "ppio_instance_last_success_timestamp_seconds",
+            "ppio_instance_price",
+            "ppio_instance_prepaid_end_time_seconds",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("# TYPE ") && l.split_whitespace().nth(2) == Some(name)),
+                "{name} missing from:\n{text}"
+            );
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! Start-up of `ppio-operator run`: connect, check the CRD, serve health and metrics, run the
-//! controller until a signal.
+//! `ppio-operator run`: connect, check the CRD, serve health and metrics, elect a leader if
+//! asked to, and run the controller until a signal.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
+use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::controller::{Context, Settings, error_policy, reconcile};
@@ -19,7 +20,7 @@ use crate::crd::{CRD_NAME, CRD_PATH, PpioInstance};
 use crate::leader::{Elector, LeaderConfig};
 use crate::metrics::Metrics;
 use crate::ppio::PpioApi;
-use crate::server::{self, Health};
+use crate::server::{self, Health, Routes};
 
 /// What `run` needs besides the Kubernetes client.
 pub struct RunConfig {
@@ -31,11 +32,16 @@ pub struct RunConfig {
     pub concurrency: u16,
     /// Where `/metrics`, `/livez` and `/readyz` are served.
     pub http_addr: SocketAddr,
+    /// Where `/livez` and `/readyz` are also served, alone.
+    pub health_addr: Option<SocketAddr>,
     /// Leader election; `None`: this replica always reconciles.
     pub leader: Option<LeaderConfig>,
     /// This replica's name in Events (`reportingInstance`).
     pub identity: String,
 }
+
+/// At most this many PpioInstances are reconciled at once, unless configured.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
 
 /// How long in-flight work may take after SIGTERM before the operator exits anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -57,8 +63,9 @@ pub enum StartError {
     },
     #[error("lost the leader lease {0}; exiting so that no two replicas write")]
     LostLeadership(String),
-    #[error("--http-addr: cannot listen on {addr}: {source}")]
-    HttpAddr {
+    #[error("{flag}: cannot listen on {addr}: {source}")]
+    Listen {
+        flag: &'static str,
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -79,65 +86,59 @@ pub async fn check_crd(api: &Api<PpioInstance>, namespace: Option<&str>) -> Resu
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-}
-
-/// Runs the controller until SIGTERM or SIGINT.
+/// `ppio-operator run`: connects with the usual Kubernetes configuration (in-cluster, else
+/// KUBECONFIG) and runs until SIGTERM or SIGINT.
 pub async fn run(config: RunConfig) -> Result<(), StartError> {
     let client = Client::try_default()
         .await
         .map_err(StartError::KubeConfig)?;
-    run_until(client, config, shutdown_signal()).await
+    run_with(client, config, crate::signal::shutdown_signal()).await
 }
 
-/// Runs the controller and the HTTP server until `shutdown` resolves.
-pub async fn run_until(
+/// Binds a listener, or says which flag names the address that failed.
+async fn listen(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { flag, addr, source })
+}
+
+/// Runs with a given client until `shutdown` resolves: the HTTP servers, the CRD check, then
+/// (as leader, or always without leader election) the controller.
+pub async fn run_with(
     client: Client,
     config: RunConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|source| StartError::HttpAddr {
-            addr: config.http_addr,
-            source,
-        })?;
+    let mut listeners = vec![(listen("--http-addr", config.http_addr).await?, Routes::All)];
+    if let Some(addr) = config.health_addr {
+        listeners.push((listen("--health-addr", addr).await?, Routes::Health));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
     let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
-    let http = tokio::spawn(server::serve(
-        listener,
-        health.clone(),
-        metrics.clone(),
-        stopped(http_stop_rx),
-    ));
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, routes)| {
+            tokio::spawn(server::serve(
+                listener,
+                routes,
+                health.clone(),
+                metrics.clone(),
+                stopped(http_stop_rx.clone()),
+            ))
+        })
+        .collect();
 
     let result = async {
         let api: Api<PpioInstance> = scoped(&client, config.namespace.as_deref());
         check_crd(&api, config.namespace.as_deref()).await?;
         let Some(leader) = config.leader.clone() else {
-            return run_bounded(client, config, metrics, health, stop_rx).await;
+            return reconcile_with_grace(client, config, metrics, health, stop_rx).await;
         };
         // A standby is ready: it serves, and takes over when the leader goes.
         health.ready.store(true, Ordering::Relaxed);
@@ -149,13 +150,13 @@ pub async fn run_until(
                 return Ok(());
             }
         }
-        metrics.leader.set(1);
+        metrics.controller.leader.set(1);
         let lease = format!("{}/{}", elector.config().namespace, elector.config().name);
         let outcome = tokio::select! {
-            r = run_bounded(client, config, metrics.clone(), health, stop_rx) => r,
+            r = reconcile_with_grace(client, config, metrics.clone(), health, stop_rx) => r,
             _ = elector.hold() => Err(StartError::LostLeadership(lease)),
         };
-        metrics.leader.set(0);
+        metrics.controller.leader.set(0);
         if outcome.is_ok() {
             elector.release().await;
         }
@@ -163,7 +164,9 @@ pub async fn run_until(
     }
     .await;
     let _ = http_stop_tx.send(true);
-    let _ = http.await;
+    for server in servers {
+        let _ = server.await;
+    }
     result
 }
 
@@ -184,8 +187,8 @@ async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// [`run_controller`], cut short [`SHUTDOWN_GRACE`] after the stop signal.
-async fn run_bounded(
+/// [`reconcile_until`], cut short [`SHUTDOWN_GRACE`] after the stop signal.
+async fn reconcile_with_grace(
     client: Client,
     config: RunConfig,
     metrics: Arc<Metrics>,
@@ -200,7 +203,7 @@ async fn run_bounded(
         }
     };
     tokio::select! {
-        r = run_controller(client, config, metrics, health, stopped(stop_rx)) => r,
+        r = reconcile_until(client, config, metrics, health, stopped(stop_rx)) => r,
         _ = deadline => {
             warn!("in-flight reconciles did not finish in time; exiting");
             Ok(())
@@ -208,7 +211,9 @@ async fn run_bounded(
     }
 }
 
-async fn run_controller(
+/// The controller: watches PpioInstances and reconciles them until `shutdown` resolves and
+/// the reconciles in flight are done.
+async fn reconcile_until(
     client: Client,
     config: RunConfig,
     metrics: Arc<Metrics>,

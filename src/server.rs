@@ -1,4 +1,5 @@
-//! The operator's HTTP server: `/livez`, `/readyz` and `/metrics`.
+//! The operator's HTTP servers: `/livez`, `/readyz` and `/metrics` on `--http-addr`, and
+//! optionally the probes alone on `--health-addr` (so a pod's probes use a port of their own).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +27,8 @@ struct AppState {
     metrics: Arc<Metrics>,
 }
 
-/// The routes.
-pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
+/// The probe routes: `/livez` and `/readyz`.
+fn health_routes() -> Router<AppState> {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route(
@@ -43,7 +44,22 @@ pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
                 }
             }),
         )
-        .route(
+}
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// `/livez`, `/readyz` and `/metrics`.
+    All,
+    /// `/livez` and `/readyz` only.
+    Health,
+}
+
+/// The routes of one listener.
+pub fn router(routes: Routes, health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
+    let router = match routes {
+        Routes::Health => health_routes(),
+        Routes::All => health_routes().route(
             "/metrics",
             get(|State(s): State<AppState>| async move {
                 (
@@ -55,18 +71,20 @@ pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
                 )
                     .into_response()
             }),
-        )
-        .with_state(AppState { health, metrics })
+        ),
+    };
+    router.with_state(AppState { health, metrics })
 }
 
 /// Serves until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
+    routes: Routes,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(health, metrics))
+    axum::serve(listener, router(routes, health, metrics))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -13,45 +13,25 @@ use crate::crd::{
     PpioInstanceStatus, Prepaid, PrepaidPricing, Pricing, Resources, Spot, Ssh, Volume,
     WebTerminal,
 };
+use crate::outcome::Class;
 use crate::ppio::{PpioError, wire};
+use crate::vocabulary::{condition, reason, state, status as cstatus};
 
-/// Condition types written by the operator.
-pub mod condition {
-    pub const SYNCED: &str = "Synced";
-    pub const READY: &str = "Ready";
-}
-
-/// Condition reasons written by the operator (besides the PPIO error reasons in
-/// [`crate::ppio::reason`]).
-pub mod reason {
-    pub const OBSERVED: &str = "Observed";
-    pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
-    pub const SUSPENDED: &str = "Suspended";
-    pub const RUNNING: &str = "Running";
-    pub const NOT_RUNNING: &str = "NotRunning";
-    pub const NOT_OBSERVED: &str = "NotObserved";
-    pub use crate::ppio::reason::INSTANCE_NOT_FOUND;
-}
-
-/// The `state` shown once PPIO no longer knows the instance.
-pub const STATE_NOT_FOUND: &str = "NotFound";
-/// The PPIO state in which `Ready` is True.
-pub const STATE_RUNNING: &str = "running";
 /// The longest condition message.
 pub const MAX_MESSAGE_CHARS: usize = 256;
 
-/// Why a poll did not produce an observation: a condition reason and a message built from a
-/// fixed vocabulary (never response text, never a secret).
+/// Why a poll did not produce an observation: its class and a message built from a fixed
+/// vocabulary (never response text, never a secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    pub reason: &'static str,
+    pub class: Class,
     pub message: String,
 }
 
 impl From<&PpioError> for Failure {
     fn from(e: &PpioError) -> Failure {
         Failure {
-            reason: e.reason(),
+            class: e.class(),
             message: e.to_string(),
         }
     }
@@ -60,13 +40,9 @@ impl From<&PpioError> for Failure {
 impl Failure {
     pub fn credentials_missing(message: impl Into<String>) -> Failure {
         Failure {
-            reason: reason::CREDENTIALS_MISSING,
+            class: Class::CredentialsMissing,
             message: message.into(),
         }
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        self.reason == reason::INSTANCE_NOT_FOUND
     }
 }
 
@@ -84,11 +60,14 @@ pub enum Observation<'a> {
 /// Computes the status to write.
 ///
 /// * `instance_id`, `generation`: from the PpioInstance being reconciled.
+/// * `refresh_request`: the value of its refresh annotation, if set; any poll answers it
+///   (`lastHandledRefresh`), a suspended instance is not polled.
 /// * `previous`: the status currently stored (its last good observation is kept on errors).
 /// * `now`: used only as the `lastTransitionTime` of a condition whose status changes.
 pub fn compute_status(
     instance_id: &str,
     generation: Option<i64>,
+    refresh_request: Option<&str>,
     observation: Observation<'_>,
     previous: Option<&PpioInstanceStatus>,
     now: Timestamp,
@@ -106,12 +85,12 @@ pub fn compute_status(
         make_condition(old(type_), type_, st, reason, message, generation, now)
     };
     let keep_ready = || match old(condition::READY) {
-        Some(c) if c.status == "True" || c.status == "False" => {
+        Some(c) if c.status == cstatus::TRUE || c.status == cstatus::FALSE => {
             cond(condition::READY, &c.status, &c.reason, &c.message)
         }
         _ => cond(
             condition::READY,
-            "Unknown",
+            cstatus::UNKNOWN,
             reason::NOT_OBSERVED,
             "The instance has not been observed yet.",
         ),
@@ -120,55 +99,70 @@ pub fn compute_status(
     let (ready, synced) = match observation {
         Observation::Instance(instance) => {
             status = observed_fields(instance);
-            let state = status.state.clone().unwrap_or_default();
-            let ready = if state == STATE_RUNNING {
+            let observed = status.state.clone().unwrap_or_default();
+            let ready = if observed == state::RUNNING {
                 cond(
                     condition::READY,
-                    "True",
+                    cstatus::TRUE,
                     reason::RUNNING,
                     "The instance is running.",
                 )
             } else {
                 cond(
                     condition::READY,
-                    "False",
+                    cstatus::FALSE,
                     reason::NOT_RUNNING,
-                    &format!("The instance is {state}, not running."),
+                    &format!("The instance is {observed}, not running."),
                 )
             };
             let synced = cond(
                 condition::SYNCED,
-                "True",
+                cstatus::TRUE,
                 reason::OBSERVED,
                 "The last poll of the PPIO API succeeded.",
             );
             (ready, synced)
         }
-        Observation::Failed(failure) if failure.is_not_found() => {
-            status.state = Some(STATE_NOT_FOUND.to_string());
+        Observation::Failed(failure) if failure.class == Class::InstanceNotFound => {
+            status.state = Some(state::NOT_FOUND.to_string());
             let ready = cond(
                 condition::READY,
-                "False",
+                cstatus::FALSE,
                 reason::INSTANCE_NOT_FOUND,
                 "The instance no longer exists in PPIO.",
             );
-            let synced = cond(condition::SYNCED, "False", failure.reason, &failure.message);
+            let synced = cond(
+                condition::SYNCED,
+                cstatus::FALSE,
+                failure.class.reason(),
+                &failure.message,
+            );
             (ready, synced)
         }
         Observation::Failed(failure) => (
             keep_ready(),
-            cond(condition::SYNCED, "False", failure.reason, &failure.message),
+            cond(
+                condition::SYNCED,
+                cstatus::FALSE,
+                failure.class.reason(),
+                &failure.message,
+            ),
         ),
         Observation::Suspended => (
             keep_ready(),
             cond(
                 condition::SYNCED,
-                "False",
+                cstatus::FALSE,
                 reason::SUSPENDED,
                 "Polling is suspended (spec.suspend is true); status shows the last observation.",
             ),
         ),
     };
+    status.last_handled_refresh = match observation {
+        Observation::Suspended => None,
+        _ => refresh_request.map(str::to_string),
+    }
+    .or_else(|| previous.and_then(|p| p.last_handled_refresh.clone()));
     status.observed_generation = generation;
     status.instance_id = Some(instance_id.to_string());
     status.conditions = vec![ready, synced];

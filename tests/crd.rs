@@ -17,7 +17,7 @@ fn committed_crd_matches_the_rust_types() {
     let generated = crd_yaml().expect("renders");
     assert!(
         committed == generated,
-        "{CRD_PATH} is out of date: regenerate it with `cargo run -- crd > {CRD_PATH}`"
+        "{CRD_PATH} is out of date: run tools/crd.sh (it regenerates both CRD copies)"
     );
 }
 
@@ -237,6 +237,41 @@ fn bad_refresh_intervals_are_rejected() {
         assert!(
             errs.iter().any(|e| e.contains("refreshInterval")),
             "{ri:?} accepted: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn the_refresh_interval_pattern_is_the_operators_duration_grammar() {
+    let crd = serde_json::to_value(PpioInstance::crd()).expect("crd json");
+    let pattern =
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["refreshInterval"]["pattern"]
+            .as_str()
+            .expect("refreshInterval has a pattern");
+    assert_eq!(pattern, ppio_operator::duration::PATTERN);
+    let re = regex::Regex::new(pattern).expect("pattern compiles");
+    for text in [
+        "30s",
+        "5m",
+        "1h30m",
+        "500ms",
+        "1m500ms",
+        "10500ms",
+        "",
+        "1.5m",
+        "10",
+        "1d",
+        "ms",
+        "10 s",
+        "1hm",
+        "1234567890s",
+        "-1s",
+    ] {
+        assert_eq!(
+            re.is_match(text),
+            ppio_operator::duration::parse_duration(text).is_ok(),
+            "{text:?}: the CRD pattern and the operator's parser disagree"
         );
     }
 }

@@ -279,44 +279,27 @@ async fn every_fault_has_its_reason_keeps_data_and_clears() {
     .await;
     let api: Api<PpioInstance> = Api::namespaced(client, &ns);
     let sample = Simulator::samples().remove(0);
-    let f = |status: Option<u16>| Fault {
-        status,
-        ..Default::default()
-    };
-    let body = |kind: BodyFault| Fault {
-        body: Some(kind),
-        ..Default::default()
-    };
+    let f = |status: Option<u16>| status.map(Fault::status).unwrap_or_default();
+    let body = Fault::body;
     let cases: Vec<(&str, Fault, &str)> = vec![
         ("f401", f(Some(401)), "Unauthorized"),
         ("f403", f(Some(403)), "Forbidden"),
         ("f404", f(Some(404)), "InstanceNotFound"),
         (
             "f400nf",
-            Fault {
-                status: Some(400),
-                reason: Some("RESOURCE_NOT_FOUND".into()),
-                ..Default::default()
-            },
+            Fault::status(400).with_reason("RESOURCE_NOT_FOUND"),
             "InstanceNotFound",
         ),
         (
             "f429",
-            Fault {
-                status: Some(429),
-                retry_after: Some("5".into()),
-                ..Default::default()
-            },
+            Fault::status(429).with_retry_after("5"),
             "RateLimited",
         ),
         ("f500", f(Some(500)), "ApiUnavailable"),
         ("f503", f(Some(503)), "ApiUnavailable"),
         (
             "fslow",
-            Fault {
-                latency_ms: Some(3000),
-                ..Default::default()
-            },
+            Fault::latency(Duration::from_secs(3)),
             "ApiUnavailable",
         ),
         ("fmalformed", body(BodyFault::Malformed), "InvalidResponse"),
@@ -431,14 +414,7 @@ async fn retry_after_stops_all_requests_with_that_key() {
     for n in ["a", "b"] {
         wait_observed(&api, n).await;
     }
-    sim.set_fault(
-        "ca338f12f3",
-        Fault {
-            status: Some(429),
-            retry_after: Some("30".into()),
-            ..Default::default()
-        },
-    );
+    sim.set_fault("ca338f12f3", Fault::status(429).with_retry_after("30"));
     wait_for(&api, "a", Duration::from_secs(15), "RateLimited", |o| {
         has(o, "Synced", "False", "RateLimited")
     })
@@ -644,13 +620,7 @@ async fn no_secret_reaches_status_events_or_logs() {
     }
     // Failures too: a rejected key and a server error.
     sim.set_keys(vec!["LEAKKEY-secret".into()]);
-    sim.set_fault(
-        "b7e2c91d04",
-        Fault {
-            status: Some(500),
-            ..Default::default()
-        },
-    );
+    sim.set_fault("b7e2c91d04", Fault::status(500));
     wait_for(&api, "a", Duration::from_secs(15), "Unauthorized", |o| {
         has(o, "Synced", "False", "Unauthorized")
     })
@@ -747,68 +717,4 @@ async fn the_refresh_annotation_polls_now_and_is_acknowledged() {
         api.get("a").await.expect("get").metadata.resource_version,
         version
     );
-}
-
-#[tokio::test]
-async fn the_demo_runs_and_leaves_no_process_behind_when_killed() {
-    let state = tempfile::Builder::new()
-        .prefix("ppio-demo-test-")
-        .tempdir()
-        .expect("tmp");
-    let dir = state.path().join("demo");
-    let log = state.path().join("demo.log");
-    let mut demo = ppio_operator::testenv::Guarded::spawn(
-        "ppio-operator demo",
-        std::path::Path::new(OPERATOR),
-        &[
-            "demo".into(),
-            "--state-dir".into(),
-            dir.display().to_string(),
-        ],
-        &log,
-        &[("PPIO_TOOLS_BIN", &tools_dir().display().to_string())],
-    )
-    .expect("the demo starts");
-    let start = Instant::now();
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("The demo runs until Ctrl-C") {
-            break text;
-        }
-        demo.check_alive()
-            .unwrap_or_else(|e| panic!("the demo died: {e}\n{text}"));
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "the demo did not come up:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    // The sample PpioInstances are shown with their observed state.
-    for row in [
-        "trainer-a    ca338f12f3   running",
-        "notebook-c   c0ffee1234   exited",
-        "retired-d    d00000dead   NotFound",
-    ] {
-        assert!(text.contains(row), "missing {row:?} in:\n{text}");
-    }
-    let pid = |name: &str| -> u32 {
-        std::fs::read_to_string(dir.join(format!("{name}.pid")))
-            .expect("pid file")
-            .trim()
-            .parse()
-            .expect("pid")
-    };
-    let children = [pid("etcd"), pid("kube-apiserver")];
-    let alive = |p: u32| std::path::Path::new(&format!("/proc/{p}")).exists();
-    assert!(children.iter().all(|p| alive(*p)));
-    // SIGKILL: no clean-up code runs in the demo, yet its etcd and kube-apiserver must go.
-    demo.signal("KILL").expect("kill");
-    let start = Instant::now();
-    while children.iter().any(|p| alive(*p)) {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "etcd or kube-apiserver outlived the demo"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

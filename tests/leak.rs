@@ -65,18 +65,9 @@ async fn secrets_never_reach_status_errors_or_logs() {
     poll(&i, &h.ctx, REFRESH, 0).await.expect("poll");
     let mut statuses = vec![h.api.last_status()];
     for fault in [
-        Fault {
-            status: Some(401),
-            ..Default::default()
-        },
-        Fault {
-            status: Some(500),
-            ..Default::default()
-        },
-        Fault {
-            body: Some(BodyFault::Truncated),
-            ..Default::default()
-        },
+        Fault::status(401),
+        Fault::status(500),
+        Fault::body(BodyFault::Truncated),
     ] {
         h.sim.set_fault("ca338f12f3", fault);
         i.status = statuses.last().cloned();

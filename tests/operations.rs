@@ -15,10 +15,9 @@ use kube::client::Body;
 use kube::{Api, Client};
 use ppio_operator::controller::Settings;
 use ppio_operator::crd::PpioInstance;
-use ppio_operator::operator::{RunConfig, run_until};
+use ppio_operator::operator::{RunConfig, run_with};
 use ppio_operator::ppio::{ApiKey, HttpClient, HttpClientConfig};
 use ppio_operator::simulator::Fault;
-use ppio_operator::testenv::free_port;
 use serde_json::json;
 use support::*;
 
@@ -218,13 +217,7 @@ async fn events_tell_each_transition_once() {
     );
     assert_eq!(ev[0].reporting_controller.as_deref(), Some("ppio-operator"));
 
-    sim.set_fault(
-        "ca338f12f3",
-        Fault {
-            status: Some(503),
-            ..Default::default()
-        },
-    );
+    sim.set_fault("ca338f12f3", Fault::status(503));
     wait_for(&api, "a", Duration::from_secs(15), "ApiUnavailable", |o| {
         has(o, "Synced", "False", "ApiUnavailable")
     })
@@ -436,11 +429,12 @@ async fn readyz_waits_for_the_first_watch_sync_while_livez_stays_up() {
         ppio: Arc::new(ppio),
         concurrency: 4,
         http_addr: http,
+        health_addr: None,
         leader: None,
         identity: "readyz-test".into(),
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(run_until(gated, config, async move {
+    let running = tokio::spawn(run_with(gated, config, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
     let start = Instant::now();

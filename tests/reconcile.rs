@@ -85,48 +85,12 @@ async fn api_errors_keep_the_last_good_data_and_repeat_without_writes() {
         .expect("poll");
     let good = h.api.last_status();
     let faults: [(Fault, &str); 6] = [
-        (
-            Fault {
-                status: Some(503),
-                ..Default::default()
-            },
-            "ApiUnavailable",
-        ),
-        (
-            Fault {
-                status: Some(500),
-                ..Default::default()
-            },
-            "ApiUnavailable",
-        ),
-        (
-            Fault {
-                status: Some(401),
-                ..Default::default()
-            },
-            "Unauthorized",
-        ),
-        (
-            Fault {
-                status: Some(403),
-                ..Default::default()
-            },
-            "Forbidden",
-        ),
-        (
-            Fault {
-                body: Some(BodyFault::Malformed),
-                ..Default::default()
-            },
-            "InvalidResponse",
-        ),
-        (
-            Fault {
-                body: Some(BodyFault::Oversized),
-                ..Default::default()
-            },
-            "InvalidResponse",
-        ),
+        (Fault::status(503), "ApiUnavailable"),
+        (Fault::status(500), "ApiUnavailable"),
+        (Fault::status(401), "Unauthorized"),
+        (Fault::status(403), "Forbidden"),
+        (Fault::body(BodyFault::Malformed), "InvalidResponse"),
+        (Fault::body(BodyFault::Oversized), "InvalidResponse"),
     ];
     for (fault, reason) in faults {
         h.sim.set_fault("ca338f12f3", fault.clone());
@@ -213,14 +177,8 @@ async fn a_gone_instance_reports_not_found_and_polls_slowly() {
 #[tokio::test]
 async fn retry_after_pauses_every_object_using_the_key() {
     let h = harness(Some(KEY)).await;
-    h.sim.set_fault(
-        "*",
-        Fault {
-            status: Some(429),
-            retry_after: Some("30".into()),
-            ..Default::default()
-        },
-    );
+    h.sim
+        .set_fault("*", Fault::status(429).with_retry_after("30"));
     let p = poll(&instance("a", None), &h.ctx, REFRESH, 0)
         .await
         .expect("poll");

@@ -126,10 +126,10 @@ fn no_cluster_configuration_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_serves_the_samples_and_refuses_bad_fixtures() {
-    let port = ppio_operator::testenv::free_port().expect("port");
+    let port = ppio_testenv::free_port().expect("port");
     let dir = tempfile::tempdir().expect("tmp");
     let log = dir.path().join("simulate.log");
-    let mut sim = ppio_operator::testenv::Guarded::spawn(
+    let mut sim = ppio_testenv::Guarded::spawn(
         "ppio-operator simulate",
         std::path::Path::new(OPERATOR),
         &[
@@ -191,29 +191,4 @@ async fn simulate_serves_the_samples_and_refuses_bad_fixtures() {
     let (code, err) = run(&["simulate", "--addr", "127.0.0.1:0"], &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--api-key"), "{err}");
-}
-
-#[test]
-fn the_demo_never_empties_a_folder_it_did_not_make() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let precious = dir.path().join("precious.txt");
-    std::fs::write(&precious, "keep me").expect("write");
-    let (code, err) = run(
-        &[
-            "demo",
-            "--state-dir",
-            &dir.path().display().to_string(),
-            "--once",
-        ],
-        &[],
-    );
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("--state-dir") && err.contains("not empty"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(&precious).expect("still there"),
-        "keep me"
-    );
 }

@@ -26,6 +26,7 @@ fn observe(v: &Value, previous: Option<&PpioInstanceStatus>, now: i64) -> PpioIn
     compute_status(
         "ca338f12f3",
         Some(1),
+        None,
         Observation::Instance(&decode(v)),
         previous,
         t(now),
@@ -36,6 +37,7 @@ fn fail(e: &PpioError, previous: Option<&PpioInstanceStatus>, now: i64) -> PpioI
     compute_status(
         "ca338f12f3",
         Some(1),
+        None,
         Observation::Failed(&Failure::from(e)),
         previous,
         t(now),
@@ -50,15 +52,21 @@ fn cond<'a>(
     s: &'a PpioInstanceStatus,
     t: &str,
 ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    s.conditions
-        .iter()
-        .find(|c| c.type_ == t)
-        .expect("condition present")
+    s.condition(t).expect("condition present")
 }
 
 #[test]
 fn seed_example_gives_the_golden_status() {
-    let status = observe(&fixture(), None, 1_750_000_000);
+    // A pending refresh request (the gpus.ppio.com/refresh annotation) is part of the
+    // status the poll writes.
+    let status = compute_status(
+        "ca338f12f3",
+        Some(1),
+        Some("2024-05-01T10:00:00Z"),
+        Observation::Instance(&decode(&fixture())),
+        None,
+        t(1_750_000_000),
+    );
     let got = yaml(&status);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(
@@ -335,6 +343,7 @@ fn suspended_keeps_the_observation() {
     let s = compute_status(
         "ca338f12f3",
         Some(2),
+        None,
         Observation::Suspended,
         Some(&good),
         t(1_750_000_100),
@@ -355,6 +364,7 @@ fn credentials_missing_is_its_own_reason() {
     let s = compute_status(
         "ca338f12f3",
         Some(1),
+        None,
         Observation::Failed(&f),
         None,
         t(1_750_000_000),
@@ -372,4 +382,48 @@ fn long_messages_are_bounded() {
     v["status"]["status"] = json!("x".repeat(1000));
     let s = observe(&v, None, 1_750_000_000);
     assert_eq!(cond(&s, "Ready").message.chars().count(), 256);
+}
+
+#[test]
+fn any_poll_answers_a_refresh_request_and_suspension_does_not() {
+    let first = observe(&fixture(), None, 1_750_000_000);
+    assert_eq!(first.last_handled_refresh, None);
+    let observed = compute_status(
+        "ca338f12f3",
+        Some(1),
+        Some("r1"),
+        Observation::Instance(&decode(&fixture())),
+        Some(&first),
+        t(1_750_000_060),
+    );
+    assert_eq!(observed.last_handled_refresh.as_deref(), Some("r1"));
+    let failed = compute_status(
+        "ca338f12f3",
+        Some(1),
+        Some("r2"),
+        Observation::Failed(&Failure::from(&PpioError::Timeout)),
+        Some(&observed),
+        t(1_750_000_120),
+    );
+    assert_eq!(failed.last_handled_refresh.as_deref(), Some("r2"));
+    // A suspended instance is not polled: the request stays unanswered, the last answer stays.
+    let suspended = compute_status(
+        "ca338f12f3",
+        Some(1),
+        Some("r3"),
+        Observation::Suspended,
+        Some(&failed),
+        t(1_750_000_180),
+    );
+    assert_eq!(suspended.last_handled_refresh.as_deref(), Some("r2"));
+    // Without a request the last answer is kept, byte for byte.
+    let again = compute_status(
+        "ca338f12f3",
+        Some(1),
+        None,
+        Observation::Instance(&decode(&fixture())),
+        Some(&observed),
+        t(1_750_000_240),
+    );
+    assert_eq!(yaml(&again), yaml(&observed));
 }

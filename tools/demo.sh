@@ -8,6 +8,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PPIO_TOOLS_BIN=${PPIO_TOOLS_BIN:-$root/.tools/bin}
 tools/build.sh etcd kube-apiserver kubectl
-echo "==> building ppio-operator" >&2
-cargo build --locked --bin ppio-operator
-exec "$root/target/debug/ppio-operator" demo "$@"
+echo "==> building the demo" >&2
+cargo build --locked -p ppio-testenv --bin ppio-demo
+exec "$root/target/debug/ppio-demo" "$@"

@@ -10,7 +10,7 @@ tools/build.sh etcd kube-apiserver kubectl helm
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --locked --all-targets "$@" -- --test-threads=8 2>&1 | tee "$log"
+cargo test --locked --workspace --all-targets "$@" -- --test-threads=8 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '^test result: .*' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')

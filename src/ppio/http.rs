@@ -15,6 +15,11 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// The PPIO API's address.
+pub const DEFAULT_BASE_URL: &str = "https://api.ppio.com";
+/// The default timeout of one request.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Settings of [`HttpClient`].
 #[derive(Debug, Clone)]
 pub struct HttpClientConfig {
@@ -29,8 +34,8 @@ pub struct HttpClientConfig {
 impl Default for HttpClientConfig {
     fn default() -> Self {
         HttpClientConfig {
-            base_url: "https://api.ppio.com".into(),
-            timeout: Duration::from_secs(10),
+            base_url: DEFAULT_BASE_URL.into(),
+            timeout: DEFAULT_REQUEST_TIMEOUT,
             max_body_bytes: 1024 * 1024,
         }
     }

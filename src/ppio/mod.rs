@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 
-pub use http::{HttpClient, HttpClientConfig, InvalidBaseUrl};
+pub use http::{
+    DEFAULT_BASE_URL, DEFAULT_REQUEST_TIMEOUT, HttpClient, HttpClientConfig, InvalidBaseUrl,
+};
 pub use wire::{DecodeError, Instance};
 
 /// A PPIO API key. It has no `Display` and its `Debug` is redacted, so it cannot end up in a
@@ -66,35 +68,7 @@ pub enum PpioError {
     Decode(#[from] DecodeError),
 }
 
-/// The condition reasons of `Synced=False` that a PPIO error maps to.
-pub mod reason {
-    pub const INSTANCE_NOT_FOUND: &str = "InstanceNotFound";
-    pub const UNAUTHORIZED: &str = "Unauthorized";
-    pub const FORBIDDEN: &str = "Forbidden";
-    pub const RATE_LIMITED: &str = "RateLimited";
-    pub const API_UNAVAILABLE: &str = "ApiUnavailable";
-    pub const INVALID_RESPONSE: &str = "InvalidResponse";
-    pub const REQUEST_REJECTED: &str = "RequestRejected";
-}
-
 impl PpioError {
-    /// The `Synced` condition reason for this error.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            PpioError::Connect | PpioError::Timeout | PpioError::Server { .. } => {
-                reason::API_UNAVAILABLE
-            }
-            PpioError::Unauthorized => reason::UNAUTHORIZED,
-            PpioError::Forbidden => reason::FORBIDDEN,
-            PpioError::NotFound { .. } => reason::INSTANCE_NOT_FOUND,
-            PpioError::RateLimited { .. } => reason::RATE_LIMITED,
-            PpioError::Rejected { .. } => reason::REQUEST_REJECTED,
-            PpioError::UnexpectedStatus { .. }
-            | PpioError::TooLarge { .. }
-            | PpioError::Decode(_) => reason::INVALID_RESPONSE,
-        }
-    }
-
     /// Classifies a non-success HTTP answer from its status, `Retry-After` header and body.
     pub fn from_response(
         status: u16,

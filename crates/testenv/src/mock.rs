@@ -1,6 +1,9 @@
 //! A mocked Kubernetes API server (tower-test) that serves Secrets and records status
 //! writes, and the simulator on 127.0.0.1 behind the real PPIO HTTP client.
-#![allow(dead_code)]
+//!
+//! Every status write must be a server-side apply under the operator's field manager with
+//! `force=true`, as the real API server needs it to take over fields; the mock refuses any
+//! other write with HTTP 400, which fails the reconcile under test.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -12,14 +15,14 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::client::Body;
-use ppio_operator::controller::{Context, Settings};
+use ppio_operator::controller::{Context, FIELD_MANAGER, Settings};
 use ppio_operator::crd::{PpioInstance, PpioInstanceSpec, PpioInstanceStatus};
 use ppio_operator::metrics::Metrics;
 use ppio_operator::ppio::{ApiKey, HttpClient, HttpClientConfig};
 use ppio_operator::simulator::Simulator;
 use serde_json::{Value, json};
 
-pub const FIXTURE: &str = include_str!("../fixtures/get-instance.json");
+pub const FIXTURE: &str = include_str!("../../../tests/fixtures/get-instance.json");
 pub const KEY: &str = "sk-test-key";
 pub const REFRESH: Duration = Duration::from_secs(60);
 
@@ -28,6 +31,7 @@ pub const REFRESH: Duration = Duration::from_secs(60);
 pub struct MockApi {
     secrets: Arc<Mutex<BTreeMap<String, Secret>>>,
     patches: Arc<Mutex<Vec<Value>>>,
+    refusals: Arc<Mutex<Vec<String>>>,
 }
 
 impl MockApi {
@@ -45,7 +49,14 @@ impl MockApi {
 
     async fn answer(&self, req: Request<Body>) -> Response<Body> {
         let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or_default().to_string();
         let method = req.method().clone();
+        let content_type = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let body = req.into_body().collect_bytes().await.expect("body");
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, parts.as_slice()) {
@@ -78,6 +89,13 @@ impl MockApi {
                     "status",
                 ],
             ) => {
+                if let Err(refusal) = check_apply(&query, &content_type) {
+                    self.refusals.lock().expect("lock").push(refusal.clone());
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest", "code": 400, "message": refusal}),
+                    );
+                }
                 let patch: Value = serde_json::from_slice(&body).expect("patch is JSON");
                 self.patches.lock().expect("lock").push(patch.clone());
                 let mut obj = json!({"apiVersion": "gpus.ppio.com/v1alpha1", "kind": "PpioInstance",
@@ -88,6 +106,12 @@ impl MockApi {
             }
             (m, p) => panic!("unexpected request to the Kubernetes API: {m} {p:?}"),
         }
+    }
+
+    /// Status writes refused because they were not a forced apply under the operator's
+    /// field manager.
+    pub fn refusals(&self) -> Vec<String> {
+        self.refusals.lock().expect("lock").clone()
     }
 
     pub fn patches(&self) -> Vec<Value> {
@@ -116,6 +140,33 @@ impl MockApi {
             .expect("lock")
             .insert(format!("{ns}/{name}"), s);
     }
+}
+
+/// A status write must be a server-side apply (`application/apply-patch+yaml`) under
+/// [`FIELD_MANAGER`] with `force=true`.
+pub fn check_apply(query: &str, content_type: &str) -> Result<(), String> {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    if content_type != "application/apply-patch+yaml" {
+        return Err(format!(
+            "status write is not a server-side apply (content-type {content_type:?})"
+        ));
+    }
+    if param("fieldManager").as_deref() != Some(FIELD_MANAGER) {
+        return Err(format!(
+            "status write under field manager {:?}, expected {FIELD_MANAGER:?}",
+            param("fieldManager")
+        ));
+    }
+    if param("force").as_deref() != Some("true") {
+        return Err("status write without force=true".into());
+    }
+    Ok(())
 }
 
 pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
@@ -183,11 +234,31 @@ pub fn instance(name: &str, status: Option<PpioInstanceStatus>) -> PpioInstance 
     i
 }
 
+/// The (status, reason) of a condition that must be present.
 pub fn condition(s: &PpioInstanceStatus, t: &str) -> (String, String) {
-    let c = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == t)
-        .expect("condition");
-    (c.status.clone(), c.reason.clone())
+    crate::cluster::condition(Some(s), t).unwrap_or_else(|| panic!("no {t} condition"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_forced_apply_under_the_field_manager_is_accepted() {
+        let apply = "application/apply-patch+yaml";
+        assert_eq!(
+            check_apply("fieldManager=ppio-operator&force=true", apply),
+            Ok(())
+        );
+        assert!(check_apply("fieldManager=ppio-operator", apply).is_err());
+        assert!(check_apply("fieldManager=other&force=true", apply).is_err());
+        assert!(check_apply("force=true", apply).is_err());
+        assert!(
+            check_apply(
+                "fieldManager=ppio-operator&force=true",
+                "application/merge-patch+json"
+            )
+            .is_err()
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! `ppio-operator demo`: a local control plane, the PPIO simulator with sample instances and
+//! The demo (`ppio-demo`, run by `tools/demo.sh`): a local control plane, the PPIO simulator with sample instances and
 //! the operator, all on 127.0.0.1, until Ctrl-C.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -10,23 +10,27 @@ use std::time::{Duration, Instant};
 use kube::Api;
 use kube::api::ListParams;
 
-use crate::controller::Settings;
-use crate::crd::PpioInstance;
-use crate::operator::{RunConfig, run_until, shutdown_signal};
-use crate::ppio::{ApiKey, HttpClient, HttpClientConfig};
-use crate::simulator::Simulator;
-use crate::testenv::{ControlPlane, free_port};
+use ppio_operator::controller::Settings;
+use ppio_operator::crd::PpioInstance;
+use ppio_operator::operator::{RunConfig, run_with};
+use ppio_operator::ppio::{ApiKey, HttpClient, HttpClientConfig};
+use ppio_operator::signal::shutdown_signal;
+use ppio_operator::simulator::Simulator;
+
+use crate::{ControlPlane, free_port};
 
 /// The sample manifests the demo applies.
-pub const DEMO_MANIFESTS: &str = include_str!("../examples/demo.yaml");
+pub const DEMO_MANIFESTS: &str = include_str!("../../../examples/demo.yaml");
 /// The API key of the demo's simulator.
 pub const DEMO_KEY: &str = "demo-key";
 
-/// Options of `ppio-operator demo`.
-#[derive(Debug, clap::Args)]
+/// The demo: a throw-away control plane (etcd + kube-apiserver), the PPIO simulator with
+/// sample instances and the operator, all on 127.0.0.1, until Ctrl-C.
+#[derive(Debug, clap::Parser)]
+#[command(name = "ppio-demo", version, about)]
 pub struct DemoArgs {
     /// Where kube-apiserver, etcd and kubectl are (built by tools/build.sh).
-    #[arg(long, env = "PPIO_TOOLS_BIN", default_value_os_t = crate::cli::default_tools_dir())]
+    #[arg(long, env = "PPIO_TOOLS_BIN", default_value_os_t = crate::tools_dir())]
     pub tools_dir: PathBuf,
     /// Where to keep the control plane's state and the kubeconfig (removed on exit).
     #[arg(long, default_value = "/tmp/ppio-operator-demo")]
@@ -79,14 +83,14 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&crds)?;
     std::fs::write(
         crds.join("ppioinstances.gpus.ppio.com.yaml"),
-        crate::crd::crd_yaml()?,
+        ppio_operator::crd::crd_yaml()?,
     )?;
 
     step("starting etcd and kube-apiserver on 127.0.0.1");
     let mut cp = ControlPlane::start(&args.tools_dir, Some(&args.state_dir), Some(&crds)).await?;
     let client = cp.client().await?;
     // Logging starts once the control plane answers, so start-up polling stays quiet.
-    crate::telemetry::init(crate::telemetry::LogFormat::Text);
+    ppio_operator::telemetry::init(ppio_operator::telemetry::LogFormat::Text);
 
     step("starting the PPIO simulator with 3 sample instances");
     let sim = Simulator::new(Simulator::samples(), vec![DEMO_KEY.to_string()]);
@@ -107,14 +111,15 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         settings: Settings {
             default_refresh: Duration::from_secs(30),
             default_key: ApiKey::new(DEMO_KEY),
-            budget: crate::controller::Budget::default(),
+            budget: ppio_operator::controller::Budget::default(),
         },
         ppio: Arc::new(ppio),
         concurrency: 8,
         http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, http_port)),
+        health_addr: None,
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let operator = tokio::spawn(run_until(client.clone(), config, async move {
+    let operator = tokio::spawn(run_with(client.clone(), config, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
 

@@ -1,0 +1,212 @@
+//! The vendor API as PPIO serves it: `GET /gpus/v2/instances/{id}` and the paged LIST,
+//! bearer key authorization, vendor-style error bodies and the JSON response helpers.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Simulator;
+use crate::lock;
+
+impl Simulator {
+    /// Checks the key and counts the request. `Err` is the 401 answer.
+    fn authorize(&self, headers: &HeaderMap, instance: Option<&str>) -> Result<(), Box<Response>> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let mut st = lock(&self.state);
+        let label = presented
+            .and_then(|p| st.keys.iter().position(|k| k == p))
+            .map(|i| format!("key{i}"))
+            .unwrap_or_else(|| "invalid".into());
+        *st.counts.keys.entry(label.clone()).or_default() += 1;
+        match instance {
+            Some(id) => *st.counts.instances.entry(id.to_string()).or_default() += 1,
+            None => st.counts.list += 1,
+        }
+        st.request_seq += 1;
+        let seq = st.request_seq;
+        if label == "invalid" {
+            return Err(Box::new(vendor_error(401, None, seq)));
+        }
+        Ok(())
+    }
+}
+
+fn default_reason(status: u16) -> &'static str {
+    match status {
+        400 => "INVALID_PARAMS",
+        401 => "UNAUTHORIZED",
+        403 => "FORBIDDEN",
+        404 => "RESOURCE_NOT_FOUND",
+        429 => "RATE_LIMIT_EXCEEDED",
+        500 => "INTERNAL_SERVER_ERROR",
+        502..=504 => "SERVICE_UNAVAILABLE",
+        _ => "UNKNOWN",
+    }
+}
+
+/// A vendor-style error: `{"code", "reason", "message", "metadata": {"request_id"}}`. The
+/// request id differs on every answer, as a real API's would.
+pub(super) fn vendor_error(status: u16, reason: Option<&str>, seq: u64) -> Response {
+    let reason = reason.unwrap_or(default_reason(status));
+    let body = json!({
+        "code": status,
+        "reason": reason,
+        "message": format!("simulated {reason} (request {seq})"),
+        "metadata": {"request_id": format!("sim-{seq:08}")},
+    });
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, Json(body)).into_response()
+}
+
+/// `v` with every integer turned into a string, as some vendor gateways send them.
+pub(super) fn numbers_as_strings(v: &Value) -> Value {
+    match v {
+        Value::Number(n) if n.is_i64() || n.is_u64() => Value::String(n.to_string()),
+        Value::Array(a) => Value::Array(a.iter().map(numbers_as_strings).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), numbers_as_strings(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// An answer with `bytes` as an `application/json` body, valid JSON or not.
+fn json_response(status: StatusCode, bytes: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(bytes));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `GET /gpus/v2/instances/{id}`.
+pub(super) async fn get_instance(
+    State(sim): State<Simulator>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(denied) = sim.authorize(&headers, Some(&id)) {
+        return *denied;
+    }
+    let (fault, instance, not_found, seq) = {
+        let st = lock(&sim.state);
+        let fault = st.faults.get(&id).or_else(|| st.faults.get("*")).cloned();
+        (
+            fault,
+            st.instances.get(&id).cloned(),
+            st.not_found_status,
+            st.request_seq,
+        )
+    };
+    let fault = fault.unwrap_or_default();
+    fault.delay().await;
+    if let Some(r) = fault.error_response(seq) {
+        return r;
+    }
+    let Some(instance) = instance else {
+        return vendor_error(not_found, Some("RESOURCE_NOT_FOUND"), seq);
+    };
+    json_response(StatusCode::OK, fault.body_bytes(&instance))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    name: Option<String>,
+    status: Option<String>,
+    regions: Option<String>,
+    billing_mode: Option<String>,
+}
+
+const DEFAULT_PAGE: usize = 20;
+
+/// `GET /gpus/v2/instances`: filtered, paged, without `tools` and `pricing`.
+pub(super) async fn list_instances(
+    State(sim): State<Simulator>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(denied) = sim.authorize(&headers, None) {
+        return *denied;
+    }
+    let st = lock(&sim.state);
+    let str_at = |v: &Value, path: &[&str]| {
+        path.iter()
+            .try_fold(v, |v, k| v.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let regions: Vec<&str> = q
+        .regions
+        .as_deref()
+        .map(|r| {
+            r.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let matching: Vec<Value> =
+        st.instances
+            .values()
+            .filter(|i| {
+                q.name.as_deref().filter(|n| !n.is_empty()).is_none_or(|n| {
+                    str_at(i, &["name"]).contains(n) || str_at(i, &["id"]).contains(n)
+                })
+            })
+            .filter(|i| {
+                q.status
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .is_none_or(|s| str_at(i, &["status", "status"]) == s)
+            })
+            .filter(|i| regions.is_empty() || regions.contains(&str_at(i, &["region"]).as_str()))
+            .filter(|i| {
+                q.billing_mode
+                    .as_deref()
+                    .filter(|m| !m.is_empty())
+                    .is_none_or(|m| str_at(i, &["billing", "mode"]) == m)
+            })
+            .map(|i| {
+                let mut item = i.clone();
+                if let Some(o) = item.as_object_mut() {
+                    o.remove("tools");
+                    o.remove("pricing");
+                }
+                item
+            })
+            .collect();
+    let start = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => 0,
+        Some(c) => match c.strip_prefix("o").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if c.len() <= 1024 => n,
+            _ => return vendor_error(400, Some("INVALID_PARAMS"), st.request_seq),
+        },
+    };
+    let limit = q.limit.filter(|l| *l > 0).unwrap_or(DEFAULT_PAGE);
+    let total = matching.len();
+    let page: Vec<Value> = matching.into_iter().skip(start).take(limit).collect();
+    let end = start + page.len();
+    let has_more = end < total;
+    Json(json!({
+        "data": page,
+        "next_cursor": if has_more { format!("o{end}") } else { String::new() },
+        "has_more": has_more,
+        "total": total,
+    }))
+    .into_response()
+}

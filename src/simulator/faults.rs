@@ -1,0 +1,255 @@
+//! Injected faults: [`Fault`] (as the control API accepts it, with builders for tests),
+//! [`BodyFault`], and how a fault turns into the simulator's answer.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::api::{numbers_as_strings, vendor_error};
+
+/// A fault injected for one instance (or for all with the id `*`). Fields combine: a
+/// latency is waited before the answer, then `status` or `body` decide the answer.
+///
+/// Build one with [`Fault::status`], [`Fault::body`] or [`Fault::latency`] and refine it
+/// with the `with_*` methods:
+///
+/// ```
+/// use ppio_operator::simulator::{BodyFault, Fault};
+///
+/// let rate_limited = Fault::status(429).with_retry_after("30");
+/// assert_eq!(rate_limited.status, Some(429));
+/// assert_eq!(rate_limited.retry_after.as_deref(), Some("30"));
+/// let slow_and_broken = Fault::body(BodyFault::Truncated)
+///     .with_latency(std::time::Duration::from_millis(500));
+/// assert_eq!(slow_and_broken.latency_ms, Some(500));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fault {
+    /// Answer with this HTTP status and a vendor-style error body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The `reason` of the error body (default: one matching the status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A `Retry-After` header value, e.g. "30" or an HTTP date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+    /// Wait this long before answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// Answer 200 with a broken or unusual body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyFault>,
+}
+
+/// Kinds of unusual 200 bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BodyFault {
+    /// Not JSON at all.
+    Malformed,
+    /// The instance JSON cut in half.
+    Truncated,
+    /// A valid JSON object of 2 MiB.
+    Oversized,
+    /// The instance with every integer sent as a string.
+    NumbersAsStrings,
+}
+
+/// Whole milliseconds of `d` (sub-millisecond parts are dropped), saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Fault {
+    /// Answer with HTTP `status` and a vendor-style error body whose `reason` matches the
+    /// status (see [`Fault::with_reason`]).
+    #[must_use]
+    pub fn status(status: u16) -> Fault {
+        Fault {
+            status: Some(status),
+            ..Fault::default()
+        }
+    }
+
+    /// Answer 200 with the unusual body `kind`.
+    #[must_use]
+    pub fn body(kind: BodyFault) -> Fault {
+        Fault {
+            body: Some(kind),
+            ..Fault::default()
+        }
+    }
+
+    /// Wait `latency` before answering normally (whole milliseconds).
+    #[must_use]
+    pub fn latency(latency: Duration) -> Fault {
+        Fault::default().with_latency(latency)
+    }
+
+    /// Sets the `reason` of the error body, e.g. `RESOURCE_NOT_FOUND` with status 400.
+    #[must_use]
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Fault {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// Sets the `Retry-After` header of the error answer, e.g. `"30"` or an HTTP date.
+    #[must_use]
+    pub fn with_retry_after(mut self, retry_after: impl Into<String>) -> Fault {
+        self.retry_after = Some(retry_after.into());
+        self
+    }
+
+    /// Waits `latency` before the answer (whole milliseconds).
+    #[must_use]
+    pub fn with_latency(mut self, latency: Duration) -> Fault {
+        self.latency_ms = Some(millis(latency));
+        self
+    }
+
+    /// Waits the fault's latency, if any.
+    pub(super) async fn delay(&self) {
+        if let Some(ms) = self.latency_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+
+    /// The error answer when the fault has a status (`seq`: the request number).
+    pub(super) fn error_response(&self, seq: u64) -> Option<Response> {
+        let status = self.status?;
+        let mut r = vendor_error(status, self.reason.as_deref(), seq);
+        if let Some(ra) = self
+            .retry_after
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, ra);
+        }
+        Some(r)
+    }
+
+    /// The 200 body for `instance`: its JSON, or the fault's unusual body.
+    pub(super) fn body_bytes(&self, instance: &Value) -> Vec<u8> {
+        match self.body {
+            None => serde_json::to_vec(instance).unwrap_or_default(),
+            Some(kind) => kind.render(instance),
+        }
+    }
+}
+
+impl BodyFault {
+    /// This kind of unusual body for `instance`.
+    fn render(self, instance: &Value) -> Vec<u8> {
+        match self {
+            BodyFault::Malformed => b"<html><body>502 Bad Gateway</body></html>".to_vec(),
+            BodyFault::Truncated => {
+                let full = serde_json::to_vec(instance).unwrap_or_default();
+                full[..full.len() / 2].to_vec()
+            }
+            BodyFault::Oversized => {
+                let mut big = instance.clone();
+                if let Some(o) = big.as_object_mut() {
+                    o.insert("padding".into(), Value::String("x".repeat(2 * 1024 * 1024)));
+                }
+                serde_json::to_vec(&big).unwrap_or_default()
+            }
+            BodyFault::NumbersAsStrings => {
+                serde_json::to_vec(&numbers_as_strings(instance)).unwrap_or_default()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to_json(f: &Fault) -> Value {
+        serde_json::to_value(f).expect("serialize")
+    }
+
+    #[test]
+    fn builders_serialize_like_the_literals() {
+        let cases = [
+            (
+                Fault::status(503),
+                Fault {
+                    status: Some(503),
+                    ..Default::default()
+                },
+                serde_json::json!({"status": 503}),
+            ),
+            (
+                Fault::status(400).with_reason("RESOURCE_NOT_FOUND"),
+                Fault {
+                    status: Some(400),
+                    reason: Some("RESOURCE_NOT_FOUND".into()),
+                    ..Default::default()
+                },
+                serde_json::json!({"status": 400, "reason": "RESOURCE_NOT_FOUND"}),
+            ),
+            (
+                Fault::status(429).with_retry_after("30"),
+                Fault {
+                    status: Some(429),
+                    retry_after: Some("30".into()),
+                    ..Default::default()
+                },
+                serde_json::json!({"status": 429, "retryAfter": "30"}),
+            ),
+            (
+                Fault::latency(Duration::from_secs(3)),
+                Fault {
+                    latency_ms: Some(3000),
+                    ..Default::default()
+                },
+                serde_json::json!({"latencyMs": 3000}),
+            ),
+            (
+                Fault::body(BodyFault::NumbersAsStrings).with_latency(Duration::from_micros(1500)),
+                Fault {
+                    body: Some(BodyFault::NumbersAsStrings),
+                    latency_ms: Some(1),
+                    ..Default::default()
+                },
+                serde_json::json!({"body": "numbers-as-strings", "latencyMs": 1}),
+            ),
+            (
+                Fault::status(500)
+                    .with_reason("INTERNAL_SERVER_ERROR")
+                    .with_retry_after("5")
+                    .with_latency(Duration::from_millis(250)),
+                Fault {
+                    status: Some(500),
+                    reason: Some("INTERNAL_SERVER_ERROR".into()),
+                    retry_after: Some("5".into()),
+                    latency_ms: Some(250),
+                    body: None,
+                },
+                serde_json::json!({
+                    "status": 500,
+                    "reason": "INTERNAL_SERVER_ERROR",
+                    "retryAfter": "5",
+                    "latencyMs": 250,
+                }),
+            ),
+        ];
+        for (built, literal, wire) in cases {
+            assert_eq!(built, literal);
+            assert_eq!(to_json(&built), to_json(&literal));
+            assert_eq!(to_json(&built), wire);
+            let back: Fault = serde_json::from_value(wire).expect("deserialize");
+            assert_eq!(back, built);
+        }
+    }
+
+    #[test]
+    fn latency_saturates() {
+        assert_eq!(Fault::latency(Duration::MAX).latency_ms, Some(u64::MAX));
+    }
+}

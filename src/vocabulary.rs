@@ -1,0 +1,67 @@
+//! The words the operator writes, in one place: condition types, statuses and reasons, Event
+//! reasons and actions, and the PPIO state names it treats specially. Users, dashboards and
+//! GitOps tools match on these strings (see the contract in the README): change none.
+
+/// Condition types.
+pub mod condition {
+    /// Whether the last poll of the PPIO API succeeded.
+    pub const SYNCED: &str = "Synced";
+    /// Whether the instance is running.
+    pub const READY: &str = "Ready";
+    /// The condition types this operator owns, in the order they are written.
+    pub const OWN: [&str; 2] = [READY, SYNCED];
+}
+
+/// Condition statuses (`metav1.Condition.status`).
+pub mod status {
+    pub const TRUE: &str = "True";
+    pub const FALSE: &str = "False";
+    pub const UNKNOWN: &str = "Unknown";
+}
+
+/// Condition reasons.
+pub mod reason {
+    /// `Synced=True`: the last poll succeeded.
+    pub const OBSERVED: &str = "Observed";
+    /// `Synced=False` and `Ready=False`: PPIO no longer knows the instance.
+    pub const INSTANCE_NOT_FOUND: &str = "InstanceNotFound";
+    pub const UNAUTHORIZED: &str = "Unauthorized";
+    pub const FORBIDDEN: &str = "Forbidden";
+    pub const RATE_LIMITED: &str = "RateLimited";
+    pub const API_UNAVAILABLE: &str = "ApiUnavailable";
+    pub const INVALID_RESPONSE: &str = "InvalidResponse";
+    pub const REQUEST_REJECTED: &str = "RequestRejected";
+    pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
+    pub const SUSPENDED: &str = "Suspended";
+    /// `Ready=True`.
+    pub const RUNNING: &str = "Running";
+    /// `Ready=False`: observed in another state.
+    pub const NOT_RUNNING: &str = "NotRunning";
+    /// `Ready=Unknown`: never observed yet.
+    pub const NOT_OBSERVED: &str = "NotObserved";
+}
+
+/// Event reasons (besides the `Synced=False` condition reasons, which Events reuse) and
+/// actions.
+pub mod event {
+    /// The PPIO state changed.
+    pub const STATE_CHANGED: &str = "StateChanged";
+    /// Polls succeed again after failing.
+    pub const SYNCED: &str = "Synced";
+    /// The action of a state change: the operator observed it.
+    pub const ACTION_OBSERVE: &str = "Observe";
+    /// The action of a sync change: the operator polled.
+    pub const ACTION_POLL: &str = "Poll";
+}
+
+/// PPIO instance states (an open set: these are the ones the operator treats specially).
+pub mod state {
+    /// The state in which `Ready` is True.
+    pub const RUNNING: &str = "running";
+    pub const EXITED: &str = "exited";
+    pub const REMOVED: &str = "removed";
+    /// States in which an instance stays until someone acts; any other state is a transition.
+    pub const STABLE: [&str; 3] = [RUNNING, EXITED, REMOVED];
+    /// The `status.state` shown once PPIO no longer knows the instance; never a PPIO value.
+    pub const NOT_FOUND: &str = "NotFound";
+}
