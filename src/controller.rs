@@ -590,8 +590,9 @@ fn own_view(status: &PpioInstanceStatus) -> PpioInstanceStatus {
     s
 }
 
-/// Computes the new status and applies it, only when it differs from the stored one.
-/// Returns whether a write happened.
+/// Computes the status of an observation and records it: the instance's metrics, the write
+/// (only when the status changed), then a log line and an Event per transition. Returns
+/// whether a write happened.
 async fn write_status(
     instance: &PpioInstance,
     ctx: &Context,
@@ -607,34 +608,51 @@ async fn write_status(
         jiff::Timestamp::now(),
     );
     let polled_ok = matches!(observation, Observation::Instance(_));
-    let ns = instance.namespace().unwrap_or_default();
-    ctx.metrics
-        .instances
-        .observe(&ns, &instance.name_any(), &new, polled_ok);
-    if current.map(own_view).as_ref() == Some(&own_view(&new)) {
-        debug!("status unchanged; no write");
-        ctx.metrics.controller.status_writes_skipped.inc();
+    ctx.metrics.instances.observe(
+        &instance.namespace().unwrap_or_default(),
+        &instance.name_any(),
+        &new,
+        polled_ok,
+    );
+    if !apply_status(instance, ctx, &new).await? {
         return Ok(false);
     }
     let changes = transitions(current, &new);
     log_transitions(current, &new, &changes);
-    let api: Api<PpioInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    publish_events(ctx, instance, &changes).await;
+    Ok(true)
+}
+
+/// Writes `new` as the status (a forced server-side apply under [`FIELD_MANAGER`]) when it
+/// differs from the stored one; returns whether it wrote.
+async fn apply_status(
+    instance: &PpioInstance,
+    ctx: &Context,
+    new: &PpioInstanceStatus,
+) -> Result<bool, Error> {
+    if instance.status.as_ref().map(own_view).as_ref() == Some(&own_view(new)) {
+        debug!("status unchanged; no write");
+        ctx.metrics.controller.status_writes_skipped.inc();
+        return Ok(false);
+    }
+    let api: Api<PpioInstance> = Api::namespaced(
+        ctx.client.clone(),
+        &instance.namespace().unwrap_or_default(),
+    );
     let patch = serde_json::json!({
         "apiVersion": PpioInstance::api_version(&()),
         "kind": PpioInstance::kind(&()),
         "status": new,
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let name = instance.name_any();
     tokio::time::timeout(
         KUBE_CALL_TIMEOUT,
-        api.patch_status(&name, &params, &Patch::Apply(&patch)),
+        api.patch_status(&instance.name_any(), &params, &Patch::Apply(&patch)),
     )
     .await
     .map_err(|_| Error::Timeout("writing status"))?
     .map_err(Error::WriteStatus)?;
     ctx.metrics.controller.status_writes.inc();
-    publish_events(ctx, instance, &changes).await;
     Ok(true)
 }
 

@@ -35,9 +35,9 @@ impl fmt::Display for Human {
     /// default reads like the contract's `60s`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             write!(f, "{ms}ms")
-        } else if ms > 0 && ms % 3_600_000 == 0 {
+        } else if ms > 0 && ms.is_multiple_of(3_600_000) {
             write!(f, "{}h", ms / 3_600_000)
         } else {
             write!(f, "{}s", ms / 1000)

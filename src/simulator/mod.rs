@@ -212,7 +212,6 @@ impl Simulator {
     }
 }
 
-/// `ppio-operator simulate`.
 /// The checked configuration of `simulate`.
 #[derive(Debug)]
 pub struct SimulatorConfig {
