@@ -94,7 +94,7 @@ fn the_chart_crd_is_the_generated_crd() {
         .expect("chart CRD file");
     assert!(
         file == crd_yaml().expect("renders"),
-        "charts/ppio-operator/files/ppioinstances.gpus.ppio.com.yaml is out of date: regenerate it with `cargo run -- crd`"
+        "charts/ppio-operator/files/ppioinstances.gpus.ppio.com.yaml is out of date: run tools/crd.sh (it regenerates both CRD copies)"
     );
     let rendered = docs(&render(&[]));
     let crd = rendered
@@ -132,6 +132,8 @@ fn lint_passes_and_bad_values_are_refused() {
         ("ppio.baseUrl=not-a-url", "baseUrl"),
         ("watchNamespace=Bad_NS", "watchNamespace"),
         ("replicaCont=1", "replicaCont"),
+        ("health.port=70000", "health"),
+        ("health.port=8080", "health.port"),
     ] {
         let out = helm(&["template", "rel", chart, "--set", set]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -296,6 +298,92 @@ fn the_deployment_is_hardened_and_configured_from_values() {
     );
 }
 
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+#[test]
+fn the_update_strategy_follows_leader_election() {
+    // Without leader election every pod writes: the old pod must stop before the new starts.
+    let d = docs(&render(&[]));
+    let strategy = &find(&d, "Deployment")["spec"]["strategy"];
+    assert_eq!(strategy, &serde_json::json!({"type": "Recreate"}));
+    // With it, a surged pod waits as a ready standby until the old one releases the Lease.
+    for sets in [vec!["leaderElection.enabled=true"], ALL_FEATURES.to_vec()] {
+        let d = docs(&render(&sets));
+        let strategy = &find(&d, "Deployment")["spec"]["strategy"];
+        assert_eq!(
+            strategy,
+            &serde_json::json!({
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}
+            }),
+            "{sets:?}"
+        );
+    }
+}
+
+fn container_port(c: &Value, name: &str) -> Value {
+    c["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no container port {name}: {}", c["ports"]))["containerPort"]
+        .clone()
+}
+
+#[test]
+fn probes_use_the_health_port_and_the_service_the_metrics_port() {
+    for (sets, metrics, health) in [
+        (vec![], 8080, 8081),
+        // `helm upgrade --reuse-values` from a release of a chart without health.port.
+        (vec!["health=null"], 8080, 8081),
+        (
+            vec![
+                "metrics.port=9090",
+                "health.port=9091",
+                "networkPolicy.enabled=true",
+            ],
+            9090,
+            9091,
+        ),
+    ] {
+        let d = docs(&render(&sets));
+        let c = &find(&d, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["ports"].as_array().map(Vec::len), Some(2), "{sets:?}");
+        assert_eq!(container_port(c, "metrics"), metrics, "{sets:?}");
+        assert_eq!(container_port(c, "health"), health, "{sets:?}");
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(c[probe]["httpGet"]["port"], "health", "{probe} {sets:?}");
+        }
+        let args = c["args"].as_array().expect("args");
+        for want in [
+            format!("--http-addr=0.0.0.0:{metrics}"),
+            format!("--health-addr=0.0.0.0:{health}"),
+        ] {
+            assert!(args.contains(&Value::from(want.clone())), "{want} missing");
+        }
+        let svc = find(&d, "Service");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics", "{sets:?}");
+        assert_eq!(svc["spec"]["ports"][0]["name"], "http-metrics");
+        // The NetworkPolicy admits the metrics port only: the kubelet's probes of the health
+        // port come from the node, which a NetworkPolicy does not block.
+        if let Some(np) = d.iter().find(|d| d["kind"] == "NetworkPolicy") {
+            let ports: Vec<&Value> = np["spec"]["ingress"]
+                .as_array()
+                .expect("ingress")
+                .iter()
+                .flat_map(|rule| rule["ports"].as_array().into_iter().flatten())
+                .map(|p| &p["port"])
+                .collect();
+            assert_eq!(ports, [&Value::from(metrics)], "{sets:?}");
+        }
+    }
+}
+
 const SERVICE_MONITOR_CRD: &str = r#"
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
@@ -430,6 +518,11 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
     ))
     .expect("json");
     assert_eq!(dep["spec"]["replicas"], 2);
+    assert_eq!(dep["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
     let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(
         args.contains("--leader-election") && args.contains("--default-refresh-interval=30s"),
@@ -468,6 +561,38 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
     .expect("json");
     assert_eq!(status["version"], 2);
     assert_eq!(status["info"]["status"], "deployed");
+
+    // Back to one replica without leader election: the live RollingUpdate strategy (and its
+    // rollingUpdate block, which the API server refuses next to Recreate) becomes Recreate.
+    helm_ok(&[
+        "upgrade",
+        "rel",
+        chart,
+        "-n",
+        "ppio-system",
+        "--reuse-values",
+        "--set",
+        "replicaCount=1",
+        "--set",
+        "leaderElection.enabled=false",
+    ]);
+    let dep: Value = serde_json::from_str(&kubectl_ok(
+        &[
+            "get",
+            "deployment",
+            "rel-ppio-operator",
+            "-n",
+            "ppio-system",
+            "-o",
+            "json",
+        ],
+        None,
+    ))
+    .expect("json");
+    assert_eq!(
+        dep["spec"]["strategy"],
+        serde_json::json!({"type": "Recreate"})
+    );
 
     // Uninstall: the operator goes, the CRD and the PpioInstances stay.
     helm_ok(&["uninstall", "rel", "-n", "ppio-system"]);

@@ -62,7 +62,10 @@ fn crd_prints_the_committed_file() {
         "/crds/ppioinstances.gpus.ppio.com.yaml"
     ))
     .expect("file");
-    assert_eq!(out.stdout, committed);
+    assert!(
+        out.stdout == committed,
+        "`ppio-operator crd` differs from crds/: run tools/crd.sh"
+    );
 }
 
 /// An API server that knows no PpioInstance CRD: every request is a Kubernetes 404.

@@ -61,3 +61,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/*
+The port of /livez and /readyz. Its default is repeated here because `helm upgrade
+--reuse-values` from a release of a chart without health.port reuses the old values only,
+without this chart's defaults.
+*/}}
+{{- define "ppio-operator.healthPort" -}}
+{{- (.Values.health | default dict).port | default 8081 | int }}
+{{- end }}
