@@ -34,7 +34,7 @@ pub const CRD_PATH: &str = "crds/ppioinstances.gpus.ppio.com.yaml";
     namespaced,
     status = "PpioInstanceStatus",
     derive = "PartialEq",
-    doc = "PpioInstance mirrors one PPIO GPU instance into Kubernetes. Set spec.instanceId; the operator fills status with the instance's state, resources, endpoints, billing and pricing, and the Synced and Ready conditions.",
+    doc = "PpioInstance mirrors one PPIO GPU instance into Kubernetes. Set spec.instanceId; the operator fills status with the instance's state, resources, endpoints, billing and pricing, and the Ready, Synced, Reconciling and Stalled conditions.",
     printcolumn(
         name = "Instance",
         type_ = "string",
@@ -232,7 +232,10 @@ pub struct PpioInstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_refresh: Option<String>,
     /// Synced: whether the last poll of the PPIO API succeeded. Ready: whether the instance
-    /// is running.
+    /// is running. Reconciling: the operator is still working towards a current observation
+    /// (a transitional state, or a transient failure it retries). Stalled: nothing improves
+    /// without a person (the instance is gone, the key is refused or missing, or the answer
+    /// cannot be mirrored).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -45,6 +45,20 @@ pub enum Retry {
     OnChange,
 }
 
+/// Where an outcome leaves the work towards a current observation: what the `Reconciling`
+/// and `Stalled` conditions (read by kstatus, Flux and Argo CD) report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The observation is current (`Reconciling` False unless the state is transitional).
+    Current,
+    /// A transient failure the operator retries on its own (`Reconciling` True).
+    Retrying,
+    /// Nothing improves without a person (`Stalled` True).
+    Stalled,
+    /// Polling is suspended on purpose (both False).
+    Paused,
+}
+
 /// The Event type of a transition into a class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -93,6 +107,21 @@ impl Class {
         match self {
             Class::Observed | Class::Suspended => Severity::Normal,
             _ => Severity::Warning,
+        }
+    }
+
+    /// Where this outcome leaves the work towards a current observation.
+    pub fn progress(self) -> Progress {
+        match self {
+            Class::Observed => Progress::Current,
+            Class::ApiUnavailable | Class::RateLimited => Progress::Retrying,
+            Class::Suspended => Progress::Paused,
+            Class::InstanceNotFound
+            | Class::Unauthorized
+            | Class::Forbidden
+            | Class::InvalidResponse
+            | Class::RequestRejected
+            | Class::CredentialsMissing => Progress::Stalled,
         }
     }
 
@@ -179,6 +208,27 @@ mod tests {
         for c in Class::ALL {
             let normal = matches!(c, Class::Observed | Class::Suspended);
             assert_eq!(c.severity() == Severity::Normal, normal, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn only_transient_failures_retry_and_only_a_person_unblocks_the_rest() {
+        let retrying: Vec<Class> = Class::ALL
+            .into_iter()
+            .filter(|c| c.progress() == Progress::Retrying)
+            .collect();
+        assert_eq!(retrying, [Class::RateLimited, Class::ApiUnavailable]);
+        assert_eq!(Class::Observed.progress(), Progress::Current);
+        assert_eq!(Class::Suspended.progress(), Progress::Paused);
+        for c in [
+            Class::InstanceNotFound,
+            Class::Unauthorized,
+            Class::Forbidden,
+            Class::InvalidResponse,
+            Class::RequestRejected,
+            Class::CredentialsMissing,
+        ] {
+            assert_eq!(c.progress(), Progress::Stalled, "{c:?}");
         }
     }
 

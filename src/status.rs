@@ -13,7 +13,7 @@ use crate::crd::{
     PpioInstanceStatus, Prepaid, PrepaidPricing, Pricing, Resources, Spot, Ssh, Volume,
     WebTerminal,
 };
-use crate::outcome::Class;
+use crate::outcome::{Class, Progress};
 use crate::ppio::{PpioError, wire};
 use crate::vocabulary::{condition, reason, state, status as cstatus};
 
@@ -165,8 +165,66 @@ pub fn compute_status(
     .or_else(|| previous.and_then(|p| p.last_handled_refresh.clone()));
     status.observed_generation = generation;
     status.instance_id = Some(instance_id.to_string());
-    status.conditions = vec![ready, synced];
+    let (reconciling, stalled) = progress_conditions(observation, status.state.as_deref(), &cond);
+    status.conditions = vec![ready, synced, reconciling, stalled];
     status
+}
+
+/// The kstatus conditions `Reconciling` and `Stalled` of an outcome, built by `cond`.
+fn progress_conditions(
+    observation: Observation<'_>,
+    observed_state: Option<&str>,
+    cond: &dyn Fn(&str, &str, &str, &str) -> Condition,
+) -> (Condition, Condition) {
+    let reconciling =
+        |st: &str, reason: &str, message: &str| cond(condition::RECONCILING, st, reason, message);
+    let stalled =
+        |st: &str, reason: &str, message: &str| cond(condition::STALLED, st, reason, message);
+    const NOT_STALLED: &str = "Nothing keeps the operator from observing the instance.";
+    match observation {
+        Observation::Instance(_) => {
+            let st = observed_state.unwrap_or_default();
+            let r = if state::is_transitional(st) {
+                reconciling(
+                    cstatus::TRUE,
+                    reason::TRANSITIONING,
+                    &format!("The instance is {st}; it is polled every 10s until it settles."),
+                )
+            } else {
+                reconciling(
+                    cstatus::FALSE,
+                    reason::OBSERVED,
+                    "The observation is current.",
+                )
+            };
+            (r, stalled(cstatus::FALSE, reason::OBSERVED, NOT_STALLED))
+        }
+        Observation::Failed(f) => {
+            let why = f.class.reason();
+            match f.class.progress() {
+                Progress::Stalled => (
+                    reconciling(
+                        cstatus::FALSE,
+                        why,
+                        "The operator waits for a change to the instance, its spec or its credentials.",
+                    ),
+                    stalled(cstatus::TRUE, why, &f.message),
+                ),
+                _ => (
+                    reconciling(cstatus::TRUE, why, &f.message),
+                    stalled(cstatus::FALSE, why, NOT_STALLED),
+                ),
+            }
+        }
+        Observation::Suspended => (
+            reconciling(
+                cstatus::FALSE,
+                reason::SUSPENDED,
+                "Polling is suspended (spec.suspend is true).",
+            ),
+            stalled(cstatus::FALSE, reason::SUSPENDED, NOT_STALLED),
+        ),
+    }
 }
 
 fn make_condition(

@@ -8,8 +8,12 @@ pub mod condition {
     pub const SYNCED: &str = "Synced";
     /// Whether the instance is running.
     pub const READY: &str = "Ready";
+    /// kstatus: the operator is still working towards a current observation.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: nothing improves without a person.
+    pub const STALLED: &str = "Stalled";
     /// The condition types this operator owns, in the order they are written.
-    pub const OWN: [&str; 2] = [READY, SYNCED];
+    pub const OWN: [&str; 4] = [READY, SYNCED, RECONCILING, STALLED];
 }
 
 /// Condition statuses (`metav1.Condition.status`).
@@ -39,6 +43,8 @@ pub mod reason {
     pub const NOT_RUNNING: &str = "NotRunning";
     /// `Ready=Unknown`: never observed yet.
     pub const NOT_OBSERVED: &str = "NotObserved";
+    /// `Reconciling=True`: the instance is in a transitional state, followed closely.
+    pub const TRANSITIONING: &str = "Transitioning";
 }
 
 /// Event reasons (besides the `Synced=False` condition reasons, which Events reuse) and
@@ -64,4 +70,9 @@ pub mod state {
     pub const STABLE: [&str; 3] = [RUNNING, EXITED, REMOVED];
     /// The `status.state` shown once PPIO no longer knows the instance; never a PPIO value.
     pub const NOT_FOUND: &str = "NotFound";
+
+    /// Whether an observed PPIO state is a transition (anything but a stable state).
+    pub fn is_transitional(state: &str) -> bool {
+        state != NOT_FOUND && !STABLE.contains(&state)
+    }
 }

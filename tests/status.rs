@@ -427,3 +427,102 @@ fn any_poll_answers_a_refresh_request_and_suspension_does_not() {
     );
     assert_eq!(yaml(&again), yaml(&observed));
 }
+
+/// (status, reason) of a condition.
+fn sr(s: &PpioInstanceStatus, t: &str) -> (String, String) {
+    let c = cond(s, t);
+    (c.status.clone(), c.reason.clone())
+}
+
+fn pair(status: &str, reason: &str) -> (String, String) {
+    (status.to_string(), reason.to_string())
+}
+
+#[test]
+fn reconciling_and_stalled_follow_the_kstatus_table() {
+    let running = observe(&fixture(), None, 1_750_000_000);
+    assert_eq!(sr(&running, "Reconciling"), pair("False", "Observed"));
+    assert_eq!(sr(&running, "Stalled"), pair("False", "Observed"));
+
+    let mut starting = fixture();
+    starting["status"]["status"] = json!("starting");
+    let starting = observe(&starting, None, 1_750_000_000);
+    assert_eq!(sr(&starting, "Reconciling"), pair("True", "Transitioning"));
+    assert_eq!(sr(&starting, "Stalled"), pair("False", "Observed"));
+
+    let mut exited = fixture();
+    exited["status"]["status"] = json!("exited");
+    let exited = observe(&exited, None, 1_750_000_000);
+    assert_eq!(sr(&exited, "Reconciling"), pair("False", "Observed"));
+    assert_eq!(sr(&exited, "Ready"), pair("False", "NotRunning"));
+
+    // Transient failures: the operator retries; the last observation (Ready) stays.
+    for (e, reason) in [
+        (PpioError::Server { status: 503 }, "ApiUnavailable"),
+        (PpioError::Timeout, "ApiUnavailable"),
+        (PpioError::RateLimited { retry_after: None }, "RateLimited"),
+    ] {
+        let s = fail(&e, Some(&running), 1_750_000_060);
+        assert_eq!(sr(&s, "Reconciling"), pair("True", reason), "{e:?}");
+        assert_eq!(cond(&s, "Reconciling").message, e.to_string());
+        assert_eq!(sr(&s, "Stalled"), pair("False", reason), "{e:?}");
+        assert_eq!(sr(&s, "Ready"), pair("True", "Running"), "{e:?}");
+    }
+    // Failures that need a person: Stalled, with Synced's reason and message.
+    for (e, reason) in [
+        (PpioError::NotFound { status: 404 }, "InstanceNotFound"),
+        (PpioError::Unauthorized, "Unauthorized"),
+        (PpioError::Forbidden, "Forbidden"),
+        (PpioError::Decode(DecodeError::NoState), "InvalidResponse"),
+        (
+            PpioError::Rejected {
+                status: 422,
+                code: None,
+            },
+            "RequestRejected",
+        ),
+    ] {
+        let s = fail(&e, Some(&running), 1_750_000_060);
+        assert_eq!(sr(&s, "Stalled"), pair("True", reason), "{e:?}");
+        assert_eq!(cond(&s, "Stalled").message, cond(&s, "Synced").message);
+        assert_eq!(sr(&s, "Reconciling"), pair("False", reason), "{e:?}");
+    }
+    let missing = compute_status(
+        "ca338f12f3",
+        Some(1),
+        None,
+        Observation::Failed(&Failure::credentials_missing("no key")),
+        None,
+        t(1_750_000_000),
+    );
+    assert_eq!(sr(&missing, "Stalled"), pair("True", "CredentialsMissing"));
+    assert_eq!(sr(&missing, "Ready"), pair("Unknown", "NotObserved"));
+
+    // Never observed and PPIO failing: still working on it.
+    let first = fail(&PpioError::Connect, None, 1_750_000_000);
+    assert_eq!(sr(&first, "Reconciling"), pair("True", "ApiUnavailable"));
+
+    let suspended = compute_status(
+        "ca338f12f3",
+        Some(2),
+        None,
+        Observation::Suspended,
+        Some(&starting),
+        t(1_750_000_060),
+    );
+    assert_eq!(sr(&suspended, "Reconciling"), pair("False", "Suspended"));
+    assert_eq!(sr(&suspended, "Stalled"), pair("False", "Suspended"));
+
+    // Repeats are byte-identical, and the condition types stay in one order.
+    let again = fail(
+        &PpioError::Timeout,
+        Some(&fail(&PpioError::Timeout, Some(&running), 1)),
+        2,
+    );
+    assert_eq!(
+        yaml(&again),
+        yaml(&fail(&PpioError::Timeout, Some(&again), 3))
+    );
+    let types: Vec<&str> = again.conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, ["Ready", "Synced", "Reconciling", "Stalled"]);
+}
