@@ -1,4 +1,4 @@
-//! The command line: `ppio-operator run | crd | simulate`.
+//! The command line: `ppio-operator run | crd | simulate | import`.
 //!
 //! Every subcommand has the same shape: its arguments (a clap struct with environment
 //! fallbacks) become a checked configuration (`config()`, which starts nothing), and the
@@ -38,6 +38,9 @@ pub enum Command {
     Crd,
     /// Serve a local PPIO v2 API simulator for tests and demos.
     Simulate(crate::simulator::SimulateArgs),
+    /// Print a PpioInstance manifest for every instance the key in PPIO_API_KEY can see, as
+    /// one YAML stream (or one file per instance); writes nothing to PPIO or to a cluster.
+    Import(crate::import::ImportArgs),
 }
 
 /// The default refresh interval of PpioInstances without `spec.refreshInterval`.
@@ -242,7 +245,7 @@ pub fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-fn parse_namespace(s: &str) -> Result<String, String> {
+pub(crate) fn parse_namespace(s: &str) -> Result<String, String> {
     let ok = s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -270,6 +273,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         }
         Command::Crd => launch(Ok(()), |()| async { crate::crd::print() }).await,
         Command::Simulate(args) => launch(args.config(), crate::simulator::run).await,
+        Command::Import(args) => launch(args.config(), crate::import::run).await,
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`telemetry`]: logging, as text or JSON.
 //! - [`signal`]: SIGTERM and SIGINT.
 //! - [`simulator`]: `simulate`, a local PPIO API for demos and offline tests.
+//! - [`import`]: `import`, PpioInstance manifests for every instance of an account.
 //!
 //! Test and demo tooling lives in the `ppio-testenv` crate (`crates/testenv`), never here.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod duration;
+pub mod import;
 pub mod leader;
 pub mod metrics;
 pub mod operator;

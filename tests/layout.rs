@@ -1,5 +1,5 @@
 //! What ships: the operator's crate depends on nothing that only tests or the demo need, and
-//! its binary offers exactly `run`, `crd` and `simulate`.
+//! its binary offers exactly `run`, `crd`, `simulate` and `import`.
 
 use std::process::Command;
 
@@ -42,7 +42,7 @@ fn the_product_depends_on_no_test_or_demo_tooling() {
 }
 
 #[test]
-fn the_binary_offers_run_crd_and_simulate_only() {
+fn the_binary_offers_run_crd_simulate_and_import_only() {
     let out = Command::new(OPERATOR).arg("--help").output().expect("runs");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
@@ -54,7 +54,11 @@ fn the_binary_offers_run_crd_and_simulate_only() {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["run", "crd", "simulate", "help"], "{help}");
+    assert_eq!(
+        commands,
+        ["run", "crd", "simulate", "import", "help"],
+        "{help}"
+    );
     let out = Command::new(OPERATOR).arg("demo").output().expect("runs");
     assert_eq!(out.status.code(), Some(2), "demo is not a subcommand");
 }

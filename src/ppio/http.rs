@@ -6,7 +6,7 @@ use futures::future::BoxFuture;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
 
-use super::{ApiKey, Instance, PpioApi, PpioError};
+use super::{ApiKey, Instance, InstancePage, ListQuery, PpioApi, PpioError};
 
 /// Characters escaped in the instance id path segment: everything but `-._~` and alphanumerics.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -94,13 +94,34 @@ impl HttpClient {
         format!("{}/gpus/v2/instances/{segment}", self.base)
     }
 
+    /// The URL of the instance list.
+    pub fn list_url(&self) -> String {
+        format!("{}/gpus/v2/instances", self.base)
+    }
+
     async fn fetch(&self, key: &ApiKey, instance_id: &str) -> Result<Instance, PpioError> {
+        let body = self
+            .get_body(key, self.http.get(self.instance_url(instance_id)))
+            .await?;
+        Ok(Instance::from_slice(&body)?)
+    }
+
+    async fn list(&self, key: &ApiKey, query: &ListQuery) -> Result<InstancePage, PpioError> {
+        let request = self.http.get(self.list_url()).query(&query.pairs());
+        let body = self.get_body(key, request).await?;
+        Ok(InstancePage::from_slice(&body)?)
+    }
+
+    /// Sends a GET with the key and returns a 2xx body; any other answer is classified.
+    async fn get_body(
+        &self,
+        key: &ApiKey,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, PpioError> {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .map_err(|_| PpioError::Unauthorized)?;
         auth.set_sensitive(true);
-        let mut response = self
-            .http
-            .get(self.instance_url(instance_id))
+        let mut response = request
             .header(AUTHORIZATION, auth)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
@@ -114,7 +135,7 @@ impl HttpClient {
             .map(str::to_string);
         let body = self.read_capped(&mut response).await?;
         if (200..300).contains(&status) {
-            return Ok(Instance::from_slice(&body)?);
+            return Ok(body);
         }
         Err(PpioError::from_response(
             status,
@@ -156,6 +177,14 @@ impl PpioApi for HttpClient {
         instance_id: &'a str,
     ) -> BoxFuture<'a, Result<Instance, PpioError>> {
         Box::pin(self.fetch(key, instance_id))
+    }
+
+    fn list_instances<'a>(
+        &'a self,
+        key: &'a ApiKey,
+        query: &'a ListQuery,
+    ) -> BoxFuture<'a, Result<InstancePage, PpioError>> {
+        Box::pin(self.list(key, query))
     }
 }
 

@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 pub use http::{
     DEFAULT_BASE_URL, DEFAULT_REQUEST_TIMEOUT, HttpClient, HttpClientConfig, InvalidBaseUrl,
 };
-pub use wire::{DecodeError, Instance};
+pub use wire::{DecodeError, Instance, InstancePage};
 
 /// A PPIO API key. It has no `Display` and its `Debug` is redacted, so it cannot end up in a
 /// log line or an error message by accident.
@@ -140,7 +140,49 @@ fn vendor_error_code(body: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The one call the operator makes. Implemented over HTTP by [`HttpClient`] and by fakes in
+/// The filters and paging of one `GET /gpus/v2/instances` request, as the API names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Page size; 0: the server's default.
+    pub limit: u32,
+    /// The previous page's `next_cursor`; `None` for the first page.
+    pub cursor: Option<String>,
+    /// Fuzzy match on the instance name or id.
+    pub name: Option<String>,
+    /// The instance state (`status`).
+    pub status: Option<String>,
+    /// Region ids (`regions`, comma separated on the wire).
+    pub regions: Vec<String>,
+    /// `postpaid`, `prepaid` or `spot`.
+    pub billing_mode: Option<String>,
+}
+
+impl ListQuery {
+    /// The query string pairs, in a fixed order, without empty values.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.limit > 0 {
+            out.push(("limit", self.limit.to_string()));
+        }
+        let text = [
+            ("cursor", &self.cursor),
+            ("name", &self.name),
+            ("status", &self.status),
+            ("billing_mode", &self.billing_mode),
+        ];
+        for (k, v) in text {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                out.push((k, v.to_string()));
+            }
+        }
+        if !self.regions.is_empty() {
+            out.push(("regions", self.regions.join(",")));
+        }
+        out
+    }
+}
+
+/// The read calls the operator makes. Implemented over HTTP by [`HttpClient`] and by fakes in
 /// tests.
 pub trait PpioApi: Send + Sync {
     /// `GET /gpus/v2/instances/{id}`.
@@ -149,6 +191,13 @@ pub trait PpioApi: Send + Sync {
         key: &'a ApiKey,
         instance_id: &'a str,
     ) -> BoxFuture<'a, Result<Instance, PpioError>>;
+
+    /// `GET /gpus/v2/instances`: one page.
+    fn list_instances<'a>(
+        &'a self,
+        key: &'a ApiKey,
+        query: &'a ListQuery,
+    ) -> BoxFuture<'a, Result<InstancePage, PpioError>>;
 }
 
 #[cfg(test)]

@@ -206,6 +206,49 @@ pub enum DecodeError {
     NotAnObject,
     #[error("the response carries no instance state (status.status)")]
     NoState,
+    #[error("the response is not a page of instances (no data array)")]
+    NotAPage,
+}
+
+/// One page of `GET /gpus/v2/instances`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstancePage {
+    /// The instances of the page that are JSON objects (LIST items lack `tools` and
+    /// `pricing`); an item of another shape is skipped.
+    pub items: Vec<Instance>,
+    /// The cursor of the next page, opaque; `None` when empty or absent.
+    pub next_cursor: Option<String>,
+    /// Whether another page follows.
+    pub has_more: bool,
+}
+
+impl InstancePage {
+    /// Decodes a LIST body: a JSON object with a `data` array, `next_cursor` and `has_more`.
+    pub fn from_slice(body: &[u8]) -> Result<InstancePage, DecodeError> {
+        #[derive(Deserialize)]
+        struct Raw {
+            data: Vec<Value>,
+            #[serde(default, deserialize_with = "lenient")]
+            next_cursor: Option<Text>,
+            #[serde(default, deserialize_with = "lenient")]
+            has_more: Option<Flag>,
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|_| DecodeError::NotAnObject)?;
+        if !value.is_object() {
+            return Err(DecodeError::NotAnObject);
+        }
+        let raw: Raw = serde_json::from_value(value).map_err(|_| DecodeError::NotAPage)?;
+        Ok(InstancePage {
+            items: raw
+                .data
+                .into_iter()
+                .filter(Value::is_object)
+                .filter_map(|v| serde_json::from_value(v).ok())
+                .collect(),
+            next_cursor: raw.next_cursor.map(|t| t.0).filter(|c| !c.is_empty()),
+            has_more: raw.has_more.is_some_and(|f| f.0),
+        })
+    }
 }
 
 impl Instance {
@@ -250,6 +293,29 @@ mod tests {
         assert_eq!(i.last_stopped_at, Some(Int(0)));
         assert!(i.tools.is_none());
         assert!(i.volumes.is_none());
+    }
+
+    #[test]
+    fn a_list_page_decodes_and_skips_odd_items() {
+        let body = br#"{"data":[{"id":"a","status":{"status":"running"}},7,{"id":"b"}],
+            "next_cursor":"o2","has_more":true,"total":3}"#;
+        let page = InstancePage::from_slice(body).expect("decodes");
+        assert_eq!(page.items.len(), 2);
+        assert_eq!(page.items[1].id, Some(Text("b".into())));
+        assert_eq!(page.next_cursor.as_deref(), Some("o2"));
+        assert!(page.has_more);
+        let last = InstancePage::from_slice(br#"{"data":[],"next_cursor":"","has_more":false}"#)
+            .expect("decodes");
+        assert_eq!(last.next_cursor, None);
+        assert!(!last.has_more);
+        assert_eq!(
+            InstancePage::from_slice(br#"{"items":[]}"#),
+            Err(DecodeError::NotAPage)
+        );
+        assert_eq!(
+            InstancePage::from_slice(b"<html>"),
+            Err(DecodeError::NotAnObject)
+        );
     }
 
     #[test]

@@ -133,7 +133,8 @@ pub(super) struct ListQuery {
 
 const DEFAULT_PAGE: usize = 20;
 
-/// `GET /gpus/v2/instances`: filtered, paged, without `tools` and `pricing`.
+/// `GET /gpus/v2/instances`: filtered, paged, without `tools` and `pricing`. The fault set
+/// for every instance (`*`) applies to it too (latency and error status).
 pub(super) async fn list_instances(
     State(sim): State<Simulator>,
     Query(q): Query<ListQuery>,
@@ -141,6 +142,17 @@ pub(super) async fn list_instances(
 ) -> Response {
     if let Err(denied) = sim.authorize(&headers, None) {
         return *denied;
+    }
+    let (fault, seq) = {
+        let st = lock(&sim.state);
+        (
+            st.faults.get("*").cloned().unwrap_or_default(),
+            st.request_seq,
+        )
+    };
+    fault.delay().await;
+    if let Some(r) = fault.error_response(seq) {
+        return r;
     }
     let st = lock(&sim.state);
     let str_at = |v: &Value, path: &[&str]| {

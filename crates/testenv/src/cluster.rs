@@ -180,10 +180,15 @@ fn simulator_runtime() -> &'static tokio::runtime::Runtime {
 
 /// A simulator on 127.0.0.1 serving the built-in samples to `keys`.
 pub async fn simulator(keys: &[&str]) -> (Simulator, SocketAddr) {
-    let sim = Simulator::new(
-        Simulator::samples(),
-        keys.iter().map(|k| k.to_string()).collect(),
-    );
+    simulator_with(Simulator::samples(), keys).await
+}
+
+/// A simulator on 127.0.0.1 serving `instances` to `keys`.
+pub async fn simulator_with(
+    instances: Vec<serde_json::Value>,
+    keys: &[&str],
+) -> (Simulator, SocketAddr) {
+    let sim = Simulator::new(instances, keys.iter().map(|k| k.to_string()).collect());
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("simulator binds");
     listener.set_nonblocking(true).expect("non-blocking");
     let addr = listener.local_addr().expect("address");

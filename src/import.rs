@@ -1,0 +1,466 @@
+//! `ppio-operator import`: onboard an account. Lists every instance an API key can see (the
+//! paged LIST endpoint, all pages, with the API's filters) and prints one PpioInstance manifest
+//! per instance, for a GitOps repository. It reads from PPIO only: it never writes to PPIO or
+//! to a cluster, and the same instances always give the same bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kube::api::ObjectMeta;
+
+use crate::cli::ConfigError;
+use crate::crd::{PpioInstance, PpioInstanceSpec, SecretKeyRef};
+use crate::duration::{Human, parse_duration_within};
+use crate::ppio::{
+    ApiKey, DEFAULT_BASE_URL, DEFAULT_REQUEST_TIMEOUT, HttpClient, HttpClientConfig, ListQuery,
+    PpioApi, PpioError, wire,
+};
+
+/// The annotation that carries the instance's name in PPIO.
+pub const NAME_ANNOTATION: &str = "gpus.ppio.com/instance-name";
+/// The annotation that carries the instance's region.
+pub const REGION_ANNOTATION: &str = "gpus.ppio.com/region";
+/// The longest manifest name: a DNS-1123 label, so it also fits where a label is needed.
+pub const MAX_NAME: usize = 63;
+/// The longest annotation value copied from PPIO.
+const MAX_ANNOTATION: usize = 253;
+/// A walk stops after this many pages (a server that never says `has_more: false`).
+const MAX_PAGES: usize = 100_000;
+
+/// Options of `ppio-operator import`. The API key comes from `PPIO_API_KEY` only.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The namespace of the manifests.
+    #[arg(long, value_parser = crate::cli::parse_namespace)]
+    pub namespace: String,
+
+    /// Base URL of the PPIO API.
+    #[arg(long, env = "PPIO_BASE_URL", default_value = DEFAULT_BASE_URL)]
+    pub ppio_base_url: String,
+
+    /// Timeout of one PPIO API request (1s..60s).
+    #[arg(long, env = "PPIO_REQUEST_TIMEOUT", default_value_t = Human(DEFAULT_REQUEST_TIMEOUT), value_parser = parse_timeout, value_name = "DURATION")]
+    pub ppio_request_timeout: Human,
+
+    /// Only instances whose name or id contains this text (the API's `name` filter).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Only instances in this state, e.g. running (the API's `status` filter).
+    #[arg(long)]
+    pub state: Option<String>,
+
+    /// Only instances in these regions (repeatable or comma separated).
+    #[arg(long = "region", value_delimiter = ',')]
+    pub regions: Vec<String>,
+
+    /// Only instances with this billing mode: postpaid, prepaid or spot.
+    #[arg(long)]
+    pub billing_mode: Option<String>,
+
+    /// Name a Secret in the namespace as every manifest's spec.credentialsSecretRef.
+    #[arg(long, value_parser = parse_secret_name)]
+    pub credentials_secret: Option<String>,
+
+    /// The key in that Secret (default: apiKey).
+    #[arg(long, requires = "credentials_secret")]
+    pub credentials_key: Option<String>,
+
+    /// Write one file per instance (NAME.yaml) into this folder instead of one YAML stream to
+    /// standard output.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+
+    /// Instances per LIST request (1..1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page_size: u32,
+}
+
+fn parse_timeout(s: &str) -> Result<Human, String> {
+    parse_duration_within(s, Duration::from_secs(1), Duration::from_secs(60))
+        .map(Human)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_secret_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| crate::cli::parse_namespace(l).is_ok());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is not a valid Secret name (lowercase letters, digits, '-' and '.')"
+        ))
+    }
+}
+
+/// The checked configuration of `import`.
+pub struct ImportConfig {
+    pub ppio: Box<dyn PpioApi>,
+    pub key: ApiKey,
+    pub query: ListQuery,
+    pub namespace: String,
+    pub credentials: Option<SecretKeyRef>,
+    pub output_dir: Option<PathBuf>,
+}
+
+impl ImportArgs {
+    /// Checks the arguments and reads `PPIO_API_KEY`; contacts nothing.
+    pub fn config(self) -> Result<ImportConfig, ConfigError> {
+        let ppio = HttpClient::new(&HttpClientConfig {
+            base_url: self.ppio_base_url.clone(),
+            timeout: self.ppio_request_timeout.0,
+            ..Default::default()
+        })
+        .map_err(|e| ConfigError {
+            flag: "--ppio-base-url",
+            message: e.to_string(),
+        })?;
+        let key = std::env::var("PPIO_API_KEY")
+            .ok()
+            .and_then(|k| ApiKey::new(&k))
+            .ok_or_else(|| ConfigError {
+                flag: "PPIO_API_KEY",
+                message: "set this environment variable to the API key to import with (the key is never a flag)".into(),
+            })?;
+        let text = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        Ok(ImportConfig {
+            ppio: Box::new(ppio),
+            key,
+            query: ListQuery {
+                limit: self.page_size,
+                cursor: None,
+                name: text(self.name),
+                status: text(self.state),
+                regions: self
+                    .regions
+                    .into_iter()
+                    .map(|r| r.trim().to_string())
+                    .filter(|r| !r.is_empty())
+                    .collect(),
+                billing_mode: text(self.billing_mode),
+            },
+            namespace: self.namespace,
+            credentials: self.credentials_secret.map(|name| SecretKeyRef {
+                name,
+                key: self.credentials_key,
+            }),
+            output_dir: self.output_dir,
+        })
+    }
+}
+
+/// Why an import failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("listing instances failed: {0}")]
+    List(#[source] PpioError),
+    #[error(
+        "listing instances failed: the PPIO API returned the same page cursor twice; the walk was stopped"
+    )]
+    CursorLoop,
+    #[error("listing instances failed: more than {MAX_PAGES} pages")]
+    TooManyPages,
+    #[error("--output-dir {dir}: {source}")]
+    Write {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the manifests: {0}")]
+    Stdout(#[source] std::io::Error),
+    #[error("cannot render a manifest: {0}")]
+    Render(#[from] serde_yaml::Error),
+}
+
+/// One instance as the import sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+}
+
+/// `ppio-operator import`: lists, then writes the manifests.
+pub async fn run(config: ImportConfig) -> Result<(), ImportError> {
+    let (listed, pages, skipped) =
+        list_all(config.ppio.as_ref(), &config.key, &config.query).await?;
+    let manifests = manifests(&listed, &config.namespace, config.credentials.as_ref())?;
+    match &config.output_dir {
+        None => {
+            let mut out = std::io::stdout().lock();
+            let stream: String = manifests.iter().map(|(_, y)| format!("---\n{y}")).collect();
+            out.write_all(stream.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(ImportError::Stdout)?;
+        }
+        Some(dir) => {
+            let fail = |source| ImportError::Write {
+                dir: dir.display().to_string(),
+                source,
+            };
+            std::fs::create_dir_all(dir).map_err(fail)?;
+            for (name, yaml) in &manifests {
+                std::fs::write(dir.join(format!("{name}.yaml")), yaml).map_err(fail)?;
+            }
+        }
+    }
+    eprintln!(
+        "imported {} instance(s) in {pages} page(s){}",
+        manifests.len(),
+        if skipped > 0 {
+            format!("; skipped {skipped} item(s) without a usable instance id")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// Walks every page: the instances (each id once), the number of pages, and the number of
+/// items skipped for a missing or unusable id.
+pub async fn list_all(
+    ppio: &dyn PpioApi,
+    key: &ApiKey,
+    query: &ListQuery,
+) -> Result<(Vec<Listed>, usize, usize), ImportError> {
+    let mut query = query.clone();
+    query.cursor = None;
+    let mut seen_cursors = BTreeSet::new();
+    let mut by_id = BTreeMap::new();
+    let mut skipped = 0;
+    let mut pages = 0;
+    loop {
+        if pages >= MAX_PAGES {
+            return Err(ImportError::TooManyPages);
+        }
+        let page = ppio
+            .list_instances(key, &query)
+            .await
+            .map_err(ImportError::List)?;
+        pages += 1;
+        for item in &page.items {
+            match listed(item) {
+                Some(l) => {
+                    by_id.insert(l.id.clone(), l);
+                }
+                None => skipped += 1,
+            }
+        }
+        match page.next_cursor.filter(|_| page.has_more) {
+            None => break,
+            Some(cursor) => {
+                if !seen_cursors.insert(cursor.clone()) {
+                    return Err(ImportError::CursorLoop);
+                }
+                query.cursor = Some(cursor);
+            }
+        }
+    }
+    Ok((by_id.into_values().collect(), pages, skipped))
+}
+
+fn text(t: &Option<wire::Text>) -> String {
+    t.as_ref().map(|t| t.0.clone()).unwrap_or_default()
+}
+
+/// An item with an id the CRD accepts (`^[A-Za-z0-9][A-Za-z0-9._-]*$`, at most 255).
+fn listed(item: &wire::Instance) -> Option<Listed> {
+    let id = text(&item.id);
+    let valid = (1..=255).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    valid.then(|| Listed {
+        id,
+        name: clean(&text(&item.name)),
+        region: clean(&text(&item.region)),
+    })
+}
+
+/// Vendor text for an annotation: no control characters, bounded.
+fn clean(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_ANNOTATION)
+        .collect()
+}
+
+/// A DNS-1123 label from free text: lowercase, runs of other characters become one `-`, at
+/// most `max` characters, never empty.
+pub fn slug(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let mut out: String = out.chars().take(max).collect();
+    while out.ends_with('-') {
+        out.pop();
+    }
+    if out.is_empty() {
+        "instance".chars().take(max).collect()
+    } else {
+        out
+    }
+}
+
+/// The manifest name of every instance, in the order given: the slug of its name; where two
+/// instances share a slug, each gets the slug of its id appended; a name still taken gets a
+/// number. Depends only on the set of instances, so a second run gives the same names.
+pub fn names(listed: &[Listed]) -> Vec<String> {
+    let base: Vec<String> = listed.iter().map(|l| slug(&l.name, MAX_NAME)).collect();
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for b in &base {
+        *count.entry(b.as_str()).or_default() += 1;
+    }
+    let mut taken = BTreeSet::new();
+    let mut out = Vec::with_capacity(listed.len());
+    for (l, b) in listed.iter().zip(&base) {
+        let mut name = if count.get(b.as_str()) == Some(&1) {
+            b.clone()
+        } else {
+            let id = slug(&l.id, MAX_NAME);
+            let room = MAX_NAME.saturating_sub(id.len() + 1).max(1);
+            format!("{}-{id}", slug(b, room))
+        };
+        let mut n = 2;
+        while !taken.insert(name.clone()) {
+            let suffix = format!("-{n}");
+            name = format!("{}{suffix}", slug(&name, MAX_NAME - suffix.len()));
+            n += 1;
+        }
+        out.push(name);
+    }
+    out
+}
+
+/// (name, YAML) of every manifest, sorted by instance id.
+pub fn manifests(
+    listed: &[Listed],
+    namespace: &str,
+    credentials: Option<&SecretKeyRef>,
+) -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    let names = names(listed);
+    listed
+        .iter()
+        .zip(names)
+        .map(|(l, name)| {
+            let mut annotations = BTreeMap::new();
+            if !l.name.is_empty() {
+                annotations.insert(NAME_ANNOTATION.to_string(), l.name.clone());
+            }
+            if !l.region.is_empty() {
+                annotations.insert(REGION_ANNOTATION.to_string(), l.region.clone());
+            }
+            let object = PpioInstance {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(namespace.to_string()),
+                    annotations: (!annotations.is_empty()).then_some(annotations),
+                    ..Default::default()
+                },
+                spec: PpioInstanceSpec {
+                    instance_id: l.id.clone(),
+                    credentials_secret_ref: credentials.cloned(),
+                    refresh_interval: None,
+                    suspend: None,
+                },
+                status: None,
+            };
+            Ok((name, serde_yaml::to_string(&object)?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(id: &str, name: &str) -> Listed {
+        Listed {
+            id: id.into(),
+            name: name.into(),
+            region: "cn-south-1".into(),
+        }
+    }
+
+    fn is_dns_label(s: &str) -> bool {
+        (1..=63).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    }
+
+    #[test]
+    fn slugs_are_dns_labels() {
+        assert_eq!(slug("Trainer A", 63), "trainer-a");
+        assert_eq!(slug("  GPU box #1 (prod) ", 63), "gpu-box-1-prod");
+        assert_eq!(slug("", 63), "instance");
+        assert_eq!(slug("日本語", 63), "instance");
+        assert_eq!(slug("-x-", 63), "x");
+        assert_eq!(slug(&"a".repeat(100), 63).len(), 63);
+        assert_eq!(slug("ab-cd", 3), "ab");
+    }
+
+    #[test]
+    fn clashing_names_take_the_id_and_every_name_is_unique() {
+        let listed = [
+            l("ca338f12f3", "trainer"),
+            l("b7e2c91d04", "Trainer"),
+            l("c0ffee1234", "notebook"),
+            l("d00", ""),
+            l("e00", "!!!"),
+            l("f00", "trainer-b7e2c91d04"),
+            l("AbC", &"x".repeat(80)),
+            l("abc", &"x".repeat(80)),
+        ];
+        let names = names(&listed);
+        assert_eq!(names[0], "trainer-ca338f12f3");
+        assert_eq!(names[1], "trainer-b7e2c91d04");
+        assert_eq!(names[2], "notebook");
+        assert_eq!(names[3], "instance-d00");
+        assert_eq!(names[4], "instance-e00");
+        // Its own slug is free of clashes among the bases, but taken by an id-suffixed name.
+        assert_eq!(names[5], "trainer-b7e2c91d04-2");
+        let unique: BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert!(names.iter().all(|n| is_dns_label(n)), "{names:?}");
+    }
+
+    #[test]
+    fn a_manifest_is_valid_and_carries_name_region_and_credentials() {
+        let creds = SecretKeyRef {
+            name: "ppio-credentials".into(),
+            key: None,
+        };
+        let m = manifests(&[l("ca338f12f3", "Trainer A")], "ml", Some(&creds)).expect("renders");
+        assert_eq!(m[0].0, "trainer-a");
+        assert_eq!(
+            m[0].1,
+            "apiVersion: gpus.ppio.com/v1alpha1\nkind: PpioInstance\nmetadata:\n  annotations:\n    gpus.ppio.com/instance-name: Trainer A\n    gpus.ppio.com/region: cn-south-1\n  name: trainer-a\n  namespace: ml\nspec:\n  instanceId: ca338f12f3\n  credentialsSecretRef:\n    name: ppio-credentials\n"
+        );
+    }
+
+    #[test]
+    fn vendor_text_is_cleaned_and_bad_ids_are_skipped() {
+        let item: wire::Instance = serde_json::from_value(serde_json::json!({
+            "id": "ok-1", "name": "a\nb\u{7}c", "region": "r"
+        }))
+        .expect("item");
+        assert_eq!(listed(&item).map(|l| l.name), Some("abc".to_string()));
+        for bad in ["", "-x", "a/b", "..", "a b"] {
+            let item: wire::Instance =
+                serde_json::from_value(serde_json::json!({ "id": bad })).expect("item");
+            assert_eq!(listed(&item), None, "{bad:?}");
+        }
+    }
+}

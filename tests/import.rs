@@ -1,0 +1,274 @@
+//! `ppio-operator import` as a user runs it against the simulator: every page is walked, the
+//! manifests are valid and stable, the real API server accepts them, and the operator observes
+//! every imported instance.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use kube::api::ListParams;
+use ppio_operator::crd::PpioInstance;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use support::*;
+
+const FIXTURE: &str = include_str!("fixtures/get-instance.json");
+const KEY: &str = "key-import";
+
+/// `n` instances: many distinct names, some clashing, some that are no Kubernetes name at all.
+fn instances(n: usize) -> Vec<Value> {
+    let base: Value = serde_json::from_str(FIXTURE).expect("fixture");
+    (0..n)
+        .map(|i| {
+            let mut v = base.clone();
+            v["id"] = json!(format!("imp{i:04}x"));
+            v["name"] = json!(match i % 10 {
+                0 => "shared name".to_string(),
+                1 => format!("GPU Box #{i} (prod)"),
+                2 => String::new(),
+                _ => format!("trainer-{i}"),
+            });
+            v["region"] = json!(if i % 3 == 0 {
+                "us-east-1"
+            } else {
+                "cn-south-1"
+            });
+            v["status"]["status"] = json!(if i % 4 == 0 { "exited" } else { "running" });
+            v
+        })
+        .collect()
+}
+
+fn import(args: &[&str], key: Option<&str>) -> Output {
+    let mut cmd = Command::new(OPERATOR);
+    cmd.arg("import").args(args).env_remove("PPIO_API_KEY");
+    if let Some(k) = key {
+        cmd.env("PPIO_API_KEY", k);
+    }
+    cmd.output().expect("import runs")
+}
+
+fn docs(stream: &str) -> Vec<PpioInstance> {
+    serde_yaml::Deserializer::from_str(stream)
+        .map(|d| PpioInstance::deserialize(d).expect("a PpioInstance manifest"))
+        .collect()
+}
+
+fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_walks_every_page_and_the_operator_observes_every_manifest() {
+    let client = client().await;
+    let ns = namespace(&client, "import").await;
+    let (sim, addr) = simulator_with(instances(250), &[KEY]).await;
+    let url = format!("http://{addr}");
+    let args = [
+        "--namespace",
+        ns.as_str(),
+        "--ppio-base-url",
+        url.as_str(),
+        "--page-size",
+        "100",
+    ];
+
+    let first = import(&args, Some(KEY));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(sim.counts().list, 3, "250 instances in pages of 100");
+    assert!(sim.counts().instances.is_empty(), "import sends no GET");
+    let stream = String::from_utf8(first.stdout.clone()).expect("utf-8");
+    let objects = docs(&stream);
+    assert_eq!(objects.len(), 250);
+    let names: BTreeSet<String> = objects
+        .iter()
+        .map(|o| o.metadata.name.clone().expect("name"))
+        .collect();
+    assert_eq!(names.len(), 250, "names are unique");
+    assert!(names.iter().all(|n| is_dns_label(n)), "{names:?}");
+    let ids: BTreeSet<&str> = objects
+        .iter()
+        .map(|o| o.spec.instance_id.as_str())
+        .collect();
+    assert_eq!(ids.len(), 250);
+    assert!(
+        objects
+            .iter()
+            .all(|o| o.metadata.namespace.as_deref() == Some(ns.as_str()))
+    );
+    let a = objects
+        .iter()
+        .find(|o| o.spec.instance_id == "imp0001x")
+        .expect("imp0001x");
+    let ann = a.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        ann.get("gpus.ppio.com/instance-name").map(String::as_str),
+        Some("GPU Box #1 (prod)")
+    );
+    assert_eq!(
+        ann.get("gpus.ppio.com/region").map(String::as_str),
+        Some("cn-south-1")
+    );
+
+    // The same instances give the same bytes.
+    let second = import(&args, Some(KEY));
+    assert!(second.status.success());
+    assert_eq!(second.stdout, first.stdout, "a second run differs");
+
+    // One file per instance, each the same manifest as in the stream.
+    let dir = tempfile::tempdir().expect("tmp");
+    let out_dir = dir.path().join("manifests");
+    let mut with_dir = args.to_vec();
+    let out_dir_s = out_dir.display().to_string();
+    with_dir.extend(["--output-dir", out_dir_s.as_str()]);
+    let files = import(&with_dir, Some(KEY));
+    assert!(files.status.success());
+    assert!(
+        files.stdout.is_empty(),
+        "nothing on stdout with --output-dir"
+    );
+    let written: Vec<_> = std::fs::read_dir(&out_dir).expect("dir").collect();
+    assert_eq!(written.len(), 250);
+    let mut from_files = String::new();
+    for n in &names {
+        from_files.push_str("---\n");
+        from_files.push_str(
+            &std::fs::read_to_string(out_dir.join(format!("{n}.yaml"))).expect("file per name"),
+        );
+    }
+    let mut sorted_stream: Vec<(String, String)> = stream
+        .split("---\n")
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            (
+                docs(d)[0].metadata.name.clone().unwrap_or_default(),
+                d.to_string(),
+            )
+        })
+        .collect();
+    sorted_stream.sort();
+    let stream_by_name: String = sorted_stream
+        .iter()
+        .map(|(_, d)| format!("---\n{d}"))
+        .collect();
+    assert_eq!(from_files, stream_by_name);
+
+    // The real API server accepts every manifest.
+    kubectl_ok(&["apply", "--dry-run=server", "-f", "-"], Some(&stream));
+    let api: Api<PpioInstance> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty(),
+        "a dry run creates nothing"
+    );
+
+    // Applied for real, the operator observes every one of them.
+    let _op = Operator::start(
+        &ns,
+        addr,
+        Some(KEY),
+        &["--ppio-requests-per-second", "200", "--ppio-burst", "200"],
+    )
+    .await;
+    kubectl_ok(&["apply", "-f", "-"], Some(&stream));
+    let start = Instant::now();
+    loop {
+        let list = api.list(&ListParams::default()).await.expect("list");
+        let observed = list
+            .items
+            .iter()
+            .filter(|o| has(o, "Synced", "True", "Observed"))
+            .count();
+        if list.items.len() == 250 && observed == 250 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{observed} of {} observed",
+            list.items.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_filters_like_the_api_and_fails_clearly() {
+    let (sim, addr) = simulator_with(instances(40), &[KEY]).await;
+    let url = format!("http://{addr}");
+    let base = ["--namespace", "ml", "--ppio-base-url", url.as_str()];
+
+    let mut filtered = base.to_vec();
+    filtered.extend(["--state", "exited", "--region", "us-east-1"]);
+    let out = import(&filtered, Some(KEY));
+    assert!(out.status.success());
+    let expected = instances(40)
+        .iter()
+        .filter(|v| v["status"]["status"] == "exited" && v["region"] == "us-east-1")
+        .count();
+    assert!(expected > 0);
+    assert_eq!(docs(&String::from_utf8_lossy(&out.stdout)).len(), expected);
+
+    let mut with_secret = base.to_vec();
+    with_secret.extend([
+        "--credentials-secret",
+        "team-key",
+        "--credentials-key",
+        "token",
+    ]);
+    let out = import(&with_secret, Some(KEY));
+    let objects = docs(&String::from_utf8_lossy(&out.stdout));
+    assert!(objects.iter().all(|o| {
+        o.spec
+            .credentials_secret_ref
+            .as_ref()
+            .is_some_and(|r| r.name == "team-key" && r.key.as_deref() == Some("token"))
+    }));
+
+    // A wrong key: a clear error, nothing on stdout, no key in the message.
+    let out = import(&base, Some("sk-wrong-key-marker"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("HTTP 401"), "{err}");
+    assert!(!err.contains("marker"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    // No key at all: refused before any request, naming the variable.
+    let before = sim.counts().list;
+    let out = import(&base, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("PPIO_API_KEY"), "{err}");
+    assert_eq!(sim.counts().list, before);
+
+    // Unreachable.
+    let port = free_port().expect("port");
+    let closed = format!("http://127.0.0.1:{port}");
+    let out = import(
+        &["--namespace", "ml", "--ppio-base-url", closed.as_str()],
+        Some(KEY),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("could not connect"), "{err}");
+
+    // Rate limited.
+    sim.set_fault("*", ppio_operator::simulator::Fault::status(429));
+    let out = import(&base, Some(KEY));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("HTTP 429"), "{err}");
+}
