@@ -64,6 +64,11 @@ pub struct RunArgs {
     #[arg(long, env = "PPIO_DEFAULT_REFRESH_INTERVAL", default_value_t = Human(DEFAULT_REFRESH_INTERVAL), value_parser = parse_refresh, value_name = "DURATION")]
     pub default_refresh_interval: Human,
 
+    /// Namespaces whose PpioInstances may use the default key (PPIO_API_KEY), comma
+    /// separated; unset: every watched namespace. Set it when tenants share the cluster.
+    #[arg(long, env = "PPIO_DEFAULT_KEY_NAMESPACES", value_delimiter = ',', value_parser = parse_namespace, value_name = "NAMESPACES")]
+    pub default_key_namespaces: Option<Vec<String>>,
+
     /// Address of the HTTP server for /metrics, /livez and /readyz.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -172,6 +177,9 @@ impl RunArgs {
             settings: Settings {
                 default_refresh: self.default_refresh_interval.0,
                 default_key,
+                default_key_namespaces: self
+                    .default_key_namespaces
+                    .map(|list| list.into_iter().collect()),
                 budget: Budget {
                     per_second: (self.ppio_requests_per_second > 0.0)
                         .then_some(self.ppio_requests_per_second),

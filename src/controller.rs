@@ -1,7 +1,7 @@
 //! The reconcile loop: resolve the key, poll PPIO, compute status, write it only when it
 //! changed, and decide when to look again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::crd::{PpioInstance, PpioInstanceStatus, REFRESH_ANNOTATION};
+use crate::crd::{CREDENTIALS_LABEL, PpioInstance, PpioInstanceStatus, REFRESH_ANNOTATION};
 use crate::duration::parse_refresh_interval;
 use crate::lock;
 use crate::metrics::Metrics;
@@ -41,6 +41,9 @@ pub struct Settings {
     pub default_refresh: Duration,
     /// Used when `spec.credentialsSecretRef` is omitted.
     pub default_key: Option<ApiKey>,
+    /// The namespaces whose PpioInstances may use `default_key`; `None`: every watched
+    /// namespace.
+    pub default_key_namespaces: Option<BTreeSet<String>>,
     /// The request budget shared by every PpioInstance that uses the same API key.
     pub budget: Budget,
 }
@@ -530,55 +533,65 @@ fn already_observed(instance: &PpioInstance) -> bool {
 /// The API key for this instance: the referenced Secret's key, else the operator's default.
 /// The outer error is a Kubernetes API failure (retry); the inner one a user-facing
 /// `CredentialsMissing` failure.
+///
+/// A Secret serves as credentials only when it carries [`CREDENTIALS_LABEL`]` = "true"`, so
+/// that a PpioInstance cannot make the operator send any other Secret of the namespace to
+/// PPIO. Every refusal has the same message, which says what to do and does not tell whether
+/// the Secret or its key exists.
 async fn resolve_key(
     instance: &PpioInstance,
     ctx: &Context,
 ) -> Result<Result<ApiKey, Failure>, Error> {
-    let Some(sref) = &instance.spec.credentials_secret_ref else {
-        return Ok(ctx.settings.default_key.clone().ok_or_else(|| {
-            Failure::credentials_missing(
-                "No spec.credentialsSecretRef is set and the operator has no default API key (PPIO_API_KEY).",
-            )
-        }));
-    };
     let ns = instance.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(sref) = &instance.spec.credentials_secret_ref else {
+        let allowed = ctx
+            .settings
+            .default_key_namespaces
+            .as_ref()
+            .is_none_or(|set| set.contains(&ns));
+        return Ok(match &ctx.settings.default_key {
+            None => Err(Failure::credentials_missing(
+                "No spec.credentialsSecretRef is set and the operator has no default API key (PPIO_API_KEY).",
+            )),
+            Some(_) if !allowed => Err(Failure::credentials_missing(format!(
+                "No spec.credentialsSecretRef is set and the operator's default API key is not available in namespace {ns:?} (--default-key-namespaces); reference a Secret of this namespace."
+            ))),
+            Some(k) => Ok(k.clone()),
+        });
+    };
     let key_name = sref.key_or_default();
+    let refused = || {
+        Failure::credentials_missing(format!(
+            "Secret {:?} cannot serve as PPIO credentials: it must exist in namespace {ns:?}, carry the label {CREDENTIALS_LABEL}: \"true\" and hold the API key under {key_name:?}.",
+            sref.name
+        ))
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret = tokio::time::timeout(KUBE_CALL_TIMEOUT, secrets.get_opt(&sref.name))
         .await
         .map_err(|_| Error::Timeout("reading the credentials Secret"))?;
     let secret = match secret {
-        Ok(s) => s,
-        Err(kube::Error::Api(ae)) if ae.code == 403 => {
-            return Ok(Err(Failure::credentials_missing(format!(
-                "The operator is not allowed to read Secret {:?} in namespace {ns:?}.",
-                sref.name
-            ))));
-        }
+        Ok(Some(s)) => s,
+        Ok(None) => return Ok(Err(refused())),
+        Err(kube::Error::Api(ae)) if ae.code == 403 => return Ok(Err(refused())),
         Err(e) => return Err(Error::ReadSecret(e)),
     };
-    let Some(secret) = secret else {
-        return Ok(Err(Failure::credentials_missing(format!(
-            "Secret {:?} was not found in namespace {ns:?}.",
-            sref.name
-        ))));
-    };
-    let value = secret.data.as_ref().and_then(|d| d.get(key_name));
-    Ok(match value {
-        None => Err(Failure::credentials_missing(format!(
-            "Secret {:?} has no key {key_name:?}.",
-            sref.name
-        ))),
-        Some(bytes) => std::str::from_utf8(&bytes.0)
-            .ok()
-            .and_then(ApiKey::new)
-            .ok_or_else(|| {
-                Failure::credentials_missing(format!(
-                    "Key {key_name:?} of Secret {:?} is empty or not text.",
-                    sref.name
-                ))
-            }),
-    })
+    let marked = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(CREDENTIALS_LABEL))
+        .is_some_and(|v| v == "true");
+    if !marked {
+        return Ok(Err(refused()));
+    }
+    Ok(secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key_name))
+        .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
+        .and_then(ApiKey::new)
+        .ok_or_else(refused))
 }
 
 /// Our conditions, in a stable order, without conditions other writers may have added.

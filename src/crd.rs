@@ -14,6 +14,9 @@ pub const CRD_NAME: &str = "ppioinstances.gpus.ppio.com";
 /// Set this annotation to a new value (e.g. the current time) to make the operator poll the
 /// instance now; the value is echoed in `status.lastHandledRefresh` once acted on.
 pub const REFRESH_ANNOTATION: &str = "gpus.ppio.com/refresh";
+/// The label a Secret must carry (value `"true"`) to serve as PPIO credentials through
+/// `spec.credentialsSecretRef`.
+pub const CREDENTIALS_LABEL: &str = "gpus.ppio.com/credentials";
 /// Where the generated CRD is committed.
 pub const CRD_PATH: &str = "crds/ppioinstances.gpus.ppio.com.yaml";
 
@@ -529,5 +532,6 @@ mod tests {
         assert_eq!(CRD_NAME, format!("{}.{GROUP}", PpioInstance::plural(&())));
         assert_eq!(PpioInstance::crd().metadata.name.as_deref(), Some(CRD_NAME));
         assert_eq!(REFRESH_ANNOTATION, format!("{GROUP}/refresh"));
+        assert_eq!(CREDENTIALS_LABEL, format!("{GROUP}/credentials"));
     }
 }

@@ -212,6 +212,29 @@ impl ApiMetrics {
     }
 }
 
+/// The help text of `ppio_instance_state`: how the `state` label is made safe.
+const STATE_HELP: &str = "1 for the current PPIO state of each instance (label state: the PPIO state with every character outside [A-Za-z0-9_.:-] replaced by _, at most 64 characters)";
+
+/// The longest label value taken from PPIO's answers.
+pub const MAX_LABEL_VALUE_CHARS: usize = 64;
+
+/// A label value that cannot break the exposition format, from text PPIO sent:
+/// `[A-Za-z0-9_.:-]` is kept, every other character becomes `_`, and the result is cut at
+/// [`MAX_LABEL_VALUE_CHARS`]. (prometheus-client writes label values unescaped, so a `"`,
+/// `\` or newline would end the value, or the line, and corrupt the whole scrape.)
+pub fn safe_label_value(raw: &str) -> String {
+    raw.chars()
+        .take(MAX_LABEL_VALUE_CHARS)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Per-PpioInstance series, labelled by namespace and name.
 #[derive(Default)]
 pub struct InstanceMetrics {
@@ -221,17 +244,13 @@ pub struct InstanceMetrics {
     pub last_success: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
     pub price: Family<PriceLabels, Gauge>,
     pub prepaid_end: Family<ObjectLabels, Gauge>,
-    /// The state label currently exported per object, to replace it on change.
+    /// The (safe) state label currently exported per object, to replace it on change.
     states: Mutex<std::collections::HashMap<ObjectLabels, String>>,
 }
 
 impl InstanceMetrics {
     fn register(&self, r: &mut Registry) {
-        r.register(
-            "state",
-            "1 for the current PPIO state of each instance (label state)",
-            self.state.clone(),
-        );
+        r.register("state", STATE_HELP, self.state.clone());
         r.register(
             "ready",
             "1 when the instance is running",
@@ -290,14 +309,15 @@ impl InstanceMetrics {
             self.last_success.get_or_create(&obj).set(now);
         }
         if let Some(state) = &status.state {
+            let state = safe_label_value(state);
             let mut states = lock(&self.states);
             if let Some(old) = states
                 .insert(obj.clone(), state.clone())
-                .filter(|o| o != state)
+                .filter(|o| *o != state)
             {
                 self.state.remove(&state_labels(&obj, &old));
             }
-            self.state.get_or_create(&state_labels(&obj, state)).set(1);
+            self.state.get_or_create(&state_labels(&obj, &state)).set(1);
         }
         let prepaid_end = status
             .billing
@@ -359,6 +379,7 @@ impl InstanceMetrics {
     }
 }
 
+/// The labels of a state series; `state` is already a [`safe_label_value`].
 fn state_labels(obj: &ObjectLabels, state: &str) -> StateLabels {
     StateLabels {
         namespace: obj.namespace.clone(),
@@ -418,5 +439,107 @@ mod tests {
                 "{name} missing from:\n{text}"
             );
         }
+    }
+
+    /// Every line of an exposition is a comment or `name{label="value",...} value`.
+    fn assert_well_formed(text: &str) {
+        let sample = regex::Regex::new(
+            r#"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*"(,[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*")*\})? [-+0-9.eEInfa]+$"#,
+        )
+        .expect("regex");
+        for line in text.lines() {
+            if line.starts_with('#') {
+                assert!(
+                    line.starts_with("# HELP ")
+                        || line.starts_with("# TYPE ")
+                        || line.starts_with("# UNIT ")
+                        || line == "# EOF",
+                    "bad comment line {line:?} in:\n{text}"
+                );
+            } else {
+                assert!(sample.is_match(line), "bad line {line:?} in:\n{text}");
+            }
+        }
+        assert_eq!(text.lines().filter(|l| *l == "# EOF").count(), 1);
+        assert_eq!(text.lines().last(), Some("# EOF"));
+    }
+
+    fn state_status(state: &str) -> PpioInstanceStatus {
+        serde_json::from_value(serde_json::json!({ "state": state })).expect("status")
+    }
+
+    #[test]
+    fn a_hostile_state_cannot_break_the_scrape() {
+        let m = Metrics::new();
+        let hostile = "\"a\\\"b\nc{}";
+        m.instances.observe("ml", "a", &state_status(hostile), true);
+        let injection =
+            "x\"} 1\nppio_instance_ready{namespace=\"kube-system\",name=\"fake\"} 1\n# EOF\n";
+        m.instances
+            .observe("ml", "b", &state_status(injection), true);
+        let text = m.encode();
+        assert_well_formed(&text);
+        let states: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("ppio_instance_state{"))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                r#"ppio_instance_state{namespace="ml",name="a",state="_a__b_c__"} 1"#,
+                r#"ppio_instance_state{namespace="ml",name="b",state="x___1_ppio_instance_ready_namespace__kube-system__name__fake___1"} 1"#,
+            ],
+            "{text}"
+        );
+        assert!(!text.contains("fake\"}"), "an injected series:\n{text}");
+        let ready: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("ppio_instance_ready{"))
+            .collect();
+        assert_eq!(ready.len(), 2, "{text}");
+        assert!(
+            ready.iter().all(|l| l.contains("namespace=\"ml\"")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn label_values_keep_safe_characters_and_are_capped() {
+        assert_eq!(safe_label_value("running"), "running");
+        assert_eq!(safe_label_value("Re-Start.v2:ok_1"), "Re-Start.v2:ok_1");
+        assert_eq!(safe_label_value("a b\"c\\d\ne{}é"), "a_b_c_d_e___");
+        assert_eq!(
+            safe_label_value(&"x".repeat(100)).len(),
+            MAX_LABEL_VALUE_CHARS
+        );
+        assert_eq!(safe_label_value(&"é".repeat(100)), "_".repeat(64));
+        let m = Metrics::new();
+        m.instances
+            .observe("ml", "a", &state_status("running"), true);
+        let text = m.encode();
+        assert!(
+            text.contains(&format!("# HELP ppio_instance_state {STATE_HELP}")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn two_states_with_one_safe_form_keep_one_series() {
+        let m = Metrics::new();
+        m.instances.observe("ml", "a", &state_status("a b"), true);
+        m.instances.observe("ml", "a", &state_status("a\"b"), true);
+        m.instances
+            .observe("ml", "a", &state_status("running"), true);
+        let text = m.encode();
+        let states: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("ppio_instance_state{"))
+            .collect();
+        assert_eq!(
+            states,
+            [r#"ppio_instance_state{namespace="ml",name="a",state="running"} 1"#]
+        );
+        m.instances.forget("ml", "a");
+        assert!(!m.encode().contains("ppio_instance_state{"));
     }
 }

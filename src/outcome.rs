@@ -146,9 +146,12 @@ impl PpioError {
     /// The class of this error.
     pub fn class(&self) -> Class {
         match self {
-            PpioError::Connect | PpioError::Timeout | PpioError::Server { .. } => {
-                Class::ApiUnavailable
-            }
+            PpioError::Connect
+            | PpioError::Timeout
+            | PpioError::Server { .. }
+            | PpioError::NotFoundWithoutPpioBody => Class::ApiUnavailable,
+            PpioError::InvalidApiKey => Class::CredentialsMissing,
+            PpioError::InvalidInstanceId => Class::RequestRejected,
             PpioError::Unauthorized => Class::Unauthorized,
             PpioError::Forbidden => Class::Forbidden,
             PpioError::NotFound { .. } => Class::InstanceNotFound,
@@ -168,13 +171,17 @@ impl PpioError {
     /// The status class of PPIO's answer, the `class` label of `ppio_api_requests`.
     pub fn request_class(&self) -> &'static str {
         match self {
-            PpioError::Connect | PpioError::Timeout => "error",
+            PpioError::Connect
+            | PpioError::Timeout
+            | PpioError::InvalidApiKey
+            | PpioError::InvalidInstanceId => "error",
             PpioError::Server { .. } => "5xx",
             PpioError::TooLarge { .. } | PpioError::Decode(_) => "2xx",
             PpioError::UnexpectedStatus { .. } => "other",
             PpioError::Unauthorized
             | PpioError::Forbidden
             | PpioError::NotFound { .. }
+            | PpioError::NotFoundWithoutPpioBody
             | PpioError::RateLimited { .. }
             | PpioError::Rejected { .. } => "4xx",
         }

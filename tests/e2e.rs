@@ -525,6 +525,18 @@ async fn credentials_missing_then_created_and_rotated_without_restart() {
     )
     .await;
     assert!(has(&o, "Ready", "Unknown", "NotObserved"));
+    // The right key in a Secret without the credentials label is never used.
+    unmarked_secret(&client, &ns, "ppio", "token", "key-right").await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let o = api.get("a").await.expect("get");
+    assert!(has(&o, "Synced", "False", "CredentialsMissing"), "{o:?}");
+    assert!(
+        o.status
+            .as_ref()
+            .and_then(|s| s.condition("Synced"))
+            .is_some_and(|c| c.message.contains("gpus.ppio.com/credentials")),
+        "{o:?}"
+    );
     secret(&client, &ns, "ppio", "token", "key-wrong").await;
     wait_for(&api, "a", Duration::from_secs(20), "Unauthorized", |o| {
         has(o, "Synced", "False", "Unauthorized")

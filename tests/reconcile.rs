@@ -263,6 +263,83 @@ async fn credentials_come_from_the_secret_and_changes_apply_at_the_next_poll() {
         .expect("synced");
     assert_eq!(c.reason, "CredentialsMissing");
     assert!(c.message.contains("token"), "{}", c.message);
+    assert!(c.message.contains("gpus.ppio.com/credentials"), "{}", c.message);
+}
+
+#[tokio::test]
+async fn only_a_marked_secret_serves_as_credentials_and_every_refusal_reads_the_same() {
+    let h = harness(None).await;
+    let mut i = instance("a", None);
+    i.spec.credentials_secret_ref = Some(SecretKeyRef {
+        name: "db".into(),
+        key: Some("password".into()),
+    });
+    let message = |h: &Harness| {
+        let s = h.api.last_status();
+        let c = s.condition("Synced").expect("synced").clone();
+        assert_eq!(c.reason, "CredentialsMissing");
+        c.message
+    };
+    // Absent.
+    poll(&i, &h.ctx, REFRESH, 0).await.expect("poll");
+    let absent = message(&h);
+    // Present, with the key, but not marked: never sent to PPIO.
+    h.api
+        .put_secret_marked("ml", "db", "password", KEY, false);
+    let p = poll(&i, &h.ctx, REFRESH, 0).await.expect("poll");
+    assert!(!p.requested, "an unmarked Secret's value is never sent");
+    assert_eq!(h.sim.counts().keys.values().sum::<u64>(), 0);
+    let unmarked = message(&h);
+    // Marked, but without the key.
+    h.api.put_secret("ml", "db", "other", KEY);
+    poll(&i, &h.ctx, REFRESH, 0).await.expect("poll");
+    let no_key = message(&h);
+    assert_eq!(absent, unmarked, "the message reveals whether the Secret exists");
+    assert_eq!(absent, no_key, "the message reveals whether the key exists");
+    assert!(
+        absent.contains("gpus.ppio.com/credentials: \"true\""),
+        "{absent}"
+    );
+    // Marked, with the key: used.
+    h.api.put_secret("ml", "db", "password", KEY);
+    let p = poll(&i, &h.ctx, REFRESH, 0).await.expect("poll");
+    assert!(p.requested);
+    assert_eq!(
+        condition(&h.api.last_status(), "Synced"),
+        ("True".into(), "Observed".into())
+    );
+}
+
+#[tokio::test]
+async fn the_default_key_serves_only_the_namespaces_it_is_given_to() {
+    let h = harness(Some(KEY)).await;
+    let mut settings = h.ctx.settings.clone();
+    settings.default_key_namespaces = Some(["team-a".to_string()].into());
+    let ctx = ppio_operator::controller::Context::new(
+        h.api.client(),
+        h.ctx.ppio.clone(),
+        settings,
+        h.ctx.metrics.clone(),
+    );
+    // instance() lives in namespace "ml": not given the default key.
+    let p = poll(&instance("a", None), &ctx, REFRESH, 0)
+        .await
+        .expect("poll");
+    assert!(!p.requested);
+    let s = h.api.last_status();
+    assert_eq!(
+        condition(&s, "Synced"),
+        ("False".into(), "CredentialsMissing".into())
+    );
+    assert!(
+        s.condition("Synced")
+            .is_some_and(|c| c.message.contains("--default-key-namespaces")),
+        "{s:?}"
+    );
+    let mut other = instance("b", None);
+    other.metadata.namespace = Some("team-a".into());
+    let p = poll(&other, &ctx, REFRESH, 0).await.expect("poll");
+    assert!(p.requested, "team-a may use the default key");
 }
 
 #[tokio::test]

@@ -1,10 +1,12 @@
 //! The production PPIO client: reqwest over rustls.
 
+use std::error::Error as _;
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, DATE, HeaderName, HeaderValue, RETRY_AFTER};
 
 use super::{ApiKey, Instance, InstancePage, ListQuery, PpioApi, PpioError};
 
@@ -19,6 +21,10 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub const DEFAULT_BASE_URL: &str = "https://api.ppio.com";
 /// The default timeout of one request.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of a non-2xx body is read to refine its class (a vendor code, PPIO's JSON 404).
+/// The rest is not read: an error answer is classified by its status line, and a long error
+/// page never turns an outage into a "too large" response.
+pub const MAX_ERROR_BODY_BYTES: usize = 16 * 1024;
 
 /// Settings of [`HttpClient`].
 #[derive(Debug, Clone)]
@@ -29,6 +35,10 @@ pub struct HttpClientConfig {
     pub timeout: Duration,
     /// Bodies larger than this are rejected without being buffered.
     pub max_body_bytes: usize,
+    /// Accept an `http://` base URL whose host is not loopback. The API key would cross the
+    /// network unencrypted, so this is off by default (`--ppio-allow-insecure-http`); `http://`
+    /// to 127.0.0.0/8, `::1` or `localhost` (a local simulator or proxy) is always accepted.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for HttpClientConfig {
@@ -37,16 +47,74 @@ impl Default for HttpClientConfig {
             base_url: DEFAULT_BASE_URL.into(),
             timeout: DEFAULT_REQUEST_TIMEOUT,
             max_body_bytes: 1024 * 1024,
+            allow_insecure_http: false,
         }
     }
 }
 
-/// The base URL is not an absolute http(s) URL without query or fragment.
+/// The base URL was refused. The message shows the URL with any user information (a user
+/// name or password before `@`) replaced by `***`.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "invalid PPIO base URL '{0}': expected an absolute http:// or https:// URL such as https://api.ppio.com"
-)]
-pub struct InvalidBaseUrl(pub String);
+#[error("invalid PPIO base URL '{url}': {problem}")]
+pub struct InvalidBaseUrl {
+    /// The URL as given, user information redacted.
+    url: String,
+    problem: BaseUrlProblem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum BaseUrlProblem {
+    #[error(
+        "expected an absolute http:// or https:// URL without query or fragment, such as https://api.ppio.com"
+    )]
+    NotHttp,
+    #[error("a user name or password in the URL is not allowed (the API key is sent in a header)")]
+    UserInfo,
+    #[error(
+        "http:// would send the API key unencrypted and is only accepted for a loopback host (127.0.0.0/8, ::1, localhost); use https://, or allow insecure HTTP explicitly (--ppio-allow-insecure-http)"
+    )]
+    InsecureHttp,
+    #[error("the HTTP client could not be built")]
+    Client,
+}
+
+impl InvalidBaseUrl {
+    fn new(raw: &str, problem: BaseUrlProblem) -> InvalidBaseUrl {
+        InvalidBaseUrl {
+            url: redact_userinfo(raw),
+            problem,
+        }
+    }
+}
+
+/// `raw` with everything between the scheme's `://` (or the start) and the last `@` replaced
+/// by `***`. Deliberately blunt: URL parsers disagree on where user information ends (a
+/// password may hold `/`, `?` or `#`), so anything that could be one is hidden.
+fn redact_userinfo(raw: &str) -> String {
+    let Some(at) = raw.rfind('@') else {
+        return raw.to_string();
+    };
+    let start = raw[..at].find("://").map_or(0, |i| i + 3);
+    format!("{}***{}", &raw[..start], &raw[at..])
+}
+
+/// Whether a URL's host is a loopback address or `localhost`.
+fn is_loopback_host(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    if host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.") {
+        return true;
+    }
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.is_loopback(),
+        Ok(IpAddr::V6(v6)) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
 
 /// The reqwest implementation of [`PpioApi`].
 #[derive(Clone)]
@@ -58,16 +126,21 @@ pub struct HttpClient {
 
 impl HttpClient {
     pub fn new(config: &HttpClientConfig) -> Result<HttpClient, InvalidBaseUrl> {
-        let bad = || InvalidBaseUrl(config.base_url.clone());
-        let url = reqwest::Url::parse(&config.base_url).map_err(|_| bad())?;
+        let bad = |problem| InvalidBaseUrl::new(&config.base_url, problem);
+        let url =
+            reqwest::Url::parse(&config.base_url).map_err(|_| bad(BaseUrlProblem::NotHttp))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(BaseUrlProblem::UserInfo));
+        }
         if !matches!(url.scheme(), "http" | "https")
             || url.host_str().is_none()
             || url.query().is_some()
             || url.fragment().is_some()
-            || !url.username().is_empty()
-            || url.password().is_some()
         {
-            return Err(bad());
+            return Err(bad(BaseUrlProblem::NotHttp));
+        }
+        if url.scheme() == "http" && !config.allow_insecure_http && !is_loopback_host(&url) {
+            return Err(bad(BaseUrlProblem::InsecureHttp));
         }
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -76,7 +149,7 @@ impl HttpClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("ppio-operator/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|_| bad())?;
+            .map_err(|_| bad(BaseUrlProblem::Client))?;
         Ok(HttpClient {
             http,
             base: url.as_str().trim_end_matches('/').to_string(),
@@ -84,14 +157,29 @@ impl HttpClient {
         })
     }
 
-    /// The URL of one instance: the id is percent-encoded as a single path segment.
+    /// The URL of one instance: the id is percent-encoded as a single path segment, and an
+    /// id made only of dots is written as `%2E`s. (`.` and `..` stay dot segments for any
+    /// URL parser even so: [`PpioApi::get_instance`] refuses them, see
+    /// [`PpioError::InvalidInstanceId`].)
     pub fn instance_url(&self, instance_id: &str) -> String {
-        let segment = match instance_id {
-            "." => "%2E".to_string(),
-            ".." => "%2E%2E".to_string(),
-            id => utf8_percent_encode(id, SEGMENT).to_string(),
+        let segment = if !instance_id.is_empty() && instance_id.bytes().all(|b| b == b'.') {
+            "%2E".repeat(instance_id.len())
+        } else {
+            utf8_percent_encode(instance_id, SEGMENT).to_string()
         };
         format!("{}/gpus/v2/instances/{segment}", self.base)
+    }
+
+    /// The parsed URL of one instance, when it still names that one instance after parsing:
+    /// an empty id, `.` and `..` (also as `%2E`, `%2E%2E`) would name the collection or a
+    /// parent path instead, and are refused before anything is sent.
+    fn instance_request_url(&self, instance_id: &str) -> Result<reqwest::Url, PpioError> {
+        let text = self.instance_url(instance_id);
+        let url = reqwest::Url::parse(&text).map_err(|_| PpioError::InvalidInstanceId)?;
+        if instance_id.is_empty() || url.as_str() != text {
+            return Err(PpioError::InvalidInstanceId);
+        }
+        Ok(url)
     }
 
     /// The URL of the instance list.
@@ -100,9 +188,8 @@ impl HttpClient {
     }
 
     async fn fetch(&self, key: &ApiKey, instance_id: &str) -> Result<Instance, PpioError> {
-        let body = self
-            .get_body(key, self.http.get(self.instance_url(instance_id)))
-            .await?;
+        let url = self.instance_request_url(instance_id)?;
+        let body = self.get_body(key, self.http.get(url)).await?;
         Ok(Instance::from_slice(&body)?)
     }
 
@@ -112,14 +199,15 @@ impl HttpClient {
         Ok(InstancePage::from_slice(&body)?)
     }
 
-    /// Sends a GET with the key and returns a 2xx body; any other answer is classified.
+    /// Sends a GET with the key and returns a 2xx body; any other answer is classified by its
+    /// status line, its body read only best effort and at most [`MAX_ERROR_BODY_BYTES`].
     async fn get_body(
         &self,
         key: &ApiKey,
         request: reqwest::RequestBuilder,
     ) -> Result<Vec<u8>, PpioError> {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-            .map_err(|_| PpioError::Unauthorized)?;
+            .map_err(|_| PpioError::InvalidApiKey)?;
         auth.set_sensitive(true);
         let mut response = request
             .header(AUTHORIZATION, auth)
@@ -128,18 +216,23 @@ impl HttpClient {
             .await
             .map_err(transport_error)?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = self.read_capped(&mut response).await?;
         if (200..300).contains(&status) {
-            return Ok(body);
+            return self.read_capped(&mut response).await;
         }
-        Err(PpioError::from_response(
+        let header = |name: HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header(RETRY_AFTER);
+        let date = header(DATE);
+        let body = read_error_body(&mut response).await;
+        Err(PpioError::from_response_at(
             status,
             retry_after.as_deref(),
+            date.as_deref(),
             &body,
             SystemTime::now(),
         ))
@@ -161,13 +254,88 @@ impl HttpClient {
     }
 }
 
+/// The first [`MAX_ERROR_BODY_BYTES`] of an error answer's body, or what arrived before the
+/// body failed: it only refines a class the status line already decided.
+async fn read_error_body(response: &mut reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_ERROR_BODY_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
+}
+
 fn transport_error(e: reqwest::Error) -> PpioError {
-    // A connection refused, reset or closed mid-body is an outage, like a 5xx.
+    // A connection refused, reset or closed mid-body is an outage, like a 5xx. The message is
+    // one per class; what exactly failed goes to the debug log, without the URL.
+    tracing::debug!(
+        cause = transport_cause(&e),
+        "a PPIO API request failed before an answer"
+    );
     if e.is_timeout() {
         PpioError::Timeout
     } else {
         PpioError::Connect
     }
+}
+
+/// What a transport failure was, as a fixed word (never the error's text, which carries the
+/// URL): `timeout`, `dns`, `connection refused`, `connection reset`, `connection closed`,
+/// `tls`, `connect` (another connect failure), `body` (mid-body) or `other`.
+fn transport_cause(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        return "timeout";
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        // hyper-util's connector names resolver failures "dns error".
+        if s.to_string().starts_with("dns error") {
+            return "dns";
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind;
+            match innermost_kind(io) {
+                ErrorKind::ConnectionRefused => return "connection refused",
+                ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe => return "connection reset",
+                ErrorKind::UnexpectedEof => return "connection closed",
+                // rustls reports handshake and certificate failures as invalid data.
+                ErrorKind::InvalidData => return "tls",
+                ErrorKind::TimedOut => return "timeout",
+                _ => {}
+            }
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "other"
+    }
+}
+
+/// The kind of an I/O error, looking through `Other` errors that wrap another I/O error (as
+/// the TLS connector wraps rustls' `InvalidData`); `source()` skips those wrappers.
+fn innermost_kind(io: &std::io::Error) -> std::io::ErrorKind {
+    let mut io = io;
+    while io.kind() == std::io::ErrorKind::Other {
+        match io
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+        {
+            Some(inner) => io = inner,
+            None => break,
+        }
+    }
+    io.kind()
 }
 
 impl PpioApi for HttpClient {
@@ -190,7 +358,13 @@ impl PpioApi for HttpClient {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+
     use super::*;
+    use crate::outcome::Class;
 
     fn client(base: &str) -> HttpClient {
         HttpClient::new(&HttpClientConfig {
@@ -198,6 +372,29 @@ mod tests {
             ..Default::default()
         })
         .expect("valid")
+    }
+
+    fn key() -> ApiKey {
+        ApiKey::new("sk-test-key").expect("key")
+    }
+
+    /// A local server answering every request with `answer`, recording the request paths.
+    async fn serve(answer: fn() -> Response) -> (HttpClient, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let router = axum::Router::new().fallback(move |uri: Uri| {
+            let log = log.clone();
+            async move {
+                log.lock().expect("lock").push(uri.path().to_string());
+                answer()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (client(&format!("http://{addr}")), seen)
     }
 
     #[test]
@@ -220,6 +417,10 @@ mod tests {
             "https://api.ppio.com/gpus/v2/instances/%2E%2E"
         );
         assert_eq!(
+            c.instance_url("..."),
+            "https://api.ppio.com/gpus/v2/instances/%2E%2E%2E"
+        );
+        assert_eq!(
             c.instance_url("%2F"),
             "https://api.ppio.com/gpus/v2/instances/%252F"
         );
@@ -231,6 +432,54 @@ mod tests {
         assert_eq!(
             c.instance_url("x.y_z-1"),
             "http://127.0.0.1:9/prefix/gpus/v2/instances/x.y_z-1"
+        );
+    }
+
+    #[test]
+    fn the_parsed_url_names_exactly_the_instance_or_nothing_is_sent() {
+        let c = client("https://api.ppio.com/prefix/");
+        for id in ["", ".", "..", "%2e", "%2E%2E"] {
+            // `%2e` is encoded to `%252e`, so only the first three are dot segments.
+            let r = c.instance_request_url(id);
+            if matches!(id, "" | "." | "..") {
+                assert_eq!(r, Err(PpioError::InvalidInstanceId), "{id:?}");
+            } else {
+                assert!(r.is_ok(), "{id:?}");
+            }
+        }
+        for id in [
+            "...",
+            "....",
+            "a..",
+            "..a",
+            "ca338f12f3",
+            "a/../b",
+            "%2E%2E",
+            "é",
+        ] {
+            let url = c.instance_request_url(id).expect(id);
+            let (dir, last) = url.path().rsplit_once('/').expect("a path");
+            assert_eq!(dir, "/prefix/gpus/v2/instances", "{id:?}");
+            let decoded = percent_encoding::percent_decode_str(last)
+                .decode_utf8()
+                .expect("utf8");
+            assert_eq!(decoded, id, "{id:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dot_ids_are_refused_before_anything_is_sent() {
+        let (c, seen) = serve(|| StatusCode::OK.into_response()).await;
+        for id in [".", ".."] {
+            let e = c.get_instance(&key(), id).await.expect_err("refused");
+            assert_eq!(e, PpioError::InvalidInstanceId, "{id:?}");
+            assert_eq!(e.class(), Class::RequestRejected);
+        }
+        assert!(seen.lock().expect("lock").is_empty(), "{seen:?}");
+        let _ = c.get_instance(&key(), "...").await;
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            ["/gpus/v2/instances/%2E%2E%2E"]
         );
     }
 
@@ -249,6 +498,257 @@ mod tests {
                 ..Default::default()
             });
             assert!(e.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_unless_allowed() {
+        let config = |base: &str, allow: bool| HttpClientConfig {
+            base_url: base.into(),
+            allow_insecure_http: allow,
+            ..Default::default()
+        };
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://127.9.8.7",
+            "http://[::1]:9",
+            "http://localhost:3000/x",
+            "http://LOCALHOST",
+            "https://api.ppio.com",
+            "https://10.0.0.1",
+        ] {
+            assert!(HttpClient::new(&config(ok, false)).is_ok(), "{ok}");
+        }
+        for remote in [
+            "http://api.ppio.com",
+            "http://10.0.0.1",
+            "http://[2001:db8::1]",
+            "http://localhost.example.com",
+            "http://128.0.0.1",
+        ] {
+            let e = HttpClient::new(&config(remote, false))
+                .err()
+                .expect(remote)
+                .to_string();
+            assert!(
+                e.contains("unencrypted") && e.contains("loopback"),
+                "{remote}: {e}"
+            );
+            assert!(HttpClient::new(&config(remote, true)).is_ok(), "{remote}");
+        }
+        assert!(!HttpClientConfig::default().allow_insecure_http);
+    }
+
+    #[test]
+    fn a_refused_base_url_never_repeats_its_password() {
+        for bad in [
+            "https://user:s3cret@api.ppio.com",
+            "https://s3cret@api.ppio.com/",
+            "https://user:s3/cret@api.ppio.com",
+            "https://user:s3?cret@api.ppio.com",
+            "https://user:s3#cret@api.ppio.com",
+            "user:s3cret@api.ppio.com",
+            "https:user:s3cret@api.ppio.com",
+            "https://user:s3cret@bad host",
+            "ftp://user:s3cret@x",
+        ] {
+            for allow in [false, true] {
+                let e = HttpClient::new(&HttpClientConfig {
+                    base_url: bad.into(),
+                    allow_insecure_http: allow,
+                    ..Default::default()
+                })
+                .err()
+                .expect(bad);
+                let text = format!("{e} {e:?}");
+                assert!(!text.contains("s3"), "{bad}: {text}");
+                assert!(text.contains("***@"), "{bad}: {text}");
+            }
+        }
+        let e = HttpClient::new(&HttpClientConfig {
+            base_url: "https://user:s3cret@api.ppio.com/v".into(),
+            ..Default::default()
+        })
+        .err()
+        .expect("refused");
+        assert_eq!(
+            e.to_string(),
+            "invalid PPIO base URL 'https://***@api.ppio.com/v': a user name or password in the URL is not allowed (the API key is sent in a header)"
+        );
+        assert_eq!(
+            redact_userinfo("https://api.ppio.com"),
+            "https://api.ppio.com"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_that_is_no_header_value_is_not_a_401() {
+        let (c, seen) = serve(|| StatusCode::UNAUTHORIZED.into_response()).await;
+        for raw in ["sk-abc\u{1}def", "sk-abc\ndef", "sk-abc\u{7f}", "sk-\u{0}x"] {
+            let k = ApiKey::new(raw).expect("key");
+            let e = c.get_instance(&k, "x").await.expect_err("refused");
+            assert_eq!(e, PpioError::InvalidApiKey, "{raw:?}");
+            assert_eq!(e.class(), Class::CredentialsMissing);
+            assert_eq!(
+                e.to_string(),
+                "the API key contains characters that cannot be sent in an HTTP header"
+            );
+            let e = c
+                .list_instances(&k, &ListQuery::default())
+                .await
+                .expect_err("refused");
+            assert_eq!(e, PpioError::InvalidApiKey, "{raw:?}");
+        }
+        assert!(seen.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_404_without_ppio_json_is_not_the_instance_gone() {
+        let (c, _) = serve(|| {
+            (
+                StatusCode::NOT_FOUND,
+                [("content-type", "text/html")],
+                "<html><body>404 Not Found</body></html>",
+            )
+                .into_response()
+        })
+        .await;
+        let e = c.get_instance(&key(), "x").await.expect_err("404");
+        assert_eq!(e, PpioError::NotFoundWithoutPpioBody);
+        assert_eq!(e.class(), Class::ApiUnavailable);
+        let (c, _) = serve(|| StatusCode::NOT_FOUND.into_response()).await;
+        let e = c.get_instance(&key(), "x").await.expect_err("404");
+        assert_eq!(e, PpioError::NotFoundWithoutPpioBody);
+        let (c, _) = serve(|| {
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({"code": 404, "reason": "RESOURCE_NOT_FOUND"})),
+            )
+                .into_response()
+        })
+        .await;
+        let e = c.get_instance(&key(), "x").await.expect_err("404");
+        assert_eq!(e, PpioError::NotFound { status: 404 });
+    }
+
+    #[tokio::test]
+    async fn a_large_error_body_does_not_hide_the_status() {
+        // 2 MiB: over both the error body cap and the 1 MiB body limit.
+        let (c, _) = serve(|| {
+            (StatusCode::SERVICE_UNAVAILABLE, vec![b'x'; 2 * 1024 * 1024]).into_response()
+        })
+        .await;
+        let e = c.get_instance(&key(), "x").await.expect_err("503");
+        assert_eq!(e, PpioError::Server { status: 503 });
+        let (c, _) = serve(|| {
+            let mut body = br#"{"reason":"INVALID_PARAMS","pad":""#.to_vec();
+            body.extend(vec![b'x'; 64 * 1024]);
+            body.extend(br#""}"#);
+            (StatusCode::BAD_REQUEST, body).into_response()
+        })
+        .await;
+        let e = c
+            .list_instances(&key(), &ListQuery::default())
+            .await
+            .expect_err("400");
+        assert_eq!(
+            e,
+            PpioError::Rejected {
+                status: 400,
+                code: None
+            }
+        );
+        // A 2xx body over the limit is still refused.
+        let (c, _) = serve(|| (StatusCode::OK, vec![b' '; 2 * 1024 * 1024]).into_response()).await;
+        let e = c.get_instance(&key(), "x").await.expect_err("too large");
+        assert_eq!(e, PpioError::TooLarge { limit: 1024 * 1024 });
+    }
+
+    #[tokio::test]
+    async fn retry_after_date_is_read_against_the_date_header() {
+        // The server's clock is far behind ours: judged by the local clock, the date would be
+        // long past and the wait zero.
+        let (c, _) = serve(|| {
+            let server_now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+            let mut headers = HeaderMap::new();
+            let date = httpdate::fmt_http_date(server_now);
+            let at = httpdate::fmt_http_date(server_now + Duration::from_secs(120));
+            headers.insert(DATE, HeaderValue::from_str(&date).expect("date"));
+            headers.insert(RETRY_AFTER, HeaderValue::from_str(&at).expect("date"));
+            (StatusCode::TOO_MANY_REQUESTS, headers, "{}").into_response()
+        })
+        .await;
+        let e = c.get_instance(&key(), "x").await.expect_err("429");
+        assert_eq!(
+            e,
+            PpioError::RateLimited {
+                retry_after: Some(Duration::from_secs(120))
+            }
+        );
+    }
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    async fn transport_failure(base: &str) -> reqwest::Error {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client")
+            .get(format!("{base}/gpus/v2/instances/x"))
+            .send()
+            .await
+            .expect_err("fails")
+    }
+
+    #[tokio::test]
+    async fn transport_failures_share_one_message_and_log_their_cause() {
+        // Nothing listens on a port just released.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let closed = format!("http://{}", listener.local_addr().expect("addr"));
+        drop(listener);
+        let e = transport_failure(&closed).await;
+        assert_eq!(transport_cause(&e), "connection refused");
+        // TLS to a plain HTTP server.
+        let (plain, _) = serve(|| StatusCode::OK.into_response()).await;
+        let tls = plain.base.replace("http://", "https://");
+        let e = transport_failure(&tls).await;
+        assert_eq!(transport_cause(&e), "tls");
+        // `.invalid` never resolves.
+        let e = transport_failure("https://ppio-operator-test.invalid").await;
+        assert_eq!(transport_cause(&e), "dns");
+
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("ppio_operator=debug")
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        for (base, cause) in [(closed.as_str(), "connection refused"), (&tls, "tls")] {
+            let c = client(base);
+            let e = c
+                .get_instance(&key(), "id-marker")
+                .await
+                .expect_err("fails");
+            assert_eq!(e, PpioError::Connect);
+            assert_eq!(e.to_string(), "could not connect to the PPIO API");
+            let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+            assert!(logs.contains(&format!("cause=\"{cause}\"")), "{logs}");
+            assert!(!logs.contains("id-marker"), "the URL in the log: {logs}");
+            assert!(!logs.contains("127.0.0.1"), "the URL in the log: {logs}");
+            assert!(!logs.contains("sk-test-key"), "the key in the log: {logs}");
         }
     }
 }

@@ -48,12 +48,27 @@ pub enum PpioError {
     Connect,
     #[error("the PPIO API did not answer within the request timeout")]
     Timeout,
+    /// The key is not a valid HTTP header value (a control or non-ASCII character): nothing
+    /// was sent.
+    #[error("the API key contains characters that cannot be sent in an HTTP header")]
+    InvalidApiKey,
+    /// The instance id cannot be sent as one URL path segment (empty, `.` or `..`, which any
+    /// URL parser turns into a dot segment even when percent-encoded): nothing was sent.
+    #[error("the instance id cannot be sent as one URL path segment")]
+    InvalidInstanceId,
     #[error("the PPIO API rejected the API key (HTTP 401)")]
     Unauthorized,
     #[error("the API key is not allowed to read this instance (HTTP 403)")]
     Forbidden,
+    /// PPIO's own answer: a 404 with a JSON body, or a 400 `RESOURCE_NOT_FOUND`.
     #[error("the PPIO API reports that the instance does not exist")]
     NotFound { status: u16 },
+    /// A 404 whose body is not PPIO's JSON (an HTML page, an empty body): a proxy or a wrong
+    /// base URL path answered, not PPIO, so it says nothing about the instance.
+    #[error(
+        "the PPIO API answered HTTP 404 without a PPIO error body (a proxy or a wrong base URL?)"
+    )]
+    NotFoundWithoutPpioBody,
     #[error("the PPIO API rate limit was reached (HTTP 429)")]
     RateLimited { retry_after: Option<Duration> },
     #[error("the PPIO API refused the request (HTTP {status}{})", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
@@ -69,19 +84,36 @@ pub enum PpioError {
 }
 
 impl PpioError {
-    /// Classifies a non-success HTTP answer from its status, `Retry-After` header and body.
+    /// Classifies a non-success HTTP answer from its status, `Retry-After` header and body,
+    /// for an answer without a `Date` header (see [`PpioError::from_response_at`]).
     pub fn from_response(
         status: u16,
         retry_after: Option<&str>,
         body: &[u8],
         now: SystemTime,
     ) -> PpioError {
+        PpioError::from_response_at(status, retry_after, None, body, now)
+    }
+
+    /// Classifies a non-success HTTP answer. The status line decides the class; the body
+    /// (best effort, possibly cut short) only refines it: a 404 is PPIO's "instance gone"
+    /// only when its body is a JSON object, and a 4xx's vendor code is read from it.
+    /// `date` is the answer's `Date` header: a `Retry-After` HTTP date is judged against it
+    /// (the server's clock), and against `now` only when it is absent or unreadable.
+    pub fn from_response_at(
+        status: u16,
+        retry_after: Option<&str>,
+        date: Option<&str>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> PpioError {
         match status {
             401 => PpioError::Unauthorized,
             403 => PpioError::Forbidden,
-            404 => PpioError::NotFound { status },
+            404 if is_json_object(body) => PpioError::NotFound { status },
+            404 => PpioError::NotFoundWithoutPpioBody,
             429 => PpioError::RateLimited {
-                retry_after: retry_after.and_then(|v| parse_retry_after(v, now)),
+                retry_after: retry_after.and_then(|v| parse_retry_after(v, date, now)),
             },
             400..=499 => {
                 let code = vendor_error_code(body);
@@ -100,16 +132,27 @@ impl PpioError {
 /// The longest `Retry-After` honoured; a larger value is capped to it.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-/// Parses `Retry-After` as delay-seconds or as an HTTP date (RFC 9110 §10.2.3).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+/// Parses `Retry-After` as delay-seconds or as an HTTP date (RFC 9110 §10.2.3). An HTTP date
+/// is a point on the server's clock, so it is measured from the answer's `Date` header
+/// (`date`) when that parses, so a skewed local clock does not stretch or cancel the wait;
+/// from `now` otherwise. Pure: the caller passes both.
+pub fn parse_retry_after(value: &str, date: Option<&str>, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     let delay = if let Ok(secs) = value.parse::<u64>() {
         Duration::from_secs(secs)
     } else {
         let at = httpdate::parse_http_date(value).ok()?;
-        at.duration_since(now).unwrap_or(Duration::ZERO)
+        let reference = date
+            .and_then(|d| httpdate::parse_http_date(d.trim()).ok())
+            .unwrap_or(now);
+        at.duration_since(reference).unwrap_or(Duration::ZERO)
     };
     Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// Whether an error body is a JSON object, as PPIO's error bodies are.
+fn is_json_object(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body).is_ok()
 }
 
 /// The vendor's symbolic error code from an error body (`reason`, or a string `code` or
@@ -212,7 +255,11 @@ mod tests {
     fn every_status_class_maps_to_a_reason() {
         assert_eq!(classify(401, "").reason(), "Unauthorized");
         assert_eq!(classify(403, "").reason(), "Forbidden");
-        assert_eq!(classify(404, "").reason(), "InstanceNotFound");
+        assert_eq!(
+            classify(404, r#"{"code":404,"reason":"RESOURCE_NOT_FOUND"}"#).reason(),
+            "InstanceNotFound"
+        );
+        assert_eq!(classify(404, "{}").reason(), "InstanceNotFound");
         assert_eq!(
             classify(
                 400,
@@ -270,17 +317,26 @@ mod tests {
     #[test]
     fn retry_after_seconds_and_http_date() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(parse_retry_after("30", now), Some(Duration::from_secs(30)));
-        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("30", None, now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after(" 7 ", None, now),
+            Some(Duration::from_secs(7))
+        );
         let later = httpdate::fmt_http_date(now + Duration::from_secs(120));
         assert_eq!(
-            parse_retry_after(&later, now),
+            parse_retry_after(&later, None, now),
             Some(Duration::from_secs(120))
         );
         let past = httpdate::fmt_http_date(now - Duration::from_secs(120));
-        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("999999", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after(&past, None, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", None, now), None);
+        assert_eq!(
+            parse_retry_after("999999", None, now),
+            Some(MAX_RETRY_AFTER)
+        );
         let e = PpioError::from_response(429, Some("30"), b"", now);
         assert_eq!(
             e,
@@ -288,6 +344,63 @@ mod tests {
                 retry_after: Some(Duration::from_secs(30))
             }
         );
+    }
+
+    #[test]
+    fn a_404_is_the_instance_gone_only_with_a_ppio_json_body() {
+        for body in [
+            "",
+            "<html><body><h1>404 Not Found</h1></body></html>",
+            "404 page not found",
+            "null",
+            "[1]",
+        ] {
+            let e = classify(404, body);
+            assert_eq!(e, PpioError::NotFoundWithoutPpioBody, "{body:?}");
+            assert_eq!(e.class(), crate::outcome::Class::ApiUnavailable, "{body:?}");
+            assert_eq!(
+                e.to_string(),
+                "the PPIO API answered HTTP 404 without a PPIO error body (a proxy or a wrong base URL?)"
+            );
+        }
+        assert_eq!(
+            classify(
+                404,
+                r#"{"code":404,"reason":"RESOURCE_NOT_FOUND","message":"m"}"#
+            ),
+            PpioError::NotFound { status: 404 }
+        );
+    }
+
+    #[test]
+    fn a_retry_after_date_is_judged_by_the_server_clock() {
+        // The local clock runs an hour ahead of the server's.
+        let server_now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let local_now = server_now + Duration::from_secs(3600);
+        let date = httpdate::fmt_http_date(server_now);
+        let at = httpdate::fmt_http_date(server_now + Duration::from_secs(90));
+        assert_eq!(
+            parse_retry_after(&at, Some(&date), local_now),
+            Some(Duration::from_secs(90))
+        );
+        // And an hour behind: the wait is not stretched by the skew.
+        let local_now = server_now - Duration::from_secs(3000);
+        assert_eq!(
+            parse_retry_after(&at, Some(&date), local_now),
+            Some(Duration::from_secs(90))
+        );
+        // No (or an unreadable) Date header: the local clock.
+        assert_eq!(
+            parse_retry_after(&at, Some("yesterday"), server_now),
+            Some(Duration::from_secs(90))
+        );
+        // Delay-seconds need no clock.
+        assert_eq!(
+            parse_retry_after("5", Some(&date), local_now),
+            Some(Duration::from_secs(5))
+        );
+        let e = PpioError::from_response_at(429, Some(&at), Some(&date), b"", local_now);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(90)));
     }
 
     #[test]

@@ -148,12 +148,29 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
     name
 }
 
-/// Creates (or re-creates) a Secret with one key.
+/// Creates (or re-creates) a Secret with one key, marked as PPIO credentials.
 pub async fn secret(client: &Client, ns: &str, name: &str, key: &str, value: &str) {
+    put_secret(client, ns, name, key, value, true).await
+}
+
+/// Creates (or re-creates) a Secret with one key, without the credentials label.
+pub async fn unmarked_secret(client: &Client, ns: &str, name: &str, key: &str, value: &str) {
+    put_secret(client, ns, name, key, value, false).await
+}
+
+async fn put_secret(client: &Client, ns: &str, name: &str, key: &str, value: &str, marked: bool) {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let labels = marked.then(|| {
+        [(
+            ppio_operator::crd::CREDENTIALS_LABEL.to_string(),
+            "true".to_string(),
+        )]
+        .into()
+    });
     let s = Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
+            labels,
             ..Default::default()
         },
         string_data: Some([(key.to_string(), value.to_string())].into()),

@@ -123,13 +123,27 @@ impl MockApi {
         serde_json::from_value(p["status"].clone()).expect("status decodes")
     }
 
+    /// Serves a Secret with one key, marked as PPIO credentials.
     pub fn put_secret(&self, ns: &str, name: &str, key: &str, value: &str) {
+        self.put_secret_marked(ns, name, key, value, true);
+    }
+
+    /// Serves a Secret with one key; `marked`: whether it carries the credentials label.
+    pub fn put_secret_marked(&self, ns: &str, name: &str, key: &str, value: &str, marked: bool) {
         let mut data = BTreeMap::new();
         data.insert(key.to_string(), ByteString(value.as_bytes().to_vec()));
+        let labels = marked.then(|| {
+            [(
+                ppio_operator::crd::CREDENTIALS_LABEL.to_string(),
+                "true".to_string(),
+            )]
+            .into()
+        });
         let s = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some(ns.into()),
+                labels,
                 ..Default::default()
             },
             data: Some(data),
@@ -211,6 +225,7 @@ pub async fn harness_with_budget(
         Settings {
             default_refresh: REFRESH,
             default_key: default_key.and_then(ApiKey::new),
+            default_key_namespaces: None,
             budget,
         },
         Arc::new(Metrics::new()),
