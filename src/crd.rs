@@ -153,8 +153,12 @@ impl SecretKeyRef {
 }
 
 /// The last observation of the PPIO instance. Written only by the operator.
+// The API server shows `status: {observedGeneration: 0}` until the first observation, so that
+// kstatus and Flux read a PpioInstance no operator has answered yet as in progress, not as
+// current.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {"observedGeneration": 0}))]
 pub struct PpioInstanceStatus {
     /// The metadata.generation that this status answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]

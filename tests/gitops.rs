@@ -78,6 +78,7 @@ async fn flux_and_argo_read_every_row_of_the_health_table() {
         ns,
         sim,
         api,
+        op: _op,
         ..
     } = scene("gitops", KEY, &[]).await;
     // A copy of the running sample that will fail with 503 for as long as the test looks.

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds the pinned upstream programs the tests and the demo run (kube-apiserver, kubectl,
-# etcd, helm) from the Go module proxy into a git-ignored cache folder.
+# etcd, helm) and ppio-health (tools/health: the PpioInstance health read by kstatus, Argo CD's
+# Lua runtime and Flux's healthCheckExprs evaluator) from the Go module proxy into a git-ignored
+# cache folder.
 #
-#   tools/build.sh [kube-apiserver|kubectl|etcd|helm ...]   (default: all four)
+#   tools/build.sh [kube-apiserver|kubectl|etcd|helm|health ...]   (default: all five)
 #
 # A program is rebuilt only when it is missing or when its pinned module (tools/*/go.mod or
-# go.sum) changed. The output folder is $PPIO_TOOLS_BIN (default: <repo>/.tools/bin).
+# go.sum) changed; ppio-health also when tools/health/main.go is newer than its last build.
+# The output folder is $PPIO_TOOLS_BIN (default: <repo>/.tools/bin).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,13 +49,17 @@ build() {
 }
 
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(etcd kube-apiserver kubectl helm)
+[[ ${#targets[@]} -gt 0 ]] || targets=(etcd kube-apiserver kubectl helm health)
 for t in "${targets[@]}"; do
   case $t in
     kube-apiserver) build kube-apiserver kubernetes k8s.io/kubernetes/cmd/kube-apiserver selinux,notest "$(k8s_ldflags)" ;;
     kubectl) build kubectl kubernetes k8s.io/kubernetes/cmd/kubectl selinux,notest "$(k8s_ldflags)" ;;
     etcd) build etcd etcd go.etcd.io/etcd/server/v3 "" "-s -w" ;;
     helm) build helm helm helm.sh/helm/v3/cmd/helm "" "-s -w -X helm.sh/helm/v3/internal/version.version=v3.22.0" ;;
-    *) echo "tools/build.sh: unknown program '$t' (expected kube-apiserver, kubectl, etcd or helm)" >&2; exit 2 ;;
+    health)
+      # Its source is ours, not only pinned: a newer main.go voids the stamp.
+      [[ ! $root/tools/health/main.go -nt $bin/.ppio-health.stamp ]] || rm -f "$bin/.ppio-health.stamp"
+      build ppio-health health ppio-operator/tools/health "" "-s -w" ;;
+    *) echo "tools/build.sh: unknown program '$t' (expected kube-apiserver, kubectl, etcd, helm or health)" >&2; exit 2 ;;
   esac
 done

@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PPIO_TOOLS_BIN=${PPIO_TOOLS_BIN:-$root/.tools/bin}
-tools/build.sh etcd kube-apiserver kubectl helm
+tools/build.sh etcd kube-apiserver kubectl helm health
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
