@@ -29,6 +29,13 @@ pub const FIELD_MANAGER: &str = "ppio-operator";
 pub const TRANSITION_POLL: Duration = Duration::from_secs(10);
 /// An instance PPIO no longer knows is polled at most this often.
 pub const GONE_POLL: Duration = Duration::from_secs(300);
+/// A first "not found" is confirmed by a second poll this long after, before it is reported
+/// (a proxy's hiccup or a brief 404 right after creation is not "gone").
+pub const CONFIRM_GONE: Duration = Duration::from_secs(5);
+/// The refresh annotation makes a PpioInstance poll at most this often.
+pub const MIN_REFRESH_GAP: Duration = Duration::from_secs(10);
+/// The longest pause a 429's `Retry-After` imposes on every PpioInstance of its key.
+pub const MAX_KEY_PAUSE: Duration = Duration::from_secs(300);
 /// The first error backoff.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// The longest error backoff.
@@ -108,6 +115,10 @@ struct Tracked {
     failures: u32,
     /// The refresh annotation value last acted on.
     handled_refresh: Option<String>,
+    /// When a poll last ran because of the refresh annotation.
+    last_forced: Option<Instant>,
+    /// The last poll answered "not found" and a second one is due to confirm it.
+    gone_suspected: bool,
 }
 
 /// Shared state of the controller.
@@ -292,6 +303,8 @@ pub fn error_policy(
         next_poll: Instant::now(),
         failures: 0,
         handled_refresh: None,
+        last_forced: None,
+        gone_suspected: false,
     });
     t.failures += 1;
     let delay = backoff(t.failures);
@@ -332,7 +345,8 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
     };
     let now = Instant::now();
     let previous = ctx.tracked(&key);
-    let requested = refresh_request(instance);
+    let requested = refresh_request(instance).map(crate::status::refresh_token);
+    let requested = requested.as_deref();
     let refresh_now = requested.is_some()
         && requested
             != instance
@@ -340,7 +354,19 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
                 .as_ref()
                 .and_then(|s| s.last_handled_refresh.as_deref())
         && requested != previous.as_ref().and_then(|t| t.handled_refresh.as_deref());
+    let forced_recently = previous
+        .as_ref()
+        .and_then(|t| t.last_forced)
+        .map(|at| at + MIN_REFRESH_GAP)
+        .filter(|ready| *ready > now);
     match &previous {
+        // The user asked for a poll now (the refresh annotation), too soon after the last one:
+        // it runs when the gap is over, so that annotation spam cannot spend the key's budget.
+        _ if refresh_now && forced_recently.is_some() => {
+            let ready = forced_recently.unwrap_or(now);
+            debug!("refresh requested; deferred to keep the minimum gap");
+            return Ok(Action::requeue(ready - now));
+        }
         // The user asked for a poll now (the refresh annotation).
         _ if refresh_now => debug!("refresh requested"),
         // A trigger before the poll is due (our own status write, a label edit): nothing to do.
@@ -358,6 +384,8 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
                     next_poll: now + delay,
                     failures: 0,
                     handled_refresh: None,
+                    last_forced: None,
+                    gone_suspected: false,
                 },
             );
             debug!(delay_ms = delay.as_millis() as u64, "first poll scheduled");
@@ -365,8 +393,16 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
         }
         _ => {}
     }
-    let failures = previous.as_ref().map(|t| t.failures).unwrap_or(0);
-    let polled = poll(instance, ctx, refresh, failures).await?;
+    let history = History {
+        failures: previous.as_ref().map(|t| t.failures).unwrap_or(0),
+        gone_suspected: previous.as_ref().is_some_and(|t| t.gone_suspected),
+    };
+    let polled = poll(instance, ctx, refresh, history).await?;
+    let last_forced = if refresh_now && polled.requested {
+        Some(now)
+    } else {
+        previous.as_ref().and_then(|t| t.last_forced)
+    };
     let handled_refresh = if polled.requested || polled.wrote {
         requested.map(str::to_string)
     } else {
@@ -383,6 +419,8 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
             next_poll,
             failures: polled.failures,
             handled_refresh,
+            last_forced,
+            gone_suspected: polled.gone_suspected,
         },
     );
     Ok(polled
@@ -402,16 +440,41 @@ pub struct Polled {
     pub wrote: bool,
     /// Whether a request was sent to PPIO.
     pub requested: bool,
+    /// PPIO answered "not found" for the first time; the next poll confirms it.
+    pub gone_suspected: bool,
+}
+
+/// What a poll needs to know of the polls before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct History {
+    /// Consecutive failures so far.
+    pub failures: u32,
+    /// The last poll answered "not found" and was not reported yet.
+    pub gone_suspected: bool,
+}
+
+impl From<u32> for History {
+    fn from(failures: u32) -> History {
+        History {
+            failures,
+            gone_suspected: false,
+        }
+    }
 }
 
 /// One poll, whatever the timing: resolve the key, fetch the instance, write the status if it
-/// changed, and decide the delay to the next poll. `failures`: consecutive failures so far.
+/// changed, and decide the delay to the next poll. `history`: what earlier polls left (a
+/// plain number is the count of consecutive failures).
 pub async fn poll(
     instance: &PpioInstance,
     ctx: &Context,
     refresh: Duration,
-    failures: u32,
+    history: impl Into<History>,
 ) -> Result<Polled, Error> {
+    let History {
+        failures,
+        gone_suspected,
+    } = history.into();
     if instance.spec.suspend == Some(true) {
         let wrote = write_status(instance, ctx, Observation::Suspended).await?;
         return Ok(Polled {
@@ -419,6 +482,7 @@ pub async fn poll(
             failures: 0,
             wrote,
             requested: false,
+            gone_suspected: false,
         });
     }
 
@@ -432,6 +496,7 @@ pub async fn poll(
                 failures,
                 wrote,
                 requested: false,
+                gone_suspected: false,
             });
         }
     };
@@ -445,6 +510,7 @@ pub async fn poll(
             failures,
             wrote: false,
             requested: false,
+            gone_suspected,
         });
     }
 
@@ -458,6 +524,7 @@ pub async fn poll(
             failures,
             wrote: false,
             requested: false,
+            gone_suspected,
         });
     }
     tokio::time::sleep(wait).await;
@@ -481,11 +548,24 @@ pub async fn poll(
             failure = Failure::from(e);
             observation = Observation::Failed(&failure);
             match (failure.class.retry(), e.retry_after()) {
+                (Retry::Gone, _) if !gone_suspected && !reported_gone(instance) => {
+                    // A first "not found": confirm it before telling anyone.
+                    debug!("PPIO answered not found; confirming before reporting it");
+                    return Ok(Polled {
+                        next: Some(jitter(CONFIRM_GONE)),
+                        failures,
+                        wrote: false,
+                        requested: true,
+                        gone_suspected: true,
+                    });
+                }
                 (Retry::Gone, _) => (jitter(refresh.max(GONE_POLL)), 0),
                 (_, Some(after)) => {
-                    // The server said when: every PpioInstance using this key waits as well.
-                    ctx.pause_key(&api_key, now + after);
-                    (after + jitter_up(Duration::from_secs(1)), failures + 1)
+                    // The server said when: every PpioInstance using this key waits as well,
+                    // never less than the error backoff and never more than MAX_KEY_PAUSE.
+                    let wait = after.max(backoff(failures + 1)).min(MAX_KEY_PAUSE);
+                    ctx.pause_key(&api_key, now + wait);
+                    (wait + jitter_up(Duration::from_secs(1)), failures + 1)
                 }
                 _ => (backoff(failures + 1), failures + 1),
             }
@@ -497,7 +577,16 @@ pub async fn poll(
         failures,
         wrote,
         requested: true,
+        gone_suspected: false,
     })
+}
+
+/// True when the stored status already reports the instance gone.
+fn reported_gone(instance: &PpioInstance) -> bool {
+    instance
+        .status
+        .as_ref()
+        .is_some_and(|s| s.state.as_deref() == Some(state::NOT_FOUND))
 }
 
 /// A small random delay in [0, d], so objects released together do not fire together.
@@ -620,14 +709,19 @@ async fn write_status(
         current,
         jiff::Timestamp::now(),
     );
-    let polled_ok = matches!(observation, Observation::Instance(_));
+    let wrote = apply_status(instance, ctx, &new).await?;
+    // Metrics follow what is stored: only once the write succeeded or was not needed.
+    let polled_ok = matches!(observation, Observation::Instance(_))
+        && new
+            .condition(condition::SYNCED)
+            .is_some_and(|c| c.status == crate::vocabulary::status::TRUE);
     ctx.metrics.instances.observe(
         &instance.namespace().unwrap_or_default(),
         &instance.name_any(),
         &new,
         polled_ok,
     );
-    if !apply_status(instance, ctx, &new).await? {
+    if !wrote {
         return Ok(false);
     }
     let changes = transitions(current, &new);
@@ -788,8 +882,15 @@ async fn publish_events(ctx: &Context, instance: &PpioInstance, list: &[Transiti
             },
             Transition::FirstObserved => continue,
         };
-        if let Err(e) = recorder.publish(&event, &reference).await {
-            warn!(error = %e, reason = event.reason.as_str(), "publishing an Event failed");
+        match tokio::time::timeout(KUBE_CALL_TIMEOUT, recorder.publish(&event, &reference)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, reason = event.reason.as_str(), "publishing an Event failed")
+            }
+            Err(_) => warn!(
+                reason = event.reason.as_str(),
+                "publishing an Event did not finish within the Kubernetes call timeout"
+            ),
         }
     }
 }

@@ -19,6 +19,15 @@ use crate::vocabulary::{condition, reason, state, status as cstatus};
 
 /// The longest condition message.
 pub const MAX_MESSAGE_CHARS: usize = 256;
+/// The longest text field copied from PPIO.
+pub const MAX_TEXT_CHARS: usize = 1024;
+/// The most entries of an array copied from PPIO (ports, volumes, GPU ids, prices).
+pub const MAX_ITEMS: usize = 256;
+/// The largest observation the status holds, in bytes of JSON (etcd refuses objects over
+/// 1.5 MiB; a status is kept well below).
+pub const MAX_STATUS_BYTES: usize = 256 * 1024;
+/// The longest refresh annotation value echoed in `status.lastHandledRefresh`.
+pub const MAX_REFRESH_TOKEN_CHARS: usize = 128;
 
 /// Why a poll did not produce an observation: its class and a message built from a fixed
 /// vocabulary (never response text, never a secret).
@@ -98,7 +107,22 @@ pub fn compute_status(
 
     let (ready, synced) = match observation {
         Observation::Instance(instance) => {
-            status = observed_fields(instance);
+            let observed = observed_fields(instance);
+            if let Some(message) = too_large(&observed) {
+                let failure = Failure {
+                    class: Class::InvalidResponse,
+                    message,
+                };
+                return compute_status(
+                    instance_id,
+                    generation,
+                    refresh_request,
+                    Observation::Failed(&failure),
+                    previous,
+                    now,
+                );
+            }
+            status = observed;
             let observed = status.state.clone().unwrap_or_default();
             let ready = if observed == state::RUNNING {
                 cond(
@@ -160,7 +184,7 @@ pub fn compute_status(
     };
     status.last_handled_refresh = match observation {
         Observation::Suspended => None,
-        _ => refresh_request.map(str::to_string),
+        _ => refresh_request.map(refresh_token),
     }
     .or_else(|| previous.and_then(|p| p.last_handled_refresh.clone()));
     status.observed_generation = generation;
@@ -260,8 +284,57 @@ pub fn bounded(message: &str) -> String {
     out
 }
 
+/// Vendor text as status shows it: no control characters, at most [`MAX_TEXT_CHARS`]
+/// characters, omitted when empty.
 fn text(t: &Option<wire::Text>) -> Option<String> {
-    t.as_ref().map(|t| t.0.clone()).filter(|s| !s.is_empty())
+    t.as_ref()
+        .map(|t| clean_text(&t.0, MAX_TEXT_CHARS))
+        .filter(|s| !s.is_empty())
+}
+
+/// `s` without control characters, cut to `max` characters.
+pub fn clean_text(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+/// The value of the refresh annotation as `status.lastHandledRefresh` echoes it (and as the
+/// operator compares it): cleaned and cut to [`MAX_REFRESH_TOKEN_CHARS`] characters.
+pub fn refresh_token(annotation: &str) -> String {
+    clean_text(annotation, MAX_REFRESH_TOKEN_CHARS)
+}
+
+/// Why an observation cannot be mirrored, if it cannot: an array over [`MAX_ITEMS`] entries or
+/// a status over [`MAX_STATUS_BYTES`].
+fn too_large(status: &PpioInstanceStatus) -> Option<String> {
+    let endpoints = status.endpoints.as_ref();
+    let arrays = [
+        ("ports", endpoints.map_or(0, |e| e.ports.len())),
+        ("volumes", status.volumes.len()),
+        (
+            "resource_specs.gpu_ids",
+            status.resources.as_ref().map_or(0, |r| r.gpu_ids.len()),
+        ),
+        (
+            "pricing.prepaid.monthly_price",
+            status
+                .pricing
+                .as_ref()
+                .and_then(|p| p.prepaid.as_ref())
+                .map_or(0, |p| p.monthly_price.len()),
+        ),
+    ];
+    if let Some((field, _)) = arrays.iter().find(|(_, n)| *n > MAX_ITEMS) {
+        return Some(format!(
+            "The PPIO API response lists more than {MAX_ITEMS} {field}; the status keeps the last observation that fits."
+        ));
+    }
+    let bytes = serde_json::to_vec(status).map_or(usize::MAX, |v| v.len());
+    (bytes > MAX_STATUS_BYTES).then(|| {
+        format!(
+            "The PPIO API response would make a status over {} KiB; the status keeps the last observation that fits.",
+            MAX_STATUS_BYTES / 1024
+        )
+    })
 }
 
 fn int(i: &Option<wire::Int>) -> Option<i64> {

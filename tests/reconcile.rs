@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::core::DeserializeGuard;
-use ppio_operator::controller::{poll, reconcile};
+use ppio_operator::controller::{History, poll, reconcile};
 use ppio_operator::crd::{PpioInstance, SecretKeyRef};
 use ppio_operator::simulator::{BodyFault, Fault};
 use serde_json::json;
@@ -147,7 +147,19 @@ async fn a_gone_instance_reports_not_found_and_polls_slowly() {
         .expect("poll");
     let good = h.api.last_status();
     h.sim.remove_instance("ca338f12f3");
-    let p = poll(&instance("a", Some(good.clone())), &h.ctx, REFRESH, 0)
+    // A first "not found" is only a suspicion: nothing is written, a second poll comes soon.
+    let first = poll(&instance("a", Some(good.clone())), &h.ctx, REFRESH, 0)
+        .await
+        .expect("poll");
+    assert!(first.requested && first.gone_suspected && !first.wrote);
+    assert!(first.next.expect("requeue") <= Duration::from_secs(6));
+    assert_eq!(h.api.last_status(), good);
+    // The second answer confirms it.
+    let history = History {
+        failures: 0,
+        gone_suspected: true,
+    };
+    let p = poll(&instance("a", Some(good.clone())), &h.ctx, REFRESH, history)
         .await
         .expect("poll");
     let gone = h.api.last_status();
@@ -172,6 +184,35 @@ async fn a_gone_instance_reports_not_found_and_polls_slowly() {
         .await
         .expect("poll");
     assert!(!p.wrote, "the same condition from a 400 is the same status");
+}
+
+#[tokio::test]
+async fn a_brief_not_found_is_never_reported() {
+    let h = harness(Some(KEY)).await;
+    poll(&instance("a", None), &h.ctx, REFRESH, 0)
+        .await
+        .expect("poll");
+    let good = h.api.last_status();
+    let writes = h.api.patches().len();
+    h.sim.set_fault("ca338f12f3", Fault::status(404));
+    let first = poll(&instance("a", Some(good.clone())), &h.ctx, REFRESH, 0)
+        .await
+        .expect("poll");
+    assert!(first.gone_suspected);
+    h.sim.clear_fault("ca338f12f3");
+    let history = History {
+        failures: 0,
+        gone_suspected: true,
+    };
+    let p = poll(&instance("a", Some(good.clone())), &h.ctx, REFRESH, history)
+        .await
+        .expect("poll");
+    assert!(!p.gone_suspected && !p.wrote);
+    assert_eq!(
+        h.api.patches().len(),
+        writes,
+        "no NotFound was ever written"
+    );
 }
 
 #[tokio::test]
@@ -207,6 +248,44 @@ async fn retry_after_pauses_every_object_using_the_key() {
         d.contains("requeue_after: Some")
     };
     assert!(secs(&action) && secs(&again));
+}
+
+#[tokio::test]
+async fn retry_after_is_floored_at_the_backoff_and_a_key_pause_is_capped() {
+    let h = harness(Some(KEY)).await;
+    // Retry-After: 0 (or a date in the past) waits at least the error backoff, and grows.
+    h.sim
+        .set_fault("*", Fault::status(429).with_retry_after("0"));
+    let p1 = poll(&instance("a", None), &h.ctx, REFRESH, 0)
+        .await
+        .expect("poll");
+    assert!(
+        p1.next.expect("requeue") >= Duration::from_millis(4500),
+        "{p1:?}"
+    );
+    // The fourth consecutive failure (on a key not paused yet) waits the fourth backoff.
+    let h = harness(Some(KEY)).await;
+    h.sim
+        .set_fault("*", Fault::status(429).with_retry_after("0"));
+    let p4 = poll(&instance("a", None), &h.ctx, REFRESH, 3)
+        .await
+        .expect("poll");
+    assert!(
+        p4.next.expect("requeue") >= Duration::from_secs(36),
+        "{p4:?}"
+    );
+    // An hour-long Retry-After pauses the key (every namespace using it) for 5 minutes at most.
+    let h = harness(Some(KEY)).await;
+    h.sim
+        .set_fault("*", Fault::status(429).with_retry_after("3600"));
+    let p = poll(&instance("a", None), &h.ctx, REFRESH, 0)
+        .await
+        .expect("poll");
+    let next = p.next.expect("requeue");
+    assert!(
+        next >= Duration::from_secs(300) && next <= Duration::from_secs(302),
+        "{next:?}"
+    );
 }
 
 #[tokio::test]
@@ -263,7 +342,11 @@ async fn credentials_come_from_the_secret_and_changes_apply_at_the_next_poll() {
         .expect("synced");
     assert_eq!(c.reason, "CredentialsMissing");
     assert!(c.message.contains("token"), "{}", c.message);
-    assert!(c.message.contains("gpus.ppio.com/credentials"), "{}", c.message);
+    assert!(
+        c.message.contains("gpus.ppio.com/credentials"),
+        "{}",
+        c.message
+    );
 }
 
 #[tokio::test]
@@ -284,8 +367,7 @@ async fn only_a_marked_secret_serves_as_credentials_and_every_refusal_reads_the_
     poll(&i, &h.ctx, REFRESH, 0).await.expect("poll");
     let absent = message(&h);
     // Present, with the key, but not marked: never sent to PPIO.
-    h.api
-        .put_secret_marked("ml", "db", "password", KEY, false);
+    h.api.put_secret_marked("ml", "db", "password", KEY, false);
     let p = poll(&i, &h.ctx, REFRESH, 0).await.expect("poll");
     assert!(!p.requested, "an unmarked Secret's value is never sent");
     assert_eq!(h.sim.counts().keys.values().sum::<u64>(), 0);
@@ -294,7 +376,10 @@ async fn only_a_marked_secret_serves_as_credentials_and_every_refusal_reads_the_
     h.api.put_secret("ml", "db", "other", KEY);
     poll(&i, &h.ctx, REFRESH, 0).await.expect("poll");
     let no_key = message(&h);
-    assert_eq!(absent, unmarked, "the message reveals whether the Secret exists");
+    assert_eq!(
+        absent, unmarked,
+        "the message reveals whether the Secret exists"
+    );
     assert_eq!(absent, no_key, "the message reveals whether the key exists");
     assert!(
         absent.contains("gpus.ppio.com/credentials: \"true\""),

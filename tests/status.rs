@@ -526,3 +526,74 @@ fn reconciling_and_stalled_follow_the_kstatus_table() {
     let types: Vec<&str> = again.conditions.iter().map(|c| c.type_.as_str()).collect();
     assert_eq!(types, ["Ready", "Synced", "Reconciling", "Stalled"]);
 }
+
+#[test]
+fn an_observation_too_large_to_mirror_keeps_the_last_good_one() {
+    let good = observe(&fixture(), None, 1_750_000_000);
+    // More ports than a status holds.
+    let mut many = fixture();
+    many["ports"] = json!(
+        (0..300)
+            .map(|p| json!({"port": p, "protocol": "tcp"}))
+            .collect::<Vec<_>>()
+    );
+    let s = observe(&many, Some(&good), 1_750_000_060);
+    assert_eq!(
+        (
+            cond(&s, "Synced").status.as_str(),
+            cond(&s, "Synced").reason.as_str()
+        ),
+        ("False", "InvalidResponse")
+    );
+    assert!(cond(&s, "Synced").message.contains("256 ports"), "{s:?}");
+    assert_eq!(cond(&s, "Stalled").status, "True");
+    assert_eq!(
+        s.endpoints, good.endpoints,
+        "the last good observation stays"
+    );
+    assert_eq!(cond(&s, "Ready").reason, "Running");
+    // Every field within its cap, but the whole over 256 KiB.
+    let mut big = fixture();
+    let long = "x".repeat(1024);
+    big["volumes"] = json!(
+        (0..250)
+            .map(|_| json!({"type": long, "id": long, "mount_point": long}))
+            .collect::<Vec<_>>()
+    );
+    let s = observe(&big, Some(&good), 1_750_000_060);
+    assert_eq!(cond(&s, "Synced").reason, "InvalidResponse");
+    assert!(cond(&s, "Synced").message.contains("256 KiB"), "{s:?}");
+    assert!(serde_json::to_vec(&s).expect("json").len() < 64 * 1024);
+}
+
+#[test]
+fn vendor_text_loses_control_characters_and_is_bounded() {
+    let mut v = fixture();
+    v["name"] = json!("a\u{1b}[31mred\u{7}\nname");
+    v["status"]["message"] = json!("m".repeat(5000));
+    v["status"]["status"] = json!("weird\"\nstate");
+    let s = observe(&v, None, 1_750_000_000);
+    assert_eq!(s.name.as_deref(), Some("a[31mredname"));
+    assert_eq!(s.state_message.as_deref().map(str::len), Some(1024));
+    assert_eq!(s.state.as_deref(), Some("weird\"state"));
+    assert!(cond(&s, "Ready").message.chars().count() <= 256);
+    // Numbers in exponent form are integers like any other.
+    let mut e = fixture();
+    e["resource_specs"]["gpu_num"] = json!(1e1);
+    let s = observe(&e, None, 1_750_000_000);
+    assert_eq!(s.resources.and_then(|r| r.gpu_num), Some(10));
+}
+
+#[test]
+fn the_refresh_answer_is_bounded() {
+    let huge = "r".repeat(200_000);
+    let s = compute_status(
+        "ca338f12f3",
+        Some(1),
+        Some(&huge),
+        Observation::Instance(&decode(&fixture())),
+        None,
+        t(1_750_000_000),
+    );
+    assert_eq!(s.last_handled_refresh.map(|r| r.len()), Some(128));
+}

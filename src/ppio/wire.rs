@@ -10,14 +10,31 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
 use serde_json::Value;
 
-/// Deserializes any JSON value and keeps it only when it has the expected shape.
+/// Deserializes any JSON value and keeps it only when it has the expected shape. An array of
+/// which some elements have the wrong shape keeps the others (one odd port does not drop all
+/// ports).
 fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: DeserializeOwned,
 {
     let v = Value::deserialize(d)?;
-    Ok(serde_json::from_value(v).ok())
+    let Value::Array(items) = v else {
+        return Ok(serde_json::from_value(v).ok());
+    };
+    let whole = Value::Array(items);
+    if let Ok(t) = T::deserialize(&whole) {
+        return Ok(Some(t));
+    }
+    let Value::Array(items) = whole else {
+        return Ok(None);
+    };
+    // Keep each element that decodes as a one-element array of the target type.
+    let good: Vec<Value> = items
+        .into_iter()
+        .filter(|item| T::deserialize(&Value::Array(vec![item.clone()])).is_ok())
+        .collect();
+    Ok(T::deserialize(&Value::Array(good)).ok())
 }
 
 /// An integer sent as a JSON number (integral) or as a numeric string.
@@ -293,6 +310,26 @@ mod tests {
         assert_eq!(i.last_stopped_at, Some(Int(0)));
         assert!(i.tools.is_none());
         assert!(i.volumes.is_none());
+    }
+
+    #[test]
+    fn one_malformed_array_element_drops_only_itself() {
+        let body = br#"{"status":{"status":"running"},
+            "ports":[{"port":8080,"protocol":"tcp"},"garbage",{"port":{"x":1},"protocol":"udp"},{"port":22}],
+            "resource_specs":{"gpu_ids":[0,"1","two",3]}}"#;
+        let i = Instance::from_slice(body).expect("decodes");
+        let ports = i.ports.expect("ports kept");
+        // "garbage" is not an object and is skipped; a port whose number is an object keeps
+        // its other fields (each field is lenient on its own).
+        assert_eq!(ports.len(), 3);
+        assert_eq!(ports[0].port, Some(Int(8080)));
+        assert_eq!(ports[1].port, None);
+        assert_eq!(ports[2].port, Some(Int(22)));
+        let gpu_ids = i
+            .resource_specs
+            .and_then(|r| r.gpu_ids)
+            .expect("gpu ids kept");
+        assert_eq!(gpu_ids, vec![Int(0), Int(1), Int(3)]);
     }
 
     #[test]
