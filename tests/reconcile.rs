@@ -495,3 +495,35 @@ async fn instances_sharing_a_key_share_its_request_budget() {
     );
     assert_eq!(h.sim.requests_for("ca338f12f3"), 4);
 }
+
+#[tokio::test]
+async fn the_refresh_annotation_polls_an_object_at_most_every_ten_seconds() {
+    let h = harness(Some(KEY)).await;
+    let with_refresh = |value: &str, status| {
+        let mut i = instance("a", status);
+        i.metadata.annotations = Some([("gpus.ppio.com/refresh".to_string(), value.into())].into());
+        Arc::new(DeserializeGuard(Ok(i)))
+    };
+    reconcile(with_refresh("r1", None), h.ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(h.sim.requests_for("ca338f12f3"), 1);
+    let answered = h.api.last_status();
+    assert_eq!(answered.last_handled_refresh.as_deref(), Some("r1"));
+    // A burst of new values right after: none polls now.
+    for n in 2..20 {
+        let action = reconcile(
+            with_refresh(&format!("r{n}"), Some(answered.clone())),
+            h.ctx.clone(),
+        )
+        .await
+        .expect("reconcile");
+        let text = format!("{action:?}");
+        assert!(text.contains("requeue_after: Some"), "{text}");
+    }
+    assert_eq!(
+        h.sim.requests_for("ca338f12f3"),
+        1,
+        "refresh spam must not spend the key's budget"
+    );
+}
