@@ -308,16 +308,38 @@ async fn every_fault_has_its_reason_keeps_data_and_clears() {
         ("ftruncated", body(BodyFault::Truncated), "InvalidResponse"),
         ("foversized", body(BodyFault::Oversized), "InvalidResponse"),
         ("fstrings", body(BodyFault::NumbersAsStrings), "Observed"),
+        // A proxy's HTML 404 is an outage, not a gone instance.
+        ("fhtml404", body(BodyFault::HtmlNotFound), "ApiUnavailable"),
+        // Under the response cap, far over what a status holds.
+        ("famplify", body(BodyFault::Amplifying), "InvalidResponse"),
+        // Retry-After: 0 backs off like any error, it does not retry at once.
+        (
+            "fretry0",
+            Fault::status(429).with_retry_after("0"),
+            "RateLimited",
+        ),
     ];
     // A Secret per 429 case keeps its key's pause to itself.
+    sim.set_keys(vec![
+        "key-faults".into(),
+        "key-429".into(),
+        "key-retry0".into(),
+    ]);
     for (id, _, _) in &cases {
         sim.put_instance(id, sample.clone());
-        let spec = if *id == "f429" {
-            sim.set_keys(vec!["key-faults".into(), "key-429".into()]);
-            secret(&api_client(&api), &ns, "k429", "apiKey", "key-429").await;
-            format!("instanceId: {id}\nrefreshInterval: 10s\ncredentialsSecretRef:\n  name: k429")
-        } else {
-            format!("instanceId: {id}\nrefreshInterval: 10s")
+        let own_key = match *id {
+            "f429" => Some("key-429"),
+            "fretry0" => Some("key-retry0"),
+            _ => None,
+        };
+        let spec = match own_key {
+            Some(key) => {
+                secret(&api_client(&api), &ns, key, "apiKey", key).await;
+                format!(
+                    "instanceId: {id}\nrefreshInterval: 10s\ncredentialsSecretRef:\n  name: {key}"
+                )
+            }
+            None => format!("instanceId: {id}\nrefreshInterval: 10s"),
         };
         apply_instance(&ns, id, &spec);
     }
@@ -370,6 +392,11 @@ async fn every_fault_has_its_reason_keeps_data_and_clears() {
         }
         let (version, requests) = &failed[*id];
         assert!(sim.requests_for(id) > *requests, "{id} was polled again");
+        assert!(
+            sim.requests_for(id) <= requests + 4,
+            "{id}: {} polls in 16s is no backoff",
+            sim.requests_for(id) - requests
+        );
         assert_eq!(
             &rv(&api.get(id).await.expect("get")),
             version,
@@ -730,5 +757,54 @@ async fn the_refresh_annotation_polls_now_and_is_acknowledged() {
     assert_eq!(
         api.get("a").await.expect("get").metadata.resource_version,
         version
+    );
+}
+
+#[tokio::test]
+async fn a_hostile_state_string_cannot_break_the_metrics_scrape() {
+    let Scene {
+        ns, sim, op, api, ..
+    } = scene("hostile", "key-hostile", &[]).await;
+    sim.put_instance("h05t1le000", Simulator::samples().remove(0));
+    sim.set_fault("h05t1le000", Fault::body(BodyFault::HostileState));
+    apply_instance(&ns, "h", "instanceId: h05t1le000");
+    let o = wait_observed(&api, "h").await;
+    let s = o.status.expect("status");
+    // Control characters are gone from status; the text is otherwise shown as PPIO sent it.
+    assert_eq!(
+        s.state.as_deref(),
+        Some("run\"ning\"}ppio_injected{x=\"1\"} 1# EOF")
+    );
+    assert_eq!(s.name.as_deref(), Some("[2J[31mpwned"));
+    let (code, text) = http_get(op.http, "/metrics").await.expect("scrape");
+    assert_eq!(code, 200);
+    let sample = regex::Regex::new(
+        r#"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? -?[0-9.e+-]+$"#,
+    )
+    .expect("regex");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.last(),
+        Some(&"# EOF"),
+        "the scrape ends once, at the end"
+    );
+    for line in &lines {
+        if line.starts_with('#') {
+            assert!(
+                line.starts_with("# HELP ") || line.starts_with("# TYPE ") || *line == "# EOF",
+                "{line}"
+            );
+            continue;
+        }
+        assert!(sample.is_match(line), "not a sample line: {line:?}");
+        assert!(
+            !line.starts_with("ppio_injected"),
+            "injected series: {line}"
+        );
+    }
+    assert_eq!(lines.iter().filter(|l| **l == "# EOF").count(), 1);
+    assert!(
+        text.contains(&format!("namespace=\"{ns}\",name=\"h\"")),
+        "the instance's series are there"
     );
 }

@@ -46,7 +46,7 @@ pub struct Fault {
     pub body: Option<BodyFault>,
 }
 
-/// Kinds of unusual 200 bodies.
+/// Kinds of unusual bodies (200 unless said otherwise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BodyFault {
@@ -58,6 +58,14 @@ pub enum BodyFault {
     Oversized,
     /// The instance with every integer sent as a string.
     NumbersAsStrings,
+    /// The instance with 30,000 ports whose numbers are in exponent form: under the 1 MiB
+    /// response cap, far over what a status holds.
+    Amplifying,
+    /// The instance in a state string made to break a Prometheus scrape (quotes, newlines,
+    /// a fake series) and a name with terminal escapes.
+    HostileState,
+    /// HTTP 404 with an HTML page, as a proxy or a wrong base URL answers.
+    HtmlNotFound,
 }
 
 /// Whole milliseconds of `d` (sub-millisecond parts are dropped), saturating.
@@ -121,6 +129,17 @@ impl Fault {
 
     /// The error answer when the fault has a status (`seq`: the request number).
     pub(super) fn error_response(&self, seq: u64) -> Option<Response> {
+        if self.body == Some(BodyFault::HtmlNotFound) {
+            let mut r = Response::new(axum::body::Body::from(
+                "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>",
+            ));
+            *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            return Some(r);
+        }
         let status = self.status?;
         let mut r = vendor_error(status, self.reason.as_deref(), seq);
         if let Some(ra) = self
@@ -161,6 +180,26 @@ impl BodyFault {
             BodyFault::NumbersAsStrings => {
                 serde_json::to_vec(&numbers_as_strings(instance)).unwrap_or_default()
             }
+            BodyFault::Amplifying => {
+                let ports: String = (0..30_000)
+                    .map(|_| r#"{"port":8e3}"#)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let mut body = serde_json::to_string(instance).unwrap_or_default();
+                if body.ends_with('}') {
+                    body.pop();
+                    body.push_str(&format!(r#","ports":[{ports}]}}"#));
+                }
+                body.into_bytes()
+            }
+            BodyFault::HostileState => {
+                let mut v = instance.clone();
+                v["status"]["status"] =
+                    Value::from("run\"ning\"}\nppio_injected{x=\"1\"} 1\n# EOF");
+                v["name"] = Value::from("\u{1b}[2J\u{1b}[31mpwned\u{7}");
+                serde_json::to_vec(&v).unwrap_or_default()
+            }
+            BodyFault::HtmlNotFound => Vec::new(),
         }
     }
 }
