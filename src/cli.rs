@@ -56,6 +56,11 @@ pub struct RunArgs {
     #[arg(long, env = "PPIO_BASE_URL", default_value = DEFAULT_BASE_URL, value_parser = parse_base_url)]
     pub ppio_base_url: String,
 
+    /// Accept an http:// base URL for a host other than loopback (the API key then travels
+    /// unencrypted; only for a trusted proxy on a private network).
+    #[arg(long, env = "PPIO_ALLOW_INSECURE_HTTP")]
+    pub ppio_allow_insecure_http: bool,
+
     /// Watch PpioInstances in this namespace only (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE", value_parser = parse_namespace)]
     pub namespace: Option<String>,
@@ -138,6 +143,7 @@ impl RunArgs {
         let http = HttpClient::new(&HttpClientConfig {
             base_url: self.ppio_base_url.clone(),
             timeout: self.ppio_request_timeout.0,
+            allow_insecure_http: self.ppio_allow_insecure_http,
             ..Default::default()
         })
         .map_err(|e| ConfigError {
@@ -194,9 +200,12 @@ impl RunArgs {
     }
 }
 
-fn parse_base_url(s: &str) -> Result<String, String> {
+/// Checks the URL's form; whether plain http:// is allowed is decided with
+/// --ppio-allow-insecure-http when the configuration is built.
+pub(crate) fn parse_base_url(s: &str) -> Result<String, String> {
     HttpClient::new(&HttpClientConfig {
         base_url: s.to_string(),
+        allow_insecure_http: true,
         ..Default::default()
     })
     .map(|_| s.to_string())
@@ -366,6 +375,34 @@ mod tests {
         for shown in ["[default: 60s]", "[default: 10s]", "[default: 15s]"] {
             assert!(help.contains(shown), "help lacks {shown}:\n{help}");
         }
+    }
+
+    #[test]
+    fn plain_http_to_a_remote_host_needs_the_opt_in() {
+        let refused = run_args(&["--ppio-base-url", "http://proxy.example:8080"])
+            .config()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.starts_with("--ppio-base-url:")
+                && refused.contains("--ppio-allow-insecure-http"),
+            "{refused}"
+        );
+        assert!(
+            run_args(&[
+                "--ppio-base-url",
+                "http://proxy.example:8080",
+                "--ppio-allow-insecure-http"
+            ])
+            .config()
+            .is_ok()
+        );
+        assert!(
+            run_args(&["--ppio-base-url", "http://127.0.0.1:8090"])
+                .config()
+                .is_ok()
+        );
     }
 
     #[test]

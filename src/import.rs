@@ -37,8 +37,13 @@ pub struct ImportArgs {
     pub namespace: String,
 
     /// Base URL of the PPIO API.
-    #[arg(long, env = "PPIO_BASE_URL", default_value = DEFAULT_BASE_URL)]
+    #[arg(long, env = "PPIO_BASE_URL", default_value = DEFAULT_BASE_URL, value_parser = crate::cli::parse_base_url)]
     pub ppio_base_url: String,
+
+    /// Accept an http:// base URL for a host other than loopback (the key travels
+    /// unencrypted).
+    #[arg(long, env = "PPIO_ALLOW_INSECURE_HTTP")]
+    pub ppio_allow_insecure_http: bool,
 
     /// Timeout of one PPIO API request (1s..60s).
     #[arg(long, env = "PPIO_REQUEST_TIMEOUT", default_value_t = Human(DEFAULT_REQUEST_TIMEOUT), value_parser = parse_timeout, value_name = "DURATION")]
@@ -113,6 +118,7 @@ impl ImportArgs {
         let ppio = HttpClient::new(&HttpClientConfig {
             base_url: self.ppio_base_url.clone(),
             timeout: self.ppio_request_timeout.0,
+            allow_insecure_http: self.ppio_allow_insecure_http,
             ..Default::default()
         })
         .map_err(|e| ConfigError {

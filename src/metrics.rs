@@ -356,6 +356,17 @@ impl InstanceMetrics {
         }
     }
 
+    /// Removes every per-instance series (a replica that stopped leading no longer knows).
+    pub fn forget_all(&self) {
+        lock(&self.states).clear();
+        self.state.clear();
+        self.ready.clear();
+        self.synced.clear();
+        self.last_success.clear();
+        self.price.clear();
+        self.prepaid_end.clear();
+    }
+
     /// Removes every series of a PpioInstance that is gone.
     pub fn forget(&self, namespace: &str, name: &str) {
         let obj = ObjectLabels {
@@ -541,5 +552,33 @@ mod tests {
         );
         m.instances.forget("ml", "a");
         assert!(!m.encode().contains("ppio_instance_state{"));
+    }
+
+    #[test]
+    fn forget_all_drops_every_instance_series() {
+        let m = Metrics::new();
+        let status: PpioInstanceStatus = serde_json::from_value(serde_json::json!({
+            "state": "running",
+            "billing": {"mode": "prepaid", "prepaid": {"endTime": "2030-01-01T00:00:00Z"}},
+            "pricing": {"instancePrice": 100},
+        }))
+        .expect("status");
+        m.instances.observe("ml", "a", &status, true);
+        m.instances.observe("ml", "b", &status, true);
+        m.controller.reconciled(true);
+        m.instances.forget_all();
+        let text = m.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("ppio_instance_"))
+            .collect();
+        assert!(series.is_empty(), "{series:?}");
+        assert!(
+            text.contains("ppio_reconciles_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        // Observed again, an instance gets one state series.
+        m.instances.observe("ml", "a", &status, true);
+        assert_eq!(m.encode().matches("ppio_instance_state{").count(), 1);
     }
 }

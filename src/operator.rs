@@ -23,6 +23,7 @@ use crate::ppio::PpioApi;
 use crate::server::{self, Health, Routes};
 
 /// What `run` needs besides the Kubernetes client.
+#[derive(Clone)]
 pub struct RunConfig {
     /// `None`: all namespaces.
     pub namespace: Option<String>,
@@ -34,7 +35,9 @@ pub struct RunConfig {
     pub http_addr: SocketAddr,
     /// Where `/livez` and `/readyz` are also served, alone.
     pub health_addr: Option<SocketAddr>,
-    /// Leader election; `None`: this replica always reconciles.
+    /// Leader election; `None`: this replica always reconciles. A replica that loses the
+    /// lease (another took it, or it could not renew within the renew deadline) stops
+    /// reconciling at once and stands by again; it does not exit.
     pub leader: Option<LeaderConfig>,
     /// This replica's name in Events (`reportingInstance`).
     pub identity: String,
@@ -61,8 +64,6 @@ pub enum StartError {
         #[source]
         source: kube::Error,
     },
-    #[error("lost the leader lease {0}; exiting so that no two replicas write")]
-    LostLeadership(String),
     #[error("{flag}: cannot listen on {addr}: {source}")]
     Listen {
         flag: &'static str,
@@ -104,6 +105,13 @@ async fn listen(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, Sta
 
 /// Runs with a given client until `shutdown` resolves: the HTTP servers, the CRD check, then
 /// (as leader, or always without leader election) the controller.
+///
+/// With leader election, a replica alternates between standby and leader until `shutdown`:
+/// a standby is ready (`/readyz` 200); a new leader is ready only once its watch has synced;
+/// a leader that loses the lease stops reconciling at once (by its renew deadline at the
+/// latest, see [`Elector::hold`]), drops its per-instance metrics and stands by again, so
+/// losing the lease is neither an error nor an exit. On `shutdown` a leader releases the
+/// lease (within [`crate::leader::RELEASE_TIMEOUT`]).
 pub async fn run_with(
     client: Client,
     config: RunConfig,
@@ -140,27 +148,47 @@ pub async fn run_with(
         let Some(leader) = config.leader.clone() else {
             return reconcile_with_grace(client, config, metrics, health, stop_rx).await;
         };
-        // A standby is ready: it serves, and takes over when the leader goes.
-        health.ready.store(true, Ordering::Relaxed);
         let mut elector = Elector::new(client.clone(), leader);
-        tokio::select! {
-            _ = elector.acquire() => {}
-            _ = stopped(stop_rx.clone()) => {
-                info!("stopped while standing by");
-                return Ok(());
+        let lease = format!("{}/{}", elector.config().namespace, elector.config().name);
+        loop {
+            // A standby is ready: it serves, and takes over when the leader goes.
+            health.ready.store(true, Ordering::Relaxed);
+            let acquired = tokio::select! {
+                acquired = elector.acquire() => acquired,
+                _ = stopped(stop_rx.clone()) => {
+                    info!("stopped while standing by");
+                    return Ok(());
+                }
+            };
+            // A new leader is ready once its own watch has synced (`reconcile_until`).
+            health.ready.store(false, Ordering::Relaxed);
+            metrics.controller.leader.set(1);
+            let term = tokio::select! {
+                r = reconcile_with_grace(
+                    client.clone(),
+                    config.clone(),
+                    metrics.clone(),
+                    health.clone(),
+                    stop_rx.clone(),
+                ) => Some(r),
+                // `hold` returns by the renew deadline at the latest: dropping the controller
+                // here stops every reconcile and status write of this replica at once.
+                _ = elector.hold(acquired) => None,
+            };
+            metrics.controller.leader.set(0);
+            match term {
+                Some(outcome) => {
+                    elector.release().await;
+                    return outcome;
+                }
+                None => {
+                    // Back to standby rather than exiting: the pod neither restarts nor
+                    // crash-loops, and the new leader exports the per-instance series.
+                    metrics.instances.forget_all();
+                    warn!(lease = %lease, "lost the leader lease; stopped reconciling and standing by");
+                }
             }
         }
-        metrics.controller.leader.set(1);
-        let lease = format!("{}/{}", elector.config().namespace, elector.config().name);
-        let outcome = tokio::select! {
-            r = reconcile_with_grace(client, config, metrics.clone(), health, stop_rx) => r,
-            _ = elector.hold() => Err(StartError::LostLeadership(lease)),
-        };
-        metrics.controller.leader.set(0);
-        if outcome.is_ok() {
-            elector.release().await;
-        }
-        outcome
     }
     .await;
     let _ = http_stop_tx.send(true);
@@ -168,6 +196,15 @@ pub async fn run_with(
         let _ = server.await;
     }
     result
+}
+
+/// A task aborted when this handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// PpioInstances in one namespace, or in all.
@@ -244,7 +281,8 @@ async fn reconcile_until(
     );
     let controller = Controller::new(guarded, watcher::Config::default().any_semantic());
     let store = controller.store();
-    let housekeeping = tokio::spawn({
+    // Aborted when this future ends or is dropped (a leader that lost the lease).
+    let housekeeping = AbortOnDrop(tokio::spawn({
         let ctx = ctx.clone();
         async move {
             // The store's readiness signal wakes only its latest waiter (the controller also
@@ -270,7 +308,7 @@ async fn reconcile_until(
                 });
             }
         }
-    });
+    }));
     controller
         .with_config(
             kube::runtime::controller::Config::default()
@@ -289,7 +327,7 @@ async fn reconcile_until(
             }
         })
         .await;
-    housekeeping.abort();
+    drop(housekeeping);
     info!("ppio-operator stopped");
     Ok(())
 }

@@ -2,6 +2,13 @@
 
 use tracing_subscriber::{EnvFilter, fmt};
 
+/// The filter used when `RUST_LOG` is unset or invalid: `info` for this crate, `warn` for
+/// other dependencies, and `error` for the HTTP and Kubernetes client internals (kube,
+/// kube_client, kube_runtime, hyper, hyper_util, reqwest, rustls, tower, h2). Those log whole
+/// response bodies at WARN (kube's client does on a decode failure), and a body may carry a
+/// Secret or another object's data, so they stay quiet unless `RUST_LOG` asks for them.
+pub const DEFAULT_FILTER: &str = "warn,ppio_operator=info,kube=error,kube_client=error,kube_runtime=error,hyper=error,hyper_util=error,reqwest=error,rustls=error,tower=error,h2=error";
+
 /// The log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -9,11 +16,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// The filter from `RUST_LOG`'s value, or [`DEFAULT_FILTER`] when it is absent or invalid.
+fn filter(rust_log: Option<&str>) -> EnvFilter {
+    rust_log
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER))
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter
-/// (`info` for this crate, `warn` for its dependencies).
+/// ([`DEFAULT_FILTER`]).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,ppio_operator=info"));
+    let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let filter = filter(rust_log.as_deref());
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
@@ -24,4 +38,85 @@ pub fn init(format: LogFormat) {
             .with_span_list(false)
             .try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What each target logs at each level under the filter for `rust_log`.
+    fn logged(rust_log: Option<&str>) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = fmt()
+            .with_env_filter(filter(rust_log))
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "kube_client::client", "kube_client-warn");
+            tracing::error!(target: "kube_client::client", "kube_client-error");
+            tracing::warn!(target: "kube::client", "kube-warn");
+            tracing::warn!(target: "kube_runtime::watcher", "kube_runtime-warn");
+            tracing::warn!(target: "hyper_util::client", "hyper_util-warn");
+            tracing::warn!(target: "hyper::proto", "hyper-warn");
+            tracing::warn!(target: "reqwest::connect", "reqwest-warn");
+            tracing::warn!(target: "rustls::conn", "rustls-warn");
+            tracing::warn!(target: "tower::buffer", "tower-warn");
+            tracing::warn!(target: "other_crate", "other-warn");
+            tracing::info!(target: "other_crate", "other-info");
+            tracing::info!(target: "ppio_operator::controller", "operator-info");
+            tracing::debug!(target: "ppio_operator::controller", "operator-debug");
+        });
+        String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8")
+    }
+
+    #[test]
+    fn the_default_filter_keeps_client_internals_at_error() {
+        assert_eq!(
+            DEFAULT_FILTER,
+            "warn,ppio_operator=info,kube=error,kube_client=error,kube_runtime=error,hyper=error,hyper_util=error,reqwest=error,rustls=error,tower=error,h2=error"
+        );
+        for text in [logged(None), logged(Some("not a [valid filter"))] {
+            for quiet in [
+                "kube_client-warn",
+                "kube-warn",
+                "kube_runtime-warn",
+                "hyper_util-warn",
+                "hyper-warn",
+                "reqwest-warn",
+                "rustls-warn",
+                "tower-warn",
+                "other-info",
+                "operator-debug",
+            ] {
+                assert!(!text.contains(quiet), "{quiet} logged:\n{text}");
+            }
+            for loud in ["kube_client-error", "other-warn", "operator-info"] {
+                assert!(text.contains(loud), "{loud} not logged:\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn rust_log_still_overrides_the_default() {
+        let text = logged(Some("kube_client=warn,ppio_operator=debug"));
+        assert!(text.contains("kube_client-warn"), "{text}");
+        assert!(text.contains("operator-debug"), "{text}");
+    }
 }
