@@ -236,6 +236,7 @@ fn the_deployment_is_hardened_and_configured_from_values() {
         "apiKey.existingSecret=ppio-credentials",
         "watchNamespace=ml",
         "defaultRefreshInterval=30s",
+        "defaultKeyNamespaces={ml,team-b}",
     ]));
     let dep = d
         .iter()
@@ -269,6 +270,7 @@ fn the_deployment_is_hardened_and_configured_from_values() {
         "--namespace=ml",
         "--default-refresh-interval=30s",
         "--ppio-base-url=https://api.ppio.com",
+        "--default-key-namespaces=ml,team-b",
     ] {
         assert!(args.contains(&want), "{want} missing from {args:?}");
     }
@@ -613,4 +615,62 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
         None,
     );
     drop(client);
+}
+
+/// The hex SHA-256 of `data`, by coreutils' `sha256sum`.
+fn sha256_hex(data: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(data.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a hash")
+        .to_string()
+}
+
+#[test]
+fn the_pod_annotation_is_not_a_hash_of_the_api_key() {
+    let annotation = |key: &str| {
+        let d = docs(&render(&[&format!("apiKey.value={key}")]));
+        find(&d, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/api-key"]
+            .as_str()
+            .expect("checksum/api-key annotation")
+            .to_string()
+    };
+    let key = "sk-chart-test";
+    let value = annotation(key);
+    let plain = sha256_hex(key);
+    assert_ne!(value, plain);
+    assert!(!plain.starts_with(&value), "a truncated hash of the key");
+    let rendered = render(&[&format!("apiKey.value={key}")]);
+    assert!(
+        !rendered.contains(&plain[..16]),
+        "the key's hash is published"
+    );
+    // It is the hash of the rendered Secret, so the pods still roll when the key changes.
+    let secret = rendered
+        .split("\n---")
+        .find(|doc| doc.contains("# Source: ppio-operator/templates/secret.yaml"))
+        .expect("the Secret");
+    assert!(secret.contains("kind: Secret"));
+    assert_ne!(annotation("sk-another-key"), value);
+    assert_eq!(value.len(), 64, "{value}");
+    // No chart-managed Secret: no annotation.
+    let d = docs(&render(&["apiKey.existingSecret=ppio-credentials"]));
+    assert!(
+        find(&d, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+            .get("checksum/api-key")
+            .is_none()
+    );
 }
