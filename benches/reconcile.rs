@@ -2,6 +2,7 @@
 //!
 //!   cargo bench --bench reconcile
 //!
+//! 0. the peak memory of decoding 1 MiB responses of many tiny values;
 //! 1. decoding a PPIO response and computing the status (pure, no I/O);
 //! 2. full polls (Secret-less key, real HTTP to the simulator on 127.0.0.1, a mocked
 //!    Kubernetes API) for many PpioInstances at once, with unchanged instances (no writes).
@@ -24,6 +25,42 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// Peak memory of decoding 1 MiB responses made of many tiny values (the worst case for a
+/// JSON tree), measured first, while the process is still small.
+fn decode_memory() {
+    let tiny_numbers = {
+        let mut body =
+            String::from(r#"{"status":{"status":"running"},"resource_specs":{"gpu_ids":["#);
+        while body.len() < 1024 * 1024 - 16 {
+            body.push_str("1,");
+        }
+        body.push_str("1]}}");
+        body
+    };
+    let tiny_objects = {
+        let mut body = String::from(r#"{"status":{"status":"running"},"ports":["#);
+        while body.len() < 1024 * 1024 - 32 {
+            body.push_str(r#"{"port":1},"#);
+        }
+        body.push_str(r#"{"port":1}]}"#);
+        body
+    };
+    for (what, body) in [
+        ("tiny numbers", tiny_numbers),
+        ("tiny objects", tiny_objects),
+    ] {
+        let before = peak_rss_kib();
+        let decoded = Instance::from_slice(body.as_bytes()).expect("decodes");
+        let after = peak_rss_kib();
+        drop(decoded);
+        println!(
+            "decode a {} KiB body of {what}: peak resident memory +{} KiB",
+            body.len() / 1024,
+            after.saturating_sub(before)
+        );
+    }
 }
 
 fn pure_path() {
@@ -109,6 +146,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    decode_memory();
     pure_path();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

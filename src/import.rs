@@ -458,14 +458,14 @@ mod tests {
 
     #[test]
     fn vendor_text_is_cleaned_and_bad_ids_are_skipped() {
-        let item: wire::Instance = serde_json::from_value(serde_json::json!({
-            "id": "ok-1", "name": "a\nb\u{7}c", "region": "r"
-        }))
+        let item: wire::Instance = serde_json::from_str(
+            &serde_json::json!({"id": "ok-1", "name": "a\nb\u{7}c", "region": "r"}).to_string(),
+        )
         .expect("item");
         assert_eq!(listed(&item).map(|l| l.name), Some("abc".to_string()));
         for bad in ["", "-x", "a/b", "..", "a b"] {
             let item: wire::Instance =
-                serde_json::from_value(serde_json::json!({ "id": bad })).expect("item");
+                serde_json::from_str(&serde_json::json!({ "id": bad }).to_string()).expect("item");
             assert_eq!(listed(&item), None, "{bad:?}");
         }
     }

@@ -490,10 +490,12 @@ mod tests {
             .observe("ml", "b", &state_status(injection), true);
         let text = m.encode();
         assert_well_formed(&text);
-        let states: Vec<&str> = text
+        // Series of a family come out in no fixed order.
+        let mut states: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("ppio_instance_state{"))
             .collect();
+        states.sort();
         assert_eq!(
             states,
             [
@@ -542,10 +544,12 @@ mod tests {
         m.instances
             .observe("ml", "a", &state_status("running"), true);
         let text = m.encode();
-        let states: Vec<&str> = text
+        // Series of a family come out in no fixed order.
+        let mut states: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("ppio_instance_state{"))
             .collect();
+        states.sort();
         assert_eq!(
             states,
             [r#"ppio_instance_state{namespace="ml",name="a",state="running"} 1"#]

@@ -9,32 +9,76 @@
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-/// Deserializes any JSON value and keeps it only when it has the expected shape. An array of
-/// which some elements have the wrong shape keeps the others (one odd port does not drop all
-/// ports).
+/// Deserializes a field and keeps it only when it has the expected shape. An array of which
+/// some elements have the wrong shape keeps the others (one odd port does not drop all ports).
+///
+/// The field is taken as a borrowed slice of the response ([`RawValue`]) and decoded from that
+/// text, so no JSON tree is built on the way: decoding costs about what the result holds, not
+/// a multiple of the body (a 1 MiB body of tiny numbers would otherwise take tens of MiB).
+/// Wire types must therefore be decoded from text (`serde_json::from_slice`/`from_str`).
 fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: DeserializeOwned,
 {
-    let v = Value::deserialize(d)?;
-    let Value::Array(items) = v else {
-        return Ok(serde_json::from_value(v).ok());
-    };
-    let whole = Value::Array(items);
-    if let Ok(t) = T::deserialize(&whole) {
+    let raw: &'de RawValue = Deserialize::deserialize(d)?;
+    let text = raw.get();
+    if let Ok(t) = serde_json::from_str::<T>(text) {
         return Ok(Some(t));
     }
-    let Value::Array(items) = whole else {
+    // An array with odd elements: keep each element that decodes as a one-element array.
+    let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(text) else {
         return Ok(None);
     };
-    // Keep each element that decodes as a one-element array of the target type.
-    let good: Vec<Value> = items
-        .into_iter()
-        .filter(|item| T::deserialize(&Value::Array(vec![item.clone()])).is_ok())
+    let good: Vec<&str> = items
+        .iter()
+        .map(|item| item.get())
+        .filter(|item| serde_json::from_str::<T>(&format!("[{item}]")).is_ok())
         .collect();
-    Ok(T::deserialize(&Value::Array(good)).ok())
+    Ok(serde_json::from_str::<T>(&format!("[{}]", good.join(","))).ok())
+}
+
+/// A JSON scalar, read without building a tree: an array or object is refused at its first
+/// byte.
+enum Scalar {
+    Bool(bool),
+    Number(serde_json::Number),
+    String(String),
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(b))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Number(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Number(n.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Scalar, E> {
+                serde_json::Number::from_f64(n)
+                    .map(Scalar::Number)
+                    .ok_or_else(|| E::custom("not a finite number"))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Scalar, E> {
+                Ok(Scalar::String(s.to_string()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Scalar, E> {
+                Ok(Scalar::String(s))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// An integer sent as a JSON number (integral) or as a numeric string.
@@ -43,7 +87,11 @@ pub struct Int(pub i64);
 
 impl<'de> Deserialize<'de> for Int {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = Value::deserialize(d)?;
+        let v = match Scalar::deserialize(d)? {
+            Scalar::Number(n) => Value::Number(n),
+            Scalar::String(s) => Value::String(s),
+            Scalar::Bool(b) => Value::Bool(b),
+        };
         int_from_value(&v)
             .map(Int)
             .ok_or_else(|| serde::de::Error::custom("expected an integer or a numeric string"))
@@ -76,12 +124,11 @@ pub struct Text(pub String);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Value::deserialize(d)? {
-            Value::String(s) => Ok(Text(s)),
-            Value::Number(n) => Ok(Text(n.to_string())),
-            Value::Bool(b) => Ok(Text(b.to_string())),
-            _ => Err(serde::de::Error::custom("expected a string")),
-        }
+        Ok(match Scalar::deserialize(d)? {
+            Scalar::String(s) => Text(s),
+            Scalar::Number(n) => Text(n.to_string()),
+            Scalar::Bool(b) => Text(b.to_string()),
+        })
     }
 }
 
@@ -91,12 +138,12 @@ pub struct Flag(pub bool);
 
 impl<'de> Deserialize<'de> for Flag {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Value::deserialize(d)? {
-            Value::Bool(b) => Ok(Flag(b)),
-            Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(Flag(true)),
-            Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(Flag(false)),
-            Value::Number(n) if n.as_i64() == Some(0) => Ok(Flag(false)),
-            Value::Number(n) if n.as_i64() == Some(1) => Ok(Flag(true)),
+        match Scalar::deserialize(d)? {
+            Scalar::Bool(b) => Ok(Flag(b)),
+            Scalar::String(s) if s.eq_ignore_ascii_case("true") => Ok(Flag(true)),
+            Scalar::String(s) if s.eq_ignore_ascii_case("false") => Ok(Flag(false)),
+            Scalar::Number(n) if n.as_i64() == Some(0) => Ok(Flag(false)),
+            Scalar::Number(n) if n.as_i64() == Some(1) => Ok(Flag(true)),
             _ => Err(serde::de::Error::custom("expected a boolean")),
         }
     }
@@ -227,6 +274,11 @@ pub enum DecodeError {
     NotAPage,
 }
 
+/// Whether a body is a JSON object (its first non-blank byte is `{`).
+fn starts_an_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
 /// One page of `GET /gpus/v2/instances`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InstancePage {
@@ -243,24 +295,30 @@ impl InstancePage {
     /// Decodes a LIST body: a JSON object with a `data` array, `next_cursor` and `has_more`.
     pub fn from_slice(body: &[u8]) -> Result<InstancePage, DecodeError> {
         #[derive(Deserialize)]
-        struct Raw {
-            data: Vec<Value>,
+        struct Raw<'a> {
+            #[serde(borrow)]
+            data: Vec<&'a RawValue>,
             #[serde(default, deserialize_with = "lenient")]
             next_cursor: Option<Text>,
             #[serde(default, deserialize_with = "lenient")]
             has_more: Option<Flag>,
         }
-        let value: Value = serde_json::from_slice(body).map_err(|_| DecodeError::NotAnObject)?;
-        if !value.is_object() {
+        if !starts_an_object(body) {
             return Err(DecodeError::NotAnObject);
         }
-        let raw: Raw = serde_json::from_value(value).map_err(|_| DecodeError::NotAPage)?;
+        let raw: Raw = serde_json::from_slice(body).map_err(|e| {
+            if e.is_data() {
+                DecodeError::NotAPage
+            } else {
+                DecodeError::NotAnObject
+            }
+        })?;
         Ok(InstancePage {
             items: raw
                 .data
                 .into_iter()
-                .filter(Value::is_object)
-                .filter_map(|v| serde_json::from_value(v).ok())
+                .filter(|item| item.get().starts_with('{'))
+                .filter_map(|item| serde_json::from_str(item.get()).ok())
                 .collect(),
             next_cursor: raw.next_cursor.map(|t| t.0).filter(|c| !c.is_empty()),
             has_more: raw.has_more.is_some_and(|f| f.0),
@@ -272,12 +330,11 @@ impl Instance {
     /// Decodes a `GET /gpus/v2/instances/{id}` body. Fails only when the body is not a JSON
     /// object or carries no instance state; everything else is optional.
     pub fn from_slice(body: &[u8]) -> Result<Instance, DecodeError> {
-        let value: Value = serde_json::from_slice(body).map_err(|_| DecodeError::NotAnObject)?;
-        if !value.is_object() {
+        if !starts_an_object(body) {
             return Err(DecodeError::NotAnObject);
         }
         let instance: Instance =
-            serde_json::from_value(value).map_err(|_| DecodeError::NotAnObject)?;
+            serde_json::from_slice(body).map_err(|_| DecodeError::NotAnObject)?;
         match instance.state() {
             Some(s) if !s.is_empty() => Ok(instance),
             _ => Err(DecodeError::NoState),
