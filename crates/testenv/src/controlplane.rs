@@ -211,7 +211,12 @@ impl ControlPlane {
         }
         let (tmp, dir) = match dir {
             Some(d) => {
-                fs::create_dir_all(d)?;
+                // A new folder is private; an existing one keeps its mode (the demo checks).
+                use std::os::unix::fs::DirBuilderExt;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(d)?;
                 (None, d.to_path_buf())
             }
             None => {
@@ -221,11 +226,12 @@ impl ControlPlane {
             }
         };
         let pki = dir.join("pki");
-        fs::create_dir_all(&pki)?;
+        create_private_dir(&pki)?;
         let certs = Certs::generate()?;
+        // Keys and certificates alike: only this user may read the folder's files.
         let write = |name: &str, body: &str| -> Result<PathBuf, EnvError> {
             let p = pki.join(name);
-            fs::write(&p, body)?;
+            write_private(&p, body.as_bytes())?;
             Ok(p)
         };
         let ca = write("ca.crt", &certs.ca_pem)?;
@@ -415,8 +421,33 @@ current-context: testenv
         cert = b64(&certs.client_pem),
         key = b64(&certs.client_key),
     );
-    let mut f = fs::File::create(path)?;
-    f.write_all(body.as_bytes())?;
+    write_private(path, body.as_bytes())
+}
+
+/// Writes a file only its owner may read or write (0600), replacing an earlier one: the
+/// mode is set before any byte is written, also when the file existed with a wider mode.
+pub fn write_private(path: &Path, body: &[u8]) -> Result<(), EnvError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    f.write_all(body)?;
+    Ok(())
+}
+
+/// Creates a folder (and its parents) that only its owner may enter (0700); an existing
+/// folder is narrowed to 0700.
+pub fn create_private_dir(path: &Path) -> Result<(), EnvError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
     Ok(())
 }
 

@@ -32,8 +32,10 @@ pub struct DemoArgs {
     /// Where kube-apiserver, etcd and kubectl are (built by tools/build.sh).
     #[arg(long, env = "PPIO_TOOLS_BIN", default_value_os_t = crate::tools_dir())]
     pub tools_dir: PathBuf,
-    /// Where to keep the control plane's state and the kubeconfig (removed on exit).
-    #[arg(long, default_value = "/tmp/ppio-operator-demo")]
+    /// Where to keep the control plane's state and the kubeconfig (removed on exit): a
+    /// folder of this user's only (mode 0700, refused otherwise). Default:
+    /// `$TMPDIR/ppio-operator-demo-<uid>` (`/tmp/ppio-operator-demo-<uid>`).
+    #[arg(long, default_value_os_t = default_state_dir())]
     pub state_dir: PathBuf,
     /// Stop after the sample status is printed instead of waiting for Ctrl-C.
     #[arg(long)]
@@ -57,23 +59,113 @@ fn step(msg: &str) {
 /// Marks a state folder as the demo's own, so only such a folder is ever emptied.
 const STATE_MARKER: &str = ".ppio-operator-demo";
 
-/// Empties the state folder of an earlier demo, or creates a new one. A folder that exists,
-/// is not empty and is not a demo's is refused, never deleted.
-fn prepare_state_dir(dir: &std::path::Path) -> Result<(), String> {
-    let not_empty = std::fs::read_dir(dir)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    if not_empty {
-        if !dir.join(STATE_MARKER).exists() {
-            return Err(format!(
-                "--state-dir {} is not empty and was not made by the demo; choose another folder",
-                dir.display()
-            ));
-        }
-        std::fs::remove_dir_all(dir).map_err(|e| format!("cannot empty {}: {e}", dir.display()))?;
+/// This process's effective user id: from the `Uid:` line of `/proc/self/status`, else the
+/// owner of a file it creates (no libc).
+pub fn current_uid() -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let from_proc = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                // real, effective, saved, filesystem: files are owned by the effective one.
+                .and_then(|ids| ids.split_whitespace().nth(1))
+                .and_then(|uid| uid.parse().ok())
+        });
+    match from_proc {
+        Some(uid) => Ok(uid),
+        None => Ok(tempfile::tempfile()?.metadata()?.uid()),
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    std::fs::write(dir.join(STATE_MARKER), "")
+}
+
+/// The default state folder, one per user: `ppio-operator-demo-<uid>` in the temporary folder.
+pub fn default_state_dir() -> PathBuf {
+    let user = current_uid().map_or_else(|_| "unknown".to_string(), |uid| uid.to_string());
+    std::env::temp_dir().join(format!("ppio-operator-demo-{user}"))
+}
+
+/// Fails unless `dir` is a real folder (not a symbolic link) owned by `uid`.
+fn check_owned_dir(dir: &std::path::Path, uid: u32) -> Result<std::fs::Metadata, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("cannot inspect --state-dir {}: {e}", dir.display()))?;
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        return Err(format!(
+            "--state-dir {} is not a folder (or is a symbolic link); choose another folder",
+            dir.display()
+        ));
+    }
+    if meta.uid() != uid {
+        return Err(format!(
+            "--state-dir {} belongs to another user (uid {}, you are {uid}); choose another folder",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    Ok(meta)
+}
+
+/// Fails unless `dir` is a folder owned by `uid` (see [`check_owned_dir`]) that no other
+/// user may read, write or enter (no group or other permission bits).
+fn check_private_dir(dir: &std::path::Path, uid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = check_owned_dir(dir, uid)?.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "--state-dir {} is open to other users (mode {mode:03o}); it will hold the cluster's admin kubeconfig: chmod 700 it or choose another folder",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Creates `dir` as a new folder of this user's only (0700); a folder that appears there in
+/// the meantime is not taken over.
+fn create_private_dir(dir: &std::path::Path, uid: u32) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
+    check_private_dir(dir, uid)
+}
+
+/// Readies the state folder: creates it for this user only (0700), or empties the folder of
+/// an earlier demo. Refused, never changed: a folder (or link) not owned by the current user,
+/// one that other users may access (another user could have made it to read the admin
+/// kubeconfig, or swap files in it), and one that is not empty and was not made by the demo.
+pub fn prepare_state_dir(dir: &std::path::Path) -> Result<(), String> {
+    let uid = current_uid().map_err(|e| format!("cannot tell the current user: {e}"))?;
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_private_dir(dir, uid)?,
+        Err(e) => return Err(format!("cannot inspect --state-dir {}: {e}", dir.display())),
+        Ok(_) => {
+            check_owned_dir(dir, uid)?;
+            let not_empty = std::fs::read_dir(dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false);
+            if not_empty && !dir.join(STATE_MARKER).exists() {
+                return Err(format!(
+                    "--state-dir {} is not empty and was not made by the demo; choose another folder",
+                    dir.display()
+                ));
+            }
+            check_private_dir(dir, uid)?;
+            if not_empty {
+                std::fs::remove_dir_all(dir)
+                    .map_err(|e| format!("cannot empty {}: {e}", dir.display()))?;
+                create_private_dir(dir, uid)?;
+            }
+        }
+    }
+    crate::controlplane::write_private(&dir.join(STATE_MARKER), b"")
         .map_err(|e| format!("cannot write in {}: {e}", dir.display()))
 }
 
@@ -111,6 +203,7 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         settings: Settings {
             default_refresh: Duration::from_secs(30),
             default_key: ApiKey::new(DEMO_KEY),
+            default_key_namespaces: None,
             budget: ppio_operator::controller::Budget::default(),
         },
         ppio: Arc::new(ppio),
