@@ -52,6 +52,9 @@ fn import(args: &[&str], key: Option<&str>) -> Output {
 }
 
 fn docs(stream: &str) -> Vec<PpioInstance> {
+    if stream.trim().is_empty() {
+        return Vec::new();
+    }
     serde_yaml::Deserializer::from_str(stream)
         .map(|d| PpioInstance::deserialize(d).expect("a PpioInstance manifest"))
         .collect()
@@ -221,6 +224,27 @@ async fn import_filters_like_the_api_and_fails_clearly() {
         .count();
     assert!(expected > 0);
     assert_eq!(docs(&String::from_utf8_lossy(&out.stdout)).len(), expected);
+
+    let mut by_name = base.to_vec();
+    by_name.extend(["--name", "imp0001"]);
+    let out = import(&by_name, Some(KEY));
+    let names: Vec<String> = docs(&String::from_utf8_lossy(&out.stdout))
+        .iter()
+        .map(|o| o.spec.instance_id.clone())
+        .collect();
+    assert_eq!(names, ["imp0001x"]);
+    let mut by_billing = base.to_vec();
+    by_billing.extend(["--billing-mode", "postpaid"]);
+    let out = import(&by_billing, Some(KEY));
+    assert!(out.status.success());
+    assert!(
+        docs(&String::from_utf8_lossy(&out.stdout)).is_empty(),
+        "every instance here is prepaid"
+    );
+    by_billing.pop();
+    by_billing.push("prepaid");
+    let out = import(&by_billing, Some(KEY));
+    assert_eq!(docs(&String::from_utf8_lossy(&out.stdout)).len(), 40);
 
     let mut with_secret = base.to_vec();
     with_secret.extend([

@@ -527,3 +527,59 @@ async fn the_refresh_annotation_polls_an_object_at_most_every_ten_seconds() {
         "refresh spam must not spend the key's budget"
     );
 }
+
+#[tokio::test]
+async fn instance_metrics_follow_only_what_was_written() {
+    let h = harness(Some(KEY)).await;
+    h.api.fail_status_writes(true);
+    let result = poll(&instance("a", None), &h.ctx, REFRESH, 0).await;
+    assert!(result.is_err(), "the failed write is an error to retry");
+    let series = "namespace=\"ml\",name=\"a\"";
+    assert!(
+        !h.ctx.metrics.encode().contains(series),
+        "metrics report an observation that was never stored"
+    );
+    h.api.fail_status_writes(false);
+    poll(&instance("a", None), &h.ctx, REFRESH, 0)
+        .await
+        .expect("poll");
+    let text = h.ctx.metrics.encode();
+    assert!(
+        text.contains(&format!("ppio_instance_synced{{{series}}} 1")),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_api_that_never_answers_does_not_hang_the_reconcile() {
+    let h = harness(Some(KEY)).await;
+    let recorder = kube::runtime::events::Recorder::new(
+        h.api.client(),
+        kube::runtime::events::Reporter {
+            controller: "ppio-operator".into(),
+            instance: Some("test".into()),
+        },
+    );
+    let ctx = ppio_operator::controller::Context::new(
+        h.api.client(),
+        h.ctx.ppio.clone(),
+        h.ctx.settings.clone(),
+        h.ctx.metrics.clone(),
+    )
+    .with_recorder(recorder);
+    poll(&instance("a", None), &ctx, REFRESH, 0)
+        .await
+        .expect("poll");
+    let good = h.api.last_status();
+    // The next poll fails: a Warning Event is due, and the Event API hangs.
+    h.api.hang_events(true);
+    h.sim.set_fault("ca338f12f3", Fault::status(503));
+    let polled = tokio::time::timeout(
+        Duration::from_secs(60),
+        poll(&instance("a", Some(good)), &ctx, REFRESH, 0),
+    )
+    .await
+    .expect("the reconcile finishes although the Event API never answers");
+    assert!(polled.expect("poll").wrote);
+    assert!(h.api.events().is_empty());
+}

@@ -32,6 +32,11 @@ pub struct MockApi {
     secrets: Arc<Mutex<BTreeMap<String, Secret>>>,
     patches: Arc<Mutex<Vec<Value>>>,
     refusals: Arc<Mutex<Vec<String>>>,
+    /// Status writes fail with 500 while set.
+    fail_status_writes: Arc<std::sync::atomic::AtomicBool>,
+    /// Event writes never get an answer while set; otherwise they are recorded.
+    hang_events: Arc<std::sync::atomic::AtomicBool>,
+    events: Arc<Mutex<Vec<Value>>>,
 }
 
 impl MockApi {
@@ -40,8 +45,8 @@ impl MockApi {
         let me = self.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
-                let resp = me.answer(req).await;
-                send.send_response(resp);
+                let me = me.clone();
+                tokio::spawn(async move { send.send_response(me.answer(req).await) });
             }
         });
         Client::new(svc, "default")
@@ -96,6 +101,15 @@ impl MockApi {
                         &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest", "code": 400, "message": refusal}),
                     );
                 }
+                if self
+                    .fail_status_writes
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    return json_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcd is unhappy"}),
+                    );
+                }
                 let patch: Value = serde_json::from_slice(&body).expect("patch is JSON");
                 self.patches.lock().expect("lock").push(patch.clone());
                 let mut obj = json!({"apiVersion": "gpus.ppio.com/v1alpha1", "kind": "PpioInstance",
@@ -104,8 +118,33 @@ impl MockApi {
                 obj["status"] = patch["status"].clone();
                 json_response(StatusCode::OK, &obj)
             }
+            (Method::POST, ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
+                if self.hang_events.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                let event: Value = serde_json::from_slice(&body).expect("event is JSON");
+                self.events.lock().expect("lock").push(event.clone());
+                json_response(StatusCode::CREATED, &event)
+            }
             (m, p) => panic!("unexpected request to the Kubernetes API: {m} {p:?}"),
         }
+    }
+
+    /// Makes status writes fail (HTTP 500) or succeed again.
+    pub fn fail_status_writes(&self, fail: bool) {
+        self.fail_status_writes
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes Event writes hang without an answer, or be recorded again.
+    pub fn hang_events(&self, hang: bool) {
+        self.hang_events
+            .store(hang, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The Events received.
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().expect("lock").clone()
     }
 
     /// Status writes refused because they were not a forced apply under the operator's
