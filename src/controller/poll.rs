@@ -1,0 +1,179 @@
+//! One poll: resolve the key, respect the key's pause and budget, fetch the instance, record
+//! the outcome in status, and decide when to look again.
+
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::apply::write_status;
+use super::credentials::resolve_key;
+use super::schedule::{
+    CONFIRM_GONE, GONE_POLL, MAX_KEY_PAUSE, backoff, jitter, jitter_up, poll_interval,
+};
+use super::budget::MAX_BUDGET_WAIT;
+use super::{Context, Error};
+use crate::crd::PpioInstance;
+use crate::outcome::Retry;
+use crate::ppio::PpioError;
+use crate::status::{Failure, Observation};
+use crate::vocabulary::state;
+
+/// The outcome of one poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Polled {
+    /// When to poll next; `None`: only when the object changes (suspended).
+    pub next: Option<Duration>,
+    /// Consecutive failures after this poll.
+    pub failures: u32,
+    /// Whether the status was written.
+    pub wrote: bool,
+    /// Whether a request was sent to PPIO.
+    pub requested: bool,
+    /// PPIO answered "not found" for the first time; the next poll confirms it.
+    pub gone_suspected: bool,
+}
+
+/// What a poll needs to know of the polls before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct History {
+    /// Consecutive failures so far.
+    pub failures: u32,
+    /// The last poll answered "not found" and was not reported yet.
+    pub gone_suspected: bool,
+}
+
+impl From<u32> for History {
+    fn from(failures: u32) -> History {
+        History {
+            failures,
+            gone_suspected: false,
+        }
+    }
+}
+
+/// One poll, whatever the timing: resolve the key, fetch the instance, write the status if it
+/// changed, and decide the delay to the next poll. `history`: what earlier polls left (a
+/// plain number is the count of consecutive failures).
+pub async fn poll(
+    instance: &PpioInstance,
+    ctx: &Context,
+    refresh: Duration,
+    history: impl Into<History>,
+) -> Result<Polled, Error> {
+    let History {
+        failures,
+        gone_suspected,
+    } = history.into();
+    if instance.spec.suspend == Some(true) {
+        let wrote = write_status(instance, ctx, Observation::Suspended).await?;
+        return Ok(Polled {
+            next: None,
+            failures: 0,
+            wrote,
+            requested: false,
+            gone_suspected: false,
+        });
+    }
+
+    let api_key = match resolve_key(instance, ctx).await? {
+        Ok(k) => k,
+        Err(failure) => {
+            let wrote = write_status(instance, ctx, Observation::Failed(&failure)).await?;
+            let failures = failures + 1;
+            return Ok(Polled {
+                next: Some(backoff(failures)),
+                failures,
+                wrote,
+                requested: false,
+                gone_suspected: false,
+            });
+        }
+    };
+
+    let now = Instant::now();
+    if let Some(until) = ctx.key_pause(&api_key) {
+        // Another object using this key was told to wait (429 Retry-After): so do we.
+        let delay = until.saturating_duration_since(now) + jitter_up(Duration::from_secs(1));
+        return Ok(Polled {
+            next: Some(delay),
+            failures,
+            wrote: false,
+            requested: false,
+            gone_suspected,
+        });
+    }
+
+    let wait = ctx
+        .buckets
+        .reserve(ctx.settings.budget, ctx.fingerprint(&api_key), now);
+    if wait > MAX_BUDGET_WAIT {
+        // The key's budget is spent for a while: look again later instead of queueing here.
+        return Ok(Polled {
+            next: Some(wait),
+            failures,
+            wrote: false,
+            requested: false,
+            gone_suspected,
+        });
+    }
+    tokio::time::sleep(wait).await;
+    let now = Instant::now();
+    let result = ctx
+        .ppio
+        .get_instance(&api_key, &instance.spec.instance_id)
+        .await;
+    let class = result
+        .as_ref()
+        .map_or_else(PpioError::request_class, |_| "2xx");
+    ctx.metrics.api.request(class, now.elapsed().as_secs_f64());
+    let (observation, failure);
+    let (delay, failures) = match &result {
+        Ok(observed) => {
+            observation = Observation::Instance(observed);
+            let observed_state = observed.state().unwrap_or_default();
+            (jitter(poll_interval(refresh, observed_state)), 0)
+        }
+        Err(e) => {
+            failure = Failure::from(e);
+            observation = Observation::Failed(&failure);
+            match (failure.class.retry(), e.retry_after()) {
+                (Retry::Gone, _) if !gone_suspected && !reported_gone(instance) => {
+                    // A first "not found": confirm it before telling anyone.
+                    debug!("PPIO answered not found; confirming before reporting it");
+                    return Ok(Polled {
+                        next: Some(jitter(CONFIRM_GONE)),
+                        failures,
+                        wrote: false,
+                        requested: true,
+                        gone_suspected: true,
+                    });
+                }
+                (Retry::Gone, _) => (jitter(refresh.max(GONE_POLL)), 0),
+                (_, Some(after)) => {
+                    // The server said when: every PpioInstance using this key waits as well,
+                    // never less than the error backoff and never more than MAX_KEY_PAUSE.
+                    let wait = after.max(backoff(failures + 1)).min(MAX_KEY_PAUSE);
+                    ctx.pause_key(&api_key, now + wait);
+                    (wait + jitter_up(Duration::from_secs(1)), failures + 1)
+                }
+                _ => (backoff(failures + 1), failures + 1),
+            }
+        }
+    };
+    let wrote = write_status(instance, ctx, observation).await?;
+    Ok(Polled {
+        next: Some(delay),
+        failures,
+        wrote,
+        requested: true,
+        gone_suspected: false,
+    })
+}
+
+/// True when the stored status already reports the instance gone.
+fn reported_gone(instance: &PpioInstance) -> bool {
+    instance
+        .status
+        .as_ref()
+        .is_some_and(|s| s.state.as_deref() == Some(state::NOT_FOUND))
+}
