@@ -51,7 +51,11 @@ fn check(body: &[u8], previous: Option<&ppio_operator::crd::PpioInstanceStatus>)
     );
     let out = serde_json::to_string(&status).expect("a status serializes");
     // The observation is bounded; conditions and identifiers add a little.
-    assert!(out.len() <= MAX_STATUS_BYTES + 8 * 1024, "status of {} bytes", out.len());
+    assert!(
+        out.len() <= MAX_STATUS_BYTES + 8 * 1024,
+        "status of {} bytes",
+        out.len()
+    );
     assert!(!out.contains(MARKER), "a secret reached the status");
     // The same observation gives the same status.
     let again = compute_status(
