@@ -564,8 +564,9 @@ async fn credentials_missing_then_created_and_rotated_without_restart() {
             .is_some_and(|c| c.message.contains("gpus.ppio.com/credentials")),
         "{o:?}"
     );
+    // A Secret is read again at most every 30s (or at once after a 401).
     secret(&client, &ns, "ppio", "token", "key-wrong").await;
-    wait_for(&api, "a", Duration::from_secs(20), "Unauthorized", |o| {
+    wait_for(&api, "a", Duration::from_secs(60), "Unauthorized", |o| {
         has(o, "Synced", "False", "Unauthorized")
     })
     .await;

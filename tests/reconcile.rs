@@ -583,3 +583,58 @@ async fn an_event_api_that_never_answers_does_not_hang_the_reconcile() {
     assert!(polled.expect("poll").wrote);
     assert!(h.api.events().is_empty());
 }
+
+#[tokio::test]
+async fn secret_reads_do_not_grow_with_the_instances_that_use_the_secret() {
+    let h = harness(None).await;
+    h.api.put_secret("ml", "shared", "apiKey", KEY);
+    let ctx = ppio_operator::controller::Context::new(
+        h.api.client(),
+        h.ctx.ppio.clone(),
+        h.ctx.settings.clone(),
+        h.ctx.metrics.clone(),
+    );
+    for n in 0..50 {
+        let mut i = instance(&format!("i{n}"), None);
+        i.spec.credentials_secret_ref = Some(SecretKeyRef {
+            name: "shared".into(),
+            key: None,
+        });
+        let p = poll(&i, &ctx, REFRESH, 0).await.expect("poll");
+        assert!(p.requested);
+    }
+    assert_eq!(
+        h.api.secret_reads(),
+        1,
+        "one read serves every PpioInstance"
+    );
+    assert_eq!(
+        condition(&h.api.last_status(), "Synced"),
+        ("True".into(), "Observed".into())
+    );
+    // Rotated to a key PPIO refuses: the 401 makes the next poll read the Secret again.
+    h.api.put_secret("ml", "shared", "apiKey", "sk-revoked");
+    let mut i = instance("i0", None);
+    i.spec.credentials_secret_ref = Some(SecretKeyRef {
+        name: "shared".into(),
+        key: None,
+    });
+    h.sim.set_keys(vec!["sk-rotated".into()]);
+    poll(&i, &ctx, REFRESH, 0).await.expect("poll");
+    assert_eq!(
+        condition(&h.api.last_status(), "Synced"),
+        ("False".into(), "Unauthorized".into())
+    );
+    assert_eq!(h.api.secret_reads(), 1);
+    h.api.put_secret("ml", "shared", "apiKey", "sk-rotated");
+    poll(&i, &ctx, REFRESH, 1).await.expect("poll");
+    assert_eq!(
+        h.api.secret_reads(),
+        2,
+        "the 401 made the Secret be read again"
+    );
+    assert_eq!(
+        condition(&h.api.last_status(), "Synced"),
+        ("True".into(), "Observed".into())
+    );
+}

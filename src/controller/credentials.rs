@@ -1,11 +1,17 @@
 //! The API key of a PpioInstance: its marked credentials Secret, or the operator's default
 //! key where the namespace may use it.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::{Api, Client, ResourceExt};
+use tokio::time::Instant;
 
 use super::{Context, Error, KUBE_CALL_TIMEOUT};
 use crate::crd::{CREDENTIALS_LABEL, PpioInstance};
+use crate::lock;
 use crate::ppio::ApiKey;
 use crate::status::Failure;
 
@@ -45,15 +51,8 @@ pub(super) async fn resolve_key(
             sref.name
         ))
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let secret = tokio::time::timeout(KUBE_CALL_TIMEOUT, secrets.get_opt(&sref.name))
-        .await
-        .map_err(|_| Error::Timeout("reading the credentials Secret"))?;
-    let secret = match secret {
-        Ok(Some(s)) => s,
-        Ok(None) => return Ok(Err(refused())),
-        Err(kube::Error::Api(ae)) if ae.code == 403 => return Ok(Err(refused())),
-        Err(e) => return Err(Error::ReadSecret(e)),
+    let Some(secret) = ctx.secrets.get(&ctx.client, &ns, &sref.name).await? else {
+        return Ok(Err(refused()));
     };
     let marked = secret
         .metadata
@@ -71,4 +70,64 @@ pub(super) async fn resolve_key(
         .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
         .and_then(ApiKey::new)
         .ok_or_else(refused))
+}
+
+/// How long a read Secret is used before it is read again: a rotated key takes effect within
+/// this time (and at once after a 401, see [`SecretCache::forget`]).
+pub const SECRET_TTL: Duration = Duration::from_secs(30);
+
+/// The credentials Secrets read lately, by namespace and name: Secret reads stay at most one
+/// per referenced Secret per [`SECRET_TTL`], however many PpioInstances reference it. Only
+/// `get` on Secrets is needed (no list or watch of a namespace's Secrets).
+#[derive(Default)]
+pub struct SecretCache {
+    entries: Mutex<HashMap<(String, String), (Instant, Option<Arc<Secret>>)>>,
+    ttl: Option<Duration>,
+}
+
+impl SecretCache {
+    /// A cache whose entries live `ttl` (default [`SECRET_TTL`]).
+    pub fn with_ttl(ttl: Duration) -> SecretCache {
+        SecretCache {
+            entries: Mutex::default(),
+            ttl: Some(ttl),
+        }
+    }
+
+    /// The Secret (`None`: absent, or the operator may not read it), from the cache while it
+    /// is fresh.
+    async fn get(
+        &self,
+        client: &Client,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<Arc<Secret>>, Error> {
+        let key = (ns.to_string(), name.to_string());
+        let ttl = self.ttl.unwrap_or(SECRET_TTL);
+        let now = Instant::now();
+        if let Some((at, secret)) = lock(&self.entries).get(&key)
+            && now.saturating_duration_since(*at) < ttl
+        {
+            return Ok(secret.clone());
+        }
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let read = tokio::time::timeout(KUBE_CALL_TIMEOUT, api.get_opt(name))
+            .await
+            .map_err(|_| Error::Timeout("reading the credentials Secret"))?;
+        let secret = match read {
+            Ok(s) => s.map(Arc::new),
+            Err(kube::Error::Api(ae)) if ae.code == 403 => None,
+            Err(e) => return Err(Error::ReadSecret(e)),
+        };
+        let mut entries = lock(&self.entries);
+        entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
+        entries.insert(key, (now, secret.clone()));
+        Ok(secret)
+    }
+
+    /// Drops a Secret from the cache, so that the next poll reads it again (after PPIO refused
+    /// its key: it may just have been rotated).
+    pub fn forget(&self, ns: &str, name: &str) {
+        lock(&self.entries).remove(&(ns.to_string(), name.to_string()));
+    }
 }

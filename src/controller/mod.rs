@@ -21,7 +21,9 @@ pub mod schedule;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
@@ -94,6 +96,8 @@ pub struct Context {
     key_paused_until: Mutex<HashMap<u64, Instant>>,
     key_hasher: RandomState,
     buckets: Buckets,
+    /// The credentials Secrets read lately.
+    secrets: credentials::SecretCache,
 }
 
 impl Context {
@@ -113,7 +117,15 @@ impl Context {
             key_paused_until: Mutex::new(HashMap::new()),
             buckets: Buckets::default(),
             key_hasher: RandomState::new(),
+            secrets: credentials::SecretCache::default(),
         }
+    }
+
+    /// Reads credentials Secrets again after `ttl` (tests; the default is
+    /// [`credentials::SECRET_TTL`]).
+    pub fn with_secret_ttl(mut self, ttl: Duration) -> Context {
+        self.secrets = credentials::SecretCache::with_ttl(ttl);
+        self
     }
 
     /// Publishes Events through `recorder`.

@@ -1,17 +1,21 @@
 //! One poll: resolve the key, respect the key's pause and budget, fetch the instance, record
 //! the outcome in status, and decide when to look again.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tracing::debug;
 
 use super::apply::write_status;
+use super::budget::MAX_BUDGET_WAIT;
 use super::credentials::resolve_key;
 use super::schedule::{
     CONFIRM_GONE, GONE_POLL, MAX_KEY_PAUSE, backoff, jitter, jitter_up, poll_interval,
 };
-use super::budget::MAX_BUDGET_WAIT;
 use super::{Context, Error};
+use kube::ResourceExt;
+
 use crate::crd::PpioInstance;
 use crate::outcome::Retry;
 use crate::ppio::PpioError;
@@ -136,6 +140,13 @@ pub async fn poll(
         Err(e) => {
             failure = Failure::from(e);
             observation = Observation::Failed(&failure);
+            if matches!(e, PpioError::Unauthorized)
+                && let Some(sref) = &instance.spec.credentials_secret_ref
+            {
+                // The key may just have been rotated: read the Secret again at the next poll.
+                ctx.secrets
+                    .forget(&instance.namespace().unwrap_or_default(), &sref.name);
+            }
             match (failure.class.retry(), e.retry_after()) {
                 (Retry::Gone, _) if !gone_suspected && !reported_gone(instance) => {
                     // A first "not found": confirm it before telling anyone.

@@ -1,7 +1,9 @@
 //! When to poll: the refresh interval, faster while an instance is in transition, slowly
 //! once it is gone, and the error backoff; all jittered so that objects do not fire together.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rand::Rng;
 

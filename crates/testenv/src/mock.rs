@@ -37,6 +37,7 @@ pub struct MockApi {
     /// Event writes never get an answer while set; otherwise they are recorded.
     hang_events: Arc<std::sync::atomic::AtomicBool>,
     events: Arc<Mutex<Vec<Value>>>,
+    secret_reads: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MockApi {
@@ -66,6 +67,8 @@ impl MockApi {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, parts.as_slice()) {
             (Method::GET, ["api", "v1", "namespaces", ns, "secrets", name]) => {
+                self.secret_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 match self
                     .secrets
                     .lock()
@@ -140,6 +143,11 @@ impl MockApi {
     pub fn hang_events(&self, hang: bool) {
         self.hang_events
             .store(hang, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many times a Secret was read.
+    pub fn secret_reads(&self) -> u64 {
+        self.secret_reads.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The Events received.
@@ -258,17 +266,21 @@ pub async fn harness_with_budget(
     })
     .expect("client");
     let api = MockApi::default();
-    let ctx = Arc::new(Context::new(
-        api.client(),
-        Arc::new(http),
-        Settings {
-            default_refresh: REFRESH,
-            default_key: default_key.and_then(ApiKey::new),
-            default_key_namespaces: None,
-            budget,
-        },
-        Arc::new(Metrics::new()),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            api.client(),
+            Arc::new(http),
+            Settings {
+                default_refresh: REFRESH,
+                default_key: default_key.and_then(ApiKey::new),
+                default_key_namespaces: None,
+                budget,
+            },
+            Arc::new(Metrics::new()),
+        )
+        // Tests change Secrets between polls and expect the next poll to see the change.
+        .with_secret_ttl(Duration::ZERO),
+    );
     Harness { sim, api, ctx }
 }
 
