@@ -175,6 +175,14 @@ impl ControllerMetrics {
 pub struct ApiMetrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Histogram,
+    /// Per API key fingerprint: how late its last poll ran past its interval.
+    pub key_lateness: Family<KeyLabels, Gauge<f64, AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// A fingerprint of the key (a hash with a per-process seed), never the key.
+    pub key: String,
 }
 
 impl Default for ApiMetrics {
@@ -182,6 +190,7 @@ impl Default for ApiMetrics {
         ApiMetrics {
             requests: Family::default(),
             request_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
+            key_lateness: Family::default(),
         }
     }
 }
@@ -198,6 +207,18 @@ impl ApiMetrics {
             "Latency of PPIO API requests",
             self.request_duration.clone(),
         );
+        r.register(
+            "key_poll_lateness_seconds",
+            "How late the last poll of a PpioInstance using this API key (label key: a fingerprint, never the key) ran past its refresh interval because of the key's request budget",
+            self.key_lateness.clone(),
+        );
+    }
+
+    /// Records how late a poll on a key ran.
+    pub fn lateness(&self, key: &str, late: std::time::Duration) {
+        self.key_lateness
+            .get_or_create(&KeyLabels { key: key.into() })
+            .set(late.as_secs_f64());
     }
 
     /// Counts one PPIO request.

@@ -156,8 +156,8 @@ async fn a_gone_instance_reports_not_found_and_polls_slowly() {
     assert_eq!(h.api.last_status(), good);
     // The second answer confirms it.
     let history = History {
-        failures: 0,
         gone_suspected: true,
+        ..History::default()
     };
     let p = poll(&instance("a", Some(good.clone())), &h.ctx, REFRESH, history)
         .await
@@ -201,8 +201,8 @@ async fn a_brief_not_found_is_never_reported() {
     assert!(first.gone_suspected);
     h.sim.clear_fault("ca338f12f3");
     let history = History {
-        failures: 0,
         gone_suspected: true,
+        ..History::default()
     };
     let p = poll(&instance("a", Some(good.clone())), &h.ctx, REFRESH, history)
         .await
@@ -479,20 +479,40 @@ async fn instances_sharing_a_key_share_its_request_budget() {
         burst: 1,
     };
     let h = harness_with_budget(Some(KEY), budget).await;
-    let started = std::time::Instant::now();
-    let polls = (0..4).map(|n| {
-        let ctx = h.ctx.clone();
-        async move { poll(&instance(&format!("i{n}"), None), &ctx, REFRESH, 0).await }
-    });
-    for p in futures::future::join_all(polls).await {
-        assert!(p.expect("poll").requested);
+    // Four polls at 5 per second with no burst: one goes now, the others are given slots
+    // 0.2s apart and come back for them (none waits inside its reconcile).
+    let mut deferred = Vec::new();
+    for n in 0..4 {
+        let p = poll(&instance(&format!("i{n}"), None), &h.ctx, REFRESH, 0)
+            .await
+            .expect("poll");
+        if n == 0 {
+            assert!(p.requested && p.reserved.is_none());
+        } else {
+            assert!(!p.requested, "i{n} went past the budget");
+            let wait = p.next.expect("requeue");
+            let want = Duration::from_millis(200 * n);
+            assert!(
+                wait >= want - Duration::from_millis(50)
+                    && wait <= want + Duration::from_millis(50),
+                "i{n}: {wait:?}"
+            );
+            deferred.push((n, p.reserved.expect("a reserved slot")));
+        }
     }
-    // Four requests at 5 per second with no burst: the last one starts 0.6s after the first.
-    assert!(
-        started.elapsed() >= Duration::from_millis(600),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_eq!(h.sim.requests_for("ca338f12f3"), 1);
+    // Back at their slots, they poll without taking more of the budget.
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    for (n, slot) in deferred {
+        let history = History {
+            reserved: Some(slot),
+            ..History::default()
+        };
+        let p = poll(&instance(&format!("i{n}"), None), &h.ctx, REFRESH, history)
+            .await
+            .expect("poll");
+        assert!(p.requested, "i{n} used its slot");
+    }
     assert_eq!(h.sim.requests_for("ca338f12f3"), 4);
 }
 
@@ -588,10 +608,16 @@ async fn an_event_api_that_never_answers_does_not_hang_the_reconcile() {
 async fn secret_reads_do_not_grow_with_the_instances_that_use_the_secret() {
     let h = harness(None).await;
     h.api.put_secret("ml", "shared", "apiKey", KEY);
+    let mut settings = h.ctx.settings.clone();
+    settings.budget = ppio_operator::controller::Budget {
+        per_second: None,
+        burst: 1,
+    };
+    // The default Secret cache (the harness's own reads Secrets every time).
     let ctx = ppio_operator::controller::Context::new(
         h.api.client(),
         h.ctx.ppio.clone(),
-        h.ctx.settings.clone(),
+        settings,
         h.ctx.metrics.clone(),
     );
     for n in 0..50 {

@@ -31,8 +31,6 @@ impl Default for Budget {
 pub const DEFAULT_REQUESTS_PER_SECOND: f64 = 10.0;
 /// The default burst per API key.
 pub const DEFAULT_BURST: u32 = 20;
-/// A poll that would wait longer than this for its key's budget is requeued instead.
-pub const MAX_BUDGET_WAIT: Duration = Duration::from_secs(30);
 
 /// Per-key leaky buckets: the virtual time of each key's next request slot.
 #[derive(Debug, Default)]
@@ -41,7 +39,9 @@ pub struct Buckets {
 }
 
 impl Buckets {
-    /// Reserves a request slot for `key` at `now`; returns how long to wait for it.
+    /// Reserves a request slot for `key` at `now`; returns how long to wait for it. Every
+    /// reserved slot is used: the poll comes back at its slot (see `poll`), so the key's
+    /// horizon is its backlog divided by its rate, never more.
     pub fn reserve(&self, budget: Budget, key: u64, now: Instant) -> Duration {
         let Some(rate) = budget.per_second.filter(|r| *r > 0.0) else {
             return Duration::ZERO;

@@ -76,12 +76,17 @@ pub(super) async fn resolve_key(
 /// this time (and at once after a 401, see [`SecretCache::forget`]).
 pub const SECRET_TTL: Duration = Duration::from_secs(30);
 
+/// A Secret's namespace and name.
+type SecretName = (String, String);
+/// When a Secret was read, and what was read (`None`: absent or not readable).
+type Cached = (Instant, Option<Arc<Secret>>);
+
 /// The credentials Secrets read lately, by namespace and name: Secret reads stay at most one
 /// per referenced Secret per [`SECRET_TTL`], however many PpioInstances reference it. Only
 /// `get` on Secrets is needed (no list or watch of a namespace's Secrets).
 #[derive(Default)]
 pub struct SecretCache {
-    entries: Mutex<HashMap<(String, String), (Instant, Option<Arc<Secret>>)>>,
+    entries: Mutex<HashMap<SecretName, Cached>>,
     ttl: Option<Duration>,
 }
 

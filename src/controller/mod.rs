@@ -38,7 +38,13 @@ use crate::metrics::Metrics;
 use crate::ppio::{ApiKey, PpioApi};
 use crate::vocabulary::condition;
 
-pub use budget::{Buckets, Budget, DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND, MAX_BUDGET_WAIT};
+/// A key's polls that run this much later than due (and later than a tenth of their
+/// interval) are reported, at most once per [`LATENESS_REPORT_GAP`] per key.
+pub const LATENESS_WARNING: Duration = Duration::from_secs(10);
+/// The shortest gap between two lateness warnings of one key.
+pub const LATENESS_REPORT_GAP: Duration = Duration::from_secs(300);
+
+pub use budget::{Buckets, Budget, DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND};
 pub use events::{Transition, transitions};
 pub use poll::{History, Polled, poll};
 pub use schedule::{
@@ -46,7 +52,7 @@ pub use schedule::{
     TRANSITION_POLL, backoff, jitter, poll_interval,
 };
 
-use schedule::far_future;
+use schedule::{Decision, far_future};
 
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "ppio-operator";
@@ -81,6 +87,10 @@ struct Tracked {
     last_forced: Option<Instant>,
     /// The last poll answered "not found" and a second one is due to confirm it.
     gone_suspected: bool,
+    /// A request slot reserved in the key's budget, for the poll at `next_poll`.
+    reserved: Option<Instant>,
+    /// When the next poll is due by its interval (not counting a wait for the budget).
+    due: Option<Instant>,
 }
 
 /// Shared state of the controller.
@@ -98,6 +108,8 @@ pub struct Context {
     buckets: Buckets,
     /// The credentials Secrets read lately.
     secrets: credentials::SecretCache,
+    /// Per API key (by fingerprint): when its lateness was last reported.
+    lateness_reported: Mutex<HashMap<u64, Instant>>,
 }
 
 impl Context {
@@ -118,6 +130,7 @@ impl Context {
             buckets: Buckets::default(),
             key_hasher: RandomState::new(),
             secrets: credentials::SecretCache::default(),
+            lateness_reported: Mutex::new(HashMap::new()),
         }
     }
 
@@ -136,6 +149,32 @@ impl Context {
 
     fn fingerprint(&self, key: &ApiKey) -> u64 {
         self.key_hasher.hash_one(key)
+    }
+
+    /// Records how late a poll of a key runs; says so in the log (naming the key's
+    /// fingerprint, never the key) when the key's budget cannot keep its PpioInstances at
+    /// their intervals.
+    fn record_lateness(&self, fingerprint: u64, late: Duration, refresh: Duration) {
+        let label = format!("{fingerprint:016x}");
+        self.metrics.api.lateness(&label, late);
+        if late < LATENESS_WARNING.max(refresh / 10) {
+            return;
+        }
+        let now = Instant::now();
+        let mut reported = lock(&self.lateness_reported);
+        if reported
+            .get(&fingerprint)
+            .is_some_and(|at| now.saturating_duration_since(*at) < LATENESS_REPORT_GAP)
+        {
+            return;
+        }
+        reported.insert(fingerprint, now);
+        warn!(
+            key = label.as_str(),
+            late_s = late.as_secs(),
+            per_second = self.settings.budget.per_second.unwrap_or(0.0),
+            "polls of the PpioInstances using this API key run late: its request budget cannot keep them at their refresh intervals; raise --ppio-requests-per-second or their refreshInterval"
+        );
     }
 
     fn key_pause(&self, key: &ApiKey) -> Option<Instant> {
@@ -256,8 +295,12 @@ pub fn error_policy(
         handled_refresh: None,
         last_forced: None,
         gone_suspected: false,
+        reserved: None,
+        due: None,
     });
     t.failures += 1;
+    // The reserved budget slot went with the failed reconcile.
+    t.reserved = None;
     let delay = backoff(t.failures);
     // Watch events during the backoff do not cut it short.
     t.next_poll = Instant::now() + delay;
@@ -305,48 +348,64 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
                 .as_ref()
                 .and_then(|s| s.last_handled_refresh.as_deref())
         && requested != previous.as_ref().and_then(|t| t.handled_refresh.as_deref());
-    let forced_recently = previous
-        .as_ref()
-        .and_then(|t| t.last_forced)
-        .map(|at| at + MIN_REFRESH_GAP)
-        .filter(|ready| *ready > now);
-    match &previous {
-        // The user asked for a poll now (the refresh annotation), too soon after the last one:
-        // it runs when the gap is over, so that annotation spam cannot spend the key's budget.
-        _ if refresh_now && forced_recently.is_some() => {
-            let ready = forced_recently.unwrap_or(now);
-            debug!("refresh requested; deferred to keep the minimum gap");
-            return Ok(Action::requeue(ready - now));
+    let due = schedule::Due {
+        now,
+        next_poll: previous
+            .as_ref()
+            .filter(|t| t.generation == generation)
+            .map(|t| t.next_poll),
+        refresh_requested: refresh_now,
+        last_forced: previous.as_ref().and_then(|t| t.last_forced),
+        observed_before_start: previous.is_none() && already_observed(instance),
+        refresh,
+    };
+    match schedule::decide(&due, rand::rng().random_range(0.0..1.0)) {
+        Decision::Wait(until) => {
+            // Not due yet (a watch event, our own status write), or a refresh request too
+            // soon after the last one (annotation spam cannot spend the key's budget).
+            return Ok(Action::requeue(until - now));
         }
-        // The user asked for a poll now (the refresh annotation).
-        _ if refresh_now => debug!("refresh requested"),
-        // A trigger before the poll is due (our own status write, a label edit): nothing to do.
-        Some(t) if t.generation == generation && t.next_poll > now => {
-            return Ok(Action::requeue(t.next_poll - now));
-        }
-        // First sight since start-up of an object already observed at this generation: spread
-        // the first polls over the first interval instead of polling everything at once.
-        None if already_observed(instance) => {
-            let delay = refresh.mul_f64(rand::rng().random_range(0.0..1.0));
+        Decision::FirstPoll(at) => {
+            // First sight since start-up of an object already observed at this generation:
+            // spread the first polls over the first interval instead of polling at once.
             ctx.set_tracked(
                 &key,
                 Tracked {
                     generation,
-                    next_poll: now + delay,
+                    next_poll: at,
                     failures: 0,
                     handled_refresh: None,
                     last_forced: None,
                     gone_suspected: false,
+                    reserved: None,
+                    due: Some(at),
                 },
             );
-            debug!(delay_ms = delay.as_millis() as u64, "first poll scheduled");
-            return Ok(Action::requeue(delay));
+            debug!(
+                delay_ms = (at - now).as_millis() as u64,
+                "first poll scheduled"
+            );
+            return Ok(Action::requeue(at - now));
         }
-        _ => {}
+        Decision::Poll => {
+            if refresh_now {
+                debug!("refresh requested");
+            }
+        }
     }
     let history = History {
         failures: previous.as_ref().map(|t| t.failures).unwrap_or(0),
         gone_suspected: previous.as_ref().is_some_and(|t| t.gone_suspected),
+        // A reservation holds only for the poll it was made for (not for a refresh request
+        // or a spec change, which poll now or reserve anew).
+        reserved: previous
+            .as_ref()
+            .filter(|t| t.generation == generation && !refresh_now)
+            .and_then(|t| t.reserved),
+        due: previous
+            .as_ref()
+            .filter(|t| t.generation == generation && !refresh_now)
+            .and_then(|t| t.due),
     };
     let polled = poll(instance, ctx, refresh, history).await?;
     let last_forced = if refresh_now && polled.requested {
@@ -363,6 +422,13 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
         Some(delay) => now + delay,
         None => far_future(now),
     };
+    // A poll that waits for its budget slot stays due when it was; any other outcome sets a
+    // new due time.
+    let due = if polled.reserved.is_some() {
+        history.due.or(Some(now))
+    } else {
+        Some(next_poll)
+    };
     ctx.set_tracked(
         &key,
         Tracked {
@@ -372,6 +438,8 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
             handled_refresh,
             last_forced,
             gone_suspected: polled.gone_suspected,
+            reserved: polled.reserved,
+            due,
         },
     );
     Ok(polled

@@ -8,7 +8,6 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::apply::write_status;
-use super::budget::MAX_BUDGET_WAIT;
 use super::credentials::resolve_key;
 use super::schedule::{
     CONFIRM_GONE, GONE_POLL, MAX_KEY_PAUSE, backoff, jitter, jitter_up, poll_interval,
@@ -35,6 +34,9 @@ pub struct Polled {
     pub requested: bool,
     /// PPIO answered "not found" for the first time; the next poll confirms it.
     pub gone_suspected: bool,
+    /// The request slot reserved in the key's budget for the next poll (it waits for it
+    /// outside any reconcile slot and uses it when it comes back).
+    pub reserved: Option<Instant>,
 }
 
 /// What a poll needs to know of the polls before it.
@@ -44,13 +46,17 @@ pub struct History {
     pub failures: u32,
     /// The last poll answered "not found" and was not reported yet.
     pub gone_suspected: bool,
+    /// A request slot reserved earlier in the key's budget.
+    pub reserved: Option<Instant>,
+    /// When this poll was due (its interval), to measure how late it runs.
+    pub due: Option<Instant>,
 }
 
 impl From<u32> for History {
     fn from(failures: u32) -> History {
         History {
             failures,
-            gone_suspected: false,
+            ..History::default()
         }
     }
 }
@@ -67,6 +73,8 @@ pub async fn poll(
     let History {
         failures,
         gone_suspected,
+        reserved,
+        due,
     } = history.into();
     if instance.spec.suspend == Some(true) {
         let wrote = write_status(instance, ctx, Observation::Suspended).await?;
@@ -76,6 +84,7 @@ pub async fn poll(
             wrote,
             requested: false,
             gone_suspected: false,
+            reserved: None,
         });
     }
 
@@ -90,6 +99,7 @@ pub async fn poll(
                 wrote,
                 requested: false,
                 gone_suspected: false,
+                reserved: None,
             });
         }
     };
@@ -104,24 +114,29 @@ pub async fn poll(
             wrote: false,
             requested: false,
             gone_suspected,
+            reserved: None,
         });
     }
 
-    let wait = ctx
-        .buckets
-        .reserve(ctx.settings.budget, ctx.fingerprint(&api_key), now);
-    if wait > MAX_BUDGET_WAIT {
-        // The key's budget is spent for a while: look again later instead of queueing here.
+    // The key's budget: a slot reserved earlier, or the next free one. A poll never waits for
+    // its slot inside a reconcile (that would hold a concurrency slot and delay every other
+    // key): it comes back when the slot is due, and keeps it until then.
+    let fingerprint = ctx.fingerprint(&api_key);
+    let slot = reserved
+        .unwrap_or_else(|| now + ctx.buckets.reserve(ctx.settings.budget, fingerprint, now));
+    if slot > now {
         return Ok(Polled {
-            next: Some(wait),
+            next: Some(slot - now),
             failures,
             wrote: false,
             requested: false,
             gone_suspected,
+            reserved: Some(slot),
         });
     }
-    tokio::time::sleep(wait).await;
-    let now = Instant::now();
+    if let Some(due) = due {
+        ctx.record_lateness(fingerprint, now.saturating_duration_since(due), refresh);
+    }
     let result = ctx
         .ppio
         .get_instance(&api_key, &instance.spec.instance_id)
@@ -157,6 +172,7 @@ pub async fn poll(
                         wrote: false,
                         requested: true,
                         gone_suspected: true,
+                        reserved: None,
                     });
                 }
                 (Retry::Gone, _) => (jitter(refresh.max(GONE_POLL)), 0),
@@ -178,6 +194,7 @@ pub async fn poll(
         wrote,
         requested: true,
         gone_suspected: false,
+        reserved: None,
     })
 }
 

@@ -51,6 +51,54 @@ pub(crate) fn jitter_up(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.0..=1.0))
 }
 
+/// What the timing decision reads of one PpioInstance at a reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    pub now: Instant,
+    /// When the next poll is due, as remembered for the current generation; `None`: never
+    /// polled since start-up, or the spec changed since.
+    pub next_poll: Option<Instant>,
+    /// The refresh annotation asks for a poll not answered yet.
+    pub refresh_requested: bool,
+    /// When a poll for a refresh request last ran.
+    pub last_forced: Option<Instant>,
+    /// First sight since start-up of an object whose status already answers its generation.
+    pub observed_before_start: bool,
+    /// The instance's refresh interval.
+    pub refresh: Duration,
+}
+
+/// What a reconcile does now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Poll now.
+    Poll,
+    /// Nothing now; look again at this instant.
+    Wait(Instant),
+    /// Schedule the first poll after start-up at this instant (nothing now).
+    FirstPoll(Instant),
+}
+
+/// When to poll, as a pure function of what is known (`spread` in [0, 1) places a first poll
+/// after start-up within the interval).
+pub fn decide(d: &Due, spread: f64) -> Decision {
+    if d.refresh_requested {
+        // At most one poll per MIN_REFRESH_GAP for refresh requests.
+        return match d.last_forced.map(|at| at + MIN_REFRESH_GAP) {
+            Some(ready) if ready > d.now => Decision::Wait(ready),
+            _ => Decision::Poll,
+        };
+    }
+    match d.next_poll {
+        Some(at) if at > d.now => Decision::Wait(at),
+        Some(_) => Decision::Poll,
+        None if d.observed_before_start => {
+            Decision::FirstPoll(d.now + d.refresh.mul_f64(spread.clamp(0.0, 1.0)))
+        }
+        None => Decision::Poll,
+    }
+}
+
 pub(crate) fn far_future(now: Instant) -> Instant {
     now + Duration::from_secs(365 * 24 * 3600)
 }
@@ -58,6 +106,76 @@ pub(crate) fn far_future(now: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn due(now: Instant) -> Due {
+        Due {
+            now,
+            next_poll: None,
+            refresh_requested: false,
+            last_forced: None,
+            observed_before_start: false,
+            refresh: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn a_new_object_polls_now_and_a_known_one_waits_for_its_time() {
+        let now = Instant::now();
+        assert_eq!(decide(&due(now), 0.5), Decision::Poll);
+        let later = now + Duration::from_secs(30);
+        let known = Due {
+            next_poll: Some(later),
+            ..due(now)
+        };
+        assert_eq!(decide(&known, 0.5), Decision::Wait(later));
+        let overdue = Due {
+            next_poll: Some(now - Duration::from_secs(1)),
+            ..due(now)
+        };
+        assert_eq!(decide(&overdue, 0.5), Decision::Poll);
+    }
+
+    #[test]
+    fn after_a_restart_first_polls_spread_over_the_interval() {
+        let now = Instant::now();
+        let d = Due {
+            observed_before_start: true,
+            ..due(now)
+        };
+        assert_eq!(decide(&d, 0.0), Decision::FirstPoll(now));
+        assert_eq!(
+            decide(&d, 0.5),
+            Decision::FirstPoll(now + Duration::from_secs(30))
+        );
+        assert_eq!(
+            decide(&d, 7.0),
+            Decision::FirstPoll(now + Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn a_refresh_request_polls_now_but_at_most_every_ten_seconds() {
+        let now = Instant::now();
+        let asked = Due {
+            refresh_requested: true,
+            next_poll: Some(now + Duration::from_secs(50)),
+            ..due(now)
+        };
+        assert_eq!(decide(&asked, 0.5), Decision::Poll);
+        let again = Due {
+            last_forced: Some(now - Duration::from_secs(3)),
+            ..asked
+        };
+        assert_eq!(
+            decide(&again, 0.5),
+            Decision::Wait(now + Duration::from_secs(7))
+        );
+        let later = Due {
+            last_forced: Some(now - Duration::from_secs(11)),
+            ..asked
+        };
+        assert_eq!(decide(&later, 0.5), Decision::Poll);
+    }
 
     #[test]
     fn backoff_grows_to_five_minutes() {
