@@ -311,3 +311,22 @@ fn fixtures_are_validated() {
     }
     assert_eq!(Simulator::samples().len(), 3);
 }
+
+#[tokio::test]
+async fn list_pages_are_capped_whatever_the_limit_asks() {
+    let (sim, base) = start().await;
+    for i in 0..520 {
+        sim.put_instance(&format!("many{i}"), Simulator::samples()[0].clone());
+    }
+    let (code, _, body) = get(
+        &format!("{base}/gpus/v2/instances?limit=100000"),
+        Some("k1"),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let page: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(page["data"].as_array().expect("data").len(), 500);
+    assert_eq!(page["has_more"], true);
+    let counts = sim.counts();
+    assert_eq!(counts.list, 1, "the LIST request is counted");
+}

@@ -131,7 +131,11 @@ pub(super) struct ListQuery {
     billing_mode: Option<String>,
 }
 
-const DEFAULT_PAGE: usize = 20;
+/// The page size when `limit` is 0 or absent.
+pub const DEFAULT_PAGE: usize = 20;
+/// The largest page served, whatever `limit` asks (PPIO documents none; clients must follow
+/// `next_cursor` anyway).
+pub const MAX_PAGE: usize = 500;
 
 /// `GET /gpus/v2/instances`: filtered, paged, without `tools` and `pricing`. The fault set
 /// for every instance (`*`) applies to it too (latency and error status).
@@ -209,7 +213,11 @@ pub(super) async fn list_instances(
             _ => return vendor_error(400, Some("INVALID_PARAMS"), st.request_seq),
         },
     };
-    let limit = q.limit.filter(|l| *l > 0).unwrap_or(DEFAULT_PAGE);
+    let limit = q
+        .limit
+        .filter(|l| *l > 0)
+        .unwrap_or(DEFAULT_PAGE)
+        .min(MAX_PAGE);
     let total = matching.len();
     let page: Vec<Value> = matching.into_iter().skip(start).take(limit).collect();
     let end = start + page.len();
