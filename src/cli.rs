@@ -52,14 +52,8 @@ pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 /// written like 30s, 5m, 1h30m or 500ms.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Base URL of the PPIO API.
-    #[arg(long, env = "PPIO_BASE_URL", default_value = DEFAULT_BASE_URL, value_parser = parse_base_url)]
-    pub ppio_base_url: String,
-
-    /// Accept an http:// base URL for a host other than loopback (the API key then travels
-    /// unencrypted; only for a trusted proxy on a private network).
-    #[arg(long, env = "PPIO_ALLOW_INSECURE_HTTP")]
-    pub ppio_allow_insecure_http: bool,
+    #[command(flatten)]
+    pub ppio: PpioArgs,
 
     /// Watch PpioInstances in this namespace only (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE", value_parser = parse_namespace)]
@@ -82,10 +76,6 @@ pub struct RunArgs {
     /// port of their own.
     #[arg(long, env = "HEALTH_ADDR")]
     pub health_addr: Option<SocketAddr>,
-
-    /// Timeout of one PPIO API request (1s..60s).
-    #[arg(long, env = "PPIO_REQUEST_TIMEOUT", default_value_t = Human(DEFAULT_REQUEST_TIMEOUT), value_parser = parse_timeout, value_name = "DURATION")]
-    pub ppio_request_timeout: Human,
 
     /// PPIO requests per second allowed per API key, shared by every PpioInstance using that
     /// key (0: unlimited).
@@ -128,6 +118,39 @@ pub struct RunArgs {
     pub identity: Option<String>,
 }
 
+/// How to reach the PPIO API: the options `run` and `import` share.
+#[derive(Debug, Args)]
+pub struct PpioArgs {
+    /// Base URL of the PPIO API.
+    #[arg(long, env = "PPIO_BASE_URL", default_value = DEFAULT_BASE_URL, value_parser = parse_base_url)]
+    pub ppio_base_url: String,
+
+    /// Accept an http:// base URL for a host other than loopback (the API key then travels
+    /// unencrypted; only for a trusted proxy on a private network).
+    #[arg(long, env = "PPIO_ALLOW_INSECURE_HTTP")]
+    pub ppio_allow_insecure_http: bool,
+
+    /// Timeout of one PPIO API request (1s..60s).
+    #[arg(long, env = "PPIO_REQUEST_TIMEOUT", default_value_t = Human(DEFAULT_REQUEST_TIMEOUT), value_parser = parse_timeout, value_name = "DURATION")]
+    pub ppio_request_timeout: Human,
+}
+
+impl PpioArgs {
+    /// The PPIO client these options describe.
+    pub fn client(&self) -> Result<HttpClient, ConfigError> {
+        HttpClient::new(&HttpClientConfig {
+            base_url: self.ppio_base_url.clone(),
+            timeout: self.ppio_request_timeout.0,
+            allow_insecure_http: self.ppio_allow_insecure_http,
+            ..Default::default()
+        })
+        .map_err(|e| ConfigError {
+            flag: "--ppio-base-url",
+            message: e.to_string(),
+        })
+    }
+}
+
 /// A command-line value that passed clap's parsing but cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{flag}: {message}")]
@@ -140,16 +163,7 @@ impl RunArgs {
     /// The checked configuration of `run`. Reads the default key from `PPIO_API_KEY` (never a
     /// flag, so that it does not show in the process list).
     pub fn config(self) -> Result<RunConfig, ConfigError> {
-        let http = HttpClient::new(&HttpClientConfig {
-            base_url: self.ppio_base_url.clone(),
-            timeout: self.ppio_request_timeout.0,
-            allow_insecure_http: self.ppio_allow_insecure_http,
-            ..Default::default()
-        })
-        .map_err(|e| ConfigError {
-            flag: "--ppio-base-url",
-            message: e.to_string(),
-        })?;
+        let http = self.ppio.client()?;
         let default_key = std::env::var("PPIO_API_KEY")
             .ok()
             .and_then(|k| ApiKey::new(&k));
@@ -361,11 +375,11 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let args = run_args(&[]);
-        assert_eq!(args.ppio_base_url, "https://api.ppio.com");
+        assert_eq!(args.ppio.ppio_base_url, "https://api.ppio.com");
         assert_eq!(args.default_refresh_interval.0, Duration::from_secs(60));
         assert_eq!(args.http_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(args.health_addr, None);
-        assert_eq!(args.ppio_request_timeout.0, Duration::from_secs(10));
+        assert_eq!(args.ppio.ppio_request_timeout.0, Duration::from_secs(10));
         assert_eq!(args.max_concurrent_reconciles, 16);
         let help = Cli::command()
             .find_subcommand_mut("run")
@@ -416,12 +430,15 @@ mod tests {
             "1m30s",
         ]);
         assert_eq!(args.default_refresh_interval.0, Duration::from_secs(90));
-        assert_eq!(args.ppio_request_timeout.0, Duration::from_secs(60));
+        assert_eq!(args.ppio.ppio_request_timeout.0, Duration::from_secs(60));
         assert_eq!(
             args.leader_election_lease_duration.0,
             Duration::from_secs(90)
         );
         let args = run_args(&["--ppio-request-timeout", "2500ms"]);
-        assert_eq!(args.ppio_request_timeout.0, Duration::from_millis(2500));
+        assert_eq!(
+            args.ppio.ppio_request_timeout.0,
+            Duration::from_millis(2500)
+        );
     }
 }

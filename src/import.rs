@@ -6,17 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use kube::api::ObjectMeta;
 
 use crate::cli::ConfigError;
 use crate::crd::{PpioInstance, PpioInstanceSpec, SecretKeyRef};
-use crate::duration::{Human, parse_duration_within};
-use crate::ppio::{
-    ApiKey, DEFAULT_BASE_URL, DEFAULT_REQUEST_TIMEOUT, HttpClient, HttpClientConfig, ListQuery,
-    PpioApi, PpioError, wire,
-};
+use crate::ppio::{ApiKey, ListQuery, PpioApi, PpioError, wire};
 
 /// The annotation that carries the instance's name in PPIO.
 pub const NAME_ANNOTATION: &str = "gpus.ppio.com/instance-name";
@@ -36,18 +31,8 @@ pub struct ImportArgs {
     #[arg(long, value_parser = crate::cli::parse_namespace)]
     pub namespace: String,
 
-    /// Base URL of the PPIO API.
-    #[arg(long, env = "PPIO_BASE_URL", default_value = DEFAULT_BASE_URL, value_parser = crate::cli::parse_base_url)]
-    pub ppio_base_url: String,
-
-    /// Accept an http:// base URL for a host other than loopback (the key travels
-    /// unencrypted).
-    #[arg(long, env = "PPIO_ALLOW_INSECURE_HTTP")]
-    pub ppio_allow_insecure_http: bool,
-
-    /// Timeout of one PPIO API request (1s..60s).
-    #[arg(long, env = "PPIO_REQUEST_TIMEOUT", default_value_t = Human(DEFAULT_REQUEST_TIMEOUT), value_parser = parse_timeout, value_name = "DURATION")]
-    pub ppio_request_timeout: Human,
+    #[command(flatten)]
+    pub ppio: crate::cli::PpioArgs,
 
     /// Only instances whose name or id contains this text (the API's `name` filter).
     #[arg(long)]
@@ -83,12 +68,6 @@ pub struct ImportArgs {
     pub page_size: u32,
 }
 
-fn parse_timeout(s: &str) -> Result<Human, String> {
-    parse_duration_within(s, Duration::from_secs(1), Duration::from_secs(60))
-        .map(Human)
-        .map_err(|e| e.to_string())
-}
-
 fn parse_secret_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 253
@@ -115,16 +94,7 @@ pub struct ImportConfig {
 impl ImportArgs {
     /// Checks the arguments and reads `PPIO_API_KEY`; contacts nothing.
     pub fn config(self) -> Result<ImportConfig, ConfigError> {
-        let ppio = HttpClient::new(&HttpClientConfig {
-            base_url: self.ppio_base_url.clone(),
-            timeout: self.ppio_request_timeout.0,
-            allow_insecure_http: self.ppio_allow_insecure_http,
-            ..Default::default()
-        })
-        .map_err(|e| ConfigError {
-            flag: "--ppio-base-url",
-            message: e.to_string(),
-        })?;
+        let ppio = self.ppio.client()?;
         let key = std::env::var("PPIO_API_KEY")
             .ok()
             .and_then(|k| ApiKey::new(&k))
