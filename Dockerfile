@@ -1,10 +1,11 @@
-# A statically linked ppio-operator on a minimal, non-root base image.
+# The operator's image: a static ppio-operator, the CA bundle and a non-root user (65532), on
+# scratch (no shell, no package manager, no libc). tools/image.sh builds the same files without
+# a daemon, as an OCI archive.
 #
 #   docker build -t registry.example.com/ppio-operator:0.1.0 .
 #   docker push registry.example.com/ppio-operator:0.1.0
 
-FROM rust:1.95-alpine AS build
-RUN apk add --no-cache musl-dev
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # The workspace's manifests must all be present for cargo to resolve it; only the operator's
 # crate is built.
@@ -12,17 +13,25 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY crates ./crates
-# On Alpine the target is x86_64/aarch64-unknown-linux-musl: the binary is static.
-RUN cargo build --release --locked --bin ppio-operator \
-    && cp target/release/ppio-operator /ppio-operator
+# A static glibc build (as tools/image.sh makes): the binary needs no loader and no libc.
+RUN target="$(uname -m)-unknown-linux-gnu" \
+    && RUSTFLAGS='-C target-feature=+crt-static' \
+       cargo build --release --locked --bin ppio-operator --target "$target" \
+    && cp "target/$target/release/ppio-operator" /ppio-operator \
+    && if ldd /ppio-operator 2>&1 | grep -q '=>'; then echo "not static" >&2; exit 1; fi
 
-# distroless/static: no shell, no package manager; CA certificates included; user 65532.
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM scratch
 LABEL org.opencontainers.image.title="ppio-operator" \
       org.opencontainers.image.description="Mirrors PPIO GPU instances into PpioInstance resources" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="0.1.0"
+# Debian's CA bundle (package ca-certificates), the user 65532 and the binary: nothing else.
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY tools/image/passwd /etc/passwd
+COPY tools/image/group /etc/group
 COPY --from=build /ppio-operator /usr/local/bin/ppio-operator
+ENV PATH=/usr/local/bin \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/ppio-operator"]
