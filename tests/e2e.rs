@@ -566,12 +566,14 @@ async fn credentials_missing_then_created_and_rotated_without_restart() {
     );
     // A Secret is read again at most every 30s (or at once after a 401).
     secret(&client, &ns, "ppio", "token", "key-wrong").await;
-    wait_for(&api, "a", Duration::from_secs(60), "Unauthorized", |o| {
+    wait_for(&api, "a", Duration::from_secs(90), "Unauthorized", |o| {
         has(o, "Synced", "False", "Unauthorized")
     })
     .await;
+    // Rotated: polls of a refused key from a Secret come back within a minute and read the
+    // Secret again on a 401.
     secret(&client, &ns, "ppio", "token", "key-right").await;
-    wait_for(&api, "a", Duration::from_secs(30), "Observed", |o| {
+    wait_for(&api, "a", Duration::from_secs(90), "Observed", |o| {
         has(o, "Synced", "True", "Observed")
     })
     .await;

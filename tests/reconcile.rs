@@ -638,7 +638,7 @@ async fn secret_reads_do_not_grow_with_the_instances_that_use_the_secret() {
         condition(&h.api.last_status(), "Synced"),
         ("True".into(), "Observed".into())
     );
-    // Rotated to a key PPIO refuses: the 401 makes the next poll read the Secret again.
+    // Rotated to a key PPIO refuses: the 401 makes the operator read the Secret again at once.
     h.api.put_secret("ml", "shared", "apiKey", "sk-revoked");
     let mut i = instance("i0", None);
     i.spec.credentials_secret_ref = Some(SecretKeyRef {
@@ -646,19 +646,25 @@ async fn secret_reads_do_not_grow_with_the_instances_that_use_the_secret() {
         key: None,
     });
     h.sim.set_keys(vec!["sk-rotated".into()]);
-    poll(&i, &ctx, REFRESH, 0).await.expect("poll");
+    let p = poll(&i, &ctx, REFRESH, 0).await.expect("poll");
     assert_eq!(
         condition(&h.api.last_status(), "Synced"),
         ("False".into(), "Unauthorized".into())
     );
-    assert_eq!(h.api.secret_reads(), 1);
-    h.api.put_secret("ml", "shared", "apiKey", "sk-rotated");
-    poll(&i, &ctx, REFRESH, 1).await.expect("poll");
     assert_eq!(
         h.api.secret_reads(),
         2,
         "the 401 made the Secret be read again"
     );
+    assert!(
+        p.next.expect("requeue") <= Duration::from_secs(60),
+        "a refused key from a Secret is tried again within a minute"
+    );
+    // The Secret is rotated to the key PPIO accepts: the next poll's 401 (with the key still
+    // cached) reads it again and retries at once with the new key.
+    h.api.put_secret("ml", "shared", "apiKey", "sk-rotated");
+    poll(&i, &ctx, REFRESH, 1).await.expect("poll");
+    assert_eq!(h.api.secret_reads(), 3);
     assert_eq!(
         condition(&h.api.last_status(), "Synced"),
         ("True".into(), "Observed".into())

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::apply::write_status;
-use super::credentials::resolve_key;
+use super::credentials::{SECRET_TTL, resolve_key};
 use super::schedule::{
     CONFIRM_GONE, GONE_POLL, MAX_KEY_PAUSE, backoff, jitter, jitter_up, poll_interval,
 };
@@ -93,8 +93,10 @@ pub async fn poll(
         Err(failure) => {
             let wrote = write_status(instance, ctx, Observation::Failed(&failure)).await?;
             let failures = failures + 1;
+            // Checked again at least every SECRET_TTL: a Secret created or marked later is
+            // used within about a minute, whatever the backoff has grown to.
             return Ok(Polled {
-                next: Some(backoff(failures)),
+                next: Some(backoff(failures).min(SECRET_TTL)),
                 failures,
                 wrote,
                 requested: false,
@@ -137,14 +139,20 @@ pub async fn poll(
     if let Some(due) = due {
         ctx.record_lateness(fingerprint, now.saturating_duration_since(due), refresh);
     }
-    let result = ctx
-        .ppio
-        .get_instance(&api_key, &instance.spec.instance_id)
-        .await;
-    let class = result
-        .as_ref()
-        .map_or_else(PpioError::request_class, |_| "2xx");
-    ctx.metrics.api.request(class, now.elapsed().as_secs_f64());
+    let mut result = get_instance(ctx, &api_key, instance).await;
+    if matches!(result, Err(PpioError::Unauthorized))
+        && let Some(sref) = &instance.spec.credentials_secret_ref
+    {
+        // The key may just have been rotated: read the Secret again now, and try once more
+        // when it holds another key.
+        ctx.secrets
+            .forget(&instance.namespace().unwrap_or_default(), &sref.name);
+        if let Ok(Ok(fresh)) = resolve_key(instance, ctx).await
+            && fresh != api_key
+        {
+            result = get_instance(ctx, &fresh, instance).await;
+        }
+    }
     let (observation, failure);
     let (delay, failures) = match &result {
         Ok(observed) => {
@@ -155,13 +163,6 @@ pub async fn poll(
         Err(e) => {
             failure = Failure::from(e);
             observation = Observation::Failed(&failure);
-            if matches!(e, PpioError::Unauthorized)
-                && let Some(sref) = &instance.spec.credentials_secret_ref
-            {
-                // The key may just have been rotated: read the Secret again at the next poll.
-                ctx.secrets
-                    .forget(&instance.namespace().unwrap_or_default(), &sref.name);
-            }
             match (failure.class.retry(), e.retry_after()) {
                 (Retry::Gone, _) if !gone_suspected && !reported_gone(instance) => {
                     // A first "not found": confirm it before telling anyone.
@@ -183,6 +184,13 @@ pub async fn poll(
                     ctx.pause_key(&api_key, now + wait);
                     (wait + jitter_up(Duration::from_secs(1)), failures + 1)
                 }
+                // A refused key from a Secret is tried again within a minute: the Secret
+                // may be rotated by then (it is read again at each such poll).
+                _ if matches!(e, PpioError::Unauthorized)
+                    && instance.spec.credentials_secret_ref.is_some() =>
+                {
+                    (backoff(failures + 1).min(2 * SECRET_TTL), failures + 1)
+                }
                 _ => (backoff(failures + 1), failures + 1),
             }
         }
@@ -196,6 +204,23 @@ pub async fn poll(
         gone_suspected: false,
         reserved: None,
     })
+}
+
+/// `GET /gpus/v2/instances/{id}`, counted in the request metrics.
+async fn get_instance(
+    ctx: &Context,
+    key: &crate::ppio::ApiKey,
+    instance: &PpioInstance,
+) -> Result<crate::ppio::Instance, PpioError> {
+    let start = Instant::now();
+    let result = ctx.ppio.get_instance(key, &instance.spec.instance_id).await;
+    let class = result
+        .as_ref()
+        .map_or_else(PpioError::request_class, |_| "2xx");
+    ctx.metrics
+        .api
+        .request(class, start.elapsed().as_secs_f64());
+    result
 }
 
 /// True when the stored status already reports the instance gone.
