@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The scale benchmark: a real etcd + kube-apiserver on 127.0.0.1, the PPIO simulator with N
+# instances, and the release operator binary at its default settings, with N PpioInstances
+# on one API key. Prints fill time, create->Synced p50/p99, PPIO requests per instance per
+# interval, status writes, Secret reads at the API server, CPU, RSS and the age of the oldest
+# observation. Asserts nothing.
+#
+#   tools/bench-scale.sh N [STEADY_SECONDS]     (default: 1000 instances, 60 s of steady state)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+n=${1:-1000}
+steady=${2:-60}
+export PPIO_TOOLS_BIN=${PPIO_TOOLS_BIN:-$root/.tools/bin}
+tools/build.sh etcd kube-apiserver
+cargo build --locked --release --bin ppio-operator
+cargo build --locked --release -p ppio-testenv --bin bench-scale
+exec "$root/target/release/bench-scale" "$n" "$root/target/release/ppio-operator" "$steady"
