@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PPIO_TOOLS_BIN=${PPIO_TOOLS_BIN:-$root/.tools/bin}
-tools/build.sh etcd kube-apiserver kubectl helm health
+tools/build.sh etcd kube-apiserver kubectl helm health kubelet kube-controller-manager kube-scheduler kube-proxy pause image
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

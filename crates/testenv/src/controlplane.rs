@@ -176,6 +176,19 @@ pub fn free_port() -> Result<u16, EnvError> {
         .port())
 }
 
+/// How [`ControlPlane::start_with`] sets up kube-apiserver. The default is the control plane
+/// of the end-to-end tests: loopback only, RBAC only, no ServiceAccount admission and no
+/// `kubernetes` Service endpoints (no pod ever runs).
+#[derive(Debug, Clone, Default)]
+pub struct ApiServerOptions {
+    /// Serve a real node (see [`crate::node`]) whose address is this IP: listen on every
+    /// address and advertise this one (the `kubernetes` Service's endpoint, which pods reach
+    /// through 10.0.0.1), a serving certificate for it, 127.0.0.1, 10.0.0.1 and
+    /// `kubernetes.default.svc[.cluster.local]`, the ServiceAccount admission plugin on (pods
+    /// get their token) and `Node,RBAC` authorization.
+    pub node_ip: Option<Ipv4Addr>,
+}
+
 /// The running etcd and kube-apiserver.
 pub struct ControlPlane {
     /// The kubeconfig of a `system:masters` admin.
@@ -189,6 +202,9 @@ pub struct ControlPlane {
     // Field order: the apiserver stops before etcd.
     apiserver: Guarded,
     etcd: Guarded,
+    // Signs the client certificates of [`ControlPlane::user_kubeconfig`].
+    ca_cert: rcgen::Certificate,
+    ca_key: KeyPair,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -200,6 +216,16 @@ impl ControlPlane {
         tools: &Path,
         dir: Option<&Path>,
         crds: Option<&Path>,
+    ) -> Result<ControlPlane, EnvError> {
+        Self::start_with(tools, dir, crds, &ApiServerOptions::default()).await
+    }
+
+    /// [`ControlPlane::start`] with kube-apiserver set up by `options`.
+    pub async fn start_with(
+        tools: &Path,
+        dir: Option<&Path>,
+        crds: Option<&Path>,
+        options: &ApiServerOptions,
     ) -> Result<ControlPlane, EnvError> {
         for p in ["etcd", "kube-apiserver"] {
             if !tools.join(p).is_file() {
@@ -227,7 +253,7 @@ impl ControlPlane {
         };
         let pki = dir.join("pki");
         create_private_dir(&pki)?;
-        let certs = Certs::generate()?;
+        let certs = Certs::generate(options.node_ip)?;
         // Keys and certificates alike: only this user may read the folder's files.
         let write = |name: &str, body: &str| -> Result<PathBuf, EnvError> {
             let p = pki.join(name);
@@ -264,29 +290,39 @@ impl ControlPlane {
 
         let port = free_port()?;
         let server = format!("https://127.0.0.1:{port}");
+        let mut args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", dir.join("apiserver-certs").display()),
+            format!("--tls-cert-file={}", serving_crt.display()),
+            format!("--tls-private-key-file={}", serving_key.display()),
+            format!("--client-ca-file={}", ca.display()),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+            "--enable-priority-and-fairness=false".into(),
+            "--v=0".into(),
+        ];
+        match options.node_ip {
+            None => args.extend([
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                "--authorization-mode=RBAC".into(),
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--endpoint-reconciler-type=none".into(),
+            ]),
+            Some(ip) => args.extend([
+                "--bind-address=0.0.0.0".into(),
+                format!("--advertise-address={ip}"),
+                "--authorization-mode=Node,RBAC".into(),
+            ]),
+        }
         let mut apiserver = Guarded::spawn(
             "kube-apiserver",
             &tools.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={port}"),
-                format!("--cert-dir={}", dir.join("apiserver-certs").display()),
-                format!("--tls-cert-file={}", serving_crt.display()),
-                format!("--tls-private-key-file={}", serving_key.display()),
-                format!("--client-ca-file={}", ca.display()),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", sa_pub.display()),
-                format!("--service-account-signing-key-file={}", sa_key.display()),
-                "--authorization-mode=RBAC".into(),
-                "--disable-admission-plugins=ServiceAccount".into(),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--allow-privileged=true".into(),
-                "--enable-priority-and-fairness=false".into(),
-                "--endpoint-reconciler-type=none".into(),
-                "--v=0".into(),
-            ],
+            &args,
             &dir.join("kube-apiserver.log"),
             &[],
         )?;
@@ -303,6 +339,8 @@ impl ControlPlane {
             tools: tools.to_path_buf(),
             apiserver,
             etcd,
+            ca_cert: certs.ca_cert,
+            ca_key: certs.ca_key,
             _tmp: tmp,
         };
         if let Some(crds) = crds {
@@ -314,6 +352,32 @@ impl ControlPlane {
     /// A new client for the admin kubeconfig.
     pub async fn client(&self) -> Result<Client, EnvError> {
         client_for(&self.kubeconfig).await
+    }
+
+    /// Writes a kubeconfig (0600) at `path` for a client certificate of `user` in `groups`,
+    /// signed by this control plane's CA: how the node's programs authenticate (e.g.
+    /// `system:node:<name>` in `system:nodes` for the kubelet).
+    pub fn user_kubeconfig(
+        &self,
+        path: &Path,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<(), EnvError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, user);
+        for g in groups {
+            params.distinguished_name.push(DnType::OrganizationName, *g);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key)?;
+        write_kubeconfig_for(
+            path,
+            &self.server,
+            &self.ca_cert.pem(),
+            &cert.pem(),
+            &key.serialize_pem(),
+        )
     }
 
     /// Fails when etcd or the apiserver died.
@@ -337,6 +401,8 @@ impl ControlPlane {
 }
 
 struct Certs {
+    ca_cert: rcgen::Certificate,
+    ca_key: KeyPair,
     ca_pem: String,
     serving_pem: String,
     serving_key: String,
@@ -347,7 +413,8 @@ struct Certs {
 }
 
 impl Certs {
-    fn generate() -> Result<Certs, rcgen::Error> {
+    /// `node_ip`: also serve the node at this address (see [`ApiServerOptions::node_ip`]).
+    fn generate(node_ip: Option<Ipv4Addr>) -> Result<Certs, rcgen::Error> {
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -360,6 +427,25 @@ impl Certs {
         serving
             .subject_alt_names
             .push(rcgen::SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        if let Some(ip) = node_ip {
+            // Pods reach the API server as https://10.0.0.1 (the first service IP), through
+            // kube-proxy at the advertised node IP, or by the Service's DNS names.
+            for ip in [ip, Ipv4Addr::new(10, 0, 0, 1)] {
+                serving
+                    .subject_alt_names
+                    .push(rcgen::SanType::IpAddress(IpAddr::V4(ip)));
+            }
+            for name in [
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ] {
+                serving
+                    .subject_alt_names
+                    .push(rcgen::SanType::DnsName(name.try_into()?));
+            }
+        }
         serving
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");
@@ -386,6 +472,8 @@ impl Certs {
             client_key: client_key.serialize_pem(),
             sa_key: sa.serialize_pem(),
             sa_pub: sa.public_key_pem(),
+            ca_cert,
+            ca_key,
         })
     }
 }
@@ -396,6 +484,22 @@ fn b64(s: &str) -> String {
 }
 
 fn write_kubeconfig(path: &Path, server: &str, certs: &Certs) -> Result<(), EnvError> {
+    write_kubeconfig_for(
+        path,
+        server,
+        &certs.ca_pem,
+        &certs.client_pem,
+        &certs.client_key,
+    )
+}
+
+fn write_kubeconfig_for(
+    path: &Path,
+    server: &str,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(), EnvError> {
     let body = format!(
         "apiVersion: v1
 kind: Config
@@ -417,9 +521,9 @@ contexts:
     namespace: default
 current-context: testenv
 ",
-        ca = b64(&certs.ca_pem),
-        cert = b64(&certs.client_pem),
-        key = b64(&certs.client_key),
+        ca = b64(ca_pem),
+        cert = b64(cert_pem),
+        key = b64(key_pem),
     );
     write_private(path, body.as_bytes())
 }

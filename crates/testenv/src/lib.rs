@@ -8,14 +8,19 @@
 //! - [`mock`]: a mocked Kubernetes API (tower-test) that checks every status write's field
 //!   manager and `force`, and a reconcile harness around it.
 //! - [`demo`]: the local demo (`ppio-demo`, run by `tools/demo.sh`).
+//! - [`node`]: a real single-node Kubernetes (kubelet, containerd, kube-proxy, CNI) on this
+//!   machine, for end-to-end tests of the image and the Helm chart; needs root.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod controlplane;
 pub mod demo;
 pub mod mock;
+pub mod node;
 
-pub use controlplane::{ControlPlane, EnvError, Guarded, client_for, free_port, install_crds};
+pub use controlplane::{
+    ApiServerOptions, ControlPlane, EnvError, Guarded, client_for, free_port, install_crds,
+};
 
 use std::path::PathBuf;
 

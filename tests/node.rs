@@ -1,0 +1,1101 @@
+//! The operator's image and Helm chart on a real node, the way users run them: kubelet,
+//! containerd and runc, kube-proxy, the CNI bridge (`ppio_testenv::node`), the image from
+//! `tools/image.sh` imported into containerd and used with `imagePullPolicy: Never`, and the
+//! chart installed with the real helm.
+//!
+//! One node for this binary and one test that walks through the steps in order (each needs
+//! the one before): the image's binary starts in a container (and the image has no shell),
+//! the simulator runs from the same image as a pod behind a Service, `helm install` makes an
+//! Available Deployment whose pod runs as 65532 with a read-only root filesystem, no
+//! capabilities, no privilege escalation and seccomp, passes its probes, reads the CRD with
+//! its service account and the chart's RBAC, observes a PpioInstance and writes its status
+//! and Events, and answers /metrics through the chart's Service; with two replicas and leader
+//! election exactly one pod writes and, its leader deleted, the other takes over within the
+//! lease duration; `helm uninstall` keeps the CRD and the PpioInstances. Then the node is torn
+//! down and the test checks that nothing of it is left on the machine.
+//!
+//! It needs root, the node's programs (`tools/build.sh`, `tools/node-packages.sh`) and the
+//! image (`tools/image.sh`); `tools/test.sh` builds them. Without root it is skipped.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kube::Api;
+use ppio_operator::crd::PpioInstance;
+use ppio_testenv::node::{Node, NodeError, NodeOptions};
+use serde_json::{Value, json};
+use support::*;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The key the simulator accepts and the chart gives the operator.
+const KEY: &str = "sk-node-test";
+const RELEASE: &str = "ppio-operator";
+const RELEASE_NS: &str = "ppio-system";
+const SIM_NS: &str = "ppio-sim";
+const SIM_PORT: u16 = 8090;
+const WATCHED_NS: &str = "ml";
+/// The chart's leader election lease, shortened for the test (the chart allows 5s..120s).
+const LEASE_SECONDS: u64 = 10;
+
+/// The image archive under test: `$PPIO_IMAGE_ARCHIVE`, else what `tools/image.sh` writes.
+fn image_archive() -> PathBuf {
+    std::env::var_os("PPIO_IMAGE_ARCHIVE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(REPO).join("target/image/ppio-operator.oci.tar"))
+}
+
+fn image() -> String {
+    format!("ppio-operator:{VERSION}")
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs a command with `stdin`; its output.
+fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let what = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what} runs: {e}"));
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("finishes")
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Scene {
+    node: Node,
+    api: Api<PpioInstance>,
+    /// The simulator's Service (ClusterIP:port).
+    sim: Option<SocketAddr>,
+}
+
+impl Scene {
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = self.node.kubectl();
+        c.args(args);
+        run(c, stdin)
+    }
+
+    fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        ok(self.kubectl(args, stdin), &format!("kubectl {args:?}"))
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl_ok(&a, None)).expect("kubectl prints JSON")
+    }
+
+    /// The real helm, with its config and cache in a folder of the test run.
+    fn helm(&self, args: &[&str]) -> String {
+        static HOME: OnceLock<PathBuf> = OnceLock::new();
+        let home = HOME.get_or_init(|| {
+            let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-helm-home");
+            std::fs::create_dir_all(&d).expect("helm home");
+            d
+        });
+        let mut c = Command::new(tools_dir().join("helm"));
+        c.args(args)
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .env("KUBECONFIG", &self.node.kubeconfig);
+        ok(run(c, None), &format!("helm {args:?}"))
+    }
+
+    /// Creates a namespace and waits for its `default` ServiceAccount (pods need it).
+    async fn namespace(&self, name: &str) {
+        let out = self.kubectl(&["create", "namespace", name], None);
+        assert!(
+            out.status.success() || String::from_utf8_lossy(&out.stderr).contains("exists"),
+            "namespace {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eventually(&format!("the default ServiceAccount of {name}"), 60, || {
+            self.kubectl(&["get", "serviceaccount", "default", "-n", name], None)
+                .status
+                .success()
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// A pod's JSON.
+    fn pod(&self, ns: &str, name: &str) -> Value {
+        self.json(&["get", "pod", name, "-n", ns])
+    }
+
+    /// The release's Deployment.
+    fn deployment(&self) -> Value {
+        self.json(&["get", "deployment", RELEASE, "-n", RELEASE_NS])
+    }
+
+    /// The release's operator pods, by name.
+    fn operator_pods(&self) -> Vec<Value> {
+        let list = self.json(&[
+            "get",
+            "pods",
+            "-n",
+            RELEASE_NS,
+            "-l",
+            &format!("app.kubernetes.io/instance={RELEASE}"),
+        ]);
+        let mut pods: Vec<Value> = list["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .collect();
+        pods.sort_by_key(|p| p["metadata"]["name"].as_str().unwrap_or("").to_string());
+        pods
+    }
+
+    /// The operator's container log in a pod (from the kubelet's log files).
+    fn operator_log(&self, pod: &str) -> String {
+        self.node.container_log(RELEASE_NS, pod, "operator")
+    }
+}
+
+/// Polls `check` every 250ms until it gives a value, or panics after `secs`.
+async fn eventually<T>(what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 request: (status, body).
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let body = body.unwrap_or("");
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/merge-patch+json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+async fn http_ok(addr: SocketAddr, path: &str) -> String {
+    match http(addr, "GET", path, None).await {
+        Some((200, body)) => body,
+        other => panic!("GET http://{addr}{path}: {other:?}"),
+    }
+}
+
+/// The sum of a metric's samples (0 when absent); `name` without labels, e.g.
+/// `ppio_status_writes_total`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Whether an object's status has condition `type_` with status True.
+fn has_condition(obj: &Value, type_: &str) -> bool {
+    obj["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == type_ && c["status"] == "True")
+    })
+}
+
+fn ip_of(v: &Value) -> Ipv4Addr {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an IPv4 address: {v}"))
+}
+
+/// A field of /proc/<pid>/status.
+fn proc_status(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------
+// The image itself (no node needed).
+
+/// A blob of the image archive, by digest.
+fn blob(archive: &Path, digest: &str) -> Vec<u8> {
+    let path = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    let out = Command::new("tar")
+        .arg("-xOf")
+        .arg(archive)
+        .arg(&path)
+        .output()
+        .expect("tar runs");
+    assert!(
+        out.status.success(),
+        "{path} is not in {}",
+        archive.display()
+    );
+    out.stdout
+}
+
+#[test]
+fn the_image_holds_only_the_binary_the_ca_bundle_and_the_user() {
+    let archive = image_archive();
+    assert!(
+        archive.is_file(),
+        "{} is missing: build it with tools/image.sh",
+        archive.display()
+    );
+    let index: Value = serde_json::from_slice(&blob_file(&archive, "index.json")).expect("index");
+    let entry = &index["manifests"][0];
+    assert_eq!(
+        entry["annotations"]["io.containerd.image.name"],
+        format!("docker.io/library/{}", image()),
+        "{index}"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&blob(&archive, entry["digest"].as_str().expect("digest")))
+            .expect("manifest");
+    let config: Value = serde_json::from_slice(&blob(
+        &archive,
+        manifest["config"]["digest"].as_str().expect("config"),
+    ))
+    .expect("config");
+    assert_eq!(config["config"]["User"], "65532:65532");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        json!(["/usr/local/bin/ppio-operator"])
+    );
+    assert_eq!(config["config"]["Cmd"], json!(["run"]));
+    let layers = manifest["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), 1, "one layer: {manifest}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let layer = dir.path().join("layer.tar.gz");
+    std::fs::write(
+        &layer,
+        blob(&archive, layers[0]["digest"].as_str().expect("digest")),
+    )
+    .expect("write layer");
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(&layer)
+        .output()
+        .expect("tar runs");
+    let mut files: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|l| !l.ends_with('/'))
+        .map(str::to_string)
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "etc/group",
+            "etc/passwd",
+            "etc/ssl/certs/ca-certificates.crt",
+            "usr/local/bin/ppio-operator"
+        ],
+        "nothing but the binary, the CA bundle and the user (no shell)"
+    );
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let x = Command::new("tar")
+        .arg("-xzf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(&root)
+        .status()
+        .expect("tar runs");
+    assert!(x.success());
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).expect("passwd");
+    assert!(passwd.contains(":65532:65532:"), "{passwd}");
+    let group = std::fs::read_to_string(root.join("etc/group")).expect("group");
+    assert!(group.contains(":65532:"), "{group}");
+    let bundle =
+        std::fs::read_to_string(root.join("etc/ssl/certs/ca-certificates.crt")).expect("CA");
+    assert!(
+        bundle.matches("BEGIN CERTIFICATE").count() > 50,
+        "a CA bundle"
+    );
+    // Static: runs with no loader and no libc, prints the version.
+    let file = Command::new("file")
+        .arg(root.join("usr/local/bin/ppio-operator"))
+        .output()
+        .expect("file runs");
+    let file = String::from_utf8_lossy(&file.stdout);
+    assert!(
+        file.contains("statically linked") || file.contains("static-pie linked"),
+        "{file}"
+    );
+    let version = Command::new(root.join("usr/local/bin/ppio-operator"))
+        .arg("--version")
+        .output()
+        .expect("runs");
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("ppio-operator {VERSION}")
+    );
+}
+
+/// A file at the top of the archive (index.json, oci-layout).
+fn blob_file(archive: &Path, name: &str) -> Vec<u8> {
+    let out = Command::new("tar")
+        .arg("-xOf")
+        .arg(archive)
+        .arg(name)
+        .output()
+        .expect("tar runs");
+    assert!(
+        out.status.success(),
+        "{name} is not in {}",
+        archive.display()
+    );
+    out.stdout
+}
+
+// ---------------------------------------------------------------------------------------
+// On the node.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_and_the_chart_on_a_real_node() {
+    if !is_root() {
+        eprintln!("skipped: the node test needs root (it runs the kubelet and containerd)");
+        return;
+    }
+    let archive = image_archive();
+    assert!(
+        archive.is_file(),
+        "{} is missing: build it with tools/image.sh (tools/test.sh does)",
+        archive.display()
+    );
+    warn_if_stale(&archive);
+    let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    let options = NodeOptions {
+        tools: tools_dir(),
+        images: vec![archive],
+        logs: logs.clone(),
+    };
+    let node = match Node::up(&options).await {
+        Ok(n) => n,
+        Err(e @ NodeError::Missing(_)) => panic!("{e}"),
+        Err(e) => panic!("the node did not come up: {e} (logs: {})", logs.display()),
+    };
+    eprintln!("node {} ({}) up in {:?}", node.name, node.ip, node.took);
+    let client = node.client().await.expect("client");
+    let mut scene = Scene {
+        api: Api::namespaced(client, WATCHED_NS),
+        node,
+        sim: None,
+    };
+    let mut timings = Vec::new();
+    let mut memory = 0;
+    let outcome = AssertUnwindSafe(async {
+        for (name, step) in STEPS {
+            let start = Instant::now();
+            eprintln!("--- {name}");
+            step(&mut scene).await;
+            memory = memory.max(scene.node.resident_memory());
+            timings.push((*name, start.elapsed()));
+        }
+    })
+    .catch_unwind()
+    .await;
+    if outcome.is_err() {
+        if let Err(e) = scene.node.check_alive() {
+            eprintln!("a program of the node died: {e}");
+        }
+        // From the kubelet's log files: the API server may be gone too.
+        for (pod, container, log) in scene.node.namespace_logs(RELEASE_NS) {
+            eprintln!("--- log of {pod}/{container}:\n{log}");
+        }
+    }
+    let teardown = scene.node.down();
+    for (name, took) in &timings {
+        eprintln!("{name}: {took:.1?}");
+    }
+    eprintln!(
+        "teardown: {:.1?}; peak resident memory of the node: {} MiB; logs: {}",
+        teardown.took,
+        memory >> 20,
+        logs.display()
+    );
+    if let Err(panic) = outcome {
+        if !teardown.leftovers.is_empty() {
+            eprintln!("left after teardown: {:#?}", teardown.leftovers);
+        }
+        std::panic::resume_unwind(panic);
+    }
+    assert!(
+        teardown.leftovers.is_empty(),
+        "the teardown left {:#?}\n{}",
+        teardown.leftovers,
+        teardown.output
+    );
+}
+
+/// Warns when a source file is newer than the image (run tools/image.sh again).
+fn warn_if_stale(archive: &Path) {
+    let built = std::fs::metadata(archive).and_then(|m| m.modified()).ok();
+    let newest = walk_newest(&Path::new(REPO).join("src"));
+    if let (Some(built), Some(newest)) = (built, newest)
+        && newest > built
+    {
+        eprintln!(
+            "warning: src/ changed after {} was built; tools/image.sh rebuilds it",
+            archive.display()
+        );
+    }
+}
+
+fn walk_newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let t = if e.path().is_dir() {
+            walk_newest(&e.path())
+        } else {
+            e.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+type Step = for<'a> fn(&'a mut Scene) -> BoxFuture<'a, ()>;
+
+const STEPS: &[(&str, Step)] = &[
+    ("the image's binary starts in a container", step_binary),
+    (
+        "the simulator runs from the image behind a Service",
+        step_simulator,
+    ),
+    ("helm install: the operator runs and observes", step_install),
+    (
+        "two replicas: one writer, and a takeover",
+        step_leader_election,
+    ),
+    (
+        "helm uninstall keeps the CRD and the PpioInstances",
+        step_uninstall,
+    ),
+];
+
+fn step_binary(s: &mut Scene) -> BoxFuture<'_, ()> {
+    binary_starts(s).boxed()
+}
+fn step_simulator(s: &mut Scene) -> BoxFuture<'_, ()> {
+    simulator(s).boxed()
+}
+fn step_install(s: &mut Scene) -> BoxFuture<'_, ()> {
+    install(s).boxed()
+}
+fn step_leader_election(s: &mut Scene) -> BoxFuture<'_, ()> {
+    leader_election(s).boxed()
+}
+fn step_uninstall(s: &mut Scene) -> BoxFuture<'_, ()> {
+    uninstall(s).boxed()
+}
+
+/// A pod of the image with a hardened security context and the given args (or command).
+fn image_pod(ns: &str, name: &str, command: Option<&[&str]>, args: &[&str]) -> String {
+    let mut container = json!({
+        "name": name,
+        "image": image(),
+        "imagePullPolicy": "Never",
+        "args": args,
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]}
+        }
+    });
+    if let Some(c) = command {
+        container["command"] = json!(c);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [container]
+        }
+    })
+    .to_string()
+}
+
+async fn binary_starts(s: &mut Scene) {
+    let ns = "node-image";
+    s.namespace(ns).await;
+    s.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&image_pod(ns, "version", None, &["--version"])),
+    );
+    s.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&image_pod(
+            ns,
+            "shell",
+            Some(&["/bin/sh", "-c", "true"]),
+            &[],
+        )),
+    );
+    let phase = eventually("the version pod ends", 60, || {
+        let p = s.pod(ns, "version");
+        let phase = p["status"]["phase"].as_str().unwrap_or("").to_string();
+        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+    })
+    .await;
+    let log = s.node.container_log(ns, "version", "version");
+    assert_eq!(phase, "Succeeded", "ppio-operator --version: {log}");
+    assert_eq!(log.trim(), format!("ppio-operator {VERSION}"));
+    // No shell in the image: a container that asks for one cannot start.
+    let state = eventually("the shell pod fails", 60, || {
+        let p = s.pod(ns, "shell");
+        let st = &p["status"]["containerStatuses"][0]["state"];
+        let reason = st["terminated"]["reason"]
+            .as_str()
+            .or(st["waiting"]["reason"].as_str())
+            .unwrap_or("");
+        (p["status"]["phase"] == "Failed"
+            || matches!(
+                reason,
+                "StartError" | "RunContainerError" | "CreateContainerError"
+            ))
+        .then(|| st.clone())
+    })
+    .await;
+    assert!(
+        state.to_string().contains("/bin/sh"),
+        "the error names the missing shell: {state}"
+    );
+    s.kubectl_ok(&["delete", "namespace", ns, "--wait=false"], None);
+}
+
+async fn simulator(s: &mut Scene) {
+    s.namespace(SIM_NS).await;
+    let mut pod: Value = serde_json::from_str(&image_pod(
+        SIM_NS,
+        "simulator",
+        None,
+        &[
+            "simulate",
+            "--addr",
+            &format!("0.0.0.0:{SIM_PORT}"),
+            "--api-key",
+            KEY,
+        ],
+    ))
+    .expect("json");
+    pod["spec"]["restartPolicy"] = json!("Always");
+    pod["spec"]["containers"][0]["ports"] = json!([{"name": "http", "containerPort": SIM_PORT}]);
+    pod["spec"]["containers"][0]["readinessProbe"] =
+        json!({"tcpSocket": {"port": SIM_PORT}, "periodSeconds": 1});
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "simulator", "namespace": SIM_NS},
+        "spec": {"selector": {"app": "simulator"}, "ports": [{"port": SIM_PORT, "targetPort": "http"}]}
+    });
+    s.kubectl_ok(&["apply", "-f", "-"], Some(&pod.to_string()));
+    s.kubectl_ok(&["apply", "-f", "-"], Some(&service.to_string()));
+    eventually("the simulator pod is Ready", 60, || {
+        has_condition(&s.pod(SIM_NS, "simulator"), "Ready").then_some(())
+    })
+    .await;
+    let svc = s.json(&["get", "service", "simulator", "-n", SIM_NS]);
+    let addr = SocketAddr::from((ip_of(&svc["spec"]["clusterIP"]), SIM_PORT));
+    // Through kube-proxy: the Service's ClusterIP from the host.
+    let start = Instant::now();
+    let counts = loop {
+        if let Some((200, body)) = http(addr, "GET", "/_sim/requests", None).await {
+            break body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the simulator does not answer at {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(counts.contains("instances"), "{counts}");
+    s.sim = Some(addr);
+}
+
+async fn install(s: &mut Scene) {
+    let sim = s.sim.expect("the simulator runs");
+    let values = json!({
+        "image": {"repository": "ppio-operator", "pullPolicy": "Never"},
+        "apiKey": {"value": KEY},
+        "ppio": {"baseUrl": format!("http://{sim}")},
+        "defaultRefreshInterval": "10s",
+        // The simulator speaks plain HTTP on the pod network.
+        "extraEnv": [{"name": "PPIO_ALLOW_INSECURE_HTTP", "value": "true"}],
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values.to_string()).expect("values");
+    let chart = Path::new(REPO).join("charts/ppio-operator");
+    s.helm(&[
+        "install",
+        RELEASE,
+        chart.to_str().expect("path"),
+        "--namespace",
+        RELEASE_NS,
+        "--create-namespace",
+        "--values",
+        file.to_str().expect("path"),
+    ]);
+    eventually("the Deployment is Available", 120, || {
+        has_condition(&s.deployment(), "Available").then_some(())
+    })
+    .await;
+    let pods = s.operator_pods();
+    assert_eq!(pods.len(), 1, "one replica");
+    let pod = &pods[0];
+    let pod_name = pod["metadata"]["name"].as_str().expect("name").to_string();
+    let status = &pod["status"]["containerStatuses"][0];
+    assert_eq!(status["ready"], true, "{status}");
+
+    // The runtime, not only the spec: uid/gid 65532, no capabilities, no privilege
+    // escalation, seccomp, and a read-only root filesystem.
+    let pid = s
+        .node
+        .container_pid(status["containerID"].as_str().expect("container id"))
+        .expect("the container's pid");
+    assert_eq!(proc_status(pid, "Uid"), "65532\t65532\t65532\t65532");
+    assert_eq!(proc_status(pid, "Gid"), "65532\t65532\t65532\t65532");
+    assert_eq!(proc_status(pid, "CapEff"), "0000000000000000");
+    assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+    assert_eq!(proc_status(pid, "Seccomp"), "2", "a seccomp filter");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let root = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .expect("a root mount");
+    let options = root.split(' ').nth(5).unwrap_or("");
+    assert!(
+        options.split(',').any(|o| o == "ro"),
+        "the root filesystem is read-only: {root}"
+    );
+
+    // The probes' endpoints, from the node as the kubelet asks them.
+    let pod_ip = ip_of(&pod["status"]["podIP"]);
+    for path in ["/livez", "/readyz"] {
+        http_ok(SocketAddr::from((pod_ip, 8081)), path).await;
+    }
+
+    // The service account and the chart's RBAC: enough to read and patch status, no more.
+    let sa = format!("system:serviceaccount:{RELEASE_NS}:{RELEASE}");
+    for (verb, resource, subresource, allowed) in [
+        ("list", "ppioinstances.gpus.ppio.com", "", true),
+        ("watch", "ppioinstances.gpus.ppio.com", "", true),
+        ("patch", "ppioinstances.gpus.ppio.com", "status", true),
+        ("update", "ppioinstances.gpus.ppio.com", "", false),
+        ("patch", "ppioinstances.gpus.ppio.com", "", false),
+        ("delete", "ppioinstances.gpus.ppio.com", "", false),
+        ("get", "secrets", "", true),
+        ("list", "secrets", "", false),
+        ("create", "pods", "", false),
+    ] {
+        let subresource = format!("--subresource={subresource}");
+        let out = s.kubectl(
+            &[
+                "auth",
+                "can-i",
+                verb,
+                resource,
+                &subresource,
+                "--as",
+                &sa,
+                "-n",
+                WATCHED_NS,
+            ],
+            None,
+        );
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(
+            answer,
+            if allowed { "yes" } else { "no" },
+            "{sa} {verb} {resource} {subresource}"
+        );
+    }
+
+    // A PpioInstance of a running instance: status and Events written by the pod.
+    s.namespace(WATCHED_NS).await;
+    s.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&instance(WATCHED_NS, "trainer-a", "ca338f12f3")),
+    );
+    let obj = wait_for(&s.api, "trainer-a", Duration::from_secs(60), "Ready", |o| {
+        has(o, "Synced", "True", "Observed") && has(o, "Ready", "True", "Running")
+    })
+    .await;
+    assert_eq!(
+        obj.status.as_ref().and_then(|st| st.state.as_deref()),
+        Some("running")
+    );
+    // The instance stops: the pod sees it on its next poll.
+    let (code, body) = http(
+        sim,
+        "PATCH",
+        "/_sim/instances/ca338f12f3",
+        Some(r#"{"status":{"status":"exited"}}"#),
+    )
+    .await
+    .expect("the simulator's control API answers");
+    assert!(code < 300, "{code} {body}");
+    let obj = wait_for(
+        &s.api,
+        "trainer-a",
+        Duration::from_secs(40),
+        "NotRunning",
+        |o| has(o, "Ready", "False", "NotRunning"),
+    )
+    .await;
+    assert_eq!(
+        obj.status.as_ref().and_then(|st| st.state.as_deref()),
+        Some("exited")
+    );
+    let events = eventually("a StateChanged Event", 30, || {
+        let e = events_of(s, "trainer-a");
+        e.iter().any(|e| e["reason"] == "StateChanged").then_some(e)
+    })
+    .await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e["reportingInstance"] == pod_name.as_str()
+                && e["reportingComponent"] == "ppio-operator"),
+        "reported by ppio-operator in {pod_name}: {events:?}"
+    );
+
+    // /metrics through the chart's Service.
+    let svc = s.json(&[
+        "get",
+        "service",
+        &format!("{RELEASE}-metrics"),
+        "-n",
+        RELEASE_NS,
+    ]);
+    let metrics_addr = SocketAddr::from((ip_of(&svc["spec"]["clusterIP"]), 8080));
+    let text = http_ok(metrics_addr, "/metrics").await;
+    assert!(metric(&text, "ppio_status_writes_total") >= 2.0, "{text}");
+    assert!(text.contains("trainer-a"), "per-instance metrics: {text}");
+
+    // Probes kept passing (a failed liveness probe restarts the container).
+    let pod = s.pod(RELEASE_NS, &pod_name);
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+    let log = s.operator_log(&pod_name);
+    assert!(
+        !log.contains("forbidden") && !log.contains("Forbidden"),
+        "no RBAC error in the operator's log:\n{log}"
+    );
+}
+
+fn instance(ns: &str, name: &str, id: &str) -> String {
+    json!({
+        "apiVersion": "gpus.ppio.com/v1alpha1",
+        "kind": "PpioInstance",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"instanceId": id, "refreshInterval": "10s"}
+    })
+    .to_string()
+}
+
+/// The Events about a PpioInstance in the watched namespace.
+fn events_of(s: &Scene, name: &str) -> Vec<Value> {
+    let list = s.json(&[
+        "get",
+        "events",
+        "-n",
+        WATCHED_NS,
+        "--field-selector",
+        &format!("involvedObject.name={name}"),
+    ]);
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// (pod name, pod IP) of the operator pods, once `n` are Ready.
+async fn ready_operator_pods(s: &Scene, n: usize) -> Vec<(String, Ipv4Addr)> {
+    eventually(&format!("{n} ready operator pods"), 120, || {
+        let pods: Vec<(String, Ipv4Addr)> = s
+            .operator_pods()
+            .iter()
+            .filter(|p| p["status"]["containerStatuses"][0]["ready"] == true)
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    ip_of(&p["status"]["podIP"]),
+                )
+            })
+            .collect();
+        (pods.len() == n).then_some(pods)
+    })
+    .await
+}
+
+fn lease_holder(s: &Scene) -> Option<String> {
+    let out = s.kubectl(
+        &[
+            "get",
+            "lease",
+            RELEASE,
+            "-n",
+            RELEASE_NS,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    );
+    let holder = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !holder.is_empty()).then_some(holder)
+}
+
+/// Of `pods` (name, IP), `leader` reports leading and has written status (its counter
+/// follows the write it reports), and every other pod neither leads nor writes.
+async fn assert_one_writer(pods: &[(String, Ipv4Addr)], leader: &str) {
+    let start = Instant::now();
+    loop {
+        let mut texts = Vec::new();
+        for (pod, ip) in pods {
+            let text = http_ok(SocketAddr::from((*ip, 8080)), "/metrics").await;
+            let leading = metric(&text, "ppio_leader");
+            let writes = metric(&text, "ppio_status_writes_total");
+            texts.push((pod.clone(), leading, writes, text));
+        }
+        let leader_wrote = texts
+            .iter()
+            .any(|(p, leading, writes, _)| p == leader && *leading == 1.0 && *writes >= 1.0);
+        for (pod, leading, writes, text) in &texts {
+            if pod != leader {
+                assert!(
+                    *leading == 0.0 && *writes == 0.0,
+                    "standby {pod} leads or writes:\n{text}"
+                );
+            }
+        }
+        if leader_wrote {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the leader {leader} shows no status write: {:#?}",
+            texts
+                .iter()
+                .map(|(p, l, w, _)| format!("{p}: leader {l}, writes {w}"))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn leader_election(s: &mut Scene) {
+    let chart = Path::new(REPO).join("charts/ppio-operator");
+    s.helm(&[
+        "upgrade",
+        RELEASE,
+        chart.to_str().expect("path"),
+        "--namespace",
+        RELEASE_NS,
+        "--reuse-values",
+        "--set",
+        "replicaCount=2",
+        "--set",
+        "leaderElection.enabled=true",
+        "--set",
+        &format!("leaderElection.leaseDuration={LEASE_SECONDS}s"),
+    ]);
+    eventually("the Deployment rolled out", 180, || {
+        let d = s.deployment();
+        let want = d["spec"]["replicas"].as_u64();
+        let st = &d["status"];
+        (st["observedGeneration"].as_u64() >= d["metadata"]["generation"].as_u64()
+            && st["updatedReplicas"].as_u64() == want
+            && st["availableReplicas"].as_u64() == want
+            && st["replicas"].as_u64() == want)
+            .then_some(())
+    })
+    .await;
+    let pods = ready_operator_pods(s, 2).await;
+    let leader = eventually("a leader", 60, || {
+        lease_holder(s).filter(|h| pods.iter().any(|(p, _)| p == h))
+    })
+    .await;
+
+    // A new PpioInstance: only the leader reconciles and writes.
+    s.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&instance(WATCHED_NS, "trainer-b", "b7e2c91d04")),
+    );
+    wait_for(
+        &s.api,
+        "trainer-b",
+        Duration::from_secs(60),
+        "observed",
+        |o| has(o, "Synced", "True", "Observed"),
+    )
+    .await;
+    assert_one_writer(&pods, &leader).await;
+
+    // The leader goes away (deleted: it releases the Lease on SIGTERM): another replica
+    // leads and writes within the lease duration.
+    let start = Instant::now();
+    s.kubectl_ok(
+        &["delete", "pod", &leader, "-n", RELEASE_NS, "--wait=false"],
+        None,
+    );
+    let new_leader = eventually("a new leader", LEASE_SECONDS, || {
+        lease_holder(s).filter(|h| *h != leader)
+    })
+    .await;
+    s.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&instance(WATCHED_NS, "trainer-c", "c0ffee1234")),
+    );
+    let left = Duration::from_secs(LEASE_SECONDS).saturating_sub(start.elapsed());
+    wait_for(
+        &s.api,
+        "trainer-c",
+        left,
+        "observed within the lease duration",
+        |o| has(o, "Synced", "True", "Observed"),
+    )
+    .await;
+    let took = start.elapsed();
+    let standby = pods
+        .iter()
+        .find(|(p, _)| *p != leader)
+        .map(|(p, _)| p.clone());
+    eprintln!(
+        "{leader} deleted; {new_leader} ({}) leads and wrote trainer-c after {took:.1?}",
+        if standby.as_ref() == Some(&new_leader) {
+            "the standby"
+        } else {
+            "the replacement pod"
+        }
+    );
+    let pods = ready_operator_pods(s, 2).await;
+    assert_one_writer(&pods, &new_leader).await;
+    // Its Events name it: the instance starts.
+    let (code, body) = http(
+        s.sim.expect("the simulator runs"),
+        "PATCH",
+        "/_sim/instances/c0ffee1234",
+        Some(r#"{"status":{"status":"running"}}"#),
+    )
+    .await
+    .expect("the simulator's control API answers");
+    assert!(code < 300, "{code} {body}");
+    let events = eventually("a StateChanged Event of trainer-c", 40, || {
+        let e = events_of(s, "trainer-c");
+        e.iter().any(|e| e["reason"] == "StateChanged").then_some(e)
+    })
+    .await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e["reportingInstance"] == new_leader.as_str()),
+        "trainer-c reported by {new_leader} only: {events:?}"
+    );
+}
+
+async fn uninstall(s: &mut Scene) {
+    s.helm(&["uninstall", RELEASE, "--namespace", RELEASE_NS]);
+    eventually("the operator pods are gone", 60, || {
+        s.operator_pods().is_empty().then_some(())
+    })
+    .await;
+    let out = s.kubectl(&["get", "deployment", RELEASE, "-n", RELEASE_NS], None);
+    assert!(!out.status.success(), "the Deployment is gone");
+    s.kubectl_ok(&["get", "crd", "ppioinstances.gpus.ppio.com"], None);
+    let list = s.json(&["get", "ppioinstances", "-n", WATCHED_NS]);
+    let mut names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["trainer-a", "trainer-b", "trainer-c"]);
+    assert!(
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|i| !i["status"]["conditions"].is_null()),
+        "their status stays"
+    );
+}
