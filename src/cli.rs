@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::controller::{Budget, DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND, Settings};
+use crate::controller::{
+    Budget, DEFAULT_BURST, DEFAULT_FULL_REFRESH_INTERVALS, DEFAULT_PAGE_SIZE,
+    DEFAULT_REQUESTS_PER_SECOND, MAX_PAGE_SIZE, Observe, Settings,
+};
 use crate::duration::{Human, MAX_REFRESH, MIN_REFRESH, parse_duration_within};
 use crate::leader::LeaderConfig;
 use crate::operator::{DEFAULT_CONCURRENCY, RunConfig};
@@ -86,6 +89,21 @@ pub struct RunArgs {
     #[arg(long, env = "PPIO_BURST", default_value_t = DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub ppio_burst: u32,
 
+    /// How instances are observed: `list` walks each API key's paged LIST once per interval
+    /// and GETs an instance only when it is new, changed, in transition or due for its full
+    /// refresh; `get` sends one GET per PpioInstance per interval.
+    #[arg(long, env = "PPIO_OBSERVE", value_enum, default_value = "list")]
+    pub ppio_observe: ObserveMode,
+
+    /// Page size of the LIST walks (`--ppio-observe=list`).
+    #[arg(long, env = "PPIO_LIST_PAGE_SIZE", default_value_t = DEFAULT_PAGE_SIZE, value_parser = clap::value_parser!(u32).range(1..=MAX_PAGE_SIZE as i64))]
+    pub ppio_list_page_size: u32,
+
+    /// With `--ppio-observe=list`, each instance is fetched in full by a GET (for the
+    /// endpoints and prices LIST items lack) about every this many refresh intervals.
+    #[arg(long, env = "PPIO_FULL_REFRESH_INTERVALS", default_value_t = DEFAULT_FULL_REFRESH_INTERVALS, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub ppio_full_refresh_intervals: u32,
+
     /// At most this many PpioInstances are reconciled at the same time.
     #[arg(long, env = "PPIO_MAX_CONCURRENT_RECONCILES", default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_concurrent_reconciles: u16,
@@ -151,6 +169,15 @@ impl PpioArgs {
     }
 }
 
+/// `--ppio-observe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ObserveMode {
+    /// Sweeps of each API key's LIST, GETs for what LIST items lack.
+    List,
+    /// One GET per PpioInstance per interval.
+    Get,
+}
+
 /// A command-line value that passed clap's parsing but cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{flag}: {message}")]
@@ -204,6 +231,13 @@ impl RunArgs {
                     per_second: (self.ppio_requests_per_second > 0.0)
                         .then_some(self.ppio_requests_per_second),
                     burst: self.ppio_burst,
+                },
+                observe: match self.ppio_observe {
+                    ObserveMode::List => Observe::List {
+                        page_size: self.ppio_list_page_size,
+                        full_refresh_intervals: self.ppio_full_refresh_intervals,
+                    },
+                    ObserveMode::Get => Observe::Get,
                 },
             },
             ppio: Arc::new(http),

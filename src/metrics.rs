@@ -177,6 +177,11 @@ pub struct ApiMetrics {
     pub request_duration: Histogram,
     /// Per API key fingerprint: how late its last poll ran past its interval.
     pub key_lateness: Family<KeyLabels, Gauge<f64, AtomicU64>>,
+    /// Per API key fingerprint: 1 while its LIST is unavailable and its instances are
+    /// observed by GETs alone.
+    pub list_unavailable: Family<KeyLabels, Gauge>,
+    /// Walks over the LIST of a key by result (`ok`, `error`, `unavailable`).
+    pub sweeps: Family<ResultLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -191,6 +196,8 @@ impl Default for ApiMetrics {
             requests: Family::default(),
             request_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             key_lateness: Family::default(),
+            list_unavailable: Family::default(),
+            sweeps: Family::default(),
         }
     }
 }
@@ -212,6 +219,32 @@ impl ApiMetrics {
             "How late the last poll of a PpioInstance using this API key (label key: a fingerprint, never the key) ran past its refresh interval because of the key's request budget",
             self.key_lateness.clone(),
         );
+        r.register(
+            "list_unavailable",
+            "1 while the LIST call is unavailable for this API key (label key: a fingerprint, never the key) and its PpioInstances are observed by GETs alone",
+            self.list_unavailable.clone(),
+        );
+        r.register(
+            "sweeps",
+            "Walks over the paged LIST of an API key by result (ok, error, unavailable)",
+            self.sweeps.clone(),
+        );
+    }
+
+    /// Sets whether the LIST is unavailable for a key (fingerprint label).
+    pub fn set_list_unavailable(&self, key: &str, unavailable: bool) {
+        self.list_unavailable
+            .get_or_create(&KeyLabels { key: key.into() })
+            .set(i64::from(unavailable));
+    }
+
+    /// Counts one walk over a key's LIST.
+    pub fn sweep(&self, result: &str) {
+        self.sweeps
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
     }
 
     /// Records how late a poll on a key ran.
@@ -221,11 +254,16 @@ impl ApiMetrics {
             .set(late.as_secs_f64());
     }
 
-    /// Counts one PPIO request.
+    /// Counts one `GET /gpus/v2/instances/{id}`.
     pub fn request(&self, class: &str, seconds: f64) {
+        self.request_on("get_instance", class, seconds);
+    }
+
+    /// Counts one PPIO request to `endpoint` (`get_instance`, `list_instances`).
+    pub fn request_on(&self, endpoint: &str, class: &str, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
-                endpoint: "get_instance".into(),
+                endpoint: endpoint.into(),
                 class: class.into(),
             })
             .inc();
@@ -299,13 +337,26 @@ impl InstanceMetrics {
         );
     }
 
+    /// Records when an instance was last observed, when nothing else changed.
+    pub fn observed_at(&self, namespace: &str, name: &str, at: std::time::SystemTime) {
+        let obj = ObjectLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let at = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        self.last_success.get_or_create(&obj).set(at);
+    }
+
     /// Exports the per-instance series from a status.
     pub fn observe(
         &self,
         namespace: &str,
         name: &str,
         status: &PpioInstanceStatus,
-        polled_ok: bool,
+        observed_at: Option<std::time::SystemTime>,
     ) {
         let obj = ObjectLabels {
             namespace: namespace.into(),
@@ -322,12 +373,12 @@ impl InstanceMetrics {
         self.synced
             .get_or_create(&obj)
             .set(is_true(condition::SYNCED));
-        if polled_ok {
-            let now = std::time::SystemTime::now()
+        if let Some(at) = observed_at {
+            let at = at
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or_default();
-            self.last_success.get_or_create(&obj).set(now);
+            self.last_success.get_or_create(&obj).set(at);
         }
         if let Some(state) = &status.state {
             let state = safe_label_value(state);
@@ -447,7 +498,8 @@ mod tests {
             "pricing": {"instancePrice": 100},
         }))
         .expect("status");
-        m.instances.observe("ml", "a", &status, true);
+        m.instances
+            .observe("ml", "a", &status, Some(std::time::SystemTime::now()));
         let text = m.encode();
         for name in [
             "ppio_reconciles",
@@ -504,11 +556,20 @@ mod tests {
     fn a_hostile_state_cannot_break_the_scrape() {
         let m = Metrics::new();
         let hostile = "\"a\\\"b\nc{}";
-        m.instances.observe("ml", "a", &state_status(hostile), true);
+        m.instances.observe(
+            "ml",
+            "a",
+            &state_status(hostile),
+            Some(std::time::SystemTime::now()),
+        );
         let injection =
             "x\"} 1\nppio_instance_ready{namespace=\"kube-system\",name=\"fake\"} 1\n# EOF\n";
-        m.instances
-            .observe("ml", "b", &state_status(injection), true);
+        m.instances.observe(
+            "ml",
+            "b",
+            &state_status(injection),
+            Some(std::time::SystemTime::now()),
+        );
         let text = m.encode();
         assert_well_formed(&text);
         // Series of a family come out in no fixed order.
@@ -548,8 +609,12 @@ mod tests {
         );
         assert_eq!(safe_label_value(&"é".repeat(100)), "_".repeat(64));
         let m = Metrics::new();
-        m.instances
-            .observe("ml", "a", &state_status("running"), true);
+        m.instances.observe(
+            "ml",
+            "a",
+            &state_status("running"),
+            Some(std::time::SystemTime::now()),
+        );
         let text = m.encode();
         assert!(
             text.contains(&format!("# HELP ppio_instance_state {STATE_HELP}")),
@@ -560,10 +625,24 @@ mod tests {
     #[test]
     fn two_states_with_one_safe_form_keep_one_series() {
         let m = Metrics::new();
-        m.instances.observe("ml", "a", &state_status("a b"), true);
-        m.instances.observe("ml", "a", &state_status("a\"b"), true);
-        m.instances
-            .observe("ml", "a", &state_status("running"), true);
+        m.instances.observe(
+            "ml",
+            "a",
+            &state_status("a b"),
+            Some(std::time::SystemTime::now()),
+        );
+        m.instances.observe(
+            "ml",
+            "a",
+            &state_status("a\"b"),
+            Some(std::time::SystemTime::now()),
+        );
+        m.instances.observe(
+            "ml",
+            "a",
+            &state_status("running"),
+            Some(std::time::SystemTime::now()),
+        );
         let text = m.encode();
         // Series of a family come out in no fixed order.
         let mut states: Vec<&str> = text
@@ -588,8 +667,10 @@ mod tests {
             "pricing": {"instancePrice": 100},
         }))
         .expect("status");
-        m.instances.observe("ml", "a", &status, true);
-        m.instances.observe("ml", "b", &status, true);
+        m.instances
+            .observe("ml", "a", &status, Some(std::time::SystemTime::now()));
+        m.instances
+            .observe("ml", "b", &status, Some(std::time::SystemTime::now()));
         m.controller.reconciled(true);
         m.instances.forget_all();
         let text = m.encode();
@@ -603,7 +684,8 @@ mod tests {
             "{text}"
         );
         // Observed again, an instance gets one state series.
-        m.instances.observe("ml", "a", &status, true);
+        m.instances
+            .observe("ml", "a", &status, Some(std::time::SystemTime::now()));
         assert_eq!(m.encode().matches("ppio_instance_state{").count(), 1);
     }
 }

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use kube::api::ListParams;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -219,6 +219,28 @@ where
     }
 }
 
+/// Drops from a cached PpioInstance what the controller never reads.
+fn slim(object: &mut DeserializeGuard<PpioInstance>) {
+    let meta = match &mut object.0 {
+        Ok(instance) => &mut instance.metadata,
+        Err(invalid) => &mut invalid.metadata,
+    };
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The annotation in which `kubectl apply` keeps a copy of the whole object.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The receiving end of a channel as a stream.
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// Resolves once the stop flag is set.
 async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -276,11 +298,22 @@ async fn reconcile_until(
             instance: Some(config.identity.clone()),
         },
     );
+    let (waker, woken) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(
-        Context::new(client, config.ppio, config.settings, metrics).with_recorder(recorder),
+        Context::new(client, config.ppio, config.settings, metrics)
+            .with_recorder(recorder)
+            .with_waker(waker),
     );
-    let controller = Controller::new(guarded, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // The cache holds each PpioInstance without what the operator never reads (managedFields
+    // and kubectl's last-applied copy), which would otherwise double its memory.
+    let (store, writer) = reflector::store();
+    let objects = watcher(guarded, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(slim)
+        .reflect(writer)
+        .applied_objects();
+    let controller =
+        Controller::for_stream(objects, store.clone()).reconcile_on(tokio_stream_of(woken));
     // Aborted when this future ends or is dropped (a leader that lost the lease).
     let housekeeping = AbortOnDrop(tokio::spawn({
         let ctx = ctx.clone();

@@ -60,6 +60,10 @@ impl Failure {
 pub enum Observation<'a> {
     /// PPIO returned the instance.
     Instance(&'a wire::Instance),
+    /// The instance's item on a page of PPIO's LIST, which lacks `tools` and `pricing`: the
+    /// fields those give (`pricing`, and the endpoints but `ports`) keep their stored values
+    /// until the next GET.
+    Listed(&'a wire::Instance),
     /// The poll failed (or could not be made).
     Failed(&'a Failure),
     /// `spec.suspend` is true: no poll was made.
@@ -106,6 +110,21 @@ pub fn compute_status(
     };
 
     let (ready, synced) = match observation {
+        Observation::Listed(item) => {
+            let mut listed = compute_status(
+                instance_id,
+                generation,
+                refresh_request,
+                Observation::Instance(item),
+                previous,
+                now,
+            );
+            if let Some(stored) = previous.filter(|p| p.instance_id.as_deref() == Some(instance_id))
+            {
+                keep_fetched_fields(&mut listed, stored);
+            }
+            return listed;
+        }
         Observation::Instance(instance) => {
             let observed = observed_fields(instance);
             if let Some(message) = too_large(&observed) {
@@ -206,7 +225,7 @@ fn progress_conditions(
         |st: &str, reason: &str, message: &str| cond(condition::STALLED, st, reason, message);
     const NOT_STALLED: &str = "Nothing keeps the operator from observing the instance.";
     match observation {
-        Observation::Instance(_) => {
+        Observation::Instance(_) | Observation::Listed(_) => {
             let st = observed_state.unwrap_or_default();
             let r = if state::is_transitional(st) {
                 reconciling(
@@ -354,6 +373,19 @@ pub fn rfc3339(unix: &Option<wire::Int>) -> Option<String> {
 /// `Some(v)` unless `v` is the default (all fields absent).
 fn some_unless_empty<T: Default + PartialEq>(v: T) -> Option<T> {
     (v != T::default()).then_some(v)
+}
+
+/// Copies into `status` the fields only a GET observes (`pricing`; the jupyter, ssh, web
+/// terminal and log endpoints) from `stored`.
+fn keep_fetched_fields(status: &mut PpioInstanceStatus, stored: &PpioInstanceStatus) {
+    status.pricing = stored.pricing.clone();
+    let tools = stored.endpoints.as_ref();
+    let mut endpoints = status.endpoints.take().unwrap_or_default();
+    endpoints.jupyter = tools.and_then(|e| e.jupyter.clone());
+    endpoints.ssh = tools.and_then(|e| e.ssh.clone());
+    endpoints.web_terminal = tools.and_then(|e| e.web_terminal.clone());
+    endpoints.log = tools.and_then(|e| e.log.clone());
+    status.endpoints = some_unless_empty(endpoints);
 }
 
 fn observed_fields(i: &wire::Instance) -> PpioInstanceStatus {

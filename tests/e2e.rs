@@ -35,14 +35,8 @@ async fn new_instance_gets_the_full_status_and_kubectl_shows_the_columns() {
     let created = Instant::now();
     apply_instance(&ns, "trainer-a", "instanceId: ca338f12f3");
     apply_instance(&ns, "trainer-b", "instanceId: b7e2c91d04");
-    let a = wait_for(
-        &api,
-        "trainer-a",
-        Duration::from_secs(10),
-        "Synced=True",
-        |o| has(o, "Synced", "True", "Observed"),
-    )
-    .await;
+    // Observed from the key's LIST at once, then fetched in full (prices, endpoints).
+    let a = wait_fetched(&api, "trainer-a").await;
     assert!(created.elapsed() < Duration::from_secs(10));
     let status = a.status.clone().expect("status");
     let mut golden: PpioInstanceStatus = serde_yaml::from_str(GOLDEN).expect("golden");
@@ -236,9 +230,11 @@ async fn an_unchanged_instance_is_never_rewritten_even_across_a_restart() {
     } = scene("quiet", "key-quiet", &[]).await;
 
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
-    let first = wait_observed(&api, "a").await;
+    // Observed from the key's LIST, then fetched in full by a GET.
+    let first = wait_fetched(&api, "a").await;
     let version = rv(&first);
-    let polls = sim.requests_for("ca338f12f3");
+    let observed = || observations(&sim, "ca338f12f3");
+    let polls = observed();
     tokio::time::sleep(Duration::from_secs(36)).await;
     let later = api.get("a").await.expect("get");
     assert_eq!(
@@ -247,19 +243,16 @@ async fn an_unchanged_instance_is_never_rewritten_even_across_a_restart() {
         "status was rewritten although nothing changed"
     );
     assert!(
-        sim.requests_for("ca338f12f3") >= polls + 3,
-        "the instance was polled every interval"
+        observed() >= polls + 3,
+        "the instance was observed every interval"
     );
 
     // Restart: the new process polls again, and still writes nothing.
     op.process.stop();
-    let polls = sim.requests_for("ca338f12f3");
+    let polls = observed();
     let _op = Operator::start(&ns, addr, Some("key-quiet"), &[]).await;
     tokio::time::sleep(Duration::from_secs(22)).await;
-    assert!(
-        sim.requests_for("ca338f12f3") > polls,
-        "the restarted operator polls"
-    );
+    assert!(observed() > polls, "the restarted operator polls");
     assert_eq!(
         rv(&api.get("a").await.expect("get")),
         version,
@@ -276,7 +269,9 @@ async fn every_fault_has_its_reason_keeps_data_and_clears() {
         &ns,
         addr,
         Some("key-faults"),
-        &["--ppio-request-timeout", "2s"],
+        // Each fault is set on one instance: only a GET meets it (sweeps meet the faults set
+        // for the LIST, see the retry_after and fallback tests).
+        &["--ppio-request-timeout", "2s", "--ppio-observe", "get"],
     )
     .await;
     let api: Api<PpioInstance> = Api::namespaced(client, &ns);
@@ -443,17 +438,30 @@ async fn retry_after_stops_all_requests_with_that_key() {
     for n in ["a", "b"] {
         wait_observed(&api, n).await;
     }
-    sim.set_fault("ca338f12f3", Fault::status(429).with_retry_after("30"));
-    wait_for(&api, "a", Duration::from_secs(15), "RateLimited", |o| {
+    // PPIO rate-limits the key: the walk over its LIST (and any GET) answers 429.
+    let requests = || sim.counts().keys.get("key0").copied().unwrap_or(0);
+    let before = requests();
+    sim.set_fault("*", Fault::status(429).with_retry_after("30"));
+    // The first request that meets the 429 starts the 30 s pause.
+    let limited_at = loop {
+        if requests() > before {
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait_for(&api, "a", Duration::from_secs(25), "RateLimited", |o| {
         has(o, "Synced", "False", "RateLimited")
     })
     .await;
-    let paused_at = Instant::now();
-    let count = sim.counts().keys.get("key0").copied().unwrap_or(0);
-    sim.clear_fault("ca338f12f3");
-    tokio::time::sleep(Duration::from_secs(27)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let count = requests();
+    sim.clear_fault("*");
+    tokio::time::sleep(
+        (limited_at + Duration::from_secs(28)).saturating_duration_since(Instant::now()),
+    )
+    .await;
     assert_eq!(
-        sim.counts().keys.get("key0").copied().unwrap_or(0),
+        requests(),
         count,
         "a request with the paused key within Retry-After"
     );
@@ -462,7 +470,7 @@ async fn retry_after_stops_all_requests_with_that_key() {
         has(o, "Synced", "True", "Observed")
     })
     .await;
-    assert!(paused_at.elapsed() >= Duration::from_secs(29));
+    assert!(limited_at.elapsed() >= Duration::from_secs(29));
     assert!(sim.requests_for("b7e2c91d04") > 0);
 }
 
@@ -662,9 +670,10 @@ async fn no_secret_reaches_status_events_or_logs() {
     for n in ["a", "b"] {
         wait_observed(&api, n).await;
     }
-    // Failures too: a rejected key and a server error.
+    // Failures too: a rejected key and a server error (for every request: the LIST walks
+    // meet it as well as GETs).
     sim.set_keys(vec!["LEAKKEY-secret".into()]);
-    sim.set_fault("b7e2c91d04", Fault::status(500));
+    sim.set_fault("*", Fault::status(500));
     wait_for(&api, "a", Duration::from_secs(15), "Unauthorized", |o| {
         has(o, "Synced", "False", "Unauthorized")
     })
@@ -712,7 +721,7 @@ async fn the_refresh_annotation_polls_now_and_is_acknowledged() {
         ..
     } = scene("refresh", "key-refresh", &[]).await;
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 1h");
-    let first = wait_observed(&api, "a").await;
+    let first = wait_fetched(&api, "a").await;
     assert_eq!(
         first
             .status
@@ -765,9 +774,10 @@ async fn the_refresh_annotation_polls_now_and_is_acknowledged() {
 
 #[tokio::test]
 async fn a_hostile_state_string_cannot_break_the_metrics_scrape() {
+    // The hostile body is set on one instance's GET.
     let Scene {
         ns, sim, op, api, ..
-    } = scene("hostile", "key-hostile", &[]).await;
+    } = scene("hostile", "key-hostile", &["--ppio-observe", "get"]).await;
     sim.put_instance("h05t1le000", Simulator::samples().remove(0));
     sim.set_fault("h05t1le000", Fault::body(BodyFault::HostileState));
     apply_instance(&ns, "h", "instanceId: h05t1le000");
@@ -810,4 +820,124 @@ async fn a_hostile_state_string_cannot_break_the_metrics_scrape() {
         text.contains(&format!("namespace=\"{ns}\",name=\"h\"")),
         "the instance's series are there"
     );
+}
+
+/// Sums a metric's samples whose line starts with `prefix` (a name and, optionally, labels).
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn sweeps_observe_by_pages_and_fetch_each_instance_in_full_once() {
+    let Scene {
+        ns, sim, op, api, ..
+    } = scene("sweeps", "key-sweeps", &["--ppio-list-page-size", "10"]).await;
+    let sample = Simulator::samples().remove(0);
+    let names: Vec<String> = (0..30).map(|i| format!("sw{i:02}")).collect();
+    for name in &names {
+        sim.put_instance(name, sample.clone());
+    }
+    sim.reset_counts();
+    let manifest: String = names
+        .iter()
+        .map(|n| {
+            format!(
+                "apiVersion: gpus.ppio.com/v1alpha1\nkind: PpioInstance\nmetadata:\n  name: {n}\n  namespace: {ns}\nspec:\n  instanceId: {n}\n---\n"
+            )
+        })
+        .collect();
+    let applied = Instant::now();
+    kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    for name in &names {
+        wait_observed(&api, name).await;
+    }
+    let all_observed = applied.elapsed();
+    for name in &names {
+        wait_fetched(&api, name).await;
+    }
+    // Every state came from the key's LIST (pages of 10), and each instance was fetched in
+    // full by exactly one GET; for 25 s more (2.5 intervals) only LIST pages follow.
+    let counts = sim.counts();
+    assert!(counts.list >= 3, "{counts:?}");
+    for name in &names {
+        assert_eq!(sim.requests_for(name), 1, "{name}: {counts:?}");
+    }
+    let before = sim.counts();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let after = sim.counts();
+    for name in &names {
+        assert_eq!(
+            sim.requests_for(name),
+            1,
+            "{name} fetched again in steady state"
+        );
+    }
+    let pages = after.list - before.list;
+    assert!(
+        (3..=4 * 5).contains(&pages),
+        "{pages} LIST pages in 25 s (pages of 10, 35 instances, a walk per 8 s)"
+    );
+    assert!(
+        all_observed <= Duration::from_secs(10),
+        "30 new PpioInstances observed after {all_observed:?}"
+    );
+    let metrics = http_get(op.http, "/metrics").await.expect("metrics").1;
+    assert!(
+        metric_sum(
+            &metrics,
+            "ppio_api_requests_total{endpoint=\"list_instances\",class=\"2xx\"}"
+        ) >= 3.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_list_that_is_not_served_falls_back_to_one_get_per_instance() {
+    let Scene {
+        ns, sim, op, api, ..
+    } = scene("fallback", "key-fallback", &[]).await;
+    // A proxy in front of PPIO serves only the GET: its LIST answers an HTML 404.
+    sim.set_fault(
+        ppio_operator::simulator::LIST_FAULT,
+        Fault::body(BodyFault::HtmlNotFound),
+    );
+    sim.reset_counts();
+    apply_instance(&ns, "a", "instanceId: ca338f12f3");
+    apply_instance(&ns, "b", "instanceId: b7e2c91d04");
+    for name in ["a", "b"] {
+        wait_fetched(&api, name).await;
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let counts = sim.counts();
+    assert_eq!(counts.list, 1, "LIST asked once: {counts:?}");
+    for id in ["ca338f12f3", "b7e2c91d04"] {
+        assert!(
+            sim.requests_for(id) >= 3,
+            "{id} fetched {} times in ~30 s at 10 s",
+            sim.requests_for(id)
+        );
+    }
+    let said = op
+        .log()
+        .lines()
+        .filter(|l| l.contains("the PPIO LIST call is not available"))
+        .count();
+    assert_eq!(said, 1, "{}", op.log());
+    let metrics = http_get(op.http, "/metrics").await.expect("metrics").1;
+    assert_eq!(
+        metric_sum(&metrics, "ppio_api_list_unavailable{"),
+        1.0,
+        "{metrics}"
+    );
+    for name in ["a", "b"] {
+        assert!(has(
+            &api.get(name).await.expect("get"),
+            "Synced",
+            "True",
+            "Observed"
+        ));
+    }
 }

@@ -70,6 +70,7 @@ fn start(client: Client, ns: &str, sim: SocketAddr, identity: &str) -> Replica {
             default_key: ApiKey::new("key-hl"),
             default_key_namespaces: None,
             budget: ppio_operator::controller::Budget::default(),
+            observe: ppio_operator::controller::Observe::default(),
         },
         ppio: Arc::new(ppio),
         concurrency: 4,

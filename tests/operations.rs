@@ -63,7 +63,7 @@ async fn metrics_follow_the_instance_and_disappear_with_it() {
         ns, sim, op, api, ..
     } = scene("metrics", "key-m", &[]).await;
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
-    wait_observed(&api, "a").await;
+    wait_fetched(&api, "a").await;
 
     let obj = format!("namespace=\"{ns}\",name=\"a\"");
     let m = wait_metric(&op, "instance series", Duration::from_secs(5), |m| {
@@ -217,15 +217,16 @@ async fn events_tell_each_transition_once() {
     );
     assert_eq!(ev[0].reporting_controller.as_deref(), Some("ppio-operator"));
 
-    sim.set_fault("ca338f12f3", Fault::status(503));
-    wait_for(&api, "a", Duration::from_secs(15), "ApiUnavailable", |o| {
+    // PPIO fails for every request (the LIST walks and GETs alike).
+    sim.set_fault("*", Fault::status(503));
+    wait_for(&api, "a", Duration::from_secs(25), "ApiUnavailable", |o| {
         has(o, "Synced", "False", "ApiUnavailable")
     })
     .await;
-    let requests = sim.requests_for("ca338f12f3");
+    let requests = observations(&sim, "ca338f12f3");
     // Two more identical failures (backoff 5s, 10s): no new Event object.
     let start = Instant::now();
-    while sim.requests_for("ca338f12f3") < requests + 2 {
+    while observations(&sim, "ca338f12f3") < requests + 2 {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "the failing instance was not polled again"
@@ -236,7 +237,7 @@ async fn events_tell_each_transition_once() {
     assert_eq!(count(&ev, "Warning", "ApiUnavailable"), 1, "{ev:?}");
     assert_eq!(ev.len(), 2, "{ev:?}");
 
-    sim.clear_fault("ca338f12f3");
+    sim.clear_fault("*");
     wait_for(&api, "a", Duration::from_secs(30), "recovered", |o| {
         has(o, "Synced", "True", "Observed")
     })
@@ -426,6 +427,7 @@ async fn readyz_waits_for_the_first_watch_sync_while_livez_stays_up() {
             default_key: ApiKey::new("key-r"),
             default_key_namespaces: None,
             budget: ppio_operator::controller::Budget::default(),
+            observe: ppio_operator::controller::Observe::default(),
         },
         ppio: Arc::new(ppio),
         concurrency: 4,
@@ -489,9 +491,9 @@ async fn json_logs_are_one_line_per_change_not_per_poll() {
     let api: Api<PpioInstance> = Api::namespaced(client, &ns);
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
     wait_observed(&api, "a").await;
-    let polls = sim.requests_for("ca338f12f3");
+    let polls = observations(&sim, "ca338f12f3");
     let start = Instant::now();
-    while sim.requests_for("ca338f12f3") < polls + 2 {
+    while observations(&sim, "ca338f12f3") < polls + 2 {
         assert!(start.elapsed() < Duration::from_secs(30), "not polled");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

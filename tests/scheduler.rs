@@ -5,23 +5,64 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kube::core::DeserializeGuard;
-use ppio_operator::controller::{Budget, Context, Settings, reconcile};
+use kube::runtime::reflector::ObjectRef;
+use ppio_operator::controller::{Budget, Context, Observe, Settings, Waker, reconcile};
 use ppio_operator::crd::{PpioInstance, SecretKeyRef};
 use ppio_operator::metrics::Metrics;
 use ppio_operator::ppio::{ApiKey, Instance, InstancePage, ListQuery, PpioApi, PpioError};
+use serde_json::{Value, json};
 use support::mock::{FIXTURE, MockApi, instance};
 use tokio::time::Instant;
 
-/// PPIO in memory: every GET answers the fixture, at once; requests are recorded by id.
+/// PPIO in memory: every GET answers the fixture at once (with the id asked for, and its
+/// state), and the LIST serves pages of `listed` (sorted, with an opaque cursor, without
+/// `tools` and `pricing`), leaving out `skipped`; requests are recorded by id (`LIST` for a
+/// page).
 #[derive(Default)]
 struct FakePpio {
     requests: Mutex<Vec<(String, Instant)>>,
+    listed: Mutex<Vec<String>>,
+    skipped: Mutex<BTreeSet<String>>,
+    states: Mutex<BTreeMap<String, String>>,
+    list_error: Mutex<Option<PpioError>>,
+}
+
+impl FakePpio {
+    fn object(&self, id: &str) -> Value {
+        let mut v: Value = serde_json::from_str(FIXTURE).expect("fixture");
+        v["id"] = id.into();
+        let state = self.states.lock().expect("lock").get(id).cloned();
+        v["status"]["status"] = state.unwrap_or_else(|| "running".into()).into();
+        v
+    }
+
+    fn list_ids(&self, ids: impl IntoIterator<Item = String>) {
+        let mut listed = self.listed.lock().expect("lock");
+        listed.extend(ids);
+        listed.sort();
+    }
+
+    /// Request times per instance id (`LIST`: the LIST pages).
+    fn by_id(&self) -> BTreeMap<String, Vec<Instant>> {
+        let mut out: BTreeMap<String, Vec<Instant>> = BTreeMap::new();
+        for (id, at) in self.requests.lock().expect("lock").iter() {
+            out.entry(id.clone()).or_default().push(*at);
+        }
+        out
+    }
+
+    /// Requests for `id` at or after `from`.
+    fn since(&self, id: &str, from: Instant) -> usize {
+        self.by_id()
+            .get(id)
+            .map_or(0, |times| times.iter().filter(|t| **t >= from).count())
+    }
 }
 
 impl PpioApi for FakePpio {
@@ -34,26 +75,61 @@ impl PpioApi for FakePpio {
             .lock()
             .expect("lock")
             .push((instance_id.to_string(), Instant::now()));
-        Box::pin(async { Ok(Instance::from_slice(FIXTURE.as_bytes()).expect("fixture")) })
+        let body = self.object(instance_id).to_string();
+        Box::pin(async move { Ok(Instance::from_slice(body.as_bytes()).expect("fixture")) })
     }
 
     fn list_instances<'a>(
         &'a self,
         _key: &'a ApiKey,
-        _query: &'a ListQuery,
+        query: &'a ListQuery,
     ) -> BoxFuture<'a, Result<InstancePage, PpioError>> {
-        Box::pin(async { Ok(InstancePage::default()) })
-    }
-}
-
-impl FakePpio {
-    /// Request times per instance id.
-    fn by_id(&self) -> BTreeMap<String, Vec<Instant>> {
-        let mut out: BTreeMap<String, Vec<Instant>> = BTreeMap::new();
-        for (id, at) in self.requests.lock().expect("lock").iter() {
-            out.entry(id.clone()).or_default().push(*at);
-        }
-        out
+        self.requests
+            .lock()
+            .expect("lock")
+            .push(("LIST".into(), Instant::now()));
+        let error = self.list_error.lock().expect("lock").clone();
+        let skipped = self.skipped.lock().expect("lock").clone();
+        let ids: Vec<String> = self
+            .listed
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|id| !skipped.contains(*id))
+            .cloned()
+            .collect();
+        let start: usize = query
+            .cursor
+            .as_deref()
+            .and_then(|c| c.strip_prefix("after-"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let limit = query.limit.max(1) as usize;
+        let page: Vec<Value> = ids
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|id| {
+                let mut v = self.object(id);
+                let o = v.as_object_mut().expect("object");
+                o.remove("tools");
+                o.remove("pricing");
+                v
+            })
+            .collect();
+        let end = start + page.len();
+        let body = json!({
+            "data": page,
+            "next_cursor": if end < ids.len() { format!("after-{end}") } else { String::new() },
+            "has_more": end < ids.len(),
+        })
+        .to_string();
+        Box::pin(async move {
+            match error {
+                Some(e) => Err(e),
+                None => Ok(InstancePage::from_slice(body.as_bytes()).expect("page")),
+            }
+        })
     }
 }
 
@@ -75,33 +151,87 @@ fn requeue_after(action: &kube::runtime::controller::Action) -> Option<Duration>
     Some(Duration::from_secs_f64(secs))
 }
 
-/// Runs reconciles like kube's controller for `length` of virtual time.
-async fn run(ctx: Arc<Context>, objects: Vec<PpioInstance>, concurrency: usize, length: Duration) {
+/// Runs reconciles like kube's controller for `length` of virtual time: at most
+/// `concurrency` at once, each object again after the delay its reconcile asked for, or at
+/// once when the controller's waker names it; before each reconcile the object carries the
+/// status last written (as the watch would deliver it).
+async fn run(
+    ctx: Arc<Context>,
+    api: &MockApi,
+    wakes: Wakes,
+    objects: Vec<PpioInstance>,
+    concurrency: usize,
+    length: Duration,
+) {
     let end = Instant::now() + length;
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
-    for object in objects {
+    for mut object in objects {
         let ctx = ctx.clone();
         let slots = slots.clone();
+        let api = api.clone();
+        let key = format!("ml/{}", object.metadata.name.clone().unwrap_or_default());
+        let wake = wakes.of(&object.metadata.name.clone().unwrap_or_default());
         tasks.spawn(async move {
-            let object = Arc::new(DeserializeGuard(Ok(object)));
             while Instant::now() < end {
+                if let Some((_, status)) = api.writes_of(&key).pop() {
+                    object.status = Some(status);
+                }
                 let action = {
                     let _slot = slots.acquire().await.expect("semaphore");
-                    reconcile(object.clone(), ctx.clone())
+                    reconcile(Arc::new(DeserializeGuard(Ok(object.clone()))), ctx.clone())
                         .await
                         .expect("reconcile")
                 };
                 let delay = requeue_after(&action).unwrap_or(Duration::from_secs(3600));
-                tokio::time::sleep(delay.max(Duration::from_millis(1))).await;
+                let left = end.saturating_duration_since(Instant::now());
+                tokio::select! {
+                    _ = tokio::time::sleep(delay.max(Duration::from_millis(1)).min(left)) => {}
+                    _ = wake.notified() => {}
+                }
             }
         });
     }
     while tasks.join_next().await.is_some() {}
 }
 
-fn context(api: &MockApi, ppio: Arc<FakePpio>, per_second: f64, burst: u32) -> Arc<Context> {
-    Arc::new(Context::new(
+/// The controller's waker, delivered per object name (kube's `reconcile_on`).
+#[derive(Clone, Default)]
+struct Wakes(Arc<Mutex<BTreeMap<String, Arc<tokio::sync::Notify>>>>);
+
+impl Wakes {
+    fn of(&self, name: &str) -> Arc<tokio::sync::Notify> {
+        self.0
+            .lock()
+            .expect("lock")
+            .entry(name.into())
+            .or_default()
+            .clone()
+    }
+
+    /// A waker for the controller, and the task that delivers what it names.
+    fn waker(&self) -> Waker {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<ObjectRef<DeserializeGuard<PpioInstance>>>();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(object) = rx.recv().await {
+                me.of(&object.name).notify_one();
+            }
+        });
+        tx
+    }
+}
+
+fn context(
+    api: &MockApi,
+    ppio: Arc<FakePpio>,
+    per_second: f64,
+    burst: u32,
+    observe: Observe,
+) -> (Arc<Context>, Wakes) {
+    let wakes = Wakes::default();
+    let ctx = Context::new(
         api.client(),
         ppio,
         Settings {
@@ -112,9 +242,12 @@ fn context(api: &MockApi, ppio: Arc<FakePpio>, per_second: f64, burst: u32) -> A
                 per_second: Some(per_second),
                 burst,
             },
+            observe,
         },
         Arc::new(Metrics::new()),
-    ))
+    )
+    .with_waker(wakes.waker());
+    (Arc::new(ctx), wakes)
 }
 
 fn objects(prefix: &str, n: usize, secret: Option<&str>) -> Vec<PpioInstance> {
@@ -135,9 +268,17 @@ fn objects(prefix: &str, n: usize, secret: Option<&str>) -> Vec<PpioInstance> {
 async fn a_spent_budget_never_runs_away_polls_continue_at_its_rate() {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());
-    let ctx = context(&api, ppio.clone(), 0.5, 1);
+    let (ctx, wakes) = context(&api, ppio.clone(), 0.5, 1, Observe::Get);
     let start = Instant::now();
-    run(ctx, objects("a", 80, None), 64, Duration::from_secs(1200)).await;
+    run(
+        ctx,
+        &api,
+        wakes,
+        objects("a", 80, None),
+        64,
+        Duration::from_secs(1200),
+    )
+    .await;
     let requests: Vec<Instant> = ppio.by_id().into_values().flatten().collect();
     // 0.5 requests per second: in the last 10 minutes about 300, never run away to nothing.
     let late = requests
@@ -166,12 +307,12 @@ async fn a_saturated_key_does_not_delay_another_keys_instances() {
     let api = MockApi::default();
     api.put_secret("ml", "key-b", "apiKey", "key-b");
     let ppio = Arc::new(FakePpio::default());
-    let ctx = context(&api, ppio.clone(), 1.0, 1);
+    let (ctx, wakes) = context(&api, ppio.clone(), 1.0, 1, Observe::Get);
     let start = Instant::now();
     // Key A: 600 instances at 60s need 10 requests/s; its budget is 1/s. Key B: 5 instances.
     let mut all = objects("a", 600, None);
     all.extend(objects("b", 5, Some("key-b")));
-    run(ctx, all, 16, Duration::from_secs(600)).await;
+    run(ctx, &api, wakes, all, 16, Duration::from_secs(600)).await;
     let by_id = ppio.by_id();
     for i in 0..5 {
         let times = &by_id[&format!("b{i}")];
@@ -192,6 +333,170 @@ async fn a_saturated_key_does_not_delay_another_keys_instances() {
             times[0] - start <= Duration::from_secs(5),
             "b{i} first polled after {:?}",
             times[0] - start
+        );
+    }
+}
+
+/// Sweeps at the defaults: pages of 100, a full GET every 30 intervals.
+const LIST: Observe = Observe::List {
+    page_size: 100,
+    full_refresh_intervals: 30,
+};
+
+fn ids(objects: &[PpioInstance]) -> Vec<String> {
+    objects.iter().map(|o| o.spec.instance_id.clone()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn sweeps_observe_every_instance_by_pages_and_fetch_each_in_full_as_the_budget_allows() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    // 299 + 1 instances: 3 pages of 100.
+    let all = objects("s", 299, None);
+    ppio.list_ids(ids(&all));
+    ppio.states
+        .lock()
+        .expect("lock")
+        .insert("s0".into(), "starting".into());
+    // One more PpioInstance appears after 20 minutes, its instance listed since the start.
+    let mut late = instance("late", None);
+    late.spec.instance_id = "late".into();
+    ppio.list_ids(["late".to_string()]);
+    let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, LIST);
+    let start = Instant::now();
+    let length = Duration::from_secs(40 * 60);
+    let late_start = start + Duration::from_secs(20 * 60);
+    let late_run = {
+        let (ctx, api, wakes) = (ctx.clone(), api.clone(), wakes.clone());
+        async move {
+            tokio::time::sleep_until(late_start).await;
+            run(
+                ctx,
+                &api,
+                wakes,
+                vec![late],
+                16,
+                length - Duration::from_secs(20 * 60),
+            )
+            .await;
+        }
+    };
+    tokio::join!(run(ctx.clone(), &api, wakes, all, 16, length), late_run);
+
+    // Every state shows within seconds, from the first pages, long before most GETs.
+    for i in 0..299 {
+        let writes = api.writes_of(&format!("ml/s{i}"));
+        let (first, status) = writes.first().expect("observed");
+        assert!(
+            *first - start <= Duration::from_secs(5),
+            "s{i} first observed after {:?}",
+            *first - start
+        );
+        assert!(status.state.is_some(), "s{i}: {status:?}");
+    }
+    let (first, _) = api
+        .writes_of("ml/late")
+        .first()
+        .cloned()
+        .expect("late observed");
+    assert!(
+        first - late_start <= Duration::from_secs(3),
+        "a new PpioInstance was observed {:?} after it appeared",
+        first - late_start
+    );
+    // Each instance is fetched in full (the status then carries the GET-only fields).
+    let by_id = ppio.by_id();
+    for i in 0..299 {
+        assert!(by_id.contains_key(&format!("s{i}")), "s{i} never fetched");
+        let (_, last) = api.writes_of(&format!("ml/s{i}")).pop().expect("a write");
+        assert!(last.pricing.is_some(), "s{i} has no pricing: {last:?}");
+    }
+    // Steady state (the last 10 minutes): LIST pages at most once per 0.8 interval (3 pages
+    // each), a stable instance fetched at most once, the transitional one every ~10 s, and
+    // no status write (the same observation gives the same status).
+    let window = start + Duration::from_secs(30 * 60);
+    let pages = ppio.since("LIST", window);
+    assert!(
+        (3 * 10..=3 * 14).contains(&pages),
+        "{pages} LIST pages in 10 minutes"
+    );
+    for i in 1..299 {
+        let gets = ppio.since(&format!("s{i}"), window);
+        assert!(gets <= 1, "s{i}: {gets} GETs in 10 minutes");
+        let writes = api
+            .writes_of(&format!("ml/s{i}"))
+            .iter()
+            .filter(|(at, _)| *at >= window)
+            .count();
+        assert_eq!(writes, 0, "s{i} written in steady state");
+    }
+    let transitional = ppio.since("s0", window);
+    assert!(
+        (50..=70).contains(&transitional),
+        "the starting instance was fetched {transitional} times in 10 minutes"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_walk_that_skips_an_instance_does_not_mark_it_gone() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    let all = objects("k", 120, None);
+    ppio.list_ids(ids(&all));
+    // A walk over a changing list can skip items: k7 is never on a page.
+    ppio.skipped.lock().expect("lock").insert("k7".into());
+    let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, LIST);
+    run(ctx, &api, wakes, all, 16, Duration::from_secs(600)).await;
+    let writes = api.writes_of("ml/k7");
+    assert!(!writes.is_empty());
+    for (_, status) in &writes {
+        assert_eq!(status.state.as_deref(), Some("running"), "{status:?}");
+    }
+    // A GET by id answers for it, at its interval.
+    let gets = ppio.by_id().get("k7").map_or(0, Vec::len);
+    assert!(
+        (8..=12).contains(&gets),
+        "k7 fetched {gets} times in 10 minutes"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unavailable_list_falls_back_to_one_get_per_instance() {
+    for refusal in [
+        PpioError::NotFoundWithoutPpioBody,
+        PpioError::Rejected {
+            status: 405,
+            code: None,
+        },
+    ] {
+        let api = MockApi::default();
+        let ppio = Arc::new(FakePpio::default());
+        let all = objects("u", 20, None);
+        ppio.list_ids(ids(&all));
+        *ppio.list_error.lock().expect("lock") = Some(refusal.clone());
+        let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, LIST);
+        run(ctx.clone(), &api, wakes, all, 16, Duration::from_secs(600)).await;
+        let by_id = ppio.by_id();
+        assert_eq!(
+            by_id.get("LIST").map_or(0, Vec::len),
+            1,
+            "{refusal:?}: LIST asked once"
+        );
+        for i in 0..20 {
+            let gets = by_id.get(&format!("u{i}")).map_or(0, Vec::len);
+            assert!(
+                (9..=12).contains(&gets),
+                "{refusal:?}: u{i} fetched {gets} times"
+            );
+            let (_, last) = api.writes_of(&format!("ml/u{i}")).pop().expect("a write");
+            assert_eq!(last.state.as_deref(), Some("running"));
+        }
+        let metrics = ctx.metrics.encode();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("ppio_api_list_unavailable{") && l.ends_with(" 1")),
+            "{metrics}"
         );
     }
 }

@@ -27,6 +27,7 @@ pub(super) async fn write_status(
     instance: &PpioInstance,
     ctx: &Context,
     observation: Observation<'_>,
+    observed_at: Option<tokio::time::Instant>,
 ) -> Result<bool, Error> {
     let current = instance.status.as_ref();
     let new = compute_status(
@@ -39,15 +40,20 @@ pub(super) async fn write_status(
     );
     let wrote = apply_status(instance, ctx, &new).await?;
     // Metrics follow what is stored: only once the write succeeded or was not needed.
-    let polled_ok = matches!(observation, Observation::Instance(_))
-        && new
-            .condition(condition::SYNCED)
-            .is_some_and(|c| c.status == crate::vocabulary::status::TRUE);
+    let polled_ok = matches!(
+        observation,
+        Observation::Instance(_) | Observation::Listed(_)
+    ) && new
+        .condition(condition::SYNCED)
+        .is_some_and(|c| c.status == crate::vocabulary::status::TRUE);
+    let observed_at = observed_at.filter(|_| polled_ok).map(|at| {
+        std::time::SystemTime::now() - tokio::time::Instant::now().saturating_duration_since(at)
+    });
     ctx.metrics.instances.observe(
         &instance.namespace().unwrap_or_default(),
         &instance.name_any(),
         &new,
-        polled_ok,
+        observed_at,
     );
     if !wrote {
         return Ok(false);

@@ -32,10 +32,31 @@ pub const DEFAULT_REQUESTS_PER_SECOND: f64 = 10.0;
 /// The default burst per API key.
 pub const DEFAULT_BURST: u32 = 20;
 
+/// A request slot reserved in a key's budget. Sweeps of the key's LIST go before every
+/// reserved GET ([`Buckets::reserve_first`]): each page a sweep takes moves the slots of the
+/// GETs already waiting one request later, and a reservation is measured against that shift
+/// when it is used ([`Buckets::redeem`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// The slot when it was reserved (or last looked at).
+    pub slot: Instant,
+    /// The key's displacement at that time.
+    pub shift: Duration,
+}
+
+/// One key's virtual clock: the next free slot for a GET, the next for a sweep page, and how
+/// far sweeps have pushed the GETs waiting so far.
+#[derive(Debug, Clone, Copy)]
+struct Slots {
+    next: Instant,
+    sweep_next: Instant,
+    shift: Duration,
+}
+
 /// Per-key leaky buckets: the virtual time of each key's next request slot.
 #[derive(Debug, Default)]
 pub struct Buckets {
-    next_slot: Mutex<HashMap<u64, Instant>>,
+    keys: Mutex<HashMap<u64, Slots>>,
 }
 
 impl Buckets {
@@ -43,18 +64,78 @@ impl Buckets {
     /// reserved slot is used: the poll comes back at its slot (see `poll`), so the key's
     /// horizon is its backlog divided by its rate, never more.
     pub fn reserve(&self, budget: Budget, key: u64, now: Instant) -> Duration {
-        let Some(rate) = budget.per_second.filter(|r| *r > 0.0) else {
+        self.reserve_slot(budget, key, now)
+            .slot
+            .saturating_duration_since(now)
+    }
+
+    /// [`Buckets::reserve`], returning the reservation itself.
+    pub fn reserve_slot(&self, budget: Budget, key: u64, now: Instant) -> Reservation {
+        let Some((interval, floor)) = pacing(budget, now) else {
+            return Reservation {
+                slot: now,
+                shift: Duration::ZERO,
+            };
+        };
+        let mut keys = lock(&self.keys);
+        let slots = keys.entry(key).or_insert(Slots {
+            next: floor,
+            sweep_next: floor,
+            shift: Duration::ZERO,
+        });
+        let slot = slots.next.max(floor);
+        slots.next = slot + interval;
+        Reservation {
+            slot,
+            shift: slots.shift,
+        }
+    }
+
+    /// A slot for a page of a sweep: ahead of every GET waiting for the key's budget (their
+    /// slots move one request later), paced at the key's rate with its burst. Returns how
+    /// long to wait for it.
+    pub fn reserve_first(&self, budget: Budget, key: u64, now: Instant) -> Duration {
+        let Some((interval, floor)) = pacing(budget, now) else {
             return Duration::ZERO;
         };
-        let interval = Duration::from_secs_f64(1.0 / rate);
-        let allowance = interval.saturating_mul(budget.burst.saturating_sub(1));
-        let mut slots = lock(&self.next_slot);
-        let floor = now.checked_sub(allowance).unwrap_or(now);
-        let next = slots.entry(key).or_insert(floor);
-        let slot = (*next).max(floor);
-        *next = slot + interval;
+        let mut keys = lock(&self.keys);
+        let slots = keys.entry(key).or_insert(Slots {
+            next: floor,
+            sweep_next: floor,
+            shift: Duration::ZERO,
+        });
+        let slot = slots.sweep_next.max(floor);
+        slots.sweep_next = slot + interval;
+        if slots.next > now {
+            // GETs wait for slots ahead: each of them moves one request later.
+            slots.shift += interval;
+        }
+        slots.next = slots.next.max(floor) + interval;
         slot.saturating_duration_since(now)
     }
+
+    /// A reservation, moved by the sweeps that went ahead of it since it was made. `Ok`: its
+    /// slot has come; `Err`: the reservation to come back with.
+    pub fn redeem(&self, key: u64, r: Reservation, now: Instant) -> Result<(), Reservation> {
+        let shift = lock(&self.keys)
+            .get(&key)
+            .map_or(r.shift, |slots| slots.shift);
+        let slot = r.slot + shift.saturating_sub(r.shift);
+        if slot <= now {
+            Ok(())
+        } else {
+            Err(Reservation { slot, shift })
+        }
+    }
+}
+
+/// The interval between two requests and the earliest slot (`now` less the burst allowance);
+/// `None`: unlimited.
+fn pacing(budget: Budget, now: Instant) -> Option<(Duration, Instant)> {
+    let rate = budget.per_second.filter(|r| *r > 0.0)?;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let allowance = interval.saturating_mul(budget.burst.saturating_sub(1));
+    Some((interval, now.checked_sub(allowance).unwrap_or(now)))
 }
 
 #[cfg(test)]
@@ -86,5 +167,31 @@ mod tests {
             burst: 1,
         };
         assert!((0..100).all(|_| buckets.reserve(unlimited, 3, t0) == Duration::ZERO));
+    }
+
+    #[test]
+    fn sweeps_go_before_the_gets_already_waiting() {
+        let buckets = Buckets::default();
+        let budget = Budget {
+            per_second: Some(1.0),
+            burst: 1,
+        };
+        let t0 = Instant::now();
+        let first = buckets.reserve_slot(budget, 1, t0);
+        let second = buckets.reserve_slot(budget, 1, t0);
+        assert_eq!(buckets.redeem(1, first, t0), Ok(()));
+        assert_eq!(second.slot, t0 + Duration::from_secs(1));
+        // Two sweep pages go first: at once (the first GET took the slot at t0, but sweeps
+        // are paced on their own) and a second later; the waiting GET moves two slots.
+        assert_eq!(buckets.reserve_first(budget, 1, t0), Duration::ZERO);
+        assert_eq!(buckets.reserve_first(budget, 1, t0), Duration::from_secs(1));
+        let at_its_slot = t0 + Duration::from_secs(1);
+        let moved = buckets
+            .redeem(1, second, at_its_slot)
+            .expect_err("moved behind the sweep");
+        assert_eq!(moved.slot, t0 + Duration::from_secs(3));
+        assert_eq!(buckets.redeem(1, moved, moved.slot), Ok(()));
+        // A new GET goes after all of them.
+        assert_eq!(buckets.reserve(budget, 1, t0), Duration::from_secs(4));
     }
 }

@@ -4,6 +4,7 @@
 //!   jitter);
 //! - [`budget`]: each API key's request budget;
 //! - [`credentials`]: the API key of a PpioInstance;
+//! - [`sweep`]: observation by walks over each key's LIST;
 //! - [`poll`]: one poll of PPIO and what it decides;
 //! - [`apply`]: the status write, only when the status changed;
 //! - [`events`]: a log line and an Event per transition.
@@ -17,6 +18,7 @@ pub mod credentials;
 pub mod events;
 pub mod poll;
 pub mod schedule;
+pub mod sweep;
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
@@ -44,13 +46,14 @@ pub const LATENESS_WARNING: Duration = Duration::from_secs(10);
 /// The shortest gap between two lateness warnings of one key.
 pub const LATENESS_REPORT_GAP: Duration = Duration::from_secs(300);
 
-pub use budget::{Buckets, Budget, DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND};
+pub use budget::{Buckets, Budget, DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND, Reservation};
 pub use events::{Transition, transitions};
-pub use poll::{History, Polled, poll};
+pub use poll::{History, Polled, Seen, poll};
 pub use schedule::{
     BACKOFF_BASE, BACKOFF_MAX, CONFIRM_GONE, GONE_POLL, MAX_KEY_PAUSE, MIN_REFRESH_GAP,
     TRANSITION_POLL, backoff, jitter, poll_interval,
 };
+pub use sweep::{DEFAULT_FULL_REFRESH_INTERVALS, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Observe, Waker};
 
 use schedule::{Decision, far_future};
 
@@ -69,6 +72,9 @@ pub struct Settings {
     pub default_key_namespaces: Option<BTreeSet<String>>,
     /// The request budget shared by every PpioInstance that uses the same API key.
     pub budget: Budget,
+    /// How instances are observed: sweeps of each key's LIST (the default), or one GET per
+    /// PpioInstance.
+    pub observe: Observe,
 }
 
 /// What the controller remembers per PpioInstance between reconciles.
@@ -88,9 +94,11 @@ struct Tracked {
     /// The last poll answered "not found" and a second one is due to confirm it.
     gone_suspected: bool,
     /// A request slot reserved in the key's budget, for the poll at `next_poll`.
-    reserved: Option<Instant>,
+    reserved: Option<Reservation>,
     /// When the next poll is due by its interval (not counting a wait for the budget).
     due: Option<Instant>,
+    /// The last observation.
+    seen: Seen,
 }
 
 /// Shared state of the controller.
@@ -103,9 +111,11 @@ pub struct Context {
     recorder: Option<kube::runtime::events::Recorder>,
     tracked: Mutex<HashMap<String, Tracked>>,
     /// Per API key (by fingerprint): no request before this instant (a 429's Retry-After).
-    key_paused_until: Mutex<HashMap<u64, Instant>>,
+    key_paused_until: Arc<Mutex<HashMap<u64, Instant>>>,
     key_hasher: RandomState,
-    buckets: Buckets,
+    buckets: Arc<Buckets>,
+    /// Each key's walks over its LIST.
+    sweeps: sweep::Sweeps,
     /// The credentials Secrets read lately.
     secrets: credentials::SecretCache,
     /// Per API key (by fingerprint): when its lateness was last reported.
@@ -119,6 +129,16 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Context {
+        let key_paused_until = Arc::default();
+        let buckets = Arc::default();
+        let sweeps = sweeps(
+            &ppio,
+            &buckets,
+            &settings,
+            &metrics,
+            &key_paused_until,
+            None,
+        );
         Context {
             client,
             ppio,
@@ -126,12 +146,27 @@ impl Context {
             metrics,
             recorder: None,
             tracked: Mutex::new(HashMap::new()),
-            key_paused_until: Mutex::new(HashMap::new()),
-            buckets: Buckets::default(),
+            key_paused_until,
+            buckets,
+            sweeps,
             key_hasher: RandomState::new(),
             secrets: credentials::SecretCache::default(),
             lateness_reported: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reconciles a PpioInstance through `waker` as soon as a walk over its key's LIST
+    /// answers it (without, it comes back after [`sweep::SWEEP_WAIT`]).
+    pub fn with_waker(mut self, waker: Waker) -> Context {
+        self.sweeps = sweeps(
+            &self.ppio,
+            &self.buckets,
+            &self.settings,
+            &self.metrics,
+            &self.key_paused_until,
+            Some(waker),
+        );
+        self
     }
 
     /// Reads credentials Secrets again after `ttl` (tests; the default is
@@ -233,6 +268,29 @@ impl Context {
     }
 }
 
+/// The sweeps of a controller.
+fn sweeps(
+    ppio: &Arc<dyn PpioApi>,
+    buckets: &Arc<Buckets>,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    paused: &Arc<Mutex<HashMap<u64, Instant>>>,
+    waker: Option<Waker>,
+) -> sweep::Sweeps {
+    sweep::Sweeps::new(sweep::Env {
+        ppio: ppio.clone(),
+        buckets: buckets.clone(),
+        budget: settings.budget,
+        metrics: metrics.clone(),
+        page_size: match settings.observe {
+            Observe::List { page_size, .. } => page_size,
+            Observe::Get => DEFAULT_PAGE_SIZE,
+        },
+        paused: paused.clone(),
+        waker,
+    })
+}
+
 /// Errors that make a reconcile retry later without touching status (the Kubernetes API
 /// failed; PPIO errors are reported in status instead).
 #[derive(Debug, thiserror::Error)]
@@ -297,10 +355,13 @@ pub fn error_policy(
         gone_suspected: false,
         reserved: None,
         due: None,
+        seen: Seen::default(),
     });
     t.failures += 1;
-    // The reserved budget slot went with the failed reconcile.
+    // The reserved budget slot went with the failed reconcile, and the status may not show
+    // the last observation.
     t.reserved = None;
+    t.seen.listed = None;
     let delay = backoff(t.failures);
     // Watch events during the backoff do not cut it short.
     t.next_poll = Instant::now() + delay;
@@ -379,6 +440,7 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
                     gone_suspected: false,
                     reserved: None,
                     due: Some(at),
+                    seen: Seen::default(),
                 },
             );
             debug!(
@@ -393,6 +455,7 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
             }
         }
     }
+    let same_spec = previous.as_ref().filter(|t| t.generation == generation);
     let history = History {
         failures: previous.as_ref().map(|t| t.failures).unwrap_or(0),
         gone_suspected: previous.as_ref().is_some_and(|t| t.gone_suspected),
@@ -406,7 +469,11 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
             .as_ref()
             .filter(|t| t.generation == generation && !refresh_now)
             .and_then(|t| t.due),
+        forced: refresh_now,
+        // What was observed for another spec (another instance id) does not count.
+        seen: same_spec.map(|t| t.seen.clone()).unwrap_or_default(),
     };
+    let due_before = history.due;
     let polled = poll(instance, ctx, refresh, history).await?;
     let last_forced = if refresh_now && polled.requested {
         Some(now)
@@ -419,13 +486,15 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
         previous.and_then(|t| t.handled_refresh)
     };
     let next_poll = match polled.next {
+        // The walk it waits for reconciles it when it ends: that reconcile polls.
+        Some(_) if polled.poll_on_wake => now,
         Some(delay) => now + delay,
         None => far_future(now),
     };
     // A poll that waits for its budget slot stays due when it was; any other outcome sets a
     // new due time.
     let due = if polled.reserved.is_some() {
-        history.due.or(Some(now))
+        due_before.or(Some(now))
     } else {
         Some(next_poll)
     };
@@ -440,6 +509,7 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
             gone_suspected: polled.gone_suspected,
             reserved: polled.reserved,
             due,
+            seen: polled.seen,
         },
     );
     Ok(polled

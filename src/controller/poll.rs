@@ -1,28 +1,50 @@
-//! One poll: resolve the key, respect the key's pause and budget, fetch the instance, record
-//! the outcome in status, and decide when to look again.
+//! One poll: resolve the key, respect the key's pause and budget, observe the instance (from
+//! the key's sweeps, or by a GET), record the outcome in status, and decide when to look again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use kube::Resource;
+use rand::Rng;
 use tracing::debug;
 
 use super::apply::write_status;
+use super::budget::Reservation;
 use super::credentials::{SECRET_TTL, resolve_key};
 use super::schedule::{
     CONFIRM_GONE, GONE_POLL, MAX_KEY_PAUSE, backoff, jitter, jitter_up, poll_interval,
 };
+use super::sweep::{Lookup, Observe, SWEEP_WAIT};
 use super::{Context, Error};
 use kube::ResourceExt;
 
 use crate::crd::PpioInstance;
 use crate::outcome::Retry;
-use crate::ppio::PpioError;
+use crate::ppio::{Instance, PpioError};
 use crate::status::{Failure, Observation};
 use crate::vocabulary::state;
 
+/// What the controller keeps of the last observation of a PpioInstance, between polls.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Seen {
+    /// The last observation, as a LIST item shows it (without `tools` and `pricing`).
+    pub observed: Option<Arc<Instance>>,
+    /// When PPIO sent it.
+    pub observed_at: Option<Instant>,
+    /// The LIST item it came from (the same `Arc` while the item does not change).
+    pub listed: Option<Arc<Instance>>,
+    /// Whether a GET observed the instance since start-up.
+    pub fetched: bool,
+    /// When the next full GET is due.
+    pub full_due: Option<Instant>,
+    /// A GET is wanted (first sight, a LIST item that changed).
+    pub get_wanted: bool,
+}
+
 /// The outcome of one poll.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Polled {
     /// When to poll next; `None`: only when the object changes (suspended).
     pub next: Option<Duration>,
@@ -36,20 +58,46 @@ pub struct Polled {
     pub gone_suspected: bool,
     /// The request slot reserved in the key's budget for the next poll (it waits for it
     /// outside any reconcile slot and uses it when it comes back).
-    pub reserved: Option<Instant>,
+    pub reserved: Option<Reservation>,
+    /// The observation kept for the next poll.
+    pub seen: Seen,
+    /// The next reconcile polls, however early it comes: it waits for a walk over the key's
+    /// LIST (which reconciles it when it ends), or for the watch to bring back the status it
+    /// just wrote (a GET follows on top of that status, not of the one before).
+    pub poll_on_wake: bool,
+}
+
+impl Polled {
+    /// A poll that sent its request and is done with it.
+    fn sent(next: Duration, failures: u32, wrote: bool, seen: Seen) -> Polled {
+        Polled {
+            next: Some(next),
+            failures,
+            wrote,
+            requested: true,
+            gone_suspected: false,
+            reserved: None,
+            seen,
+            poll_on_wake: false,
+        }
+    }
 }
 
 /// What a poll needs to know of the polls before it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct History {
     /// Consecutive failures so far.
     pub failures: u32,
     /// The last poll answered "not found" and was not reported yet.
     pub gone_suspected: bool,
     /// A request slot reserved earlier in the key's budget.
-    pub reserved: Option<Instant>,
+    pub reserved: Option<Reservation>,
     /// When this poll was due (its interval), to measure how late it runs.
     pub due: Option<Instant>,
+    /// The refresh annotation asks for this poll: a GET, whatever sweeps know.
+    pub forced: bool,
+    /// The last observation.
+    pub seen: Seen,
 }
 
 impl From<u32> for History {
@@ -61,9 +109,10 @@ impl From<u32> for History {
     }
 }
 
-/// One poll, whatever the timing: resolve the key, fetch the instance, write the status if it
-/// changed, and decide the delay to the next poll. `history`: what earlier polls left (a
-/// plain number is the count of consecutive failures).
+/// One poll, whatever the timing: resolve the key, observe the instance (from the key's
+/// sweeps, or by a GET), write the status if it changed, and decide the delay to the next
+/// poll. `history`: what earlier polls left (a plain number is the count of consecutive
+/// failures).
 pub async fn poll(
     instance: &PpioInstance,
     ctx: &Context,
@@ -75,9 +124,21 @@ pub async fn poll(
         gone_suspected,
         reserved,
         due,
+        forced,
+        mut seen,
     } = history.into();
+    let waiting = |next: Duration, reserved: Option<Reservation>, wrote: bool, seen: Seen| Polled {
+        next: Some(next),
+        failures,
+        wrote,
+        requested: false,
+        gone_suspected,
+        reserved,
+        seen,
+        poll_on_wake: false,
+    };
     if instance.spec.suspend == Some(true) {
-        let wrote = write_status(instance, ctx, Observation::Suspended).await?;
+        let wrote = write_status(instance, ctx, Observation::Suspended, None).await?;
         return Ok(Polled {
             next: None,
             failures: 0,
@@ -85,13 +146,15 @@ pub async fn poll(
             requested: false,
             gone_suspected: false,
             reserved: None,
+            seen: Seen::default(),
+            poll_on_wake: false,
         });
     }
 
     let api_key = match resolve_key(instance, ctx).await? {
         Ok(k) => k,
         Err(failure) => {
-            let wrote = write_status(instance, ctx, Observation::Failed(&failure)).await?;
+            let wrote = write_status(instance, ctx, Observation::Failed(&failure), None).await?;
             let failures = failures + 1;
             // Checked again at least every SECRET_TTL: a Secret created or marked later is
             // used within about a minute, whatever the backoff has grown to.
@@ -102,41 +165,144 @@ pub async fn poll(
                 requested: false,
                 gone_suspected: false,
                 reserved: None,
+                seen,
+                poll_on_wake: false,
             });
         }
     };
 
     let now = Instant::now();
+    let fingerprint = ctx.fingerprint(&api_key);
+
+    // By sweeps: the key's LIST answers for most polls; a GET only when one is wanted.
+    let mut wrote = false;
+    let mut get_now = forced || gone_suspected;
+    let mut listed_next = None;
+    let mut poll_on_wake = false;
+    if let Observe::List {
+        full_refresh_intervals,
+        ..
+    } = ctx.settings.observe
+        && !get_now
+    {
+        let ns = instance.namespace().unwrap_or_default();
+        let name = instance.name_any();
+        let lookup = ctx.sweeps.lookup(
+            &api_key,
+            fingerprint,
+            &instance.spec.instance_id,
+            (&ns, &name),
+            refresh,
+        );
+        // Nothing fresh while a 429 pauses the key: the pause is this instance's answer.
+        let lookup = match lookup {
+            Lookup::Wait if ctx.key_pause(&api_key).is_some() => {
+                Lookup::Failed(PpioError::RateLimited { retry_after: None })
+            }
+            other => other,
+        };
+        match lookup {
+            Lookup::Listed(item, at) => {
+                if seen.observed_at.is_none_or(|t| at > t) {
+                    let late = seen
+                        .observed_at
+                        .map(|t| now.saturating_duration_since(t + refresh))
+                        .unwrap_or_default();
+                    ctx.record_lateness(fingerprint, late, refresh);
+                    wrote = apply_listed(instance, ctx, refresh, &mut seen, item, at).await?;
+                }
+                let state = seen
+                    .observed
+                    .as_ref()
+                    .and_then(|o| o.state())
+                    .unwrap_or_default();
+                // Back when this observation gets older than the interval: a walk has
+                // brought a newer one by then, or failed, which the status then tells.
+                let latest = seen.observed_at.map_or(at, |t| t.max(at));
+                let expires = (latest + refresh).saturating_duration_since(now)
+                    + jitter_up(Duration::from_secs(1));
+                listed_next = Some(expires.min(jitter(poll_interval(refresh, state))));
+            }
+            Lookup::Wait => {
+                listed_next = Some(jitter(SWEEP_WAIT.min(refresh)));
+                poll_on_wake = true;
+            }
+            Lookup::Failed(e) => {
+                // The walk's failure is this instance's too (its pause, if any, is already
+                // set by the walk).
+                let failure = Failure::from(&e);
+                let wrote =
+                    write_status(instance, ctx, Observation::Failed(&failure), None).await?;
+                let failures = failures + 1;
+                let pause = ctx.key_pause(&api_key).map(|until| {
+                    until.saturating_duration_since(now) + jitter_up(Duration::from_secs(1))
+                });
+                seen.listed = None;
+                return Ok(Polled {
+                    next: Some(
+                        pause
+                            .unwrap_or_else(|| backoff(failures))
+                            .min(refresh.max(SWEEP_WAIT)),
+                    ),
+                    failures,
+                    wrote,
+                    requested: false,
+                    gone_suspected,
+                    reserved: None,
+                    seen,
+                    poll_on_wake: true,
+                });
+            }
+            Lookup::Missing | Lookup::Unavailable => get_now = true,
+        }
+        let transitional = seen
+            .observed
+            .as_ref()
+            .and_then(|o| o.state())
+            .is_some_and(|s| !state::STABLE.contains(&s));
+        let full_due = seen.full_due.is_some_and(|t| t <= now) && full_refresh_intervals > 0;
+        get_now |= seen.get_wanted || transitional || full_due;
+        if get_now && wrote {
+            // The GET follows once the watch brings the status just written.
+            return Ok(Polled {
+                poll_on_wake: true,
+                ..waiting(Duration::from_secs(1), reserved, wrote, seen)
+            });
+        }
+        if !get_now {
+            let next = listed_next.unwrap_or_else(|| jitter(refresh));
+            return Ok(Polled {
+                poll_on_wake,
+                ..waiting(next, None, wrote, seen)
+            });
+        }
+    }
+
     if let Some(until) = ctx.key_pause(&api_key) {
         // Another object using this key was told to wait (429 Retry-After): so do we.
         let delay = until.saturating_duration_since(now) + jitter_up(Duration::from_secs(1));
-        return Ok(Polled {
-            next: Some(delay),
-            failures,
-            wrote: false,
-            requested: false,
-            gone_suspected,
-            reserved: None,
-        });
+        return Ok(waiting(delay, None, wrote, seen));
     }
 
     // The key's budget: a slot reserved earlier, or the next free one. A poll never waits for
     // its slot inside a reconcile (that would hold a concurrency slot and delay every other
-    // key): it comes back when the slot is due, and keeps it until then.
-    let fingerprint = ctx.fingerprint(&api_key);
-    let slot = reserved
-        .unwrap_or_else(|| now + ctx.buckets.reserve(ctx.settings.budget, fingerprint, now));
-    if slot > now {
+    // key): it comes back when the slot is due, and keeps it until then. Sweeps of the key's
+    // LIST go first: a slot moves later by each page they take meanwhile.
+    let slot = reserved.unwrap_or_else(|| {
+        ctx.buckets
+            .reserve_slot(ctx.settings.budget, fingerprint, now)
+    });
+    if let Err(moved) = ctx.buckets.redeem(fingerprint, slot, now) {
+        let wait = moved.slot - now;
+        let next = listed_next.map_or(wait, |n| n.min(wait));
         return Ok(Polled {
-            next: Some(slot - now),
-            failures,
-            wrote: false,
-            requested: false,
-            gone_suspected,
-            reserved: Some(slot),
+            poll_on_wake,
+            ..waiting(next, Some(moved), wrote, seen)
         });
     }
-    if let Some(due) = due {
+    if let Some(due) = due
+        && ctx.settings.observe == Observe::Get
+    {
         ctx.record_lateness(fingerprint, now.saturating_duration_since(due), refresh);
     }
     let mut result = get_instance(ctx, &api_key, instance).await;
@@ -153,57 +319,173 @@ pub async fn poll(
             result = get_instance(ctx, &fresh, instance).await;
         }
     }
-    let (observation, failure);
-    let (delay, failures) = match &result {
+    match result {
         Ok(observed) => {
-            observation = Observation::Instance(observed);
-            let observed_state = observed.state().unwrap_or_default();
-            (jitter(poll_interval(refresh, observed_state)), 0)
+            let observed_state = observed.state().unwrap_or_default().to_string();
+            let at = Instant::now();
+            let wrote = write_status(instance, ctx, Observation::Instance(&observed), Some(at))
+                .await?
+                || wrote;
+            if let Observe::List {
+                full_refresh_intervals,
+                ..
+            } = ctx.settings.observe
+            {
+                // The next full GET: spread over time (the first one after start-up anywhere
+                // in half to one and a half periods, then a period each, jittered).
+                let period = refresh.saturating_mul(full_refresh_intervals);
+                let spread = if seen.fetched {
+                    rand::rng().random_range(0.9..=1.1)
+                } else {
+                    rand::rng().random_range(0.5..=1.5)
+                };
+                // Kept as a LIST item would show it, to tell when the next item differs.
+                let listed_view = Instance {
+                    tools: None,
+                    pricing: None,
+                    ..observed
+                };
+                seen = Seen {
+                    observed: Some(Arc::new(listed_view)),
+                    observed_at: Some(at),
+                    listed: None,
+                    fetched: true,
+                    full_due: Some(at + period.mul_f64(spread)),
+                    get_wanted: false,
+                };
+            }
+            Ok(Polled::sent(
+                jitter(poll_interval(refresh, &observed_state)),
+                0,
+                wrote,
+                seen,
+            ))
         }
         Err(e) => {
-            failure = Failure::from(e);
-            observation = Observation::Failed(&failure);
-            match (failure.class.retry(), e.retry_after()) {
-                (Retry::Gone, _) if !gone_suspected && !reported_gone(instance) => {
-                    // A first "not found": confirm it before telling anyone.
-                    debug!("PPIO answered not found; confirming before reporting it");
-                    return Ok(Polled {
-                        next: Some(jitter(CONFIRM_GONE)),
-                        failures,
-                        wrote: false,
-                        requested: true,
-                        gone_suspected: true,
-                        reserved: None,
-                    });
-                }
-                (Retry::Gone, _) => (jitter(refresh.max(GONE_POLL)), 0),
-                (_, Some(after)) => {
-                    // The server said when: every PpioInstance using this key waits as well,
-                    // never less than the error backoff and never more than MAX_KEY_PAUSE.
-                    let wait = after.max(backoff(failures + 1)).min(MAX_KEY_PAUSE);
-                    ctx.pause_key(&api_key, now + wait);
-                    (wait + jitter_up(Duration::from_secs(1)), failures + 1)
-                }
-                // A refused key from a Secret is tried again within a minute: the Secret
-                // may be rotated by then (it is read again at each such poll).
-                _ if matches!(e, PpioError::Unauthorized)
-                    && instance.spec.credentials_secret_ref.is_some() =>
-                {
-                    (backoff(failures + 1).min(2 * SECRET_TTL), failures + 1)
-                }
-                _ => (backoff(failures + 1), failures + 1),
-            }
+            failed(
+                instance,
+                ctx,
+                &api_key,
+                e,
+                failures,
+                gone_suspected,
+                refresh,
+                seen,
+            )
+            .await
         }
+    }
+}
+
+/// Applies a LIST item: the status from the item, with the fields only a GET observes kept
+/// as stored. A GET is wanted when the instance was never fetched or the item differs from
+/// the last observation. Returns whether the status was written.
+async fn apply_listed(
+    instance: &PpioInstance,
+    ctx: &Context,
+    refresh: Duration,
+    seen: &mut Seen,
+    item: Arc<Instance>,
+    at: Instant,
+) -> Result<bool, Error> {
+    let stored = instance.status.as_ref();
+    if seen.listed.as_ref().is_some_and(|l| Arc::ptr_eq(l, &item))
+        && stored.is_some_and(|s| {
+            s.observed_generation == instance.meta().generation
+                && s.state.as_deref() == item.state()
+        })
+    {
+        // The same item as last time, already in the stored status: only its age moves.
+        ctx.metrics.instances.observed_at(
+            &instance.namespace().unwrap_or_default(),
+            &instance.name_any(),
+            std::time::SystemTime::now() - Instant::now().saturating_duration_since(at),
+        );
+        seen.observed_at = Some(at);
+        return Ok(false);
+    }
+    if !seen.fetched && seen.full_due.is_none() {
+        if stored.is_some_and(|s| {
+            s.instance_id.as_deref() == Some(instance.spec.instance_id.as_str())
+                && s.pricing.is_some()
+        }) {
+            // Fetched in full before (by an earlier run): its next full GET is spread over
+            // the full-refresh period instead of all at once after a restart.
+            if let Observe::List {
+                full_refresh_intervals,
+                ..
+            } = ctx.settings.observe
+            {
+                let period = refresh.saturating_mul(full_refresh_intervals);
+                seen.full_due = Some(at + period.mul_f64(rand::rng().random_range(0.0..1.0)));
+            }
+        } else {
+            seen.get_wanted = true;
+        }
+    }
+    let changed = seen.observed.as_ref().is_some_and(|o| **o != *item);
+    let wrote = write_status(instance, ctx, Observation::Listed(&item), Some(at)).await?;
+    seen.get_wanted |= changed;
+    seen.observed = Some(item.clone());
+    seen.observed_at = Some(at);
+    seen.listed = Some(item);
+    Ok(wrote)
+}
+
+/// Records a failed observation (a GET's or the key's last walk) in status and decides when
+/// to try again: a first "not found" is confirmed first, a 429 pauses the key.
+#[allow(clippy::too_many_arguments)]
+async fn failed(
+    instance: &PpioInstance,
+    ctx: &Context,
+    api_key: &crate::ppio::ApiKey,
+    e: PpioError,
+    failures: u32,
+    gone_suspected: bool,
+    refresh: Duration,
+    mut seen: Seen,
+) -> Result<Polled, Error> {
+    let now = Instant::now();
+    let failure = Failure::from(&e);
+    let (delay, failures) = match (failure.class.retry(), e.retry_after()) {
+        (Retry::Gone, _) if !gone_suspected && !reported_gone(instance) => {
+            // A first "not found": confirm it before telling anyone.
+            debug!("PPIO answered not found; confirming before reporting it");
+            return Ok(Polled {
+                next: Some(jitter(CONFIRM_GONE)),
+                failures,
+                wrote: false,
+                requested: true,
+                gone_suspected: true,
+                reserved: None,
+                seen,
+                poll_on_wake: false,
+            });
+        }
+        (Retry::Gone, _) => {
+            seen = Seen::default();
+            (jitter(refresh.max(GONE_POLL)), 0)
+        }
+        (_, Some(after)) => {
+            // The server said when: every PpioInstance using this key waits as well,
+            // never less than the error backoff and never more than MAX_KEY_PAUSE.
+            let wait = after.max(backoff(failures + 1)).min(MAX_KEY_PAUSE);
+            ctx.pause_key(api_key, now + wait);
+            (wait + jitter_up(Duration::from_secs(1)), failures + 1)
+        }
+        // A refused key from a Secret is tried again within a minute: the Secret
+        // may be rotated by then (it is read again at each such poll).
+        _ if matches!(e, PpioError::Unauthorized)
+            && instance.spec.credentials_secret_ref.is_some() =>
+        {
+            (backoff(failures + 1).min(2 * SECRET_TTL), failures + 1)
+        }
+        _ => (backoff(failures + 1), failures + 1),
     };
-    let wrote = write_status(instance, ctx, observation).await?;
-    Ok(Polled {
-        next: Some(delay),
-        failures,
-        wrote,
-        requested: true,
-        gone_suspected: false,
-        reserved: None,
-    })
+    let wrote = write_status(instance, ctx, Observation::Failed(&failure), None).await?;
+    // The status no longer shows the last observation: apply the next one in full.
+    seen.listed = None;
+    Ok(Polled::sent(delay, failures, wrote, seen))
 }
 
 /// `GET /gpus/v2/instances/{id}`, counted in the request metrics.

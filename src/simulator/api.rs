@@ -131,6 +131,9 @@ pub(super) struct ListQuery {
     billing_mode: Option<String>,
 }
 
+/// The fault id that applies to the LIST call alone.
+pub const LIST_FAULT: &str = "_list";
+
 /// The page size when `limit` is 0 or absent.
 pub const DEFAULT_PAGE: usize = 20;
 /// The largest page served, whatever `limit` asks (PPIO documents none; clients must follow
@@ -138,7 +141,8 @@ pub const DEFAULT_PAGE: usize = 20;
 pub const MAX_PAGE: usize = 500;
 
 /// `GET /gpus/v2/instances`: filtered, paged, without `tools` and `pricing`. The fault set
-/// for every instance (`*`) applies to it too (latency and error status).
+/// for the LIST alone (`_list`), else the one for every instance (`*`), applies to it
+/// (latency and error status).
 pub(super) async fn list_instances(
     State(sim): State<Simulator>,
     Query(q): Query<ListQuery>,
@@ -150,7 +154,11 @@ pub(super) async fn list_instances(
     let (fault, seq) = {
         let st = lock(&sim.state);
         (
-            st.faults.get("*").cloned().unwrap_or_default(),
+            st.faults
+                .get(LIST_FAULT)
+                .or_else(|| st.faults.get("*"))
+                .cloned()
+                .unwrap_or_default(),
             st.request_seq,
         )
     };

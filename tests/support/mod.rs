@@ -137,3 +137,8 @@ pub async fn scene(prefix: &str, key: &str, extra: &[&str]) -> Scene {
         api,
     }
 }
+
+/// Requests that observe the instance `id`: the LIST pages (each may carry it) and its GETs.
+pub fn observations(sim: &Simulator, id: &str) -> u64 {
+    sim.counts().list + sim.requests_for(id)
+}

@@ -290,6 +290,16 @@ pub async fn wait_observed(api: &Api<PpioInstance>, name: &str) -> PpioInstance 
     .await
 }
 
+/// Waits until a PpioInstance is observed in full: by a GET, whose fields (prices,
+/// endpoints) LIST items lack.
+pub async fn wait_fetched(api: &Api<PpioInstance>, name: &str) -> PpioInstance {
+    wait_for(api, name, Duration::from_secs(15), "fetched in full", |o| {
+        has(o, "Synced", "True", "Observed")
+            && o.status.as_ref().is_some_and(|s| s.pricing.is_some())
+    })
+    .await
+}
+
 /// The (status, reason) of a condition, the one way tests read a condition.
 pub fn condition(s: Option<&PpioInstanceStatus>, t: &str) -> Option<(String, String)> {
     s?.condition(t)

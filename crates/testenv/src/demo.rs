@@ -205,6 +205,7 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
             default_key: ApiKey::new(DEMO_KEY),
             default_key_namespaces: None,
             budget: ppio_operator::controller::Budget::default(),
+            observe: ppio_operator::controller::Observe::default(),
         },
         ppio: Arc::new(ppio),
         concurrency: 8,

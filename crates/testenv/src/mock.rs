@@ -38,6 +38,8 @@ pub struct MockApi {
     hang_events: Arc<std::sync::atomic::AtomicBool>,
     events: Arc<Mutex<Vec<Value>>>,
     secret_reads: Arc<std::sync::atomic::AtomicU64>,
+    /// Every accepted status write: the object (`namespace/name`), when, and the status.
+    writes: Arc<Mutex<Vec<(String, tokio::time::Instant, Value)>>>,
 }
 
 impl MockApi {
@@ -115,6 +117,11 @@ impl MockApi {
                 }
                 let patch: Value = serde_json::from_slice(&body).expect("patch is JSON");
                 self.patches.lock().expect("lock").push(patch.clone());
+                self.writes.lock().expect("lock").push((
+                    format!("{ns}/{name}"),
+                    tokio::time::Instant::now(),
+                    patch["status"].clone(),
+                ));
                 let mut obj = json!({"apiVersion": "gpus.ppio.com/v1alpha1", "kind": "PpioInstance",
                     "metadata": {"name": name, "namespace": ns, "generation": 1, "resourceVersion": "2"},
                     "spec": {"instanceId": "ca338f12f3"}});
@@ -163,6 +170,22 @@ impl MockApi {
 
     pub fn patches(&self) -> Vec<Value> {
         self.patches.lock().expect("lock").clone()
+    }
+
+    /// The accepted status writes of one object (`namespace/name`): when, and the status.
+    pub fn writes_of(&self, object: &str) -> Vec<(tokio::time::Instant, PpioInstanceStatus)> {
+        self.writes
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(o, _, _)| o == object)
+            .map(|(_, at, s)| {
+                (
+                    *at,
+                    serde_json::from_value(s.clone()).expect("status decodes"),
+                )
+            })
+            .collect()
     }
 
     pub fn last_status(&self) -> PpioInstanceStatus {
@@ -275,6 +298,8 @@ pub async fn harness_with_budget(
                 default_key: default_key.and_then(ApiKey::new),
                 default_key_namespaces: None,
                 budget,
+                // These tests pin what one poll does: one GET each.
+                observe: ppio_operator::controller::Observe::Get,
             },
             Arc::new(Metrics::new()),
         )

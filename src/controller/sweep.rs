@@ -1,0 +1,509 @@
+//! Observation by sweeps: for each API key in use, a walk over PPIO's paged LIST
+//! (`GET /gpus/v2/instances`) observes every PpioInstance whose instance is on a page, so
+//! that one request serves a page of instances instead of one.
+//!
+//! - One task per key walks the pages (following `next_cursor`, opaque, until `has_more` is
+//!   false) every [`SWEEP_SHARE`] of the shortest refresh interval of the key's PpioInstances,
+//!   and sooner when a PpioInstance waits for its first observation (debounced by
+//!   [`SWEEP_DEBOUNCE`]), so a bulk apply is observed within seconds.
+//! - Pages take the key's budget before any GET ([`super::budget::Buckets::reserve_first`]).
+//! - Only the items of instances some PpioInstance asked for are kept, each with the time its
+//!   page was read. A walk over a changing list can skip items: an instance missing from a
+//!   walk is looked up by a GET, never taken for gone.
+//! - A LIST that answers 404, 405 or 501 on its first page is unavailable (a proxy, an older
+//!   API): the key's PpioInstances are observed by GETs, said once in the log and in
+//!   `ppio_api_list_unavailable`, and LIST is tried again after [`LIST_RETRY`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::budget::{Buckets, Budget};
+use super::schedule::{MAX_KEY_PAUSE, backoff};
+use crate::crd::PpioInstance;
+use crate::lock;
+use crate::metrics::Metrics;
+use crate::ppio::{ApiKey, Instance, ListQuery, PpioApi, PpioError};
+
+/// The default LIST page size.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// The largest page size asked for.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// A key's LIST is walked every this share of the shortest refresh interval of its
+/// PpioInstances, so that a walk (which takes a while) still ends within every interval.
+pub const SWEEP_SHARE: f64 = 0.8;
+/// A walk asked for by a PpioInstance that waits starts this long after the first ask, so a
+/// bulk apply is served by one walk.
+pub const SWEEP_DEBOUNCE: Duration = Duration::from_secs(1);
+/// A LIST found unavailable is tried again after this long.
+pub const LIST_RETRY: Duration = Duration::from_secs(3600);
+/// A key's sweeps stop when none of its PpioInstances asked for this long.
+pub const SWEEP_IDLE: Duration = Duration::from_secs(600);
+/// The most pages one walk reads (a guard against a LIST that never ends).
+pub const MAX_PAGES: u32 = 10_000;
+/// A PpioInstance that waits for a walk is reconciled again after this long at the latest
+/// (a finished walk wakes it at once).
+pub const SWEEP_WAIT: Duration = Duration::from_secs(10);
+
+/// How PpioInstances are observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observe {
+    /// Sweeps of each key's LIST, with GETs for what LIST items lack.
+    List {
+        /// The LIST page size.
+        page_size: u32,
+        /// Every instance is fetched in full by a GET about every this many of its refresh
+        /// intervals.
+        full_refresh_intervals: u32,
+    },
+    /// One GET per PpioInstance per interval.
+    Get,
+}
+
+/// The default number of refresh intervals between two full GETs of an instance.
+pub const DEFAULT_FULL_REFRESH_INTERVALS: u32 = 30;
+
+impl Default for Observe {
+    fn default() -> Self {
+        Observe::List {
+            page_size: DEFAULT_PAGE_SIZE,
+            full_refresh_intervals: DEFAULT_FULL_REFRESH_INTERVALS,
+        }
+    }
+}
+
+/// What a sweep knows of one instance for a PpioInstance.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// The instance's LIST item, read at this instant.
+    Listed(Arc<Instance>, Instant),
+    /// A walk that started after the PpioInstance asked did not list it (or its refresh
+    /// interval is shorter than the key's sweeps): a GET decides.
+    Missing,
+    /// The key's last walk failed.
+    Failed(PpioError),
+    /// The key's LIST is unavailable: GET.
+    Unavailable,
+    /// Nothing fresh yet: a walk is on its way and wakes the PpioInstance when done.
+    Wait,
+}
+
+/// A PpioInstance, by namespace and name, to reconcile when a walk ends.
+pub type Waker = mpsc::UnboundedSender<ObjectRef<DeserializeGuard<PpioInstance>>>;
+
+/// What a key's sweeper uses.
+pub(super) struct Env {
+    pub ppio: Arc<dyn PpioApi>,
+    pub buckets: Arc<Buckets>,
+    pub budget: Budget,
+    pub metrics: Arc<Metrics>,
+    pub page_size: u32,
+    /// Per API key fingerprint: no request before this instant (a 429's Retry-After).
+    pub paused: Arc<Mutex<HashMap<u64, Instant>>>,
+    pub waker: Option<Waker>,
+}
+
+/// Every key's sweeps.
+pub struct Sweeps {
+    env: Arc<Env>,
+    keys: Mutex<HashMap<u64, Arc<KeySweep>>>,
+    /// The sweepers' tasks, aborted with the controller.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+struct KeySweep {
+    key: ApiKey,
+    fingerprint: u64,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Instance ids PpioInstances asked for.
+    wanted: HashMap<String, Wanted>,
+    /// The latest LIST item of each wanted id and when its page was read.
+    items: HashMap<String, (Arc<Instance>, Instant)>,
+    /// PpioInstances (namespace, name) waiting for a walk, with when they asked.
+    waiters: HashMap<(String, String), Instant>,
+    /// The walk in progress started then.
+    walking: Option<Instant>,
+    /// The last finished walk: when it started, and its error.
+    finished: Option<(Instant, Option<PpioError>)>,
+    /// A walk is asked for before the next regular one, since then.
+    asked: Option<Instant>,
+    /// LIST is unavailable until then.
+    unavailable_until: Option<Instant>,
+    /// Pages read by the last walk.
+    pages: u32,
+    /// The sweeper task ended (idle); a new one is started on the next ask.
+    stopped: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    since: Instant,
+    touched: Instant,
+    refresh: Duration,
+}
+
+impl Sweeps {
+    pub(super) fn new(env: Env) -> Sweeps {
+        Sweeps {
+            env: Arc::new(env),
+            keys: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// What the sweeps of `key` know of `id` for the PpioInstance `object` (namespace,
+    /// name) refreshed every `refresh`. Registers the id with the key's sweeps (starting
+    /// them on first use), and the object as a waiter when nothing fresh is known yet.
+    pub(super) fn lookup(
+        &self,
+        key: &ApiKey,
+        fingerprint: u64,
+        id: &str,
+        object: (&str, &str),
+        refresh: Duration,
+    ) -> Lookup {
+        let sweep = self.key_sweep(key, fingerprint);
+        let now = Instant::now();
+        let mut st = lock(&sweep.state);
+        let wanted = match st.wanted.get_mut(id) {
+            Some(w) => {
+                w.touched = now;
+                w.refresh = refresh;
+                *w
+            }
+            None => {
+                let w = Wanted {
+                    since: now,
+                    touched: now,
+                    refresh,
+                };
+                st.wanted.insert(id.to_string(), w);
+                w
+            }
+        };
+        if st.unavailable_until.is_some_and(|t| t > now) {
+            return Lookup::Unavailable;
+        }
+        if let Some((item, at)) = st.items.get(id)
+            && now.saturating_duration_since(*at) <= refresh
+        {
+            return Lookup::Listed(item.clone(), *at);
+        }
+        let answered = st
+            .finished
+            .as_ref()
+            .filter(|(started, _)| *started > wanted.since);
+        match answered {
+            Some((_, Some(error))) if st.walking.is_none() => {
+                return Lookup::Failed(error.clone());
+            }
+            // Not on a walk that started after this PpioInstance asked (or only on one older
+            // than its interval, which it is refreshed faster than): a GET decides.
+            Some((_, None))
+                if st.walking.is_none()
+                    && (!st.items.contains_key(id)
+                        || refresh < sweep_period(&st, self.env.budget)) =>
+            {
+                return Lookup::Missing;
+            }
+            _ => {}
+        }
+        st.waiters
+            .entry((object.0.to_string(), object.1.to_string()))
+            .or_insert(now);
+        if st.walking.is_none() && st.asked.is_none() {
+            st.asked = Some(now);
+            drop(st);
+            sweep.wake.notify_one();
+        }
+        Lookup::Wait
+    }
+
+    /// The sweeps of a key, started on first use.
+    fn key_sweep(&self, key: &ApiKey, fingerprint: u64) -> Arc<KeySweep> {
+        let mut keys = lock(&self.keys);
+        if let Some(s) = keys.get(&fingerprint)
+            && !lock(&s.state).stopped
+        {
+            return s.clone();
+        }
+        let sweep = Arc::new(KeySweep {
+            key: key.clone(),
+            fingerprint,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+        });
+        keys.insert(fingerprint, sweep.clone());
+        let task = tokio::spawn(run(self.env.clone(), sweep.clone()));
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task.abort_handle());
+        sweep
+    }
+}
+
+impl Drop for Sweeps {
+    fn drop(&mut self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// How often a key's LIST is walked: [`SWEEP_SHARE`] of the shortest refresh interval of its
+/// PpioInstances, but never more than half of the key's budget.
+fn sweep_period(st: &State, budget: Budget) -> Duration {
+    let shortest = st
+        .wanted
+        .values()
+        .map(|w| w.refresh)
+        .min()
+        .unwrap_or(Duration::from_secs(60));
+    let by_budget = budget
+        .per_second
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(2.0 * f64::from(st.pages.max(1)) / r))
+        .unwrap_or_default();
+    shortest.mul_f64(SWEEP_SHARE).max(by_budget)
+}
+
+/// A key's sweeper: walks when its period has passed or a PpioInstance waits, until none
+/// asked for [`SWEEP_IDLE`].
+async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
+    let mut failures = 0u32;
+    let mut last_start: Option<Instant> = None;
+    loop {
+        let next = {
+            let mut st = lock(&sweep.state);
+            if st.stopped {
+                return;
+            }
+            let now = Instant::now();
+            st.wanted.retain(|_, w| {
+                now.saturating_duration_since(w.touched) < SWEEP_IDLE.max(3 * w.refresh)
+            });
+            if st.wanted.is_empty() && st.waiters.is_empty() {
+                st.stopped = true;
+                debug!("no PpioInstance uses this key's sweeps any more; stopping them");
+                return;
+            }
+            let regular = match last_start {
+                // The first walk waits for an ask (debounced below).
+                None => now + SWEEP_IDLE,
+                Some(at) if failures > 0 => at + backoff(failures),
+                Some(at) => at + sweep_period(&st, env.budget),
+            };
+            let asked = st.asked.map(|at| at + SWEEP_DEBOUNCE);
+            let mut next = asked.map_or(regular, |a| a.min(regular));
+            if let Some(until) = st.unavailable_until {
+                next = next.max(until);
+            }
+            if let Some(until) = lock(&env.paused).get(&sweep.fingerprint) {
+                next = next.max(*until);
+            }
+            next
+        };
+        if next > Instant::now() {
+            // Look again when woken or at `next` (a pause may have come meanwhile).
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = sweep.wake.notified() => {}
+            }
+            continue;
+        }
+        let started = Instant::now();
+        last_start = Some(started);
+        {
+            let mut st = lock(&sweep.state);
+            st.walking = Some(started);
+            st.asked = None;
+        }
+        let outcome = walk(&env, &sweep).await;
+        failures = match &outcome {
+            Walked::Ok | Walked::Unavailable => 0,
+            Walked::Failed(_) => failures.saturating_add(1),
+        };
+        finish(&env, &sweep, started, outcome);
+    }
+}
+
+/// How a walk ended.
+enum Walked {
+    Ok,
+    Failed(PpioError),
+    Unavailable,
+}
+
+/// One walk over the key's LIST, page by page within the key's budget; keeps the items of
+/// wanted ids (the same `Arc` when an item did not change).
+async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
+    let mut query = ListQuery {
+        limit: env.page_size.clamp(1, MAX_PAGE_SIZE),
+        ..ListQuery::default()
+    };
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut cursors: HashSet<String> = HashSet::new();
+    let mut pages = 0u32;
+    loop {
+        // A 429 met meanwhile (by a GET, or an earlier page) pauses the walk too.
+        let paused = lock(&env.paused).get(&sweep.fingerprint).copied();
+        if let Some(until) = paused.filter(|t| *t > Instant::now()) {
+            tokio::time::sleep_until(until).await;
+        }
+        let wait = env
+            .buckets
+            .reserve_first(env.budget, sweep.fingerprint, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let start = Instant::now();
+        let result = env.ppio.list_instances(&sweep.key, &query).await;
+        let class = result
+            .as_ref()
+            .map_or_else(PpioError::request_class, |_| "2xx");
+        env.metrics
+            .api
+            .request_on("list_instances", class, start.elapsed().as_secs_f64());
+        let page = match result {
+            Ok(page) => page,
+            Err(e) if pages == 0 && list_unavailable(&e) => return Walked::Unavailable,
+            Err(e) => {
+                if let Some(after) = e.retry_after() {
+                    let until = Instant::now() + after.min(MAX_KEY_PAUSE);
+                    let mut paused = lock(&env.paused);
+                    let entry = paused.entry(sweep.fingerprint).or_insert(until);
+                    *entry = (*entry).max(until);
+                }
+                return Walked::Failed(e);
+            }
+        };
+        pages += 1;
+        let read_at = Instant::now();
+        {
+            let mut st = lock(&sweep.state);
+            for item in page.items {
+                let Some(id) = item.id.as_ref().map(|t| t.0.clone()) else {
+                    continue;
+                };
+                if !st.wanted.contains_key(&id) || item.state().is_none_or(str::is_empty) {
+                    continue;
+                }
+                seen.insert(id.clone());
+                let item = match st.items.get(&id) {
+                    Some((old, _)) if **old == item => old.clone(),
+                    _ => Arc::new(item),
+                };
+                st.items.insert(id, (item, read_at));
+            }
+        }
+        let next = page.next_cursor.filter(|c| !c.is_empty());
+        match next {
+            Some(cursor) if page.has_more => {
+                if pages >= MAX_PAGES || !cursors.insert(cursor.clone()) {
+                    warn!(
+                        pages,
+                        "the PPIO LIST did not end (too many pages, or a cursor seen before); the walk stops here"
+                    );
+                    break;
+                }
+                query.cursor = Some(cursor);
+            }
+            _ => break,
+        }
+    }
+    let mut st = lock(&sweep.state);
+    st.pages = pages;
+    // An item not on this walk is dropped: the next look-up of its id asks a GET.
+    st.items.retain(|id, _| seen.contains(id));
+    Walked::Ok
+}
+
+/// A LIST answer that says the call itself is not served here (not that an instance is
+/// gone, or that PPIO failed).
+fn list_unavailable(e: &PpioError) -> bool {
+    matches!(
+        e,
+        PpioError::NotFound { .. }
+            | PpioError::NotFoundWithoutPpioBody
+            | PpioError::Rejected {
+                status: 404 | 405,
+                ..
+            }
+            | PpioError::Server { status: 501 }
+            | PpioError::UnexpectedStatus { status: 405 | 501 }
+    )
+}
+
+/// Records a walk's end, and wakes the PpioInstances it answers.
+fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
+    let label = format!("{:016x}", sweep.fingerprint);
+    let mut st = lock(&sweep.state);
+    st.walking = None;
+    let now = Instant::now();
+    let error = match outcome {
+        Walked::Ok => {
+            env.metrics.api.sweep("ok");
+            if st.unavailable_until.take().is_some() {
+                info!(
+                    key = label.as_str(),
+                    "the PPIO LIST answers again; observing this key's PpioInstances by sweeps"
+                );
+                env.metrics.api.set_list_unavailable(&label, false);
+            }
+            None
+        }
+        Walked::Unavailable => {
+            env.metrics.api.sweep("unavailable");
+            if st.unavailable_until.is_none() {
+                warn!(
+                    key = label.as_str(),
+                    retry_in_s = LIST_RETRY.as_secs(),
+                    "the PPIO LIST call is not available (HTTP 404, 405 or 501); observing this key's PpioInstances by one GET each instead"
+                );
+            }
+            env.metrics.api.set_list_unavailable(&label, true);
+            st.unavailable_until = Some(now + LIST_RETRY);
+            st.items.clear();
+            None
+        }
+        Walked::Failed(e) => {
+            env.metrics.api.sweep("error");
+            debug!(key = label.as_str(), error = %e, "a walk over the PPIO LIST failed");
+            Some(e)
+        }
+    };
+    st.finished = Some((started, error));
+    // Wake who asked before this walk started, and who is now on it; the others wait for
+    // the next walk, which starts soon.
+    let waiters = std::mem::take(&mut st.waiters);
+    let mut later = HashMap::new();
+    let mut woken = Vec::new();
+    for (object, asked) in waiters {
+        if asked < started || st.unavailable_until.is_some() {
+            woken.push(object);
+        } else {
+            later.insert(object, asked);
+        }
+    }
+    if !later.is_empty() && st.asked.is_none() {
+        st.asked = Some(now);
+    }
+    st.waiters = later;
+    drop(st);
+    if let Some(waker) = &env.waker {
+        for (ns, name) in woken {
+            let _ = waker.send(ObjectRef::new(&name).within(&ns));
+        }
+    }
+}
