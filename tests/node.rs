@@ -9,16 +9,24 @@
 //! Available Deployment whose pod runs as 65532 with a read-only root filesystem, no
 //! capabilities, no privilege escalation and seccomp, passes its probes, reads the CRD with
 //! its service account and the chart's RBAC, observes a PpioInstance and writes its status
-//! and Events, and answers /metrics through the chart's Service; with two replicas and leader
-//! election exactly one pod writes and, its leader deleted, the other takes over within the
-//! lease duration; `helm uninstall` keeps the CRD and the PpioInstances. Then the node is torn
-//! down and the test checks that nothing of it is left on the machine.
+//! and Events, and answers /metrics through the chart's Service; `helm upgrade` to a new image
+//! tag with one replica (Recreate) never runs two operator processes at once; with two
+//! replicas and leader election exactly one pod writes and, its leader deleted, the other
+//! takes over within the lease duration; the leader's container killed (SIGKILL from the
+//! host), the pod stays, the kubelet restarts the container and a replica writes again within
+//! the lease duration; `helm upgrade` to another tag with two replicas (rolling) never has two
+//! leaders or two writers (each pod's /metrics sampled every ~200 ms throughout); `helm
+//! uninstall` keeps the CRD and the PpioInstances; a second release with `watchNamespace` has
+//! Roles only, works in its namespace (default key, a Secret there, Events, its Lease) and
+//! leaves other namespaces alone. Then the node is torn down and the test checks that nothing
+//! of it is left on the machine.
 //!
 //! It needs root, the node's programs (`tools/build.sh`, `tools/node-packages.sh`) and the
 //! image (`tools/image.sh`); `tools/test.sh` builds them. Without root it is skipped.
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -28,7 +36,10 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use kube::Api;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
 use ppio_operator::crd::PpioInstance;
 use ppio_testenv::node::{Node, NodeError, NodeOptions};
 use serde_json::{Value, json};
@@ -99,6 +110,8 @@ fn ok(out: Output, what: &str) -> String {
 
 struct Scene {
     node: Node,
+    client: Client,
+    /// The PpioInstances of the watched namespace.
     api: Api<PpioInstance>,
     /// The simulator's Service (ClusterIP:port).
     sim: Option<SocketAddr>,
@@ -122,7 +135,7 @@ impl Scene {
     }
 
     /// The real helm, with its config and cache in a folder of the test run.
-    fn helm(&self, args: &[&str]) -> String {
+    fn helm_command(&self, args: &[&str]) -> Command {
         static HOME: OnceLock<PathBuf> = OnceLock::new();
         let home = HOME.get_or_init(|| {
             let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-helm-home");
@@ -135,7 +148,14 @@ impl Scene {
             .env("HELM_CACHE_HOME", home.join("cache"))
             .env("HELM_DATA_HOME", home.join("data"))
             .env("KUBECONFIG", &self.node.kubeconfig);
-        ok(run(c, None), &format!("helm {args:?}"))
+        c
+    }
+
+    fn helm(&self, args: &[&str]) -> String {
+        ok(
+            run(self.helm_command(args), None),
+            &format!("helm {args:?}"),
+        )
     }
 
     /// Creates a namespace and waits for its `default` ServiceAccount (pods need it).
@@ -207,22 +227,16 @@ async fn eventually<T>(what: &str, secs: u64, mut check: impl FnMut() -> Option<
     }
 }
 
-/// A minimal HTTP/1.1 request: (status, body).
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> Option<(u16, String)> {
+/// A PATCH to the simulator's control API (a merge patch): (status, body).
+async fn sim_patch(addr: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
         .await
         .ok()?
         .ok()?;
-    let body = body.unwrap_or("");
     s.write_all(
         format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/merge-patch+json\r\nContent-Length: {}\r\n\r\n{body}",
+            "PATCH {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/merge-patch+json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .as_bytes(),
@@ -243,8 +257,20 @@ async fn http(
     Some((code, body))
 }
 
+/// Sets the state of a simulated instance.
+async fn sim_state(s: &Scene, id: &str, state: &str) {
+    let (code, body) = sim_patch(
+        s.sim.expect("the simulator runs"),
+        &format!("/_sim/instances/{id}"),
+        &json!({"status": {"status": state}}).to_string(),
+    )
+    .await
+    .expect("the simulator's control API answers");
+    assert!(code < 300, "{code} {body}");
+}
+
 async fn http_ok(addr: SocketAddr, path: &str) -> String {
-    match http(addr, "GET", path, None).await {
+    match http_get(addr, path).await {
         Some((200, body)) => body,
         other => panic!("GET http://{addr}{path}: {other:?}"),
     }
@@ -455,7 +481,8 @@ async fn the_image_and_the_chart_on_a_real_node() {
     eprintln!("node {} ({}) up in {:?}", node.name, node.ip, node.took);
     let client = node.client().await.expect("client");
     let mut scene = Scene {
-        api: Api::namespaced(client, WATCHED_NS),
+        api: Api::namespaced(client.clone(), WATCHED_NS),
+        client,
         node,
         sim: None,
     };
@@ -542,12 +569,28 @@ const STEPS: &[(&str, Step)] = &[
     ),
     ("helm install: the operator runs and observes", step_install),
     (
+        "helm upgrade to a new tag, one replica (Recreate): never two writers",
+        step_upgrade_recreate,
+    ),
+    (
         "two replicas: one writer, and a takeover",
         step_leader_election,
     ),
     (
+        "the leader's container killed: restarted in its pod, one writer",
+        step_kill_leader,
+    ),
+    (
+        "helm upgrade to a new tag, two replicas (rolling): never two writers",
+        step_upgrade_rolling,
+    ),
+    (
         "helm uninstall keeps the CRD and the PpioInstances",
         step_uninstall,
+    ),
+    (
+        "watchNamespace: Roles only, and only that namespace",
+        step_namespaced,
     ),
 ];
 
@@ -565,6 +608,18 @@ fn step_leader_election(s: &mut Scene) -> BoxFuture<'_, ()> {
 }
 fn step_uninstall(s: &mut Scene) -> BoxFuture<'_, ()> {
     uninstall(s).boxed()
+}
+fn step_upgrade_recreate(s: &mut Scene) -> BoxFuture<'_, ()> {
+    upgrade_recreate(s).boxed()
+}
+fn step_kill_leader(s: &mut Scene) -> BoxFuture<'_, ()> {
+    kill_leader(s).boxed()
+}
+fn step_upgrade_rolling(s: &mut Scene) -> BoxFuture<'_, ()> {
+    upgrade_rolling(s).boxed()
+}
+fn step_namespaced(s: &mut Scene) -> BoxFuture<'_, ()> {
+    namespaced(s).boxed()
 }
 
 /// A pod of the image with a hardened security context and the given args (or command).
@@ -681,7 +736,7 @@ async fn simulator(s: &mut Scene) {
     // Through kube-proxy: the Service's ClusterIP from the host.
     let start = Instant::now();
     let counts = loop {
-        if let Some((200, body)) = http(addr, "GET", "/_sim/requests", None).await {
+        if let Some((200, body)) = http_get(addr, "/_sim/requests").await {
             break body;
         }
         assert!(
@@ -694,7 +749,9 @@ async fn simulator(s: &mut Scene) {
     s.sim = Some(addr);
 }
 
-async fn install(s: &mut Scene) {
+/// `helm install` of the chart with the test's values (the simulator, its key, the image
+/// without pulling) and `extra` values.
+fn helm_install(s: &Scene, release: &str, ns: &str, extra: &[(&str, &str)]) {
     let sim = s.sim.expect("the simulator runs");
     let values = json!({
         "image": {"repository": "ppio-operator", "pullPolicy": "Never"},
@@ -707,17 +764,30 @@ async fn install(s: &mut Scene) {
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("values.yaml");
     std::fs::write(&file, values.to_string()).expect("values");
-    let chart = Path::new(REPO).join("charts/ppio-operator");
-    s.helm(&[
+    let chart = chart();
+    let mut args = vec![
         "install",
-        RELEASE,
+        release,
         chart.to_str().expect("path"),
         "--namespace",
-        RELEASE_NS,
+        ns,
         "--create-namespace",
         "--values",
         file.to_str().expect("path"),
-    ]);
+    ];
+    let sets: Vec<String> = extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for set in &sets {
+        args.extend(["--set", set.as_str()]);
+    }
+    s.helm(&args);
+}
+
+fn chart() -> PathBuf {
+    Path::new(REPO).join("charts/ppio-operator")
+}
+
+async fn install(s: &mut Scene) {
+    helm_install(s, RELEASE, RELEASE_NS, &[]);
     eventually("the Deployment is Available", 120, || {
         has_condition(&s.deployment(), "Available").then_some(())
     })
@@ -808,15 +878,7 @@ async fn install(s: &mut Scene) {
         Some("running")
     );
     // The instance stops: the pod sees it on its next poll.
-    let (code, body) = http(
-        sim,
-        "PATCH",
-        "/_sim/instances/ca338f12f3",
-        Some(r#"{"status":{"status":"exited"}}"#),
-    )
-    .await
-    .expect("the simulator's control API answers");
-    assert!(code < 300, "{code} {body}");
+    sim_state(s, "ca338f12f3", "exited").await;
     let obj = wait_for(
         &s.api,
         "trainer-a",
@@ -830,7 +892,7 @@ async fn install(s: &mut Scene) {
         Some("exited")
     );
     let events = eventually("a StateChanged Event", 30, || {
-        let e = events_of(s, "trainer-a");
+        let e = events_of(s, WATCHED_NS, "trainer-a");
         e.iter().any(|e| e["reason"] == "StateChanged").then_some(e)
     })
     .await;
@@ -875,13 +937,13 @@ fn instance(ns: &str, name: &str, id: &str) -> String {
     .to_string()
 }
 
-/// The Events about a PpioInstance in the watched namespace.
-fn events_of(s: &Scene, name: &str) -> Vec<Value> {
+/// The Events about a PpioInstance in namespace `ns`.
+fn events_of(s: &Scene, ns: &str, name: &str) -> Vec<Value> {
     let list = s.json(&[
         "get",
         "events",
         "-n",
-        WATCHED_NS,
+        ns,
         "--field-selector",
         &format!("involvedObject.name={name}"),
     ]);
@@ -1050,17 +1112,9 @@ async fn leader_election(s: &mut Scene) {
     let pods = ready_operator_pods(s, 2).await;
     assert_one_writer(&pods, &new_leader).await;
     // Its Events name it: the instance starts.
-    let (code, body) = http(
-        s.sim.expect("the simulator runs"),
-        "PATCH",
-        "/_sim/instances/c0ffee1234",
-        Some(r#"{"status":{"status":"running"}}"#),
-    )
-    .await
-    .expect("the simulator's control API answers");
-    assert!(code < 300, "{code} {body}");
+    sim_state(s, "c0ffee1234", "running").await;
     let events = eventually("a StateChanged Event of trainer-c", 40, || {
-        let e = events_of(s, "trainer-c");
+        let e = events_of(s, WATCHED_NS, "trainer-c");
         e.iter().any(|e| e["reason"] == "StateChanged").then_some(e)
     })
     .await;
@@ -1097,5 +1151,618 @@ async fn uninstall(s: &mut Scene) {
             .iter()
             .all(|i| !i["status"]["conditions"].is_null()),
         "their status stays"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Who writes while the operator's pods change.
+
+fn selector(release: &str) -> String {
+    format!("app.kubernetes.io/instance={release}")
+}
+
+/// A release's operator pods, terminating ones included (they may still write).
+async fn pods_of(s: &Scene, ns: &str, release: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(s.client.clone(), ns)
+        .list(&ListParams::default().labels(&selector(release)))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+/// One read of an operator process's /metrics.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    leading: bool,
+    writes: f64,
+}
+
+/// Who writes while the operator's pods change (a rollout, a killed container). Every round
+/// reads each operator pod's /metrics (the leader gauge and the status-write counter, all
+/// pods at once, terminating ones included), and once a second changes trainer-a's spec so the
+/// leader has something to write (a new generation is polled and written at once; the refresh
+/// annotation is held back for 10 s). Every round checks: with leader election at most one
+/// pod leads; without it at most one operator process answers (the Recreate strategy);
+/// between two rounds at most one pod wrote, and with leader election only a pod that led at
+/// one of the two.
+struct Writers {
+    leader_election: bool,
+    /// The last read of every pod that answered, by pod name (kept while a pod does not
+    /// answer; a counter lower than before is a restarted container, counting from 0).
+    last: BTreeMap<String, Sample>,
+    rounds: u32,
+    /// (round, pod) of every write seen.
+    writes: Vec<(u32, String)>,
+    bumped: Option<Instant>,
+    started: Instant,
+}
+
+impl Writers {
+    async fn start(s: &Scene, leader_election: bool) -> Writers {
+        let mut w = Writers {
+            leader_election,
+            last: BTreeMap::new(),
+            rounds: 0,
+            writes: Vec::new(),
+            bumped: None,
+            started: Instant::now(),
+        };
+        w.last = w.read(s).await;
+        w
+    }
+
+    /// Every running operator pod's leader gauge and status writes, read at once.
+    async fn read(&self, s: &Scene) -> BTreeMap<String, Sample> {
+        let pods = pods_of(s, RELEASE_NS, RELEASE).await;
+        let reads = pods.iter().filter_map(|p| {
+            let name = p.metadata.name.clone()?;
+            let ip: Ipv4Addr = p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
+            let addr = SocketAddr::from((ip, 8080));
+            Some(async move {
+                let answer =
+                    tokio::time::timeout(Duration::from_millis(500), http_get(addr, "/metrics"))
+                        .await;
+                (name, answer.ok().flatten())
+            })
+        });
+        futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .filter_map(|(name, answer)| match answer {
+                Some((200, text)) => Some((
+                    name,
+                    Sample {
+                        leading: metric(&text, "ppio_leader") == 1.0,
+                        writes: metric(&text, "ppio_status_writes_total"),
+                    },
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Changes trainer-a's refresh interval (10s <-> 11s): a new generation, which the leader
+    /// polls and writes at once. Its generation.
+    async fn bump(&mut self, s: &Scene) -> i64 {
+        let now = s.api.get("trainer-a").await.expect("trainer-a");
+        let interval = match now.spec.refresh_interval.as_deref() {
+            Some("10s") => "11s",
+            _ => "10s",
+        };
+        let patch = json!({"spec": {"refreshInterval": interval}});
+        let obj = s
+            .api
+            .patch("trainer-a", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch trainer-a");
+        self.bumped = Some(Instant::now());
+        obj.metadata.generation.expect("a generation")
+    }
+
+    /// One round: the spec change when a second has passed, the read, its checks.
+    async fn round(&mut self, s: &Scene) {
+        if self
+            .bumped
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.bump(s).await;
+        }
+        let now = self.read(s).await;
+        self.rounds += 1;
+        let (n, at) = (self.rounds, self.started.elapsed());
+        let leaders = now.values().filter(|x| x.leading).count();
+        assert!(leaders <= 1, "round {n} at {at:.1?}: two leaders: {now:?}");
+        if !self.leader_election {
+            assert!(
+                now.len() <= 1,
+                "round {n} at {at:.1?}: two operator processes without leader election: {now:?}"
+            );
+        }
+        let mut wrote = Vec::new();
+        for (pod, x) in &now {
+            let before = self.last.get(pod);
+            let delta = match before {
+                Some(b) if x.writes >= b.writes => x.writes - b.writes,
+                _ => x.writes,
+            };
+            if delta > 0.0 {
+                assert!(
+                    !self.leader_election || x.leading || before.is_some_and(|b| b.leading),
+                    "round {n} at {at:.1?}: {pod} wrote as a standby: before {before:?}, now {x:?}"
+                );
+                wrote.push(pod.clone());
+            }
+        }
+        assert!(
+            wrote.len() <= 1,
+            "round {n} at {at:.1?}: {wrote:?} all wrote since the round before: before {:?}, now {now:?}",
+            self.last
+        );
+        self.writes.extend(wrote.into_iter().map(|p| (n, p)));
+        self.last.extend(now);
+    }
+
+    /// The pods that wrote after round `since`.
+    fn writers_since(&self, since: u32) -> BTreeSet<String> {
+        self.writes
+            .iter()
+            .filter(|(r, _)| *r > since)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// Rounds until trainer-a's status answers generation `generation` and the write is seen
+    /// in the writer's counter; the pods that wrote since then.
+    async fn until_written(&mut self, s: &Scene, generation: i64, secs: u64) -> BTreeSet<String> {
+        let since = self.rounds;
+        let start = Instant::now();
+        loop {
+            self.round(s).await;
+            let observed = s
+                .api
+                .get("trainer-a")
+                .await
+                .ok()
+                .and_then(|o| o.status)
+                .and_then(|st| st.observed_generation);
+            if observed >= Some(generation) && !self.writers_since(since).is_empty() {
+                return self.writers_since(since);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "generation {generation} of trainer-a not written within {secs}s (observed {observed:?}); {}",
+                self.summary()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The rounds and who wrote, in order, e.g. "52 rounds in 11.2s; writes: a x3, b x5".
+    fn summary(&self) -> String {
+        let mut runs: Vec<(String, u32)> = Vec::new();
+        for (_, p) in &self.writes {
+            match runs.last_mut() {
+                Some((last, n)) if last == p => *n += 1,
+                _ => runs.push((p.clone(), 1)),
+            }
+        }
+        let runs: Vec<String> = runs.iter().map(|(p, n)| format!("{p} x{n}")).collect();
+        format!(
+            "{} rounds in {:.1?}, never two leaders or two writers; rounds with a write, by pod in order: {}",
+            self.rounds,
+            self.started.elapsed(),
+            if runs.is_empty() {
+                "none".to_string()
+            } else {
+                runs.join(", ")
+            }
+        )
+    }
+}
+
+/// Once the release's Deployment has rolled out to `image`: its pods (none terminating, all
+/// running `image` and Ready), by (name, IP).
+async fn rolled_out(s: &Scene, image: &str) -> Option<Vec<(String, Ipv4Addr)>> {
+    let d = Api::<Deployment>::namespaced(s.client.clone(), RELEASE_NS)
+        .get(RELEASE)
+        .await
+        .ok()?;
+    let want = d.spec.replicas?;
+    let st = d.status.as_ref()?;
+    let done = st.observed_generation >= d.metadata.generation
+        && st.updated_replicas == Some(want)
+        && st.available_replicas == Some(want)
+        && st.replicas == Some(want);
+    let pods = pods_of(s, RELEASE_NS, RELEASE).await;
+    let mut ready: Vec<(String, Ipv4Addr)> = pods
+        .iter()
+        .filter_map(|p| {
+            let spec_image = p.spec.as_ref()?.containers.first()?.image.clone()?;
+            let status = p.status.as_ref()?;
+            let ready = status.container_statuses.as_ref()?.first()?.ready;
+            if p.metadata.deletion_timestamp.is_some() || spec_image != image || !ready {
+                return None;
+            }
+            Some((
+                p.metadata.name.clone()?,
+                status.pod_ip.as_ref()?.parse().ok()?,
+            ))
+        })
+        .collect();
+    ready.sort();
+    (done && pods.len() == want as usize && ready.len() == want as usize).then_some(ready)
+}
+
+/// The image archive's image under another tag (as a registry would serve a new version).
+fn tag_image(s: &Scene, tag: &str) -> String {
+    let mut c = s.node.ctr();
+    c.args([
+        "images",
+        "tag",
+        &format!("docker.io/library/{}", image()),
+        &format!("docker.io/library/ppio-operator:{tag}"),
+    ]);
+    ok(run(c, None), "ctr images tag");
+    format!("ppio-operator:{tag}")
+}
+
+/// `helm upgrade --reuse-values --set image.tag=<tag>` while [`Writers`] watches, until the
+/// rollout is complete; then a change is written by the one leader (the one pod without
+/// leader election), and only by it.
+async fn upgrade_to(s: &Scene, tag: &str, leader_election: bool) {
+    let image = tag_image(s, tag);
+    let d = s.deployment();
+    let strategy = d["spec"]["strategy"]["type"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(
+        strategy,
+        if leader_election {
+            "RollingUpdate"
+        } else {
+            "Recreate"
+        },
+        "the chart's strategy with leaderElection.enabled={leader_election}"
+    );
+    let before: BTreeSet<String> = s
+        .operator_pods()
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    let mut w = Writers::start(s, leader_election).await;
+    let chart = chart();
+    let set = format!("image.tag={tag}");
+    let mut helm = s
+        .helm_command(&[
+            "upgrade",
+            RELEASE,
+            chart.to_str().expect("path"),
+            "--namespace",
+            RELEASE_NS,
+            "--reuse-values",
+            "--set",
+            &set,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("helm runs");
+    let start = Instant::now();
+    let mut helm_done = false;
+    let pods = loop {
+        w.round(s).await;
+        if !helm_done && let Some(status) = helm.try_wait().expect("helm") {
+            let mut err = String::new();
+            if let Some(mut e) = helm.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            assert!(status.success(), "helm upgrade --set {set}: {err}");
+            helm_done = true;
+        }
+        if helm_done && let Some(pods) = rolled_out(s, &image).await {
+            break pods;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "the rollout to {image} did not finish within 180s; {}",
+            w.summary()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let rollout = start.elapsed();
+    assert!(
+        pods.iter().all(|(p, _)| !before.contains(p)),
+        "every pod replaced: before {before:?}, after {pods:?}"
+    );
+    let leader = if leader_election {
+        eventually("a leader", 30, || {
+            lease_holder(s).filter(|h| pods.iter().any(|(p, _)| p == h))
+        })
+        .await
+    } else {
+        pods[0].0.clone()
+    };
+    let generation = w.bump(s).await;
+    let writers = w.until_written(s, generation, 30).await;
+    assert_eq!(
+        writers,
+        BTreeSet::from([leader.clone()]),
+        "after the upgrade only {leader} writes"
+    );
+    if leader_election {
+        assert_one_writer(&pods, &leader).await;
+    }
+    // The new tag names the same image (the archive imported once, tagged again): the pods'
+    // spec names the new tag (checked above), while the runtime reports the image by the name
+    // it was imported under.
+    let images: Vec<String> = pods
+        .iter()
+        .map(|(p, _)| {
+            s.pod(RELEASE_NS, p)["status"]["containerStatuses"][0]["image"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    eprintln!(
+        "helm upgrade to {image} ({strategy}): rolled out in {rollout:.1?} to {:?} (the runtime reports {images:?}); {leader} writes; {}",
+        pods.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        w.summary()
+    );
+}
+
+async fn upgrade_recreate(s: &mut Scene) {
+    upgrade_to(s, "upgrade-1", false).await;
+}
+
+async fn upgrade_rolling(s: &mut Scene) {
+    upgrade_to(s, "upgrade-2", true).await;
+}
+
+/// The leader's container is killed (SIGKILL from the host: no shutdown, no Lease release):
+/// the pod stays, the kubelet restarts the container, and a replica leads and writes again,
+/// never two at once.
+async fn kill_leader(s: &mut Scene) {
+    let pods = ready_operator_pods(s, 2).await;
+    let leader = eventually("a leader", 30, || {
+        lease_holder(s).filter(|h| pods.iter().any(|(p, _)| p == h))
+    })
+    .await;
+    let pod = s.pod(RELEASE_NS, &leader);
+    let status = &pod["status"]["containerStatuses"][0];
+    let restarts = status["restartCount"].as_u64().expect("restartCount");
+    let pid = s
+        .node
+        .container_pid(status["containerID"].as_str().expect("container id"))
+        .expect("the leader's pid");
+    let mut w = Writers::start(s, true).await;
+    let mut kill = Command::new("kill");
+    kill.args(["-KILL", &pid.to_string()]);
+    let killed = Instant::now();
+    ok(run(kill, None), "kill -KILL");
+    let generation = w.bump(s).await;
+    let writers = w.until_written(s, generation, 3 * LEASE_SECONDS).await;
+    let took = killed.elapsed();
+    let writer = writers.iter().next().cloned().unwrap_or_default();
+    assert_eq!(writers.len(), 1, "one writer: {writers:?}");
+    let after = eventually("the killed container restarted and Ready", 60, || {
+        let p = s.pod(RELEASE_NS, &leader);
+        let st = &p["status"]["containerStatuses"][0];
+        (st["restartCount"].as_u64() == Some(restarts + 1) && st["ready"] == true).then_some(p)
+    })
+    .await;
+    assert_eq!(
+        after["metadata"]["uid"], pod["metadata"]["uid"],
+        "the same pod"
+    );
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 137,
+        "killed by SIGKILL: {}",
+        after["status"]["containerStatuses"][0]
+    );
+    let now = ready_operator_pods(s, 2).await;
+    assert_eq!(now, pods, "the same two pods, none replaced");
+    let holder = lease_holder(s).expect("a leader");
+    assert_eq!(holder, writer, "the writer holds the Lease");
+    assert_one_writer(&now, &holder).await;
+    eprintln!(
+        "{leader}'s container killed (pid {pid}, SIGKILL): {writer} ({}) wrote a change made after the kill {took:.1?} later; {leader} restarted in the same pod (restartCount {}); {}",
+        if writer == leader {
+            "the restarted container"
+        } else {
+            "the standby"
+        },
+        restarts + 1,
+        w.summary()
+    );
+    assert!(
+        took <= Duration::from_secs(LEASE_SECONDS),
+        "a replica writes within the lease duration ({LEASE_SECONDS}s) of the kill: {took:.1?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// A namespaced install.
+
+const TEAM_RELEASE: &str = "ppio-team";
+const TEAM_RELEASE_NS: &str = "team-ops";
+const TEAM_NS: &str = "team";
+
+/// `helm install` with `watchNamespace`: no cluster-wide RBAC, and the operator works in that
+/// namespace (the default key, a Secret of the namespace, Events, its leader Lease) and
+/// nowhere else.
+async fn namespaced(s: &mut Scene) {
+    s.namespace(TEAM_NS).await;
+    // Created before the install: an operator that could see every namespace would observe
+    // trainer-d together with the first two.
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "team-key", "namespace": TEAM_NS,
+                     "labels": {"gpus.ppio.com/credentials": "true"}},
+        "stringData": {"apiKey": KEY}
+    });
+    s.kubectl_ok(&["apply", "-f", "-"], Some(&secret.to_string()));
+    let mut with_secret: Value =
+        serde_json::from_str(&instance(TEAM_NS, "team-b", "b7e2c91d04")).expect("json");
+    with_secret["spec"]["credentialsSecretRef"] = json!({"name": "team-key"});
+    let mut missing: Value =
+        serde_json::from_str(&instance(TEAM_NS, "team-c", "c0ffee1234")).expect("json");
+    missing["spec"]["credentialsSecretRef"] = json!({"name": "no-such-secret"});
+    for manifest in [
+        instance(TEAM_NS, "team-a", "ca338f12f3"),
+        with_secret.to_string(),
+        missing.to_string(),
+        instance(WATCHED_NS, "trainer-d", "ca338f12f3"),
+    ] {
+        s.kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    }
+    helm_install(
+        s,
+        TEAM_RELEASE,
+        TEAM_RELEASE_NS,
+        &[
+            ("watchNamespace", TEAM_NS),
+            // The CRD belongs to the first release (and stays after its uninstall).
+            ("crds.install", "false"),
+            ("leaderElection.enabled", "true"),
+            ("leaderElection.leaseDuration", "10s"),
+        ],
+    );
+    let sel = selector(TEAM_RELEASE);
+    let cluster = s.json(&["get", "clusterroles,clusterrolebindings", "-l", &sel]);
+    assert_eq!(
+        cluster["items"],
+        json!([]),
+        "no cluster-wide RBAC of the release"
+    );
+    let roles = s.json(&["get", "roles,rolebindings", "-A", "-l", &sel]);
+    let mut roles: Vec<String> = roles["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}/{}",
+                r["kind"].as_str().unwrap_or(""),
+                r["metadata"]["namespace"].as_str().unwrap_or(""),
+                r["metadata"]["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    roles.sort();
+    let name = format!("{TEAM_RELEASE}-ppio-operator");
+    let mut want = vec![
+        format!("Role {TEAM_NS}/{name}"),
+        format!("Role {TEAM_RELEASE_NS}/{name}-leader-election"),
+        format!("RoleBinding {TEAM_NS}/{name}"),
+        format!("RoleBinding {TEAM_RELEASE_NS}/{name}-leader-election"),
+    ];
+    want.sort();
+    assert_eq!(roles, want);
+    let sa = format!("system:serviceaccount:{TEAM_RELEASE_NS}:{name}");
+    for (ns, allowed) in [(TEAM_NS, "yes"), (WATCHED_NS, "no")] {
+        let out = s.kubectl(
+            &[
+                "auth",
+                "can-i",
+                "list",
+                "ppioinstances.gpus.ppio.com",
+                "--as",
+                &sa,
+                "-n",
+                ns,
+            ],
+            None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            allowed,
+            "{sa} lists PpioInstances in {ns}"
+        );
+    }
+    let pod = eventually("the namespaced operator is Ready", 120, || {
+        let list = s.json(&["get", "pods", "-n", TEAM_RELEASE_NS, "-l", &sel]);
+        list["items"].as_array().and_then(|items| {
+            items
+                .iter()
+                .find(|p| has_condition(p, "Ready"))
+                .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        })
+    })
+    .await;
+    let team: Api<PpioInstance> = Api::namespaced(s.client.clone(), TEAM_NS);
+    for name in ["team-a", "team-b"] {
+        wait_for(&team, name, Duration::from_secs(30), "observed", |o| {
+            has(o, "Synced", "True", "Observed")
+        })
+        .await;
+    }
+    wait_for(
+        &team,
+        "team-c",
+        Duration::from_secs(30),
+        "CredentialsMissing",
+        |o| has(o, "Synced", "False", "CredentialsMissing"),
+    )
+    .await;
+    let events = eventually("a CredentialsMissing Event of team-c", 30, || {
+        let e = events_of(s, TEAM_NS, "team-c");
+        e.iter()
+            .any(|e| e["reason"] == "CredentialsMissing")
+            .then_some(e)
+    })
+    .await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e["reportingInstance"] == pod.as_str()),
+        "reported by {pod}: {events:?}"
+    );
+    let holder = s.kubectl_ok(
+        &[
+            "get",
+            "lease",
+            &name,
+            "-n",
+            TEAM_RELEASE_NS,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    );
+    assert_eq!(holder.trim(), pod, "its leader Lease");
+    // Outside the watched namespace: no status written (the CRD's default status only), no
+    // field of the operator's field manager, no Event.
+    let other = s.json(&[
+        "get",
+        "ppioinstance",
+        "trainer-d",
+        "-n",
+        WATCHED_NS,
+        "--show-managed-fields",
+    ]);
+    assert_eq!(
+        other["status"],
+        json!({"observedGeneration": 0}),
+        "a PpioInstance outside the watched namespace is not touched: {other}"
+    );
+    let managers: Vec<&str> = other["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .filter_map(|f| f["manager"].as_str())
+        .collect();
+    assert!(!managers.contains(&"ppio-operator"), "{managers:?}");
+    assert_eq!(events_of(s, WATCHED_NS, "trainer-d"), Vec::<Value>::new());
+    let log = s.node.container_log(TEAM_RELEASE_NS, &pod, "operator");
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "no RBAC error in the namespaced operator's log:\n{log}"
+    );
+    eprintln!(
+        "watchNamespace={TEAM_NS}: only {roles:?}; {pod} observed team-a (default key) and team-b (a Secret of {TEAM_NS}), reported team-c's missing Secret in an Event, holds its Lease, and left {WATCHED_NS}/trainer-d without status"
     );
 }

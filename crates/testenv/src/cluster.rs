@@ -217,7 +217,7 @@ pub async fn simulator_with(
     (sim, addr)
 }
 
-/// A minimal HTTP/1.1 GET against 127.0.0.1: (status, body).
+/// A minimal HTTP/1.1 GET (a local server, or a pod or Service of the test node): status, body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
