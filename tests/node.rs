@@ -1476,6 +1476,9 @@ async fn upgrade_to(s: &Scene, tag: &str, leader_election: bool) {
         pods.iter().all(|(p, _)| !before.contains(p)),
         "every pod replaced: before {before:?}, after {pods:?}"
     );
+    // Sampling goes on after the rollout until a change made now is written.
+    let generation = w.bump(s).await;
+    let writers = w.until_written(s, generation, 30).await;
     let leader = if leader_election {
         eventually("a leader", 30, || {
             lease_holder(s).filter(|h| pods.iter().any(|(p, _)| p == h))
@@ -1484,8 +1487,6 @@ async fn upgrade_to(s: &Scene, tag: &str, leader_election: bool) {
     } else {
         pods[0].0.clone()
     };
-    let generation = w.bump(s).await;
-    let writers = w.until_written(s, generation, 30).await;
     assert_eq!(
         writers,
         BTreeSet::from([leader.clone()]),
