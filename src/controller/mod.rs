@@ -232,21 +232,30 @@ impl Context {
     }
 
     fn set_tracked(&self, key: &str, t: Tracked) {
+        let failing = t.failures > 0;
         let mut tracked = lock(&self.tracked);
-        tracked.insert(key.to_string(), t);
-        self.metrics
-            .controller
-            .backoffs
-            .set(tracked.values().filter(|t| t.failures > 0).count() as i64);
+        let was_failing = match tracked.get_mut(key) {
+            Some(old) => std::mem::replace(old, t).failures > 0,
+            None => {
+                tracked.insert(key.to_string(), t);
+                false
+            }
+        };
+        self.count_backoff(was_failing, failing);
     }
 
     fn forget(&self, key: &str) {
-        let mut tracked = lock(&self.tracked);
-        tracked.remove(key);
-        self.metrics
-            .controller
-            .backoffs
-            .set(tracked.values().filter(|t| t.failures > 0).count() as i64);
+        let removed = lock(&self.tracked).remove(key);
+        self.count_backoff(removed.is_some_and(|t| t.failures > 0), false);
+    }
+
+    /// Keeps `ppio_backoffs` (PpioInstances in error backoff) as one of them changes.
+    fn count_backoff(&self, was: bool, is: bool) {
+        match (was, is) {
+            (false, true) => self.metrics.controller.backoffs.inc(),
+            (true, false) => self.metrics.controller.backoffs.dec(),
+            _ => 0,
+        };
     }
 
     /// Drops what is remembered (and the metrics series) of PpioInstances that no longer

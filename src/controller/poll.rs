@@ -332,12 +332,13 @@ pub async fn poll(
             } = ctx.settings.observe
             {
                 // The next full GET: spread over time (the first one after start-up anywhere
-                // in half to one and a half periods, then a period each, jittered).
+                // within one period, so GETs run at their steady rate from the start, then a
+                // period each, jittered).
                 let period = refresh.saturating_mul(full_refresh_intervals);
                 let spread = if seen.fetched {
                     rand::rng().random_range(0.9..=1.1)
                 } else {
-                    rand::rng().random_range(0.5..=1.5)
+                    rand::rng().random_range(0.0..=1.0)
                 };
                 // Kept as a LIST item would show it, to tell when the next item differs.
                 let listed_view = Instance {

@@ -5,7 +5,8 @@
 //! - One task per key walks the pages (following `next_cursor`, opaque, until `has_more` is
 //!   false) every [`SWEEP_SHARE`] of the shortest refresh interval of the key's PpioInstances,
 //!   and sooner when a PpioInstance waits for its first observation (debounced by
-//!   [`SWEEP_DEBOUNCE`]), so a bulk apply is observed within seconds.
+//!   [`SWEEP_DEBOUNCE`]), so a bulk apply is observed within seconds: a waiting PpioInstance
+//!   is reconciled as soon as the page with its instance is read.
 //! - Pages take the key's budget before any GET ([`super::budget::Buckets::reserve_first`]).
 //! - Only the items of instances some PpioInstance asked for are kept, each with the time its
 //!   page was read. A walk over a changing list can skip items: an instance missing from a
@@ -40,7 +41,7 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub const SWEEP_SHARE: f64 = 0.8;
 /// A walk asked for by a PpioInstance that waits starts this long after the first ask, so a
 /// bulk apply is served by one walk.
-pub const SWEEP_DEBOUNCE: Duration = Duration::from_secs(1);
+pub const SWEEP_DEBOUNCE: Duration = Duration::from_millis(500);
 /// A LIST found unavailable is tried again after this long.
 pub const LIST_RETRY: Duration = Duration::from_secs(3600);
 /// A key's sweeps stop when none of its PpioInstances asked for this long.
@@ -130,8 +131,9 @@ struct State {
     wanted: HashMap<String, Wanted>,
     /// The latest LIST item of each wanted id and when its page was read.
     items: HashMap<String, (Arc<Instance>, Instant)>,
-    /// PpioInstances (namespace, name) waiting for a walk, with when they asked.
-    waiters: HashMap<(String, String), Instant>,
+    /// PpioInstances (namespace, name) waiting for a walk, by instance id, with when they
+    /// asked.
+    waiters: HashMap<String, Vec<(Object, Instant)>>,
     /// The walk in progress started then.
     walking: Option<Instant>,
     /// The last finished walk: when it started, and its error.
@@ -145,6 +147,9 @@ struct State {
     /// The sweeper task ended (idle); a new one is started on the next ask.
     stopped: bool,
 }
+
+/// A PpioInstance's namespace and name.
+type Object = (String, String);
 
 #[derive(Debug, Clone, Copy)]
 struct Wanted {
@@ -219,9 +224,13 @@ impl Sweeps {
             }
             _ => {}
         }
-        st.waiters
-            .entry((object.0.to_string(), object.1.to_string()))
-            .or_insert(now);
+        let waiting = st.waiters.entry(id.to_string()).or_default();
+        if !waiting
+            .iter()
+            .any(|((ns, name), _)| ns == object.0 && name == object.1)
+        {
+            waiting.push(((object.0.to_string(), object.1.to_string()), now));
+        }
         if st.walking.is_none() && st.asked.is_none() {
             st.asked = Some(now);
             drop(st);
@@ -390,6 +399,7 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
         };
         pages += 1;
         let read_at = Instant::now();
+        let mut woken = Vec::new();
         {
             let mut st = lock(&sweep.state);
             for item in page.items {
@@ -404,9 +414,14 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                     Some((old, _)) if **old == item => old.clone(),
                     _ => Arc::new(item),
                 };
+                // Who waits for this instance is answered now, not at the walk's end.
+                if let Some(waiting) = st.waiters.remove(&id) {
+                    woken.extend(waiting.into_iter().map(|(object, _)| object));
+                }
                 st.items.insert(id, (item, read_at));
             }
         }
+        wake(env, woken);
         let next = page.next_cursor.filter(|c| !c.is_empty());
         match next {
             Some(cursor) if page.has_more => {
@@ -484,25 +499,31 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
         }
     };
     st.finished = Some((started, error));
-    // Wake who asked before this walk started, and who is now on it; the others wait for
-    // the next walk, which starts soon.
-    let waiters = std::mem::take(&mut st.waiters);
-    let mut later = HashMap::new();
+    // Wake who asked before this walk started (their instances were on no page: a GET
+    // decides); the others wait for the next walk, which starts soon.
+    let unavailable = st.unavailable_until.is_some();
     let mut woken = Vec::new();
-    for (object, asked) in waiters {
-        if asked < started || st.unavailable_until.is_some() {
-            woken.push(object);
-        } else {
-            later.insert(object, asked);
-        }
-    }
-    if !later.is_empty() && st.asked.is_none() {
+    st.waiters.retain(|_, waiting| {
+        waiting.retain(|(object, asked)| {
+            let answered = *asked < started || unavailable;
+            if answered {
+                woken.push(object.clone());
+            }
+            !answered
+        });
+        !waiting.is_empty()
+    });
+    if !st.waiters.is_empty() && st.asked.is_none() {
         st.asked = Some(now);
     }
-    st.waiters = later;
     drop(st);
+    wake(env, woken);
+}
+
+/// Reconciles these PpioInstances now.
+fn wake(env: &Env, objects: Vec<Object>) {
     if let Some(waker) = &env.waker {
-        for (ns, name) in woken {
+        for (ns, name) in objects {
             let _ = waker.send(ObjectRef::new(&name).within(&ns));
         }
     }
