@@ -245,6 +245,9 @@ impl Context {
     }
 
     fn forget(&self, key: &str) {
+        if let Some((ns, name)) = key.split_once('/') {
+            self.sweeps.forget(ns, name);
+        }
         let removed = lock(&self.tracked).remove(key);
         self.count_backoff(removed.is_some_and(|t| t.failures > 0), false);
     }
@@ -271,8 +274,8 @@ impl Context {
             .collect();
         for key in gone {
             let (ns, name) = key.split_once('/').unwrap_or_default();
-            self.metrics.instances.forget(ns, name);
             self.forget(&key);
+            self.metrics.instances.forget(ns, name);
         }
     }
 }

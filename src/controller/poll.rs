@@ -16,7 +16,7 @@ use super::credentials::{SECRET_TTL, resolve_key};
 use super::schedule::{
     CONFIRM_GONE, GONE_POLL, MAX_KEY_PAUSE, backoff, jitter, jitter_up, poll_interval,
 };
-use super::sweep::{Lookup, Observe, SWEEP_WAIT};
+use super::sweep::{LISTED_RECHECK_INTERVALS, Lookup, Observe, SWEEP_WAIT};
 use super::{Context, Error};
 use kube::ResourceExt;
 
@@ -138,6 +138,10 @@ pub async fn poll(
         poll_on_wake: false,
     };
     if instance.spec.suspend == Some(true) {
+        ctx.sweeps.forget(
+            &instance.namespace().unwrap_or_default(),
+            &instance.name_any(),
+        );
         let wrote = write_status(instance, ctx, Observation::Suspended, None).await?;
         return Ok(Polled {
             next: None,
@@ -154,6 +158,10 @@ pub async fn poll(
     let api_key = match resolve_key(instance, ctx).await? {
         Ok(k) => k,
         Err(failure) => {
+            ctx.sweeps.forget(
+                &instance.namespace().unwrap_or_default(),
+                &instance.name_any(),
+            );
             let wrote = write_status(instance, ctx, Observation::Failed(&failure), None).await?;
             let failures = failures + 1;
             // Checked again at least every SECRET_TTL: a Secret created or marked later is
@@ -204,24 +212,16 @@ pub async fn poll(
         match lookup {
             Lookup::Listed(item, at) => {
                 if seen.observed_at.is_none_or(|t| at > t) {
-                    let late = seen
-                        .observed_at
-                        .map(|t| now.saturating_duration_since(t + refresh))
-                        .unwrap_or_default();
-                    ctx.record_lateness(fingerprint, late, refresh);
                     wrote = apply_listed(instance, ctx, refresh, &mut seen, item, at).await?;
                 }
-                let state = seen
-                    .observed
-                    .as_ref()
-                    .and_then(|o| o.state())
-                    .unwrap_or_default();
-                // Back when this observation gets older than the interval: a walk has
-                // brought a newer one by then, or failed, which the status then tells.
-                let latest = seen.observed_at.map_or(at, |t| t.max(at));
-                let expires = (latest + refresh).saturating_duration_since(now)
-                    + jitter_up(Duration::from_secs(1));
-                listed_next = Some(expires.min(jitter(poll_interval(refresh, state))));
+                // The key's walks reconcile it when its item changes or goes missing, or
+                // when they fail; otherwise it looks again much later (or at its full GET).
+                let recheck = refresh.saturating_mul(LISTED_RECHECK_INTERVALS);
+                let full = seen
+                    .full_due
+                    .map_or(recheck, |t| t.saturating_duration_since(now));
+                listed_next = Some(jitter(recheck).min(full + jitter_up(Duration::from_secs(1))));
+                poll_on_wake = true;
             }
             Lookup::Wait => {
                 listed_next = Some(jitter(SWEEP_WAIT.min(refresh)));

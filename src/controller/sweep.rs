@@ -51,6 +51,10 @@ pub const MAX_PAGES: u32 = 10_000;
 /// A PpioInstance that waits for a walk is reconciled again after this long at the latest
 /// (a finished walk wakes it at once).
 pub const SWEEP_WAIT: Duration = Duration::from_secs(10);
+/// A PpioInstance observed from its key's LIST is reconciled when a walk finds its item
+/// changed or missing, or its key's walks failing; otherwise only after this many of its
+/// intervals (or at its full GET, when sooner).
+pub const LISTED_RECHECK_INTERVALS: u32 = 10;
 
 /// How PpioInstances are observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +118,8 @@ pub(super) struct Env {
 pub struct Sweeps {
     env: Arc<Env>,
     keys: Mutex<HashMap<u64, Arc<KeySweep>>>,
+    /// Which key and instance id each watching PpioInstance takes its LIST item from.
+    watching: Mutex<HashMap<Object, (u64, String)>>,
     /// The sweepers' tasks, aborted with the controller.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -134,6 +140,20 @@ struct State {
     /// PpioInstances (namespace, name) waiting for a walk, by instance id, with when they
     /// asked.
     waiters: HashMap<String, Vec<(Object, Instant)>>,
+    /// The PpioInstances that take each instance's LIST item, by instance id: a walk
+    /// reconciles them when their item changed (or is missing), and otherwise only records
+    /// that it is current, so an unchanged instance costs no reconcile.
+    watchers: HashMap<String, Vec<Object>>,
+    /// When the last successful walk started.
+    last_ok: Option<Instant>,
+    /// After a failed walk: when the items of the last good one grow older than the
+    /// shortest interval, and every watcher is reconciled to show the failure.
+    fail_wake: Option<Instant>,
+    /// Every watcher was reconciled for the current failure (or pause); reset by a
+    /// successful walk, which reconciles them all again.
+    fail_woken: bool,
+    /// When lateness was last reported in the log.
+    late_warned: Option<Instant>,
     /// The walk in progress started then.
     walking: Option<Instant>,
     /// The last finished walk: when it started, and its error.
@@ -163,7 +183,53 @@ impl Sweeps {
         Sweeps {
             env: Arc::new(env),
             keys: Mutex::new(HashMap::new()),
+            watching: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Registers `object` as taking the LIST item of `id` on the key of `sweep` (and no
+    /// other item).
+    fn watch(&self, sweep: &KeySweep, id: &str, object: (&str, &str)) {
+        let entry = (object.0.to_string(), object.1.to_string());
+        let mut watching = lock(&self.watching);
+        if watching
+            .get(&entry)
+            .is_some_and(|(fp, old)| *fp == sweep.fingerprint && old == id)
+        {
+            return;
+        }
+        if let Some((fp, old)) = watching.insert(entry.clone(), (sweep.fingerprint, id.to_string()))
+        {
+            self.unwatch(fp, &old, &entry);
+        }
+        drop(watching);
+        lock(&sweep.state)
+            .watchers
+            .entry(id.to_string())
+            .or_default()
+            .push(entry);
+    }
+
+    fn unwatch(&self, fingerprint: u64, id: &str, object: &Object) {
+        let sweep = lock(&self.keys).get(&fingerprint).cloned();
+        if let Some(sweep) = sweep {
+            let mut st = lock(&sweep.state);
+            if let Some(list) = st.watchers.get_mut(id) {
+                list.retain(|o| o != object);
+                if list.is_empty() {
+                    st.watchers.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Forgets a PpioInstance that no longer exists.
+    pub(super) fn forget(&self, namespace: &str, name: &str) {
+        let object = (namespace.to_string(), name.to_string());
+        let removed = lock(&self.watching).remove(&object);
+        if let Some((fp, id)) = removed {
+            self.unwatch(fp, &id, &object);
         }
     }
 
@@ -179,6 +245,7 @@ impl Sweeps {
         refresh: Duration,
     ) -> Lookup {
         let sweep = self.key_sweep(key, fingerprint);
+        self.watch(&sweep, id, object);
         let now = Instant::now();
         let mut st = lock(&sweep.state);
         let wanted = match st.wanted.get_mut(id) {
@@ -273,18 +340,22 @@ impl Drop for Sweeps {
 /// How often a key's LIST is walked: [`SWEEP_SHARE`] of the shortest refresh interval of its
 /// PpioInstances, but never more than half of the key's budget.
 fn sweep_period(st: &State, budget: Budget) -> Duration {
-    let shortest = st
-        .wanted
-        .values()
-        .map(|w| w.refresh)
-        .min()
-        .unwrap_or(Duration::from_secs(60));
+    let shortest = shortest_refresh(st);
     let by_budget = budget
         .per_second
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(2.0 * f64::from(st.pages.max(1)) / r))
         .unwrap_or_default();
     shortest.mul_f64(SWEEP_SHARE).max(by_budget)
+}
+
+/// The shortest refresh interval of the key's PpioInstances.
+fn shortest_refresh(st: &State) -> Duration {
+    st.wanted
+        .values()
+        .map(|w| w.refresh)
+        .min()
+        .unwrap_or(Duration::from_secs(60))
 }
 
 /// A key's sweeper: walks when its period has passed or a PpioInstance waits, until none
@@ -299,8 +370,12 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
                 return;
             }
             let now = Instant::now();
-            st.wanted.retain(|_, w| {
-                now.saturating_duration_since(w.touched) < SWEEP_IDLE.max(3 * w.refresh)
+            let State {
+                wanted, watchers, ..
+            } = &mut *st;
+            wanted.retain(|id, w| {
+                watchers.contains_key(id)
+                    || now.saturating_duration_since(w.touched) < SWEEP_IDLE.max(3 * w.refresh)
             });
             if st.wanted.is_empty() && st.waiters.is_empty() {
                 st.stopped = true;
@@ -313,6 +388,22 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
                 Some(at) if failures > 0 => at + backoff(failures),
                 Some(at) => at + sweep_period(&st, env.budget),
             };
+            // Walks fail, or a 429 pauses the key: once the last good observations are older
+            // than the shortest interval, every watcher is reconciled to show it.
+            let paused = lock(&env.paused)
+                .get(&sweep.fingerprint)
+                .is_some_and(|until| *until > now);
+            let failing = matches!(st.finished, Some((_, Some(_))));
+            if (paused || failing) && !st.fail_woken && st.fail_wake.is_none() {
+                let shortest = shortest_refresh(&st);
+                st.fail_wake = Some(st.last_ok.map_or(now, |t| t + shortest));
+            }
+            if st.fail_wake.is_some_and(|at| at <= now) {
+                st.fail_wake = None;
+                st.fail_woken = true;
+                let all: Vec<Object> = st.watchers.values().flatten().cloned().collect();
+                wake(&env, all);
+            }
             let asked = st.asked.map(|at| at + SWEEP_DEBOUNCE);
             let mut next = asked.map_or(regular, |a| a.min(regular));
             if let Some(until) = st.unavailable_until {
@@ -321,7 +412,8 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
             if let Some(until) = lock(&env.paused).get(&sweep.fingerprint) {
                 next = next.max(*until);
             }
-            next
+            // Waking the watchers does not wait for the pause.
+            st.fail_wake.map_or(next, |at| next.min(at))
         };
         if next > Instant::now() {
             // Look again when woken or at `next` (a pause may have come meanwhile).
@@ -400,6 +492,8 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
         pages += 1;
         let read_at = Instant::now();
         let mut woken = Vec::new();
+        let read_wall = std::time::SystemTime::now();
+        let mut late = Duration::ZERO;
         {
             let mut st = lock(&sweep.state);
             for item in page.items {
@@ -410,18 +504,36 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                     continue;
                 }
                 seen.insert(id.clone());
-                let item = match st.items.get(&id) {
-                    Some((old, _)) if **old == item => old.clone(),
-                    _ => Arc::new(item),
+                let previous = st.items.get(&id);
+                if let (Some((_, at)), Some(w)) = (previous, st.wanted.get(&id)) {
+                    late = late.max(read_at.saturating_duration_since(*at + w.refresh));
+                }
+                let (item, changed) = match previous {
+                    Some((old, _)) if **old == item => (old.clone(), false),
+                    _ => (Arc::new(item), true),
                 };
                 // Who waits for this instance is answered now, not at the walk's end.
                 if let Some(waiting) = st.waiters.remove(&id) {
                     woken.extend(waiting.into_iter().map(|(object, _)| object));
                 }
+                if let Some(watchers) = st.watchers.get(&id) {
+                    if changed {
+                        woken.extend(watchers.iter().cloned());
+                    } else {
+                        // Unchanged: its PpioInstances' status stays as it is; only the
+                        // time of their last observation moves.
+                        for (ns, name) in watchers {
+                            env.metrics.instances.observed_at(ns, name, read_wall);
+                        }
+                    }
+                }
                 st.items.insert(id, (item, read_at));
             }
         }
         wake(env, woken);
+        if !late.is_zero() {
+            report_lateness(env, sweep, late);
+        }
         let next = page.next_cursor.filter(|c| !c.is_empty());
         match next {
             Some(cursor) if page.has_more => {
@@ -439,8 +551,17 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
     }
     let mut st = lock(&sweep.state);
     st.pages = pages;
-    // An item not on this walk is dropped: the next look-up of its id asks a GET.
+    // An item not on this walk is dropped, and its PpioInstances are reconciled: a GET by id
+    // decides whether the instance is still there.
     st.items.retain(|id, _| seen.contains(id));
+    let missing: Vec<Object> = st
+        .watchers
+        .iter()
+        .filter(|(id, _)| !seen.contains(*id))
+        .flat_map(|(_, objects)| objects.iter().cloned())
+        .collect();
+    drop(st);
+    wake(env, missing);
     Walked::Ok
 }
 
@@ -463,12 +584,19 @@ fn list_unavailable(e: &PpioError) -> bool {
 /// Records a walk's end, and wakes the PpioInstances it answers.
 fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
     let label = format!("{:016x}", sweep.fingerprint);
+    let mut woken_all = Vec::new();
     let mut st = lock(&sweep.state);
     st.walking = None;
     let now = Instant::now();
     let error = match outcome {
         Walked::Ok => {
             env.metrics.api.sweep("ok");
+            st.last_ok = Some(started);
+            st.fail_wake = None;
+            if std::mem::take(&mut st.fail_woken) {
+                // Back from a failure every watcher shows: they all show the observation.
+                woken_all.extend(st.watchers.values().flatten().cloned());
+            }
             if st.unavailable_until.take().is_some() {
                 info!(
                     key = label.as_str(),
@@ -490,11 +618,18 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
             env.metrics.api.set_list_unavailable(&label, true);
             st.unavailable_until = Some(now + LIST_RETRY);
             st.items.clear();
+            // Their PpioInstances go over to GETs now.
+            let all: Vec<Object> = st.watchers.values().flatten().cloned().collect();
+            woken_all.extend(all);
             None
         }
         Walked::Failed(e) => {
             env.metrics.api.sweep("error");
             debug!(key = label.as_str(), error = %e, "a walk over the PPIO LIST failed");
+            if st.fail_wake.is_none() && !st.fail_woken {
+                let shortest = shortest_refresh(&st);
+                st.fail_wake = Some(st.last_ok.map_or(now, |t| t + shortest));
+            }
             Some(e)
         }
     };
@@ -518,6 +653,31 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
     }
     drop(st);
     wake(env, woken);
+    wake(env, woken_all);
+}
+
+/// Records how late the observations of a key's walk came (past their interval), and says
+/// so in the log at most every five minutes when it is late by more than a tenth.
+fn report_lateness(env: &Env, sweep: &KeySweep, late: Duration) {
+    let label = format!("{:016x}", sweep.fingerprint);
+    env.metrics.api.lateness(&label, late);
+    let now = Instant::now();
+    let mut st = lock(&sweep.state);
+    let shortest = shortest_refresh(&st);
+    if late < super::LATENESS_WARNING.max(shortest / 10)
+        || st
+            .late_warned
+            .is_some_and(|at| now.saturating_duration_since(at) < super::LATENESS_REPORT_GAP)
+    {
+        return;
+    }
+    st.late_warned = Some(now);
+    warn!(
+        key = label.as_str(),
+        late_s = late.as_secs(),
+        per_second = env.budget.per_second.unwrap_or(0.0),
+        "observations of the PpioInstances using this API key come late: its request budget cannot walk its LIST within their refresh intervals; raise --ppio-requests-per-second or their refreshInterval"
+    );
 }
 
 /// Reconciles these PpioInstances now.
