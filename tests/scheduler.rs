@@ -526,3 +526,41 @@ async fn an_unavailable_list_falls_back_to_one_get_per_instance() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn full_gets_waiting_for_a_short_budget_wait_without_spinning() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    let all = objects("w", 200, None);
+    ppio.list_ids(ids(&all));
+    // A full GET every interval for 200 instances needs 3.3 requests/s; the key has 1/s.
+    let every_interval = Observe::List {
+        page_size: 100,
+        full_refresh_intervals: 1,
+    };
+    let (ctx, wakes) = context(&api, ppio.clone(), 1.0, 5, every_interval);
+    run(ctx.clone(), &api, wakes, all, 16, Duration::from_secs(900)).await;
+    let reconciles: f64 = ctx
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("ppio_reconciles_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    // GETs queue for their slots (about 900 in 15 minutes) and come back when it is theirs,
+    // not every second in between (which would be some 150,000 reconciles).
+    let gets: usize = ppio
+        .by_id()
+        .iter()
+        .filter(|(id, _)| id.as_str() != "LIST")
+        .map(|(_, t)| t.len())
+        .sum();
+    assert!(
+        (600..=1000).contains(&gets),
+        "{gets} GETs in 15 minutes at 1/s"
+    );
+    assert!(
+        reconciles < 8000.0,
+        "{reconciles} reconciles of 200 PpioInstances in 15 minutes"
+    );
+}

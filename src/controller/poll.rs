@@ -217,9 +217,11 @@ pub async fn poll(
                 // The key's walks reconcile it when its item changes or goes missing, or
                 // when they fail; otherwise it looks again much later (or at its full GET).
                 let recheck = refresh.saturating_mul(LISTED_RECHECK_INTERVALS);
+                // A full GET already due waits for its budget slot below, not here.
                 let full = seen
                     .full_due
-                    .map_or(recheck, |t| t.saturating_duration_since(now));
+                    .filter(|t| *t > now)
+                    .map_or(recheck, |t| t - now);
                 listed_next = Some(jitter(recheck).min(full + jitter_up(Duration::from_secs(1))));
                 poll_on_wake = true;
             }
