@@ -53,6 +53,17 @@ struct Slots {
     shift: Duration,
 }
 
+impl From<Instant> for Slots {
+    /// A key seen for the first time: its whole burst is free from `floor` on.
+    fn from(floor: Instant) -> Slots {
+        Slots {
+            next: floor,
+            sweep_next: floor,
+            shift: Duration::ZERO,
+        }
+    }
+}
+
 /// Per-key leaky buckets: the virtual time of each key's next request slot.
 #[derive(Debug, Default)]
 pub struct Buckets {
@@ -78,11 +89,7 @@ impl Buckets {
             };
         };
         let mut keys = lock(&self.keys);
-        let slots = keys.entry(key).or_insert(Slots {
-            next: floor,
-            sweep_next: floor,
-            shift: Duration::ZERO,
-        });
+        let slots = keys.entry(key).or_insert_with(|| Slots::from(floor));
         let slot = slots.next.max(floor);
         slots.next = slot + interval;
         Reservation {
@@ -99,11 +106,7 @@ impl Buckets {
             return Duration::ZERO;
         };
         let mut keys = lock(&self.keys);
-        let slots = keys.entry(key).or_insert(Slots {
-            next: floor,
-            sweep_next: floor,
-            shift: Duration::ZERO,
-        });
+        let slots = keys.entry(key).or_insert_with(|| Slots::from(floor));
         let slot = slots.sweep_next.max(floor);
         slots.sweep_next = slot + interval;
         if slots.next > now {
