@@ -564,3 +564,62 @@ async fn full_gets_waiting_for_a_short_budget_wait_without_spinning() {
         "{reconciles} reconciles of 200 PpioInstances in 15 minutes"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn when_walks_start_failing_every_instance_shows_it_within_its_own_interval() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    // One key, two intervals: 10 s and 60 s.
+    let mut all = objects("fast", 10, None);
+    for o in &mut all {
+        o.spec.refresh_interval = Some("10s".into());
+    }
+    all.extend(objects("slow", 10, None));
+    ppio.list_ids(ids(&all));
+    // Only the walks answer after the first GETs: no full refresh.
+    let no_full = Observe::List {
+        page_size: 100,
+        full_refresh_intervals: 0,
+    };
+    let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, no_full);
+    let failing_from = Instant::now() + Duration::from_secs(120);
+    let fault = {
+        let ppio = ppio.clone();
+        async move {
+            tokio::time::sleep_until(failing_from).await;
+            *ppio.list_error.lock().expect("lock") = Some(PpioError::Server { status: 503 });
+            tokio::time::sleep_until(failing_from + Duration::from_secs(120)).await;
+            *ppio.list_error.lock().expect("lock") = None;
+        }
+    };
+    tokio::join!(
+        run(ctx, &api, wakes, all.clone(), 16, Duration::from_secs(300)),
+        fault
+    );
+    for o in &all {
+        let name = o.metadata.name.clone().unwrap_or_default();
+        let refresh = if name.starts_with("fast") { 10 } else { 60 };
+        let writes = api.writes_of(&format!("ml/{name}"));
+        let shown = writes.iter().find(|(_, s)| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Synced" && c.status == "False")
+        });
+        let (at, _) = shown.unwrap_or_else(|| panic!("{name} never showed the failing walks"));
+        // Its last good item is at most one sweep period (0.8 of 10 s) older than the fault,
+        // and goes stale one interval after it was read.
+        let late = at.saturating_duration_since(failing_from);
+        assert!(
+            *at >= failing_from && late <= Duration::from_secs(refresh + 2),
+            "{name} (every {refresh} s) showed the failing walks {late:?} after they began"
+        );
+        // The first good walk after them shows the observation again.
+        let (_, last) = writes.last().expect("a write");
+        assert!(
+            last.conditions
+                .iter()
+                .any(|c| c.type_ == "Synced" && c.status == "True"),
+            "{name} still shows the failure: {last:?}"
+        );
+    }
+}

@@ -210,19 +210,25 @@ pub async fn poll(
             other => other,
         };
         match lookup {
-            Lookup::Listed(item, at) => {
+            Lookup::Listed { item, at, failing } => {
                 if seen.observed_at.is_none_or(|t| at > t) {
                     wrote = apply_listed(instance, ctx, refresh, &mut seen, item, at).await?;
                 }
                 // The key's walks reconcile it when its item changes or goes missing, or
                 // when they fail; otherwise it looks again much later (or at its full GET).
-                let recheck = refresh.saturating_mul(LISTED_RECHECK_INTERVALS);
+                // While they fail, it looks again when its item goes stale, to show why.
+                let recheck = if failing {
+                    (at + refresh).saturating_duration_since(now)
+                        + jitter_up(Duration::from_secs(1))
+                } else {
+                    jitter(refresh.saturating_mul(LISTED_RECHECK_INTERVALS))
+                };
                 // A full GET already due waits for its budget slot below, not here.
                 let full = seen
                     .full_due
                     .filter(|t| *t > now)
                     .map_or(recheck, |t| t - now);
-                listed_next = Some(jitter(recheck).min(full + jitter_up(Duration::from_secs(1))));
+                listed_next = Some(recheck.min(full + jitter_up(Duration::from_secs(1))));
                 poll_on_wake = true;
             }
             Lookup::Wait => {

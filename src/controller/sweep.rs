@@ -86,8 +86,13 @@ impl Default for Observe {
 /// What a sweep knows of one instance for a PpioInstance.
 #[derive(Debug, Clone)]
 pub enum Lookup {
-    /// The instance's LIST item, read at this instant.
-    Listed(Arc<Instance>, Instant),
+    /// The instance's LIST item, read at this instant; `failing`: the key's walks fail or
+    /// a 429 pauses them, so no newer item may come before this one goes stale.
+    Listed {
+        item: Arc<Instance>,
+        at: Instant,
+        failing: bool,
+    },
     /// A walk that started after the PpioInstance asked did not list it (or its refresh
     /// interval is shorter than the key's sweeps): a GET decides.
     Missing,
@@ -144,7 +149,7 @@ struct State {
     /// reconciles them when their item changed (or is missing), and otherwise only records
     /// that it is current, so an unchanged instance costs no reconcile.
     watchers: HashMap<String, Vec<Object>>,
-    /// When the last successful walk started.
+    /// When the last successful walk ended (its last page was read).
     last_ok: Option<Instant>,
     /// After a failed walk: when the items of the last good one grow older than the
     /// shortest interval, and every watcher is reconciled to show the failure.
@@ -267,10 +272,18 @@ impl Sweeps {
         if st.unavailable_until.is_some_and(|t| t > now) {
             return Lookup::Unavailable;
         }
+        // Fresh for less than one interval: at its interval's end it is stale.
         if let Some((item, at)) = st.items.get(id)
-            && now.saturating_duration_since(*at) <= refresh
+            && now.saturating_duration_since(*at) < refresh
         {
-            return Lookup::Listed(item.clone(), *at);
+            let paused = lock(&self.env.paused)
+                .get(&fingerprint)
+                .is_some_and(|until| *until > now);
+            return Lookup::Listed {
+                item: item.clone(),
+                at: *at,
+                failing: paused || matches!(st.finished, Some((_, Some(_)))),
+            };
         }
         let answered = st
             .finished
@@ -591,7 +604,7 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
     let error = match outcome {
         Walked::Ok => {
             env.metrics.api.sweep("ok");
-            st.last_ok = Some(started);
+            st.last_ok = Some(now);
             st.fail_wake = None;
             if std::mem::take(&mut st.fail_woken) {
                 // Back from a failure every watcher shows: they all show the observation.
