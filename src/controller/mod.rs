@@ -46,6 +46,20 @@ pub const LATENESS_WARNING: Duration = Duration::from_secs(10);
 /// The shortest gap between two lateness warnings of one key.
 pub const LATENESS_REPORT_GAP: Duration = Duration::from_secs(300);
 
+/// Whether a key's lateness of `late`, for PpioInstances refreshed every `refresh`, is worth
+/// a log line now: late by more than [`LATENESS_WARNING`] and a tenth of the interval, and
+/// the last line (`said`) longer than [`LATENESS_REPORT_GAP`] ago. Records the line.
+fn worth_saying(late: Duration, refresh: Duration, said: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    if late < LATENESS_WARNING.max(refresh / 10)
+        || said.is_some_and(|at| now.saturating_duration_since(at) < LATENESS_REPORT_GAP)
+    {
+        return false;
+    }
+    *said = Some(now);
+    true
+}
+
 pub use budget::{Buckets, Budget, DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND, Reservation};
 pub use events::{Transition, transitions};
 pub use poll::{History, Polled, Seen, poll};
@@ -119,7 +133,7 @@ pub struct Context {
     /// The credentials Secrets read lately.
     secrets: credentials::SecretCache,
     /// Per API key (by fingerprint): when its lateness was last reported.
-    lateness_reported: Mutex<HashMap<u64, Instant>>,
+    lateness_reported: Mutex<HashMap<u64, Option<Instant>>>,
 }
 
 impl Context {
@@ -192,18 +206,10 @@ impl Context {
     fn record_lateness(&self, fingerprint: u64, late: Duration, refresh: Duration) {
         let label = format!("{fingerprint:016x}");
         self.metrics.api.lateness(&label, late);
-        if late < LATENESS_WARNING.max(refresh / 10) {
-            return;
-        }
-        let now = Instant::now();
         let mut reported = lock(&self.lateness_reported);
-        if reported
-            .get(&fingerprint)
-            .is_some_and(|at| now.saturating_duration_since(*at) < LATENESS_REPORT_GAP)
-        {
+        if !worth_saying(late, refresh, reported.entry(fingerprint).or_default()) {
             return;
         }
-        reported.insert(fingerprint, now);
         warn!(
             key = label.as_str(),
             late_s = late.as_secs(),
@@ -549,4 +555,29 @@ fn already_observed(instance: &PpioInstance) -> bool {
             && s.instance_id.as_deref() == Some(instance.spec.instance_id.as_str())
             && s.condition(condition::SYNCED).is_some()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn lateness_is_said_when_large_and_at_most_once_per_gap() {
+        let minute = Duration::from_secs(60);
+        let mut said = None;
+        // Under both LATENESS_WARNING and a tenth of the interval: not worth a line.
+        assert!(!worth_saying(Duration::from_secs(5), minute, &mut said));
+        // A tenth of a long interval is the bar when it is higher.
+        assert!(!worth_saying(
+            Duration::from_secs(30),
+            Duration::from_secs(600),
+            &mut said
+        ));
+        assert!(worth_saying(Duration::from_secs(11), minute, &mut said));
+        assert!(!worth_saying(Duration::from_secs(100), minute, &mut said));
+        tokio::time::advance(LATENESS_REPORT_GAP - Duration::from_secs(1)).await;
+        assert!(!worth_saying(Duration::from_secs(100), minute, &mut said));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(worth_saying(Duration::from_secs(100), minute, &mut said));
+    }
 }

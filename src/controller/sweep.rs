@@ -674,17 +674,11 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
 fn report_lateness(env: &Env, sweep: &KeySweep, late: Duration) {
     let label = format!("{:016x}", sweep.fingerprint);
     env.metrics.api.lateness(&label, late);
-    let now = Instant::now();
     let mut st = lock(&sweep.state);
     let shortest = shortest_refresh(&st);
-    if late < super::LATENESS_WARNING.max(shortest / 10)
-        || st
-            .late_warned
-            .is_some_and(|at| now.saturating_duration_since(at) < super::LATENESS_REPORT_GAP)
-    {
+    if !super::worth_saying(late, shortest, &mut st.late_warned) {
         return;
     }
-    st.late_warned = Some(now);
     warn!(
         key = label.as_str(),
         late_s = late.as_secs(),
