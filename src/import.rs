@@ -218,8 +218,8 @@ pub async fn list_all(
             .await
             .map_err(ImportError::List)?;
         pages += 1;
-        for item in &page.items {
-            match listed(item) {
+        for item in page.items() {
+            match listed(&item) {
                 Some(l) => {
                     by_id.insert(l.id.clone(), l);
                 }

@@ -623,3 +623,43 @@ async fn when_walks_start_failing_every_instance_shows_it_within_its_own_interva
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_list_item_reaches_its_status_within_a_sweep_and_only_its_own() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    let all = objects("c", 250, None);
+    ppio.list_ids(ids(&all));
+    let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, LIST);
+    let changed_at = Instant::now() + Duration::from_secs(300);
+    let change = {
+        let ppio = ppio.clone();
+        async move {
+            tokio::time::sleep_until(changed_at).await;
+            ppio.states
+                .lock()
+                .expect("lock")
+                .insert("c123".into(), "exited".into());
+        }
+    };
+    tokio::join!(
+        run(ctx, &api, wakes, all, 16, Duration::from_secs(420)),
+        change
+    );
+    let writes = api.writes_of("ml/c123");
+    let (shown, _) = writes
+        .iter()
+        .find(|(_, s)| s.state.as_deref() == Some("exited"))
+        .expect("the new state reaches the status");
+    // The next walk (every 0.8 of the 60 s interval) carries it.
+    let after = shown.saturating_duration_since(changed_at);
+    assert!(after <= Duration::from_secs(50), "shown {after:?} after");
+    for i in (0..250).filter(|i| *i != 123) {
+        let late = api
+            .writes_of(&format!("ml/c{i}"))
+            .into_iter()
+            .filter(|(at, _)| *at >= changed_at)
+            .count();
+        assert_eq!(late, 0, "c{i} written after the change of another item");
+    }
+}

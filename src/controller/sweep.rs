@@ -16,6 +16,7 @@
 //!   `ppio_api_list_unavailable`, and LIST is tried again after [`LIST_RETRY`].
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -132,6 +133,8 @@ pub struct Sweeps {
 struct KeySweep {
     key: ApiKey,
     fingerprint: u64,
+    /// Hashes item texts (keyed at random: a crafted item cannot collide on purpose).
+    hasher: std::hash::RandomState,
     state: Mutex<State>,
     wake: Notify,
 }
@@ -141,7 +144,10 @@ struct State {
     /// Instance ids PpioInstances asked for.
     wanted: HashMap<String, Wanted>,
     /// The latest LIST item of each wanted id and when its page was read.
-    items: HashMap<String, (Arc<Instance>, Instant)>,
+    items: HashMap<String, Item>,
+    /// The instance id (`None`: none usable) of each item text of the last walk, by the
+    /// text's hash: an item met again byte for byte is not decoded again.
+    ids_by_hash: HashMap<u64, Option<String>>,
     /// PpioInstances (namespace, name) waiting for a walk, by instance id, with when they
     /// asked.
     waiters: HashMap<String, Vec<(Object, Instant)>>,
@@ -175,6 +181,19 @@ struct State {
 
 /// A PpioInstance's namespace and name.
 type Object = (String, String);
+
+/// A LIST item as last read.
+struct Item {
+    item: Arc<Instance>,
+    /// When its page was read.
+    at: Instant,
+    /// The hash of its JSON text.
+    hash: u64,
+}
+
+/// The most item texts a key's sweeps remember the instance ids of (a hostile LIST could
+/// otherwise grow the memory without bound); past it, items are decoded every walk.
+const MAX_REMEMBERED_ITEMS: usize = 200_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Wanted {
@@ -273,7 +292,7 @@ impl Sweeps {
             return Lookup::Unavailable;
         }
         // Fresh for less than one interval: at its interval's end it is stale.
-        if let Some((item, at)) = st.items.get(id)
+        if let Some(Item { item, at, .. }) = st.items.get(id)
             && now.saturating_duration_since(*at) < refresh
         {
             let paused = lock(&self.env.paused)
@@ -330,6 +349,7 @@ impl Sweeps {
         let sweep = Arc::new(KeySweep {
             key: key.clone(),
             fingerprint,
+            hasher: std::hash::RandomState::new(),
             state: Mutex::new(State::default()),
             wake: Notify::new(),
         });
@@ -467,6 +487,7 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
         ..ListQuery::default()
     };
     let mut seen: HashSet<String> = HashSet::new();
+    let mut next_ids: HashMap<u64, Option<String>> = HashMap::new();
     let mut cursors: HashSet<String> = HashSet::new();
     let mut pages = 0u32;
     loop {
@@ -509,21 +530,39 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
         let mut late = Duration::ZERO;
         {
             let mut st = lock(&sweep.state);
-            for item in page.items {
-                let Some(id) = item.id.as_ref().map(|t| t.0.clone()) else {
+            for text in page.item_texts() {
+                let hash = sweep.hasher.hash_one(text);
+                // The id of a text met on the last walk is known without decoding it.
+                let (id, mut decoded) = match st.ids_by_hash.get(&hash) {
+                    Some(known) => (known.clone(), None),
+                    None => match Instance::from_item(text) {
+                        Some(item) => (usable_id(&item), Some(item)),
+                        None => (None, None),
+                    },
+                };
+                if next_ids.len() < MAX_REMEMBERED_ITEMS {
+                    next_ids.insert(hash, id.clone());
+                }
+                let Some(id) = id.filter(|id| st.wanted.contains_key(id)) else {
                     continue;
                 };
-                if !st.wanted.contains_key(&id) || item.state().is_none_or(str::is_empty) {
-                    continue;
-                }
                 seen.insert(id.clone());
                 let previous = st.items.get(&id);
-                if let (Some((_, at)), Some(w)) = (previous, st.wanted.get(&id)) {
-                    late = late.max(read_at.saturating_duration_since(*at + w.refresh));
+                if let (Some(old), Some(w)) = (previous, st.wanted.get(&id)) {
+                    late = late.max(read_at.saturating_duration_since(old.at + w.refresh));
                 }
                 let (item, changed) = match previous {
-                    Some((old, _)) if **old == item => (old.clone(), false),
-                    _ => (Arc::new(item), true),
+                    Some(old) if old.hash == hash => (old.item.clone(), false),
+                    _ => {
+                        let Some(item) = decoded.take().or_else(|| Instance::from_item(text))
+                        else {
+                            continue;
+                        };
+                        match previous {
+                            Some(old) if *old.item == item => (old.item.clone(), false),
+                            _ => (Arc::new(item), true),
+                        }
+                    }
                 };
                 // Who waits for this instance is answered now, not at the walk's end.
                 if let Some(waiting) = st.waiters.remove(&id) {
@@ -540,7 +579,14 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                         }
                     }
                 }
-                st.items.insert(id, (item, read_at));
+                st.items.insert(
+                    id,
+                    Item {
+                        item,
+                        at: read_at,
+                        hash,
+                    },
+                );
             }
         }
         wake(env, woken);
@@ -564,6 +610,7 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
     }
     let mut st = lock(&sweep.state);
     st.pages = pages;
+    st.ids_by_hash = next_ids;
     // An item not on this walk is dropped, and its PpioInstances are reconciled: a GET by id
     // decides whether the instance is still there.
     st.items.retain(|id, _| seen.contains(id));
@@ -576,6 +623,13 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
     drop(st);
     wake(env, missing);
     Walked::Ok
+}
+
+/// The instance id of a LIST item, when it has one and a state (an item without a state
+/// says nothing of its instance).
+fn usable_id(item: &Instance) -> Option<String> {
+    let id = item.id.as_ref().map(|t| t.0.clone())?;
+    item.state().is_some_and(|s| !s.is_empty()).then_some(id)
 }
 
 /// A LIST answer that says the call itself is not served here (not that an instance is

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use std::ops::Range;
 
 /// Deserializes a field and keeps it only when it has the expected shape. An array of which
 /// some elements have the wrong shape keeps the others (one odd port does not drop all ports).
@@ -279,12 +280,15 @@ fn starts_an_object(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
-/// One page of `GET /gpus/v2/instances`.
+/// One page of `GET /gpus/v2/instances`. Its items are kept as the JSON text they came in
+/// and decoded on demand: a walk that meets an item it has seen before, byte for byte, need
+/// not decode it again.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InstancePage {
-    /// The instances of the page that are JSON objects (LIST items lack `tools` and
-    /// `pricing`); an item of another shape is skipped.
-    pub items: Vec<Instance>,
+    /// The page's body.
+    body: String,
+    /// Where each item that is a JSON object lies in `body`.
+    items: Vec<Range<usize>>,
     /// The cursor of the next page, opaque; `None` when empty or absent.
     pub next_cursor: Option<String>,
     /// Whether another page follows.
@@ -292,7 +296,8 @@ pub struct InstancePage {
 }
 
 impl InstancePage {
-    /// Decodes a LIST body: a JSON object with a `data` array, `next_cursor` and `has_more`.
+    /// Reads a LIST body: a JSON object with a `data` array, `next_cursor` and `has_more`.
+    /// The items are checked to be JSON, not decoded.
     pub fn from_slice(body: &[u8]) -> Result<InstancePage, DecodeError> {
         #[derive(Deserialize)]
         struct Raw<'a> {
@@ -306,23 +311,53 @@ impl InstancePage {
         if !starts_an_object(body) {
             return Err(DecodeError::NotAnObject);
         }
-        let raw: Raw = serde_json::from_slice(body).map_err(|e| {
+        let text = std::str::from_utf8(body).map_err(|_| DecodeError::NotAnObject)?;
+        let raw: Raw = serde_json::from_str(text).map_err(|e| {
             if e.is_data() {
                 DecodeError::NotAPage
             } else {
                 DecodeError::NotAnObject
             }
         })?;
+        // Each item borrows from `text`: its place is where its slice starts.
+        let base = text.as_ptr() as usize;
+        let items = raw
+            .data
+            .iter()
+            .map(|item| item.get())
+            .filter(|item| item.starts_with('{'))
+            .map(|item| {
+                let start = item.as_ptr() as usize - base;
+                start..start + item.len()
+            })
+            .collect();
         Ok(InstancePage {
-            items: raw
-                .data
-                .into_iter()
-                .filter(|item| item.get().starts_with('{'))
-                .filter_map(|item| serde_json::from_str(item.get()).ok())
-                .collect(),
+            items,
             next_cursor: raw.next_cursor.map(|t| t.0).filter(|c| !c.is_empty()),
             has_more: raw.has_more.is_some_and(|f| f.0),
+            body: text.to_owned(),
         })
+    }
+
+    /// The JSON text of each item that is a JSON object (LIST items lack `tools` and
+    /// `pricing`).
+    pub fn item_texts(&self) -> impl Iterator<Item = &str> {
+        self.items.iter().filter_map(|r| self.body.get(r.clone()))
+    }
+
+    /// The items, decoded; an item that does not decode is skipped.
+    pub fn items(&self) -> impl Iterator<Item = Instance> + '_ {
+        self.item_texts().filter_map(Instance::from_item)
+    }
+
+    /// How many items the page holds.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the page holds no item.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
     }
 }
 
@@ -339,6 +374,15 @@ impl Instance {
             Some(s) if !s.is_empty() => Ok(instance),
             _ => Err(DecodeError::NoState),
         }
+    }
+
+    /// Decodes one item of a LIST page (its text, from [`InstancePage::item_texts`]); `None`
+    /// when it is not a JSON object. Unlike a GET, an item without a state is kept.
+    pub fn from_item(text: &str) -> Option<Instance> {
+        if !text.starts_with('{') {
+            return None;
+        }
+        serde_json::from_str(text).ok()
     }
 
     /// The reported state (`status.status`).
@@ -394,8 +438,9 @@ mod tests {
         let body = br#"{"data":[{"id":"a","status":{"status":"running"}},7,{"id":"b"}],
             "next_cursor":"o2","has_more":true,"total":3}"#;
         let page = InstancePage::from_slice(body).expect("decodes");
-        assert_eq!(page.items.len(), 2);
-        assert_eq!(page.items[1].id, Some(Text("b".into())));
+        assert_eq!(page.len(), 2);
+        let items: Vec<Instance> = page.items().collect();
+        assert_eq!(items[1].id, Some(Text("b".into())));
         assert_eq!(page.next_cursor.as_deref(), Some("o2"));
         assert!(page.has_more);
         let last = InstancePage::from_slice(br#"{"data":[],"next_cursor":"","has_more":false}"#)
