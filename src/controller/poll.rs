@@ -348,16 +348,21 @@ pub async fn poll(
                 } else {
                     rand::rng().random_range(0.0..=1.0)
                 };
-                // Kept as a LIST item would show it, to tell when the next item differs.
+                // Kept as a LIST item would show it, to tell when the next item differs;
+                // the sweeps' own item when it is the same (one copy, not two).
                 let listed_view = Instance {
                     tools: None,
                     pricing: None,
                     ..observed
                 };
+                let listed = ctx
+                    .sweeps
+                    .item(fingerprint, &instance.spec.instance_id)
+                    .filter(|item| **item == listed_view);
                 seen = Seen {
-                    observed: Some(Arc::new(listed_view)),
+                    observed: Some(listed.clone().unwrap_or_else(|| Arc::new(listed_view))),
                     observed_at: Some(at),
-                    listed: None,
+                    listed,
                     fetched: true,
                     full_due: Some(at + period.mul_f64(spread)),
                     get_wanted: false,

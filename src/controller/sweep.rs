@@ -235,6 +235,13 @@ impl Sweeps {
             .push(entry);
     }
 
+    /// The LIST item the sweeps of a key hold for `id`, if any.
+    pub(super) fn item(&self, fingerprint: u64, id: &str) -> Option<Arc<Instance>> {
+        let sweep = lock(&self.keys).get(&fingerprint).cloned()?;
+        let st = lock(&sweep.state);
+        st.items.get(id).map(|i| i.item.clone())
+    }
+
     fn unwatch(&self, fingerprint: u64, id: &str, object: &Object) {
         let sweep = lock(&self.keys).get(&fingerprint).cloned();
         if let Some(sweep) = sweep {
