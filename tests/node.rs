@@ -227,42 +227,13 @@ async fn eventually<T>(what: &str, secs: u64, mut check: impl FnMut() -> Option<
     }
 }
 
-/// A PATCH to the simulator's control API (a merge patch): (status, body).
-async fn sim_patch(addr: SocketAddr, path: &str, body: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    s.write_all(
-        format!(
-            "PATCH {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/merge-patch+json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
-}
-
 /// Sets the state of a simulated instance.
 async fn sim_state(s: &Scene, id: &str, state: &str) {
-    let (code, body) = sim_patch(
+    let (code, body) = http_request(
         s.sim.expect("the simulator runs"),
+        "PATCH",
         &format!("/_sim/instances/{id}"),
-        &json!({"status": {"status": state}}).to_string(),
+        Some(&json!({"status": {"status": state}}).to_string()),
     )
     .await
     .expect("the simulator's control API answers");
@@ -1052,6 +1023,20 @@ async fn leader_election(s: &mut Scene) {
     })
     .await;
     let pods = ready_operator_pods(s, 2).await;
+    // The pod from before (without leader election) may still run while it terminates: it
+    // would write too. Wait until it is gone.
+    eventually("the pod without leader election gone", 60, || {
+        let all = s.json(&[
+            "get",
+            "pods",
+            "-n",
+            RELEASE_NS,
+            "-l",
+            &format!("app.kubernetes.io/instance={RELEASE}"),
+        ]);
+        (all["items"].as_array().map(Vec::len) == Some(2)).then_some(())
+    })
+    .await;
     let leader = eventually("a leader", 60, || {
         lease_holder(s).filter(|h| pods.iter().any(|(p, _)| p == h))
     })

@@ -219,13 +219,31 @@ pub async fn simulator_with(
 
 /// A minimal HTTP/1.1 GET (a local server, or a pod or Service of the test node): status, body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, None).await
+}
+
+/// A minimal HTTP/1.1 request, with a JSON merge patch as its body if any: status, body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    merge_patch: Option<&str>,
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
         .await
         .ok()?
         .ok()?;
+    let body = match merge_patch {
+        Some(b) => format!(
+            "Content-Type: application/merge-patch+json\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        ),
+        None => "\r\n".into(),
+    };
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{body}")
+            .as_bytes(),
     )
     .await
     .ok()?;
