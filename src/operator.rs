@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
+use kube::ResourceExt;
 use kube::api::ListParams;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
@@ -270,6 +271,17 @@ async fn reconcile_with_grace(
     }
 }
 
+/// What the controller forgets of PpioInstances that are gone.
+enum Gone {
+    /// The watch reported this one (namespace, name) deleted.
+    One(String, String),
+    /// The watch listed everything again: forget whatever it no longer holds.
+    Relisted,
+}
+
+/// How often everything kept is checked against the watch's cache anyway.
+const FORGET_PASS: Duration = Duration::from_secs(300);
+
 /// The controller: watches PpioInstances and reconciles them until `shutdown` resolves and
 /// the reconciles in flight are done.
 async fn reconcile_until(
@@ -307,10 +319,23 @@ async fn reconcile_until(
     // The cache holds each PpioInstance without what the operator never reads (managedFields
     // and kubectl's last-applied copy), which would otherwise double its memory.
     let (store, writer) = reflector::store();
+    // Deleted PpioInstances are forgotten as the watch reports them; a relist (after which
+    // deletions meanwhile show only as absence) is followed by a pass over everything kept.
+    let (gone_tx, mut gone_rx) = tokio::sync::mpsc::unbounded_channel::<Gone>();
     let objects = watcher(guarded, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(slim)
         .reflect(writer)
+        .inspect(move |event| {
+            let gone = match event {
+                Ok(watcher::Event::Delete(o)) => {
+                    Gone::One(o.namespace().unwrap_or_default(), o.name_any())
+                }
+                Ok(watcher::Event::InitDone) => Gone::Relisted,
+                _ => return,
+            };
+            let _ = gone_tx.send(gone);
+        })
         .applied_objects();
     let controller =
         Controller::for_stream(objects, store.clone()).reconcile_on(tokio_stream_of(woken));
@@ -333,12 +358,25 @@ async fn reconcile_until(
                     Err(_elapsed) => {}
                 }
             }
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            // Also a slow pass, for a reconcile that finished after its object's deletion.
+            let mut tick = tokio::time::interval(FORGET_PASS);
             loop {
-                tick.tick().await;
-                ctx.forget_missing(|ns, name| {
-                    store.get(&ObjectRef::new(name).within(ns)).is_some()
-                });
+                let gone = tokio::select! {
+                    gone = gone_rx.recv() => gone,
+                    _ = tick.tick() => Some(Gone::Relisted),
+                };
+                match gone {
+                    Some(Gone::One(ns, name))
+                        if store.get(&ObjectRef::new(&name).within(&ns)).is_none() =>
+                    {
+                        ctx.forget_deleted(&ns, &name);
+                    }
+                    Some(Gone::One(..)) => {}
+                    Some(Gone::Relisted) => ctx.forget_missing(|ns, name| {
+                        store.get(&ObjectRef::new(name).within(ns)).is_some()
+                    }),
+                    None => return,
+                }
             }
         }
     }));

@@ -267,6 +267,12 @@ impl Context {
         };
     }
 
+    /// Drops what is remembered (and the metrics series) of a deleted PpioInstance.
+    pub fn forget_deleted(&self, namespace: &str, name: &str) {
+        self.forget(&format!("{namespace}/{name}"));
+        self.metrics.instances.forget(namespace, name);
+    }
+
     /// Drops what is remembered (and the metrics series) of PpioInstances that no longer
     /// exist. `exists` answers for a `namespace/name` key.
     pub fn forget_missing(&self, exists: impl Fn(&str, &str) -> bool) {
@@ -280,8 +286,7 @@ impl Context {
             .collect();
         for key in gone {
             let (ns, name) = key.split_once('/').unwrap_or_default();
-            self.forget(&key);
-            self.metrics.instances.forget(ns, name);
+            self.forget_deleted(ns, name);
         }
     }
 }
