@@ -6,12 +6,15 @@
 //!   bench-scale N OPERATOR_BINARY [STEADY_SECONDS]
 #![forbid(unsafe_code)]
 
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use ppio_operator::crd::{PpioInstance, PpioInstanceSpec};
 use ppio_operator::simulator::Simulator;
@@ -95,6 +98,70 @@ fn secret_gets(apiserver: &str) -> f64 {
     )
 }
 
+/// What the watch of PpioInstances saw: by name.
+#[derive(Default)]
+struct Progress {
+    /// When each create was sent.
+    created: HashMap<String, Instant>,
+    with_state: HashSet<String>,
+    /// When the watch first showed each Synced=True.
+    synced: HashMap<String, Instant>,
+    /// With prices (from a GET).
+    fetched: HashSet<String>,
+}
+
+impl Progress {
+    /// Seconds from each create sent to Synced=True shown, sorted.
+    fn latencies(&self) -> Vec<f64> {
+        let mut out: Vec<f64> = self
+            .synced
+            .iter()
+            .filter_map(|(name, at)| {
+                let sent = self.created.get(name)?;
+                Some(at.saturating_duration_since(*sent).as_secs_f64())
+            })
+            .collect();
+        out.sort_by(f64::total_cmp);
+        out
+    }
+}
+
+fn lock(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
+    p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Follows the PpioInstances with a watch, recording what they show.
+async fn follow(api: Api<PpioInstance>, progress: Arc<Mutex<Progress>>) {
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    while let Some(event) = events.next().await {
+        let o = match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => o,
+            Ok(_) => continue,
+            Err(e) => {
+                eprintln!("watch: {e}");
+                continue;
+            }
+        };
+        let (Some(name), Some(status)) = (o.metadata.name.clone(), o.status.as_ref()) else {
+            continue;
+        };
+        let now = Instant::now();
+        let mut p = lock(&progress);
+        if status.state.is_some() {
+            p.with_state.insert(name.clone());
+        }
+        if status.pricing.is_some() {
+            p.fetched.insert(name.clone());
+        }
+        if status
+            .condition("Synced")
+            .is_some_and(|c| c.status == "True")
+        {
+            p.synced.entry(name).or_insert(now);
+        }
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -175,13 +242,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "bench-scale: {n} PpioInstances on one key, default budget (10/s, burst 20), refreshInterval 60s"
     );
     let api: Api<PpioInstance> = Api::namespaced(client.clone(), NS);
+    // What the PpioInstances show, followed by a watch (a LIST of 10,000 objects every few
+    // seconds would load the API server more than the operator does).
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let follow = tokio::spawn(follow(api.clone(), progress.clone()));
     let created_at = Instant::now();
     futures::stream::iter(0..n)
         .for_each_concurrent(32, |i| {
             let api = api.clone();
+            let progress = progress.clone();
             async move {
+                let name = format!("i{i:06}");
                 let mut o = PpioInstance::new(
-                    &format!("i{i:06}"),
+                    &name,
                     PpioInstanceSpec {
                         instance_id: format!("bench{i:06}"),
                         credentials_secret_ref: None,
@@ -190,8 +263,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     },
                 );
                 o.metadata.namespace = Some(NS.into());
-                if let Err(e) = api.create(&PostParams::default(), &o).await {
-                    eprintln!("create i{i:06}: {e}");
+                let sent = Instant::now();
+                match api.create(&PostParams::default(), &o).await {
+                    Ok(_) => {
+                        lock(&progress).created.insert(name, sent);
+                    }
+                    Err(e) => eprintln!("create {name}: {e}"),
                 }
             }
         })
@@ -199,83 +276,54 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let create_secs = created_at.elapsed().as_secs_f64();
     println!("created {n} PpioInstances in {create_secs:.1} s");
 
-    // Fill: every object Synced=True.
-    let synced = |o: &PpioInstance| {
-        o.status
-            .as_ref()
-            .and_then(|s| s.condition("Synced"))
-            .is_some_and(|c| c.status == "True")
-    };
+    // Fill: every object Synced=True, then every one fetched in full (prices and endpoints
+    // come from a GET only).
     let mut first_state_at = None;
+    let mut fill = None;
     loop {
-        let list = api.list(&ListParams::default()).await?;
-        let with_state = list
-            .items
-            .iter()
-            .filter(|o| o.status.as_ref().and_then(|s| s.state.as_ref()).is_some())
-            .count();
+        let (with_state, synced, fetched) = {
+            let p = lock(&progress);
+            (p.with_state.len(), p.synced.len(), p.fetched.len())
+        };
         if first_state_at.is_none() && with_state == n {
             first_state_at = Some(created_at.elapsed());
         }
-        let done = list.items.iter().filter(|o| synced(o)).count();
-        if done == n {
-            break;
+        if fill.is_none() && synced == n {
+            fill = Some(created_at.elapsed());
+            let latencies = lock(&progress).latencies();
+            let fill = fill.unwrap_or_default();
+            println!(
+                "fill: every PpioInstance Synced after {:.1} s (every state shown after {:.1} s)",
+                fill.as_secs_f64(),
+                first_state_at.unwrap_or(fill).as_secs_f64()
+            );
+            println!(
+                "create -> Synced (create sent -> the watch shows Synced=True): p50 {:.1} s, p99 {:.1} s, max {:.1} s",
+                percentile(&latencies, 0.5),
+                percentile(&latencies, 0.99),
+                latencies.last().copied().unwrap_or(f64::NAN)
+            );
+            println!(
+                "  CPU used so far: operator {:.1} s, API server {:.1} s",
+                cpu_seconds(op_pid),
+                cpu_seconds(apiserver_pid)
+            );
         }
-        op.check_alive()?;
-        if created_at.elapsed() > Duration::from_secs(7200) {
-            return Err(format!("only {done} of {n} observed after 2h").into());
-        }
-        // Listing every object is heavy at 10,000: look less often (the latencies below come
-        // from the objects' own timestamps, not from this loop).
-        tokio::time::sleep(Duration::from_secs(if n > 2000 { 3 } else { 1 })).await;
-    }
-    let fill = created_at.elapsed();
-    let list = api.list(&ListParams::default()).await?;
-    let mut latencies: Vec<f64> = list
-        .items
-        .iter()
-        .filter_map(|o| {
-            let created = o.metadata.creation_timestamp.as_ref()?.0.as_second();
-            let synced = o
-                .status
-                .as_ref()?
-                .condition("Synced")?
-                .last_transition_time
-                .0
-                .as_second();
-            Some((synced - created) as f64)
-        })
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    println!(
-        "fill: every PpioInstance Synced after {:.1} s (every state shown after {:.1} s)",
-        fill.as_secs_f64(),
-        first_state_at.unwrap_or(fill).as_secs_f64()
-    );
-    println!(
-        "create -> Synced: p50 {:.0} s, p99 {:.0} s, max {:.0} s (1 s resolution)",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or(f64::NAN)
-    );
-
-    // Every PpioInstance fetched in full (prices and endpoints come from a GET only).
-    loop {
-        let list = api.list(&ListParams::default()).await?;
-        let fetched = list
-            .items
-            .iter()
-            .filter(|o| o.status.as_ref().is_some_and(|s| s.pricing.is_some()))
-            .count();
         if fetched == n {
             break;
         }
         op.check_alive()?;
-        if created_at.elapsed() > Duration::from_secs(7200) {
-            return Err(format!("only {fetched} of {n} fetched in full after 2h").into());
+        if follow.is_finished() {
+            return Err("the watch of PpioInstances ended".into());
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        if created_at.elapsed() > Duration::from_secs(7200) {
+            return Err(
+                format!("after 2h: {synced} of {n} Synced, {fetched} fetched in full").into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    follow.abort();
     println!(
         "every PpioInstance fetched in full (prices, endpoints) after {:.0} s",
         created_at.elapsed().as_secs_f64()
