@@ -31,6 +31,7 @@ struct FakePpio {
     skipped: Mutex<BTreeSet<String>>,
     states: Mutex<BTreeMap<String, String>>,
     list_error: Mutex<Option<PpioError>>,
+    get_error: Mutex<Option<PpioError>>,
 }
 
 impl FakePpio {
@@ -76,7 +77,13 @@ impl PpioApi for FakePpio {
             .expect("lock")
             .push((instance_id.to_string(), Instant::now()));
         let body = self.object(instance_id).to_string();
-        Box::pin(async move { Ok(Instance::from_slice(body.as_bytes()).expect("fixture")) })
+        let error = self.get_error.lock().expect("lock").clone();
+        Box::pin(async move {
+            match error {
+                Some(e) => Err(e),
+                None => Ok(Instance::from_slice(body.as_bytes()).expect("fixture")),
+            }
+        })
     }
 
     fn list_instances<'a>(
@@ -661,5 +668,46 @@ async fn a_changed_list_item_reaches_its_status_within_a_sweep_and_only_its_own(
             .filter(|(at, _)| *at >= changed_at)
             .count();
         assert_eq!(late, 0, "c{i} written after the change of another item");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_on_a_get_shows_on_every_instance_of_the_key_once_its_item_is_stale() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    let mut all = objects("p", 2, None);
+    for o in &mut all {
+        o.spec.refresh_interval = Some("10s".into());
+    }
+    ppio.list_ids(ids(&all));
+    // The LIST answers; every GET (the first sight's) meets a 429 asking for 2 minutes.
+    *ppio.get_error.lock().expect("lock") = Some(PpioError::RateLimited {
+        retry_after: Some(Duration::from_secs(120)),
+    });
+    let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, LIST);
+    let start = Instant::now();
+    run(ctx, &api, wakes, all, 16, Duration::from_secs(60)).await;
+    // One GET met the 429; the pause holds every other request of the key.
+    let gets: usize = ppio
+        .by_id()
+        .iter()
+        .filter(|(id, _)| id.as_str() != "LIST")
+        .map(|(_, t)| t.len())
+        .sum();
+    assert_eq!(gets, 1, "{:?}", ppio.by_id());
+    for name in ["p0", "p1"] {
+        let writes = api.writes_of(&format!("ml/{name}"));
+        let limited = writes.iter().find(|(_, s)| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Synced" && c.reason == "RateLimited")
+        });
+        let (at, _) = limited.unwrap_or_else(|| panic!("{name} never showed the pause"));
+        // Its item, read at the start, is stale 10 s later.
+        let after = at.saturating_duration_since(start);
+        assert!(
+            after <= Duration::from_secs(13),
+            "{name} showed it after {after:?}"
+        );
     }
 }

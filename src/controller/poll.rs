@@ -287,9 +287,14 @@ pub async fn poll(
     }
 
     if let Some(until) = ctx.key_pause(&api_key) {
-        // Another object using this key was told to wait (429 Retry-After): so do we.
+        // Another object using this key was told to wait (429 Retry-After): so do we. A
+        // listed instance looks again when its item goes stale, to show the pause then.
         let delay = until.saturating_duration_since(now) + jitter_up(Duration::from_secs(1));
-        return Ok(waiting(delay, None, wrote, seen));
+        let next = listed_next.map_or(delay, |n| n.min(delay));
+        return Ok(Polled {
+            poll_on_wake,
+            ..waiting(next, None, wrote, seen)
+        });
     }
 
     // The key's budget: a slot reserved earlier, or the next free one. A poll never waits for
