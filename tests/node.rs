@@ -185,8 +185,8 @@ impl Scene {
         self.json(&["get", "deployment", RELEASE, "-n", RELEASE_NS])
     }
 
-    /// The release's operator pods, by name.
-    fn operator_pods(&self) -> Vec<Value> {
+    /// Every pod of the release, terminating ones included.
+    fn release_pods(&self) -> Vec<Value> {
         let list = self.json(&[
             "get",
             "pods",
@@ -195,10 +195,13 @@ impl Scene {
             "-l",
             &format!("app.kubernetes.io/instance={RELEASE}"),
         ]);
-        let mut pods: Vec<Value> = list["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The release's operator pods that are not terminating, by name.
+    fn operator_pods(&self) -> Vec<Value> {
+        let mut pods: Vec<Value> = self
+            .release_pods()
             .into_iter()
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .collect();
@@ -1026,15 +1029,7 @@ async fn leader_election(s: &mut Scene) {
     // The pod from before (without leader election) may still run while it terminates: it
     // would write too. Wait until it is gone.
     eventually("the pod without leader election gone", 60, || {
-        let all = s.json(&[
-            "get",
-            "pods",
-            "-n",
-            RELEASE_NS,
-            "-l",
-            &format!("app.kubernetes.io/instance={RELEASE}"),
-        ]);
-        (all["items"].as_array().map(Vec::len) == Some(2)).then_some(())
+        (s.release_pods().len() == 2).then_some(())
     })
     .await;
     let leader = eventually("a leader", 60, || {

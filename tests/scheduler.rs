@@ -58,6 +58,16 @@ impl FakePpio {
         out
     }
 
+    /// GET requests, all instances together.
+    fn gets(&self) -> usize {
+        self.requests
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(id, _)| id != "LIST")
+            .count()
+    }
+
     /// Requests for `id` at or after `from`.
     fn since(&self, id: &str, from: Instant) -> usize {
         self.by_id()
@@ -350,6 +360,16 @@ const LIST: Observe = Observe::List {
     full_refresh_intervals: 30,
 };
 
+/// Reconciles run so far (`ppio_reconciles_total`, every result).
+fn reconciles(ctx: &Context) -> f64 {
+    ctx.metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("ppio_reconciles_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn ids(objects: &[PpioInstance]) -> Vec<String> {
     objects.iter().map(|o| o.spec.instance_id.clone()).collect()
 }
@@ -387,14 +407,6 @@ async fn sweeps_observe_every_instance_by_pages_and_fetch_each_in_full_as_the_bu
             )
             .await;
         }
-    };
-    let reconciles = |ctx: &Context| {
-        ctx.metrics
-            .encode()
-            .lines()
-            .filter(|l| l.starts_with("ppio_reconciles_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
     };
     let window = start + Duration::from_secs(30 * 60);
     let at_window = {
@@ -547,21 +559,10 @@ async fn full_gets_waiting_for_a_short_budget_wait_without_spinning() {
     };
     let (ctx, wakes) = context(&api, ppio.clone(), 1.0, 5, every_interval);
     run(ctx.clone(), &api, wakes, all, 16, Duration::from_secs(900)).await;
-    let reconciles: f64 = ctx
-        .metrics
-        .encode()
-        .lines()
-        .filter(|l| l.starts_with("ppio_reconciles_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let reconciles = reconciles(&ctx);
     // GETs queue for their slots (about 900 in 15 minutes) and come back when it is theirs,
     // not every second in between (which would be some 150,000 reconciles).
-    let gets: usize = ppio
-        .by_id()
-        .iter()
-        .filter(|(id, _)| id.as_str() != "LIST")
-        .map(|(_, t)| t.len())
-        .sum();
+    let gets = ppio.gets();
     assert!(
         (600..=1000).contains(&gets),
         "{gets} GETs in 15 minutes at 1/s"
@@ -607,11 +608,9 @@ async fn when_walks_start_failing_every_instance_shows_it_within_its_own_interva
         let name = o.metadata.name.clone().unwrap_or_default();
         let refresh = if name.starts_with("fast") { 10 } else { 60 };
         let writes = api.writes_of(&format!("ml/{name}"));
-        let shown = writes.iter().find(|(_, s)| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Synced" && c.status == "False")
-        });
+        let shown = writes
+            .iter()
+            .find(|(_, s)| s.condition("Synced").is_some_and(|c| c.status == "False"));
         let (at, _) = shown.unwrap_or_else(|| panic!("{name} never showed the failing walks"));
         // Its last good item is at most one sweep period (0.8 of 10 s) older than the fault,
         // and goes stale one interval after it was read.
@@ -623,9 +622,7 @@ async fn when_walks_start_failing_every_instance_shows_it_within_its_own_interva
         // The first good walk after them shows the observation again.
         let (_, last) = writes.last().expect("a write");
         assert!(
-            last.conditions
-                .iter()
-                .any(|c| c.type_ == "Synced" && c.status == "True"),
+            last.condition("Synced").is_some_and(|c| c.status == "True"),
             "{name} still shows the failure: {last:?}"
         );
     }
@@ -688,19 +685,13 @@ async fn a_429_on_a_get_shows_on_every_instance_of_the_key_once_its_item_is_stal
     let start = Instant::now();
     run(ctx, &api, wakes, all, 16, Duration::from_secs(60)).await;
     // One GET met the 429; the pause holds every other request of the key.
-    let gets: usize = ppio
-        .by_id()
-        .iter()
-        .filter(|(id, _)| id.as_str() != "LIST")
-        .map(|(_, t)| t.len())
-        .sum();
+    let gets = ppio.gets();
     assert_eq!(gets, 1, "{:?}", ppio.by_id());
     for name in ["p0", "p1"] {
         let writes = api.writes_of(&format!("ml/{name}"));
         let limited = writes.iter().find(|(_, s)| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Synced" && c.reason == "RateLimited")
+            s.condition("Synced")
+                .is_some_and(|c| c.reason == "RateLimited")
         });
         let (at, _) = limited.unwrap_or_else(|| panic!("{name} never showed the pause"));
         // Its item, read at the start, is stale 10 s later.
