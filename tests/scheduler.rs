@@ -702,3 +702,57 @@ async fn a_429_on_a_get_shows_on_every_instance_of_the_key_once_its_item_is_stal
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn full_gets_after_a_long_fill_run_at_the_even_rate_not_as_a_backlog() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    // 600 instances at 60 s, a full GET every 30 intervals (1,800 s): 20 full GETs a minute.
+    // The budget leaves about 0.47 GETs/s besides the walks, so fetching every instance once
+    // takes about 1,300 s, most of a full-refresh period (as 10,000 at 10/s do).
+    let all = objects("f", 600, None);
+    ppio.list_ids(ids(&all));
+    let (ctx, wakes) = context(&api, ppio.clone(), 0.6, 20, LIST);
+    let start = Instant::now();
+    run(ctx, &api, wakes, all, 64, Duration::from_secs(4000)).await;
+    let by_id = ppio.by_id();
+    let firsts: Vec<Instant> = by_id
+        .iter()
+        .filter(|(id, _)| *id != "LIST")
+        .filter_map(|(_, times)| times.first().copied())
+        .collect();
+    assert_eq!(firsts.len(), 600, "every instance fetched in full");
+    let filled = firsts.iter().max().copied().unwrap_or(start) - start;
+    assert!(
+        filled >= Duration::from_secs(1000),
+        "filled after {filled:?}: the budget is meant to make the fill long"
+    );
+    let gets_between = |from: u64, to: u64| {
+        by_id
+            .iter()
+            .filter(|(id, _)| *id != "LIST")
+            .flat_map(|(_, times)| times.iter().skip(1))
+            .filter(|t| {
+                **t >= start + Duration::from_secs(from) && **t < start + Duration::from_secs(to)
+            })
+            .count()
+    };
+    // After the fill, no ten minutes hold more full GETs than the even rate's 200 (+10%):
+    // the full GETs that came due during the fill are not run after it as a backlog.
+    let mut from = filled.as_secs();
+    while from + 600 <= 4000 {
+        let gets = gets_between(from, from + 600);
+        assert!(
+            gets <= 220,
+            "{gets} full GETs in the 10 minutes from {from} s (even: 200)"
+        );
+        from += 600;
+    }
+    // Once every instance is past its first full-refresh slot, each is fetched once per
+    // period.
+    let period_gets = gets_between(2200, 4000);
+    assert!(
+        (570..=630).contains(&period_gets),
+        "{period_gets} full GETs of 600 instances in one full-refresh period"
+    );
+}

@@ -134,6 +134,8 @@ pub struct Context {
     secrets: credentials::SecretCache,
     /// Per API key (by fingerprint): when its lateness was last reported.
     lateness_reported: Mutex<HashMap<u64, Option<Instant>>>,
+    /// The origin of every PpioInstance's full-refresh slots.
+    epoch: Instant,
 }
 
 impl Context {
@@ -166,6 +168,7 @@ impl Context {
             key_hasher: RandomState::new(),
             secrets: credentials::SecretCache::default(),
             lateness_reported: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
         }
     }
 
@@ -198,6 +201,24 @@ impl Context {
 
     fn fingerprint(&self, key: &ApiKey) -> u64 {
         self.key_hasher.hash_one(key)
+    }
+
+    /// When the next full GET of `instance` is due: its own slot of the full-refresh
+    /// `period` (a phase from its namespace and name), at least `min_gap` after `at`.
+    fn full_refresh_slot(
+        &self,
+        instance: &PpioInstance,
+        at: Instant,
+        min_gap: Duration,
+        period: Duration,
+    ) -> Instant {
+        let hash = self.key_hasher.hash_one((
+            instance.meta().namespace.as_deref(),
+            instance.meta().name.as_deref(),
+        ));
+        // The top 53 bits as a fraction in [0, 1).
+        let phase = (hash >> 11) as f64 / (1u64 << 53) as f64;
+        schedule::full_refresh_slot(self.epoch, at, min_gap, period, phase)
     }
 
     /// Records how late a poll of a key runs; says so in the log (naming the key's

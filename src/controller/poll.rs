@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use kube::Resource;
-use rand::Rng;
 use tracing::debug;
 
 use super::apply::write_status;
@@ -344,15 +343,9 @@ pub async fn poll(
                 ..
             } = ctx.settings.observe
             {
-                // The next full GET: spread over time (the first one after start-up anywhere
-                // within one period, so GETs run at their steady rate from the start, then a
-                // period each, jittered).
+                // The next full GET: at this PpioInstance's own slot of the full-refresh
+                // period, at least half a period from now.
                 let period = refresh.saturating_mul(full_refresh_intervals);
-                let spread = if seen.fetched {
-                    rand::rng().random_range(0.9..=1.1)
-                } else {
-                    rand::rng().random_range(0.0..=1.0)
-                };
                 // Kept as a LIST item would show it, to tell when the next item differs;
                 // the sweeps' own item when it is the same (one copy, not two).
                 let listed_view = Instance {
@@ -369,7 +362,7 @@ pub async fn poll(
                     observed_at: Some(at),
                     listed,
                     fetched: true,
-                    full_due: Some(at + period.mul_f64(spread)),
+                    full_due: Some(ctx.full_refresh_slot(instance, at, period / 2, period)),
                     get_wanted: false,
                 };
             }
@@ -428,15 +421,15 @@ async fn apply_listed(
             s.instance_id.as_deref() == Some(instance.spec.instance_id.as_str())
                 && s.pricing.is_some()
         }) {
-            // Fetched in full before (by an earlier run): its next full GET is spread over
-            // the full-refresh period instead of all at once after a restart.
+            // Fetched in full before (by an earlier run): its next full GET is at its own
+            // slot of the full-refresh period, not all at once after a restart.
             if let Observe::List {
                 full_refresh_intervals,
                 ..
             } = ctx.settings.observe
             {
                 let period = refresh.saturating_mul(full_refresh_intervals);
-                seen.full_due = Some(at + period.mul_f64(rand::rng().random_range(0.0..1.0)));
+                seen.full_due = Some(ctx.full_refresh_slot(instance, at, Duration::ZERO, period));
             }
         } else {
             seen.get_wanted = true;

@@ -51,6 +51,32 @@ pub(crate) fn jitter_up(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.0..=1.0))
 }
 
+/// When an instance's next full GET is due: the first of its own slots (`phase` of the
+/// `period`, in [0, 1), counted from `epoch`) at least `min_gap` after `at`. Each instance
+/// keeps one slot per period, so the full GETs of many instances spread evenly over the
+/// period whenever their earlier GETs ran (a bulk apply fetched over many intervals does not
+/// bunch their next full GETs together).
+pub fn full_refresh_slot(
+    epoch: Instant,
+    at: Instant,
+    min_gap: Duration,
+    period: Duration,
+    phase: f64,
+) -> Instant {
+    let first = epoch + period.mul_f64(phase.clamp(0.0, 1.0));
+    let earliest = at + min_gap;
+    if period.is_zero() || earliest <= first {
+        return first.max(earliest);
+    }
+    let behind = (earliest - first).as_secs_f64() / period.as_secs_f64();
+    let mut slot = first + period.mul_f64(behind.ceil());
+    // Float rounding must not put the slot before `earliest`.
+    while slot < earliest {
+        slot += period;
+    }
+    slot
+}
+
 /// What the timing decision reads of one PpioInstance at a reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Due {
@@ -198,6 +224,42 @@ mod tests {
         assert_eq!(
             poll_interval(Duration::from_secs(10), "pulling"),
             Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn full_refresh_slots_spread_evenly_however_bunched_the_earlier_gets() {
+        let epoch = Instant::now();
+        let period = Duration::from_secs(1800);
+        let n = 3000u32;
+        // Every first GET ran within the first two minutes (a bulk apply).
+        let mut per_minute = [0u32; 30];
+        for i in 0..n {
+            let phase = (f64::from(i) + 0.5) / f64::from(n);
+            let at = epoch + Duration::from_millis(u64::from(i) * 40);
+            let mut slot = full_refresh_slot(epoch, at, period / 2, period, phase);
+            assert!(slot >= at + period / 2, "slot {i} too soon");
+            assert!(slot < at + period / 2 + period, "slot {i} too late");
+            // From then on, a GET at each slot: one per period, in the same minute of it.
+            for _ in 0..3 {
+                let next = full_refresh_slot(epoch, slot, period / 2, period, phase);
+                assert_eq!(next - slot, period);
+                slot = next;
+            }
+            let minute = ((slot - epoch).as_secs() % 1800) / 60;
+            per_minute[minute as usize] += 1;
+        }
+        // 3000 instances over 30 minutes: 100 full GETs in every minute.
+        assert!(per_minute.iter().all(|c| *c == 100), "{per_minute:?}");
+        // Never before `at + min_gap`, even on a period boundary.
+        let at = epoch + period;
+        assert_eq!(
+            full_refresh_slot(epoch, at, Duration::ZERO, period, 0.0),
+            at
+        );
+        assert_eq!(
+            full_refresh_slot(epoch, epoch, Duration::ZERO, period, 0.5),
+            epoch + period / 2
         );
     }
 

@@ -241,6 +241,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "bench-scale: {n} PpioInstances on one key, default budget (10/s, burst 20), refreshInterval 60s"
     );
+    // The operator reads its settings from the environment too: say which ones differ.
+    let overrides: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("PPIO_") && k != "PPIO_API_KEY" && k != "PPIO_TOOLS_BIN")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !overrides.is_empty() {
+        println!(
+            "  NOT at the defaults: the operator also reads {}",
+            overrides.join(" ")
+        );
+    }
     let api: Api<PpioInstance> = Api::namespaced(client.clone(), NS);
     // What the PpioInstances show, followed by a watch (a LIST of 10,000 objects every few
     // seconds would load the API server more than the operator does).
