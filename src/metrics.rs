@@ -294,13 +294,23 @@ pub fn safe_label_value(raw: &str) -> String {
         .collect()
 }
 
+/// A gauge of a Unix time in seconds.
+pub type TimestampGauge = Gauge<f64, AtomicU64>;
+
+/// Seconds since the Unix epoch of `at` (0 before it).
+pub fn unix_seconds(at: std::time::SystemTime) -> f64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
 /// Per-PpioInstance series, labelled by namespace and name.
 #[derive(Default)]
 pub struct InstanceMetrics {
     pub state: Family<StateLabels, Gauge>,
     pub ready: Family<ObjectLabels, Gauge>,
     pub synced: Family<ObjectLabels, Gauge>,
-    pub last_success: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
+    pub last_success: Family<ObjectLabels, TimestampGauge>,
     pub price: Family<PriceLabels, Gauge>,
     pub prepaid_end: Family<ObjectLabels, Gauge>,
     /// The (safe) state label currently exported per object, to replace it on change.
@@ -337,17 +347,23 @@ impl InstanceMetrics {
         );
     }
 
+    /// The series of when an instance was last observed (created on first use): setting
+    /// the handle sets the series, without looking it up again.
+    pub fn last_success_series(&self, namespace: &str, name: &str) -> TimestampGauge {
+        let obj = ObjectLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.last_success.get_or_create(&obj).clone()
+    }
+
     /// Records when an instance was last observed, when nothing else changed.
     pub fn observed_at(&self, namespace: &str, name: &str, at: std::time::SystemTime) {
         let obj = ObjectLabels {
             namespace: namespace.into(),
             name: name.into(),
         };
-        let at = at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or_default();
-        self.last_success.get_or_create(&obj).set(at);
+        self.last_success.get_or_create(&obj).set(unix_seconds(at));
     }
 
     /// Exports the per-instance series from a status.
@@ -374,11 +390,7 @@ impl InstanceMetrics {
             .get_or_create(&obj)
             .set(is_true(condition::SYNCED));
         if let Some(at) = observed_at {
-            let at = at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default();
-            self.last_success.get_or_create(&obj).set(at);
+            self.last_success.get_or_create(&obj).set(unix_seconds(at));
         }
         if let Some(state) = &status.state {
             let state = safe_label_value(state);

@@ -370,6 +370,20 @@ fn reconciles(ctx: &Context) -> f64 {
         .sum()
 }
 
+/// `ppio_instance_last_success_timestamp_seconds` of the PpioInstance `name`.
+fn last_success(ctx: &Context, name: &str) -> f64 {
+    let series =
+        format!("ppio_instance_last_success_timestamp_seconds{{namespace=\"ml\",name=\"{name}\"}}");
+    let text = ctx.metrics.encode();
+    let found: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(found.len(), 1, "{series} in {text}");
+    found[0]
+}
+
 fn ids(objects: &[PpioInstance]) -> Vec<String> {
     objects.iter().map(|o| o.spec.instance_id.clone()).collect()
 }
@@ -413,7 +427,7 @@ async fn sweeps_observe_every_instance_by_pages_and_fetch_each_in_full_as_the_bu
         let ctx = ctx.clone();
         async move {
             tokio::time::sleep_until(window).await;
-            reconciles(&ctx)
+            (reconciles(&ctx), last_success(&ctx, "s5"))
         }
     };
     let (_, _, at_window) = tokio::join!(
@@ -421,8 +435,9 @@ async fn sweeps_observe_every_instance_by_pages_and_fetch_each_in_full_as_the_bu
         late_run,
         at_window
     );
+    let (at_window, success_at_window) = at_window;
     // An unchanged instance costs no reconcile: its key's walks only note that it is
-    // current (one reconcile per instance per interval would be about 3,000 here).
+    // current (one reconcile per instance per interval would be about 3,000 here)...
     let in_window = reconciles(&ctx) - at_window;
     assert!(
         in_window < 1000.0,
@@ -475,6 +490,13 @@ async fn sweeps_observe_every_instance_by_pages_and_fetch_each_in_full_as_the_bu
             .count();
         assert_eq!(writes, 0, "s{i} written in steady state");
     }
+    // ...in its last-success series, which moved on without a write or a GET.
+    assert_eq!(ppio.since("s5", window), 0, "s5 fetched in the window");
+    let success_now = last_success(&ctx, "s5");
+    assert!(
+        success_now > success_at_window,
+        "s5's last success stayed at {success_at_window} through 10 minutes of walks"
+    );
     let transitional = ppio.since("s0", window);
     assert!(
         (50..=70).contains(&transitional),

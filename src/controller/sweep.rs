@@ -30,7 +30,7 @@ use super::budget::{Buckets, Budget};
 use super::schedule::{MAX_KEY_PAUSE, backoff};
 use crate::crd::PpioInstance;
 use crate::lock;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TimestampGauge, unix_seconds};
 use crate::ppio::{ApiKey, Instance, ListQuery, PpioApi, PpioError};
 
 /// The default LIST page size.
@@ -154,7 +154,7 @@ struct State {
     /// The PpioInstances that take each instance's LIST item, by instance id: a walk
     /// reconciles them when their item changed (or is missing), and otherwise only records
     /// that it is current, so an unchanged instance costs no reconcile.
-    watchers: HashMap<String, Vec<Object>>,
+    watchers: HashMap<String, Vec<Watcher>>,
     /// When the last successful walk ended (its last page was read).
     last_ok: Option<Instant>,
     /// After a failed walk: when the items of the last good one grow older than the
@@ -181,6 +181,14 @@ struct State {
 
 /// A PpioInstance's namespace and name.
 type Object = (String, String);
+
+/// A PpioInstance that takes an instance's LIST item.
+struct Watcher {
+    object: Object,
+    /// Its `ppio_instance_last_success_timestamp_seconds` series, from the first walk that
+    /// found its item unchanged on: later walks set it without looking it up.
+    last_success: Option<TimestampGauge>,
+}
 
 /// A LIST item as last read.
 struct Item {
@@ -232,7 +240,10 @@ impl Sweeps {
             .watchers
             .entry(id.to_string())
             .or_default()
-            .push(entry);
+            .push(Watcher {
+                object: entry,
+                last_success: None,
+            });
     }
 
     /// The LIST item the sweeps of a key hold for `id`, if any.
@@ -247,7 +258,7 @@ impl Sweeps {
         if let Some(sweep) = sweep {
             let mut st = lock(&sweep.state);
             if let Some(list) = st.watchers.get_mut(id) {
-                list.retain(|o| o != object);
+                list.retain(|w| w.object != *object);
                 if list.is_empty() {
                     st.watchers.remove(id);
                 }
@@ -441,7 +452,12 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
             if st.fail_wake.is_some_and(|at| at <= now) {
                 st.fail_wake = None;
                 st.fail_woken = true;
-                let all: Vec<Object> = st.watchers.values().flatten().cloned().collect();
+                let all: Vec<Object> = st
+                    .watchers
+                    .values()
+                    .flatten()
+                    .map(|w| w.object.clone())
+                    .collect();
                 wake(&env, all);
             }
             let asked = st.asked.map(|at| at + SWEEP_DEBOUNCE);
@@ -533,7 +549,7 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
         pages += 1;
         let read_at = Instant::now();
         let mut woken = Vec::new();
-        let read_wall = std::time::SystemTime::now();
+        let read_secs = unix_seconds(std::time::SystemTime::now());
         let mut late = Duration::ZERO;
         {
             let mut st = lock(&sweep.state);
@@ -575,14 +591,19 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                 if let Some(waiting) = st.waiters.remove(&id) {
                     woken.extend(waiting.into_iter().map(|(object, _)| object));
                 }
-                if let Some(watchers) = st.watchers.get(&id) {
+                if let Some(watchers) = st.watchers.get_mut(&id) {
                     if changed {
-                        woken.extend(watchers.iter().cloned());
+                        woken.extend(watchers.iter().map(|w| w.object.clone()));
                     } else {
                         // Unchanged: its PpioInstances' status stays as it is; only the
                         // time of their last observation moves.
-                        for (ns, name) in watchers {
-                            env.metrics.instances.observed_at(ns, name, read_wall);
+                        for w in watchers {
+                            let (ns, name) = &w.object;
+                            w.last_success
+                                .get_or_insert_with(|| {
+                                    env.metrics.instances.last_success_series(ns, name)
+                                })
+                                .set(read_secs);
                         }
                     }
                 }
@@ -625,7 +646,7 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
         .watchers
         .iter()
         .filter(|(id, _)| !seen.contains(*id))
-        .flat_map(|(_, objects)| objects.iter().cloned())
+        .flat_map(|(_, watchers)| watchers.iter().map(|w| w.object.clone()))
         .collect();
     drop(st);
     wake(env, missing);
@@ -669,7 +690,7 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
             st.fail_wake = None;
             if std::mem::take(&mut st.fail_woken) {
                 // Back from a failure every watcher shows: they all show the observation.
-                woken_all.extend(st.watchers.values().flatten().cloned());
+                woken_all.extend(st.watchers.values().flatten().map(|w| w.object.clone()));
             }
             if st.unavailable_until.take().is_some() {
                 info!(
@@ -693,7 +714,12 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
             st.unavailable_until = Some(now + LIST_RETRY);
             st.items.clear();
             // Their PpioInstances go over to GETs now.
-            let all: Vec<Object> = st.watchers.values().flatten().cloned().collect();
+            let all: Vec<Object> = st
+                .watchers
+                .values()
+                .flatten()
+                .map(|w| w.object.clone())
+                .collect();
             woken_all.extend(all);
             None
         }
