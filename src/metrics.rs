@@ -4,8 +4,8 @@
 //! bounded labels `namespace` and `name` (plus `state` for the state series, and `kind` for
 //! prices) and are removed when the PpioInstance goes away.
 
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -31,24 +31,26 @@ pub struct RequestLabels {
     pub class: String,
 }
 
+/// A PpioInstance's labels. The series of one PpioInstance share one copy of its namespace
+/// and name (10,000 PpioInstances have eight series each).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectLabels {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PriceLabels {
-    pub namespace: String,
-    pub name: String,
-    pub kind: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub kind: &'static str,
 }
 
 /// All metrics of the operator, by subsystem; each group registers itself.
@@ -315,6 +317,8 @@ pub struct InstanceMetrics {
     pub prepaid_end: Family<ObjectLabels, Gauge>,
     /// The (safe) state label currently exported per object, to replace it on change.
     states: Mutex<std::collections::HashMap<ObjectLabels, String>>,
+    /// The labels of each PpioInstance with series, shared by all its series.
+    labels: Mutex<std::collections::HashSet<ObjectLabels>>,
 }
 
 impl InstanceMetrics {
@@ -347,22 +351,32 @@ impl InstanceMetrics {
         );
     }
 
-    /// The series of when an instance was last observed (created on first use): setting
-    /// the handle sets the series, without looking it up again.
-    pub fn last_success_series(&self, namespace: &str, name: &str) -> TimestampGauge {
-        let obj = ObjectLabels {
+    /// The labels of a PpioInstance: the copy its series already share, or a new one.
+    fn labels_of(&self, namespace: &str, name: &str) -> ObjectLabels {
+        let probe = ObjectLabels {
             namespace: namespace.into(),
             name: name.into(),
         };
+        let mut labels = lock(&self.labels);
+        match labels.get(&probe) {
+            Some(known) => known.clone(),
+            None => {
+                labels.insert(probe.clone());
+                probe
+            }
+        }
+    }
+
+    /// The series of when an instance was last observed (created on first use): setting
+    /// the handle sets the series, without looking it up again.
+    pub fn last_success_series(&self, namespace: &str, name: &str) -> TimestampGauge {
+        let obj = self.labels_of(namespace, name);
         self.last_success.get_or_create(&obj).clone()
     }
 
     /// Records when an instance was last observed, when nothing else changed.
     pub fn observed_at(&self, namespace: &str, name: &str, at: std::time::SystemTime) {
-        let obj = ObjectLabels {
-            namespace: namespace.into(),
-            name: name.into(),
-        };
+        let obj = self.labels_of(namespace, name);
         self.last_success.get_or_create(&obj).set(unix_seconds(at));
     }
 
@@ -374,10 +388,7 @@ impl InstanceMetrics {
         status: &PpioInstanceStatus,
         observed_at: Option<std::time::SystemTime>,
     ) {
-        let obj = ObjectLabels {
-            namespace: namespace.into(),
-            name: name.into(),
-        };
+        let obj = self.labels_of(namespace, name);
         let is_true = |t: &str| {
             status
                 .condition(t)
@@ -424,9 +435,9 @@ impl InstanceMetrics {
                 ("storage", p.rootfs_storage_price),
             ] {
                 let labels = PriceLabels {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    kind: kind.into(),
+                    namespace: obj.namespace.clone(),
+                    name: obj.name.clone(),
+                    kind,
                 };
                 match v {
                     Some(v) => {
@@ -442,6 +453,7 @@ impl InstanceMetrics {
 
     /// Removes every per-instance series (a replica that stopped leading no longer knows).
     pub fn forget_all(&self) {
+        lock(&self.labels).clear();
         lock(&self.states).clear();
         self.state.clear();
         self.ready.clear();
@@ -457,6 +469,7 @@ impl InstanceMetrics {
             namespace: namespace.into(),
             name: name.into(),
         };
+        lock(&self.labels).remove(&obj);
         if let Some(old) = lock(&self.states).remove(&obj) {
             self.state.remove(&state_labels(&obj, &old));
         }
@@ -466,9 +479,9 @@ impl InstanceMetrics {
         self.prepaid_end.remove(&obj);
         for kind in ["instance", "base", "storage"] {
             self.price.remove(&PriceLabels {
-                namespace: namespace.into(),
-                name: name.into(),
-                kind: kind.into(),
+                namespace: obj.namespace.clone(),
+                name: obj.name.clone(),
+                kind,
             });
         }
     }
@@ -668,6 +681,28 @@ mod tests {
         );
         m.instances.forget("ml", "a");
         assert!(!m.encode().contains("ppio_instance_state{"));
+    }
+
+    #[test]
+    fn the_series_of_an_instance_share_its_labels_until_it_is_forgotten() {
+        let m = Metrics::new();
+        let status: PpioInstanceStatus = serde_json::from_value(serde_json::json!({
+            "state": "running",
+            "pricing": {"instancePrice": 100},
+        }))
+        .expect("status");
+        m.instances
+            .observe("ml", "a", &status, Some(std::time::SystemTime::now()));
+        m.instances
+            .observed_at("ml", "a", std::time::SystemTime::now());
+        let first = m.instances.labels_of("ml", "a");
+        let again = m.instances.labels_of("ml", "a");
+        assert!(Arc::ptr_eq(&first.name, &again.name));
+        assert!(Arc::ptr_eq(&first.namespace, &again.namespace));
+        assert_eq!(lock(&m.instances.labels).len(), 1);
+        m.instances.forget("ml", "a");
+        assert!(lock(&m.instances.labels).is_empty());
+        assert!(!m.encode().contains("name=\"a\""));
     }
 
     #[test]

@@ -177,9 +177,12 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = arg(1)
         .and_then(|a| a.parse().ok())
-        .ok_or("usage: bench-scale N OPERATOR [STEADY_SECONDS]")?;
-    let operator = PathBuf::from(arg(2).ok_or("usage: bench-scale N OPERATOR [STEADY_SECONDS]")?);
+        .ok_or("usage: bench-scale N OPERATOR [STEADY_SECONDS] [SETTLE_SECONDS]")?;
+    let operator = PathBuf::from(
+        arg(2).ok_or("usage: bench-scale N OPERATOR [STEADY_SECONDS] [SETTLE_SECONDS]")?,
+    );
     let steady: u64 = arg(3).and_then(|a| a.parse().ok()).unwrap_or(60);
+    let settle: u64 = arg(4).and_then(|a| a.parse().ok()).unwrap_or(0);
 
     let state = tempfile::Builder::new().prefix("ppio-bench-").tempdir()?;
     let crds = state.path().join("crds");
@@ -356,6 +359,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         created_at.elapsed().as_secs_f64()
     );
     println!("  operator RSS: {:.0} MiB", rss_mib(op_pid));
+
+    if settle > 0 {
+        // A PpioInstance's next full GET comes at its own slot of the full-refresh period,
+        // at least half a period after its first one: right after the fill there are fewer
+        // of them than in steady state.
+        println!("waiting {settle} s before measuring, so that full GETs run at their steady rate");
+        let until = Instant::now() + Duration::from_secs(settle);
+        while Instant::now() < until {
+            op.check_alive()?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
 
     // Steady state.
     let counts0 = sim.counts();
