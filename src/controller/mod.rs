@@ -332,6 +332,7 @@ fn sweeps(
         },
         paused: paused.clone(),
         waker,
+        digests: RandomState::new(),
     })
 }
 

@@ -1,7 +1,6 @@
 //! One poll: resolve the key, respect the key's pause and budget, observe the instance (from
 //! the key's sweeps, or by a GET), record the outcome in status, and decide when to look again.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -28,12 +27,15 @@ use crate::vocabulary::state;
 /// What the controller keeps of the last observation of a PpioInstance, between polls.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Seen {
-    /// The last observation, as a LIST item shows it (without `tools` and `pricing`).
-    pub observed: Option<Arc<Instance>>,
+    /// The last observation as a LIST item shows it (without `tools` and `pricing`): its
+    /// digest ([`super::sweep::Sweeps::digest`]).
+    pub observed: Option<u64>,
+    /// Its state, as status shows it.
+    pub state: Option<String>,
     /// When PPIO sent it.
     pub observed_at: Option<Instant>,
-    /// The LIST item it came from (the same `Arc` while the item does not change).
-    pub listed: Option<Arc<Instance>>,
+    /// The digest of the LIST item the stored status shows.
+    pub listed: Option<u64>,
     /// Whether a GET observed the instance since start-up.
     pub fetched: bool,
     /// When the next full GET is due.
@@ -194,12 +196,21 @@ pub async fn poll(
     {
         let ns = instance.namespace().unwrap_or_default();
         let name = instance.name_any();
+        // The LIST item the stored status shows, while it still shows it.
+        let applied = seen.listed.filter(|_| {
+            instance.status.as_ref().is_some_and(|s| {
+                s.observed_generation == instance.meta().generation
+                    && s.state.is_some()
+                    && s.state == seen.state
+            })
+        });
         let lookup = ctx.sweeps.lookup(
             &api_key,
             fingerprint,
             &instance.spec.instance_id,
             (&ns, &name),
             refresh,
+            applied,
         );
         // Nothing fresh while a 429 pauses the key: the pause is this instance's answer.
         let lookup = match lookup {
@@ -209,9 +220,30 @@ pub async fn poll(
             other => other,
         };
         match lookup {
-            Lookup::Listed { item, at, failing } => {
+            Lookup::Listed {
+                item,
+                digest,
+                at,
+                failing,
+            } => {
                 if seen.observed_at.is_none_or(|t| at > t) {
-                    wrote = apply_listed(instance, ctx, refresh, &mut seen, item, at).await?;
+                    wrote = match item {
+                        Some(item) => {
+                            apply_listed(instance, ctx, refresh, &mut seen, &item, digest, at)
+                                .await?
+                        }
+                        None => {
+                            // The item the stored status shows: only its age moves.
+                            ctx.metrics.instances.observed_at(
+                                &ns,
+                                &name,
+                                std::time::SystemTime::now()
+                                    - Instant::now().saturating_duration_since(at),
+                            );
+                            seen.observed_at = Some(at);
+                            false
+                        }
+                    };
                 }
                 // The key's walks reconcile it when its item changes or goes missing, or
                 // when they fail; otherwise it looks again much later (or at its full GET).
@@ -263,9 +295,8 @@ pub async fn poll(
             Lookup::Missing | Lookup::Unavailable => get_now = true,
         }
         let transitional = seen
-            .observed
-            .as_ref()
-            .and_then(|o| o.state())
+            .state
+            .as_deref()
             .is_some_and(|s| !state::STABLE.contains(&s));
         let full_due = seen.full_due.is_some_and(|t| t <= now) && full_refresh_intervals > 0;
         get_now |= seen.get_wanted || transitional || full_due;
@@ -346,19 +377,19 @@ pub async fn poll(
                 // The next full GET: at this PpioInstance's own slot of the full-refresh
                 // period, at least half a period from now.
                 let period = refresh.saturating_mul(full_refresh_intervals);
-                // Kept as a LIST item would show it, to tell when the next item differs;
-                // the sweeps' own item when it is the same (one copy, not two).
-                let listed_view = Instance {
+                // Kept as a LIST item would show it, to tell when the next item differs.
+                let digest = ctx.sweeps.digest(&Instance {
                     tools: None,
                     pricing: None,
                     ..observed
-                };
+                });
                 let listed = ctx
                     .sweeps
-                    .item(fingerprint, &instance.spec.instance_id)
-                    .filter(|item| **item == listed_view);
+                    .listed_digest(fingerprint, &instance.spec.instance_id)
+                    .filter(|listed| *listed == digest);
                 seen = Seen {
-                    observed: Some(listed.clone().unwrap_or_else(|| Arc::new(listed_view))),
+                    observed: Some(digest),
+                    state: status_state(Some(&observed_state)),
                     observed_at: Some(at),
                     listed,
                     fetched: true,
@@ -397,25 +428,11 @@ async fn apply_listed(
     ctx: &Context,
     refresh: Duration,
     seen: &mut Seen,
-    item: Arc<Instance>,
+    item: &Instance,
+    digest: u64,
     at: Instant,
 ) -> Result<bool, Error> {
     let stored = instance.status.as_ref();
-    if seen.listed.as_ref().is_some_and(|l| Arc::ptr_eq(l, &item))
-        && stored.is_some_and(|s| {
-            s.observed_generation == instance.meta().generation
-                && s.state.as_deref() == item.state()
-        })
-    {
-        // The same item as last time, already in the stored status: only its age moves.
-        ctx.metrics.instances.observed_at(
-            &instance.namespace().unwrap_or_default(),
-            &instance.name_any(),
-            std::time::SystemTime::now() - Instant::now().saturating_duration_since(at),
-        );
-        seen.observed_at = Some(at);
-        return Ok(false);
-    }
     if !seen.fetched && seen.full_due.is_none() {
         if stored.is_some_and(|s| {
             s.instance_id.as_deref() == Some(instance.spec.instance_id.as_str())
@@ -435,12 +452,13 @@ async fn apply_listed(
             seen.get_wanted = true;
         }
     }
-    let changed = seen.observed.as_ref().is_some_and(|o| **o != *item);
-    let wrote = write_status(instance, ctx, Observation::Listed(&item), Some(at)).await?;
+    let changed = seen.observed.is_some_and(|o| o != digest);
+    let wrote = write_status(instance, ctx, Observation::Listed(item), Some(at)).await?;
     seen.get_wanted |= changed;
-    seen.observed = Some(item.clone());
+    seen.observed = Some(digest);
+    seen.state = status_state(item.state());
     seen.observed_at = Some(at);
-    seen.listed = Some(item);
+    seen.listed = Some(digest);
     Ok(wrote)
 }
 
@@ -515,6 +533,13 @@ async fn get_instance(
         .api
         .request(class, start.elapsed().as_secs_f64());
     result
+}
+
+/// A state as status shows it.
+fn status_state(state: Option<&str>) -> Option<String> {
+    state
+        .map(|s| crate::status::clean_text(s, crate::status::MAX_TEXT_CHARS))
+        .filter(|s| !s.is_empty())
 }
 
 /// True when the stored status already reports the instance gone.

@@ -87,10 +87,12 @@ impl Default for Observe {
 /// What a sweep knows of one instance for a PpioInstance.
 #[derive(Debug, Clone)]
 pub enum Lookup {
-    /// The instance's LIST item, read at this instant; `failing`: the key's walks fail or
-    /// a 429 pauses them, so no newer item may come before this one goes stale.
+    /// The instance's LIST item, read at this instant: its [`Sweeps::digest`], and the item
+    /// itself unless the PpioInstance already applied that digest; `failing`: the key's walks
+    /// fail or a 429 pauses them, so no newer item may come before this one goes stale.
     Listed {
-        item: Arc<Instance>,
+        item: Option<Arc<Instance>>,
+        digest: u64,
         at: Instant,
         failing: bool,
     },
@@ -118,6 +120,8 @@ pub(super) struct Env {
     /// Per API key fingerprint: no request before this instant (a 429's Retry-After).
     pub paused: Arc<Mutex<HashMap<u64, Instant>>>,
     pub waker: Option<Waker>,
+    /// Keys [`Sweeps::digest`] (at random: a crafted item cannot collide on purpose).
+    pub digests: std::hash::RandomState,
 }
 
 /// Every key's sweeps.
@@ -145,6 +149,9 @@ struct State {
     wanted: HashMap<String, Wanted>,
     /// The latest LIST item of each wanted id and when its page was read.
     items: HashMap<String, Item>,
+    /// Ids whose next listing is decoded even when unchanged: a PpioInstance needs the item
+    /// after the walks stopped holding it.
+    redecode: HashSet<String>,
     /// The instance id (`None`: none usable) of each item text of the last walk, by the
     /// text's hash: an item met again byte for byte is not decoded again.
     ids_by_hash: HashMap<u64, Option<String>>,
@@ -192,11 +199,16 @@ struct Watcher {
 
 /// A LIST item as last read.
 struct Item {
-    item: Arc<Instance>,
+    /// The item decoded, held from the walk that found it new or changed (whose
+    /// PpioInstances apply it) to the next one; later only its digest is kept, and a
+    /// PpioInstance that needs it again has the next walk decode it.
+    item: Option<Arc<Instance>>,
     /// When its page was read.
     at: Instant,
     /// The hash of its JSON text.
     hash: u64,
+    /// [`Sweeps::digest`] of the item decoded.
+    digest: u64,
 }
 
 /// The most item texts a key's sweeps remember the instance ids of (a hostile LIST could
@@ -246,11 +258,17 @@ impl Sweeps {
             });
     }
 
-    /// The LIST item the sweeps of a key hold for `id`, if any.
-    pub(super) fn item(&self, fingerprint: u64, id: &str) -> Option<Arc<Instance>> {
+    /// The [`Sweeps::digest`] of the LIST item the sweeps of a key last read for `id`.
+    pub(super) fn listed_digest(&self, fingerprint: u64, id: &str) -> Option<u64> {
         let sweep = lock(&self.keys).get(&fingerprint).cloned()?;
         let st = lock(&sweep.state);
-        st.items.get(id).map(|i| i.item.clone())
+        st.items.get(id).map(|i| i.digest)
+    }
+
+    /// What tells two observations as LIST items show them apart: a keyed hash of the
+    /// decoded item (not of its text: a field not decoded changes nothing).
+    pub fn digest(&self, item: &Instance) -> u64 {
+        digest(&self.env.digests, item)
     }
 
     fn unwatch(&self, fingerprint: u64, id: &str, object: &Object) {
@@ -276,8 +294,9 @@ impl Sweeps {
     }
 
     /// What the sweeps of `key` know of `id` for the PpioInstance `object` (namespace,
-    /// name) refreshed every `refresh`. Registers the id with the key's sweeps (starting
-    /// them on first use), and the object as a waiter when nothing fresh is known yet.
+    /// name) refreshed every `refresh`, whose stored status shows the LIST item of digest
+    /// `applied`. Registers the id with the key's sweeps (starting them on first use), and
+    /// the object as a waiter when nothing fresh is known yet.
     pub(super) fn lookup(
         &self,
         key: &ApiKey,
@@ -285,6 +304,7 @@ impl Sweeps {
         id: &str,
         object: (&str, &str),
         refresh: Duration,
+        applied: Option<u64>,
     ) -> Lookup {
         let sweep = self.key_sweep(key, fingerprint);
         self.watch(&sweep, id, object);
@@ -310,17 +330,24 @@ impl Sweeps {
             return Lookup::Unavailable;
         }
         // Fresh for less than one interval: at its interval's end it is stale.
-        if let Some(Item { item, at, .. }) = st.items.get(id)
+        if let Some(Item {
+            item, at, digest, ..
+        }) = st.items.get(id)
             && now.saturating_duration_since(*at) < refresh
         {
-            let paused = lock(&self.env.paused)
-                .get(&fingerprint)
-                .is_some_and(|until| *until > now);
-            return Lookup::Listed {
-                item: item.clone(),
-                at: *at,
-                failing: paused || matches!(st.finished, Some((_, Some(_)))),
-            };
+            if item.is_some() || applied == Some(*digest) {
+                let paused = lock(&self.env.paused)
+                    .get(&fingerprint)
+                    .is_some_and(|until| *until > now);
+                return Lookup::Listed {
+                    item: item.clone().filter(|_| applied != Some(*digest)),
+                    digest: *digest,
+                    at: *at,
+                    failing: paused || matches!(st.finished, Some((_, Some(_)))),
+                };
+            }
+            // The item is needed but no longer held: the next walk decodes it.
+            st.redecode.insert(id.to_string());
         }
         let answered = st
             .finished
@@ -570,21 +597,33 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                     continue;
                 };
                 seen.insert(id.clone());
+                let wanted_again = st.redecode.remove(&id);
                 let previous = st.items.get(&id);
                 if let (Some(old), Some(w)) = (previous, st.wanted.get(&id)) {
                     late = late.max(read_at.saturating_duration_since(old.at + w.refresh));
                 }
-                let (item, changed) = match previous {
-                    Some(old) if old.hash == hash => (old.item.clone(), false),
+                let (item, digest, changed) = match previous {
+                    // The same text: the item is held only when a PpioInstance asked again.
+                    Some(old) if old.hash == hash => {
+                        let item = match (&old.item, wanted_again) {
+                            (_, false) => None,
+                            (Some(held), true) => Some(held.clone()),
+                            (None, true) => decoded
+                                .take()
+                                .or_else(|| Instance::from_item(text))
+                                .map(Arc::new),
+                        };
+                        (item, old.digest, false)
+                    }
                     _ => {
                         let Some(item) = decoded.take().or_else(|| Instance::from_item(text))
                         else {
                             continue;
                         };
-                        match previous {
-                            Some(old) if *old.item == item => (old.item.clone(), false),
-                            _ => (Arc::new(item), true),
-                        }
+                        let digest = digest(&env.digests, &item);
+                        let changed = previous.is_none_or(|old| old.digest != digest);
+                        let held = (changed || wanted_again).then(|| Arc::new(item));
+                        (held, digest, changed)
                     }
                 };
                 // Who waits for this instance is answered now, not at the walk's end.
@@ -613,6 +652,7 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                         item,
                         at: read_at,
                         hash,
+                        digest,
                     },
                 );
             }
@@ -642,6 +682,10 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
     // An item not on this walk is dropped, and its PpioInstances are reconciled: a GET by id
     // decides whether the instance is still there.
     st.items.retain(|id, _| seen.contains(id));
+    let State {
+        redecode, wanted, ..
+    } = &mut *st;
+    redecode.retain(|id| wanted.contains_key(id));
     let missing: Vec<Object> = st
         .watchers
         .iter()
@@ -651,6 +695,21 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
     drop(st);
     wake(env, missing);
     Walked::Ok
+}
+
+/// A keyed hash of an item as decoded (its `Debug` form names every decoded field).
+fn digest(keys: &std::hash::RandomState, item: &Instance) -> u64 {
+    struct Feed<'a>(&'a mut std::hash::DefaultHasher);
+    impl std::fmt::Write for Feed<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            std::hash::Hasher::write(self.0, s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut hasher = keys.build_hasher();
+    // Writing to a hasher cannot fail.
+    let _ = std::fmt::write(&mut Feed(&mut hasher), format_args!("{item:?}"));
+    std::hash::Hasher::finish(&hasher)
 }
 
 /// The instance id of a LIST item, when it has one and a state (an item without a state
