@@ -139,10 +139,7 @@ pub async fn poll(
         poll_on_wake: false,
     };
     if instance.spec.suspend == Some(true) {
-        ctx.sweeps.forget(
-            &instance.namespace().unwrap_or_default(),
-            &instance.name_any(),
-        );
+        forget_sweeps(instance, ctx);
         let wrote = write_status(instance, ctx, Observation::Suspended, None).await?;
         return Ok(Polled {
             next: None,
@@ -159,10 +156,7 @@ pub async fn poll(
     let api_key = match resolve_key(instance, ctx).await? {
         Ok(k) => k,
         Err(failure) => {
-            ctx.sweeps.forget(
-                &instance.namespace().unwrap_or_default(),
-                &instance.name_any(),
-            );
+            forget_sweeps(instance, ctx);
             let wrote = write_status(instance, ctx, Observation::Failed(&failure), None).await?;
             let failures = failures + 1;
             // Checked again at least every SECRET_TTL: a Secret created or marked later is
@@ -320,7 +314,7 @@ pub async fn poll(
         // Another object using this key was told to wait (429 Retry-After): so do we. A
         // listed instance looks again when its item goes stale, to show the pause then.
         let delay = until.saturating_duration_since(now) + jitter_up(Duration::from_secs(1));
-        let next = listed_next.map_or(delay, |n| n.min(delay));
+        let next = sooner(listed_next, delay);
         return Ok(Polled {
             poll_on_wake,
             ..waiting(next, None, wrote, seen)
@@ -337,7 +331,7 @@ pub async fn poll(
     });
     if let Err(moved) = ctx.buckets.redeem(fingerprint, slot, now) {
         let wait = moved.slot - now;
-        let next = listed_next.map_or(wait, |n| n.min(wait));
+        let next = sooner(listed_next, wait);
         return Ok(Polled {
             poll_on_wake,
             ..waiting(next, Some(moved), wrote, seen)
@@ -533,6 +527,19 @@ async fn get_instance(
         .api
         .request(class, start.elapsed().as_secs_f64());
     result
+}
+
+/// The PpioInstance no longer takes a LIST item (suspended, or without a usable key).
+fn forget_sweeps(instance: &PpioInstance, ctx: &Context) {
+    ctx.sweeps.forget(
+        &instance.namespace().unwrap_or_default(),
+        &instance.name_any(),
+    );
+}
+
+/// `delay`, or the time a listed PpioInstance looks again at its item when that is sooner.
+fn sooner(listed_next: Option<Duration>, delay: Duration) -> Duration {
+    listed_next.map_or(delay, |n| n.min(delay))
 }
 
 /// A state as status shows it.
