@@ -235,6 +235,7 @@ async fn an_unchanged_instance_is_never_rewritten_even_across_a_restart() {
     let version = rv(&first);
     let observed = || observations(&sim, "ca338f12f3");
     let polls = observed();
+    let success = last_success(&op, &ns, "a").await;
     tokio::time::sleep(Duration::from_secs(36)).await;
     let later = api.get("a").await.expect("get");
     assert_eq!(
@@ -245,6 +246,13 @@ async fn an_unchanged_instance_is_never_rewritten_even_across_a_restart() {
     assert!(
         observed() >= polls + 3,
         "the instance was observed every interval"
+    );
+    // Each walk (every 8 s at a 10 s interval) moves the time of the last observation,
+    // without a write.
+    let moved = last_success(&op, &ns, "a").await - success;
+    assert!(
+        moved >= 20.0,
+        "the last success moved by {moved:.1} s in 36 s of walks"
     );
 
     // Restart: the new process polls again, and still writes nothing.
@@ -258,6 +266,17 @@ async fn an_unchanged_instance_is_never_rewritten_even_across_a_restart() {
         version,
         "a restart rewrote the status"
     );
+}
+
+/// `ppio_instance_last_success_timestamp_seconds` of a PpioInstance, from the operator.
+async fn last_success(op: &Operator, ns: &str, name: &str) -> f64 {
+    let text = http_get(op.http, "/metrics").await.expect("metrics").1;
+    let series = format!(
+        "ppio_instance_last_success_timestamp_seconds{{namespace=\"{ns}\",name=\"{name}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
 }
 
 #[tokio::test]
