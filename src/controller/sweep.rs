@@ -199,10 +199,13 @@ struct Watcher {
 
 /// A LIST item as last read.
 struct Item {
-    /// The item decoded, held from the walk that found it new or changed (whose
-    /// PpioInstances apply it) to the next one; later only its digest is kept, and a
-    /// PpioInstance that needs it again has the next walk decode it.
+    /// The item decoded, held for a refresh interval from the walk that found it new or
+    /// changed (its PpioInstances apply it meanwhile, however long their reconciles queue);
+    /// later only its digest is kept, and a PpioInstance that needs it again has the next
+    /// walk decode it.
     item: Option<Arc<Instance>>,
+    /// When `item` was decoded for its PpioInstances.
+    held_since: Instant,
     /// When its page was read.
     at: Instant,
     /// The hash of its JSON text.
@@ -602,18 +605,27 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                 if let (Some(old), Some(w)) = (previous, st.wanted.get(&id)) {
                     late = late.max(read_at.saturating_duration_since(old.at + w.refresh));
                 }
-                let (item, digest, changed) = match previous {
-                    // The same text: the item is held only when a PpioInstance asked again.
+                let refresh = st.wanted.get(&id).map_or(Duration::ZERO, |w| w.refresh);
+                // An item decoded less than an interval ago is still held.
+                let recent = previous
+                    .filter(|old| old.item.is_some())
+                    .is_some_and(|old| read_at.saturating_duration_since(old.held_since) < refresh);
+                let (item, held_since, digest, changed) = match previous {
+                    // The same text: held while recent, or again when a PpioInstance asked.
                     Some(old) if old.hash == hash => {
-                        let item = match (&old.item, wanted_again) {
-                            (_, false) => None,
-                            (Some(held), true) => Some(held.clone()),
-                            (None, true) => decoded
-                                .take()
-                                .or_else(|| Instance::from_item(text))
-                                .map(Arc::new),
+                        let (item, since) = match (&old.item, wanted_again) {
+                            (Some(held), _) if recent => (Some(held.clone()), old.held_since),
+                            (Some(held), true) => (Some(held.clone()), read_at),
+                            (None, true) => (
+                                decoded
+                                    .take()
+                                    .or_else(|| Instance::from_item(text))
+                                    .map(Arc::new),
+                                read_at,
+                            ),
+                            _ => (None, old.held_since),
                         };
-                        (item, old.digest, false)
+                        (item, since, old.digest, false)
                     }
                     _ => {
                         let Some(item) = decoded.take().or_else(|| Instance::from_item(text))
@@ -622,8 +634,13 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                         };
                         let digest = digest(&env.digests, &item);
                         let changed = previous.is_none_or(|old| old.digest != digest);
-                        let held = (changed || wanted_again).then(|| Arc::new(item));
-                        (held, digest, changed)
+                        let fresh = changed || wanted_again;
+                        let held = (fresh || recent).then(|| Arc::new(item));
+                        let since = match previous {
+                            Some(old) if !fresh => old.held_since,
+                            _ => read_at,
+                        };
+                        (held, since, digest, changed)
                     }
                 };
                 // Who waits for this instance is answered now, not at the walk's end.
@@ -650,6 +667,7 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                     id,
                     Item {
                         item,
+                        held_since,
                         at: read_at,
                         hash,
                         digest,
