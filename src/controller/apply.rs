@@ -46,9 +46,7 @@ pub(super) async fn write_status(
     ) && new
         .condition(condition::SYNCED)
         .is_some_and(|c| c.status == crate::vocabulary::status::TRUE);
-    let observed_at = observed_at.filter(|_| polled_ok).map(|at| {
-        std::time::SystemTime::now() - tokio::time::Instant::now().saturating_duration_since(at)
-    });
+    let observed_at = observed_at.filter(|_| polled_ok).map(super::wall_time);
     ctx.metrics.instances.observe(
         &instance.namespace().unwrap_or_default(),
         &instance.name_any(),

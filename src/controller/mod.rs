@@ -71,6 +71,11 @@ pub use sweep::{DEFAULT_FULL_REFRESH_INTERVALS, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 use schedule::{Decision, far_future};
 
+/// The wall-clock time of the instant `at` (in the past).
+fn wall_time(at: Instant) -> std::time::SystemTime {
+    std::time::SystemTime::now() - Instant::now().saturating_duration_since(at)
+}
+
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "ppio-operator";
 

@@ -228,12 +228,9 @@ pub async fn poll(
                         }
                         None => {
                             // The item the stored status shows: only its age moves.
-                            ctx.metrics.instances.observed_at(
-                                &ns,
-                                &name,
-                                std::time::SystemTime::now()
-                                    - Instant::now().saturating_duration_since(at),
-                            );
+                            ctx.metrics
+                                .instances
+                                .observed_at(&ns, &name, super::wall_time(at));
                             seen.observed_at = Some(at);
                             false
                         }

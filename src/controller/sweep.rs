@@ -186,6 +186,17 @@ struct State {
     stopped: bool,
 }
 
+impl State {
+    /// Every PpioInstance that takes a LIST item of the key.
+    fn watching_objects(&self) -> Vec<Object> {
+        self.watchers
+            .values()
+            .flatten()
+            .map(|w| w.object.clone())
+            .collect()
+    }
+}
+
 /// A PpioInstance's namespace and name.
 type Object = (String, String);
 
@@ -482,13 +493,7 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
             if st.fail_wake.is_some_and(|at| at <= now) {
                 st.fail_wake = None;
                 st.fail_woken = true;
-                let all: Vec<Object> = st
-                    .watchers
-                    .values()
-                    .flatten()
-                    .map(|w| w.object.clone())
-                    .collect();
-                wake(&env, all);
+                wake(&env, st.watching_objects());
             }
             let asked = st.asked.map(|at| at + SWEEP_DEBOUNCE);
             let mut next = asked.map_or(regular, |a| a.min(regular));
@@ -767,7 +772,7 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
             st.fail_wake = None;
             if std::mem::take(&mut st.fail_woken) {
                 // Back from a failure every watcher shows: they all show the observation.
-                woken_all.extend(st.watchers.values().flatten().map(|w| w.object.clone()));
+                woken_all.extend(st.watching_objects());
             }
             if st.unavailable_until.take().is_some() {
                 info!(
@@ -791,13 +796,7 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
             st.unavailable_until = Some(now + LIST_RETRY);
             st.items.clear();
             // Their PpioInstances go over to GETs now.
-            let all: Vec<Object> = st
-                .watchers
-                .values()
-                .flatten()
-                .map(|w| w.object.clone())
-                .collect();
-            woken_all.extend(all);
+            woken_all.extend(st.watching_objects());
             None
         }
         Walked::Failed(e) => {
