@@ -16,7 +16,7 @@ use kube::{Api, Client};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::controller::{Context, Settings, error_policy, reconcile};
+use crate::controller::{CachedInstance, Context, Settings, error_policy, reconcile};
 use crate::crd::{CRD_NAME, CRD_PATH, PpioInstance};
 use crate::leader::{Elector, LeaderConfig};
 use crate::metrics::Metrics;
@@ -221,7 +221,7 @@ where
 }
 
 /// Drops from a cached PpioInstance what the controller never reads.
-fn slim(object: &mut DeserializeGuard<PpioInstance>) {
+fn slim(object: &mut DeserializeGuard<CachedInstance>) {
     let meta = match &mut object.0 {
         Ok(instance) => &mut instance.metadata,
         Err(invalid) => &mut invalid.metadata,
@@ -291,7 +291,8 @@ async fn reconcile_until(
     health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
-    let guarded: Api<DeserializeGuard<PpioInstance>> = scoped(&client, config.namespace.as_deref());
+    let guarded: Api<DeserializeGuard<CachedInstance>> =
+        scoped(&client, config.namespace.as_deref());
     info!(
         namespace = config.namespace.as_deref().unwrap_or("<all>"),
         default_refresh_s = config.settings.default_refresh.as_secs(),

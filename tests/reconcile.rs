@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::core::DeserializeGuard;
-use ppio_operator::controller::{History, poll, reconcile};
-use ppio_operator::crd::{PpioInstance, SecretKeyRef};
+use ppio_operator::controller::{CachedInstance, History, poll, reconcile};
+use ppio_operator::crd::SecretKeyRef;
 use ppio_operator::simulator::{BodyFault, Fault};
 use serde_json::json;
 use support::mock::*;
@@ -233,7 +233,10 @@ async fn retry_after_pauses_every_object_using_the_key() {
     let before = h.sim.counts().keys.get("key0").copied().unwrap_or(0);
     // Another object with the same key, reconciled through the controller entry point: no
     // request is sent while the key is paused.
-    let other = Arc::new(DeserializeGuard(Ok(instance("b", None))));
+    let other = Arc::new(DeserializeGuard(Ok(CachedInstance::new(instance(
+        "b", None,
+    ))
+    .expect("cached"))));
     let action = reconcile(other.clone(), h.ctx.clone())
         .await
         .expect("reconcile");
@@ -457,7 +460,7 @@ async fn suspend_makes_no_request() {
 #[tokio::test]
 async fn a_malformed_object_does_not_stop_the_others() {
     let h = harness(Some(KEY)).await;
-    let list: Vec<DeserializeGuard<PpioInstance>> = serde_json::from_value(json!([
+    let list: Vec<DeserializeGuard<CachedInstance>> = serde_json::from_value(json!([
         {"apiVersion": "gpus.ppio.com/v1alpha1", "kind": "PpioInstance", "metadata": {"name": "bad", "namespace": "ml"}, "spec": {"instanceId": 42, "suspend": "maybe"}},
         {"apiVersion": "gpus.ppio.com/v1alpha1", "kind": "PpioInstance", "metadata": {"name": "good", "namespace": "ml", "generation": 1}, "spec": {"instanceId": "ca338f12f3"}},
     ]))
@@ -522,7 +525,9 @@ async fn the_refresh_annotation_polls_an_object_at_most_every_ten_seconds() {
     let with_refresh = |value: &str, status| {
         let mut i = instance("a", status);
         i.metadata.annotations = Some([("gpus.ppio.com/refresh".to_string(), value.into())].into());
-        Arc::new(DeserializeGuard(Ok(i)))
+        Arc::new(DeserializeGuard(
+            Ok(CachedInstance::new(i).expect("cached")),
+        ))
     };
     reconcile(with_refresh("r1", None), h.ctx.clone())
         .await

@@ -12,7 +12,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
-use ppio_operator::controller::{Budget, Context, Observe, Settings, Waker, reconcile};
+use ppio_operator::controller::{
+    Budget, CachedInstance, Context, Observe, Settings, Waker, reconcile,
+};
 use ppio_operator::crd::{PpioInstance, SecretKeyRef};
 use ppio_operator::metrics::Metrics;
 use ppio_operator::ppio::{ApiKey, Instance, InstancePage, ListQuery, PpioApi, PpioError};
@@ -196,9 +198,14 @@ async fn run(
                 }
                 let action = {
                     let _slot = slots.acquire().await.expect("semaphore");
-                    reconcile(Arc::new(DeserializeGuard(Ok(object.clone()))), ctx.clone())
-                        .await
-                        .expect("reconcile")
+                    reconcile(
+                        Arc::new(DeserializeGuard(Ok(
+                            CachedInstance::new(object.clone()).expect("cached")
+                        ))),
+                        ctx.clone(),
+                    )
+                    .await
+                    .expect("reconcile")
                 };
                 let delay = requeue_after(&action).unwrap_or(Duration::from_secs(3600));
                 let left = end.saturating_duration_since(Instant::now());
@@ -229,7 +236,7 @@ impl Wakes {
     /// A waker for the controller, and the task that delivers what it names.
     fn waker(&self) -> Waker {
         let (tx, mut rx) =
-            tokio::sync::mpsc::unbounded_channel::<ObjectRef<DeserializeGuard<PpioInstance>>>();
+            tokio::sync::mpsc::unbounded_channel::<ObjectRef<DeserializeGuard<CachedInstance>>>();
         let me = self.clone();
         tokio::spawn(async move {
             while let Some(object) = rx.recv().await {

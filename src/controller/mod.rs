@@ -7,13 +7,15 @@
 //! - [`sweep`]: observation by walks over each key's LIST;
 //! - [`poll`]: one poll of PPIO and what it decides;
 //! - [`apply`]: the status write, only when the status changed;
-//! - [`events`]: a log line and an Event per transition.
+//! - [`events`]: a log line and an Event per transition;
+//! - [`cached`]: a PpioInstance as the watch cache keeps it.
 //!
 //! This module holds the controller's shared state and the entry points kube's `Controller`
 //! calls.
 
 pub mod apply;
 pub mod budget;
+pub mod cached;
 pub mod credentials;
 pub mod events;
 pub mod poll;
@@ -39,6 +41,7 @@ use crate::lock;
 use crate::metrics::Metrics;
 use crate::ppio::{ApiKey, PpioApi};
 use crate::vocabulary::condition;
+pub use cached::CachedInstance;
 
 /// A key's polls that run this much later than due (and later than a tenth of their
 /// interval) are reported, at most once per [`LATENESS_REPORT_GAP`] per key.
@@ -358,11 +361,22 @@ pub const KUBE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The reconcile entry point for [`kube::runtime::Controller`].
 pub async fn reconcile(
-    obj: Arc<DeserializeGuard<PpioInstance>>,
+    obj: Arc<DeserializeGuard<CachedInstance>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let instance = match &obj.0 {
-        Ok(instance) => instance,
+    let decoded = obj.0.as_ref().map(CachedInstance::instance);
+    let instance = match &decoded {
+        Ok(Ok(instance)) => instance,
+        Ok(Err(e)) => {
+            // Not expected: the cache wrote this text from a decoded status.
+            warn!(
+                namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
+                ppioinstance = obj.meta().name.as_deref().unwrap_or_default(),
+                error = %e,
+                "skipping a PpioInstance whose cached status does not decode"
+            );
+            return Ok(Action::await_change());
+        }
         Err(invalid) => {
             // One malformed object must not stop the others: report it and wait for an edit.
             warn!(
@@ -388,7 +402,7 @@ pub async fn reconcile(
 
 /// The error policy: retry after the per-object backoff.
 pub fn error_policy(
-    obj: Arc<DeserializeGuard<PpioInstance>>,
+    obj: Arc<DeserializeGuard<CachedInstance>>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
@@ -426,7 +440,7 @@ pub fn error_policy(
     Action::requeue(delay)
 }
 
-fn object_key(instance: &PpioInstance) -> String {
+fn object_key(instance: &impl Resource) -> String {
     format!(
         "{}/{}",
         instance.namespace().unwrap_or_default(),

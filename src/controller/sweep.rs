@@ -26,9 +26,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::CachedInstance;
 use super::budget::{Buckets, Budget};
 use super::schedule::{MAX_KEY_PAUSE, backoff};
-use crate::crd::PpioInstance;
 use crate::lock;
 use crate::metrics::{Metrics, TimestampGauge, unix_seconds};
 use crate::ppio::{ApiKey, Instance, ListQuery, PpioApi, PpioError};
@@ -108,7 +108,7 @@ pub enum Lookup {
 }
 
 /// A PpioInstance, by namespace and name, to reconcile when a walk ends.
-pub type Waker = mpsc::UnboundedSender<ObjectRef<DeserializeGuard<PpioInstance>>>;
+pub type Waker = mpsc::UnboundedSender<ObjectRef<DeserializeGuard<CachedInstance>>>;
 
 /// What a key's sweeper uses.
 pub(super) struct Env {
