@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// jemalloc gives memory freed after a burst (a bulk apply, a relist) back to the system
+/// within seconds; glibc's malloc keeps the peak resident.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     ppio_operator::cli::main(ppio_operator::cli::Cli::parse()).await
