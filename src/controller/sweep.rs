@@ -148,13 +148,15 @@ struct State {
     /// Instance ids PpioInstances asked for.
     wanted: HashMap<String, Wanted>,
     /// The latest LIST item of each wanted id and when its page was read.
-    items: HashMap<String, Item>,
+    items: HashMap<Arc<str>, Item>,
     /// Ids whose next listing is decoded even when unchanged: a PpioInstance needs the item
     /// after the walks stopped holding it.
     redecode: HashSet<String>,
     /// The instance id (`None`: none usable) of each item text of the last walk, by the
     /// text's hash: an item met again byte for byte is not decoded again.
-    ids_by_hash: HashMap<u64, Option<String>>,
+    ids_by_hash: ByHash<Option<Arc<str>>>,
+    /// Walks started so far: an item carries the number of the last walk that listed it.
+    walks: u64,
     /// PpioInstances (namespace, name) waiting for a walk, by instance id, with when they
     /// asked.
     waiters: HashMap<String, Vec<(Object, Instant)>>,
@@ -223,6 +225,33 @@ struct Item {
     hash: u64,
     /// [`Sweeps::digest`] of the item decoded.
     digest: u64,
+    /// The number of the last walk that listed it.
+    walk: u64,
+}
+
+/// A map keyed by a keyed hash (already spread, and not chosen by whoever wrote the text),
+/// which needs no hashing of its own.
+type ByHash<V> = HashMap<u64, V, std::hash::BuildHasherDefault<Spread>>;
+
+/// The hasher of [`ByHash`]: a `u64` key as its own hash.
+#[derive(Default)]
+struct Spread(u64);
+
+impl std::hash::Hasher for Spread {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; anything else is folded in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// The most item texts a key's sweeps remember the instance ids of (a hostile LIST could
@@ -544,8 +573,12 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
         limit: env.page_size.clamp(1, MAX_PAGE_SIZE),
         ..ListQuery::default()
     };
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut next_ids: HashMap<u64, Option<String>> = HashMap::new();
+    let mut next_ids: ByHash<Option<Arc<str>>> = ByHash::default();
+    let this_walk = {
+        let mut st = lock(&sweep.state);
+        st.walks += 1;
+        st.walks
+    };
     let mut cursors: HashSet<String> = HashSet::new();
     let mut pages = 0u32;
     loop {
@@ -587,11 +620,20 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
         let read_secs = unix_seconds(std::time::SystemTime::now());
         let mut late = Duration::ZERO;
         {
-            let mut st = lock(&sweep.state);
+            let mut guard = lock(&sweep.state);
+            let State {
+                wanted,
+                items,
+                redecode,
+                ids_by_hash,
+                waiters,
+                watchers,
+                ..
+            } = &mut *guard;
             for text in page.item_texts() {
                 let hash = sweep.hasher.hash_one(text);
                 // The id of a text met on the last walk is known without decoding it.
-                let (id, mut decoded) = match st.ids_by_hash.get(&hash) {
+                let (id, mut decoded) = match ids_by_hash.get(&hash) {
                     Some(known) => (known.clone(), None),
                     None => match Instance::from_item(text) {
                         Some(item) => (usable_id(&item), Some(item)),
@@ -601,21 +643,23 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                 if next_ids.len() < MAX_REMEMBERED_ITEMS {
                     next_ids.insert(hash, id.clone());
                 }
-                let Some(id) = id.filter(|id| st.wanted.contains_key(id)) else {
+                let Some(id) = id else {
                     continue;
                 };
-                seen.insert(id.clone());
-                let wanted_again = st.redecode.remove(&id);
-                let previous = st.items.get(&id);
-                if let (Some(old), Some(w)) = (previous, st.wanted.get(&id)) {
-                    late = late.max(read_at.saturating_duration_since(old.at + w.refresh));
+                let Some(refresh) = wanted.get(&*id).map(|w| w.refresh) else {
+                    continue;
+                };
+                let wanted_again = !redecode.is_empty() && redecode.remove(&*id);
+                let mut previous = items.get_mut(&*id);
+                if let Some(old) = &previous {
+                    late = late.max(read_at.saturating_duration_since(old.at + refresh));
                 }
-                let refresh = st.wanted.get(&id).map_or(Duration::ZERO, |w| w.refresh);
                 // An item decoded less than an interval ago is still held.
                 let recent = previous
+                    .as_ref()
                     .filter(|old| old.item.is_some())
                     .is_some_and(|old| read_at.saturating_duration_since(old.held_since) < refresh);
-                let (item, held_since, digest, changed) = match previous {
+                let (item, held_since, digest, changed) = match &previous {
                     // The same text: held while recent, or again when a PpioInstance asked.
                     Some(old) if old.hash == hash => {
                         let (item, since) = match (&old.item, wanted_again) {
@@ -635,24 +679,44 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                     _ => {
                         let Some(item) = decoded.take().or_else(|| Instance::from_item(text))
                         else {
+                            // Listed, though not readable this time: the last item stays.
+                            if let Some(old) = previous.as_mut() {
+                                old.walk = this_walk;
+                            }
                             continue;
                         };
                         let digest = digest(&env.digests, &item);
-                        let changed = previous.is_none_or(|old| old.digest != digest);
+                        let changed = previous.as_ref().is_none_or(|old| old.digest != digest);
                         let fresh = changed || wanted_again;
                         let held = (fresh || recent).then(|| Arc::new(item));
-                        let since = match previous {
+                        let since = match &previous {
                             Some(old) if !fresh => old.held_since,
                             _ => read_at,
                         };
                         (held, since, digest, changed)
                     }
                 };
+                let next = Item {
+                    item,
+                    held_since,
+                    at: read_at,
+                    hash,
+                    digest,
+                    walk: this_walk,
+                };
+                match previous {
+                    Some(old) => *old = next,
+                    None => {
+                        items.insert(id.clone(), next);
+                    }
+                }
                 // Who waits for this instance is answered now, not at the walk's end.
-                if let Some(waiting) = st.waiters.remove(&id) {
+                if !waiters.is_empty()
+                    && let Some(waiting) = waiters.remove(&*id)
+                {
                     woken.extend(waiting.into_iter().map(|(object, _)| object));
                 }
-                if let Some(watchers) = st.watchers.get_mut(&id) {
+                if let Some(watchers) = watchers.get_mut(&*id) {
                     if changed {
                         woken.extend(watchers.iter().map(|w| w.object.clone()));
                     } else {
@@ -668,16 +732,6 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                         }
                     }
                 }
-                st.items.insert(
-                    id,
-                    Item {
-                        item,
-                        held_since,
-                        at: read_at,
-                        hash,
-                        digest,
-                    },
-                );
             }
         }
         wake(env, woken);
@@ -704,15 +758,18 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
     st.ids_by_hash = next_ids;
     // An item not on this walk is dropped, and its PpioInstances are reconciled: a GET by id
     // decides whether the instance is still there.
-    st.items.retain(|id, _| seen.contains(id));
+    st.items.retain(|_, item| item.walk == this_walk);
     let State {
-        redecode, wanted, ..
+        redecode,
+        wanted,
+        items,
+        watchers,
+        ..
     } = &mut *st;
     redecode.retain(|id| wanted.contains_key(id));
-    let missing: Vec<Object> = st
-        .watchers
+    let missing: Vec<Object> = watchers
         .iter()
-        .filter(|(id, _)| !seen.contains(*id))
+        .filter(|(id, _)| !items.contains_key(id.as_str()))
         .flat_map(|(_, watchers)| watchers.iter().map(|w| w.object.clone()))
         .collect();
     drop(st);
@@ -737,8 +794,8 @@ fn digest(keys: &std::hash::RandomState, item: &Instance) -> u64 {
 
 /// The instance id of a LIST item, when it has one and a state (an item without a state
 /// says nothing of its instance).
-fn usable_id(item: &Instance) -> Option<String> {
-    let id = item.id.as_ref().map(|t| t.0.clone())?;
+fn usable_id(item: &Instance) -> Option<Arc<str>> {
+    let id = item.id.as_ref().map(|t| Arc::from(t.0.as_str()))?;
     item.state().is_some_and(|s| !s.is_empty()).then_some(id)
 }
 
