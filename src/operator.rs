@@ -143,55 +143,18 @@ pub async fn run_with(
         })
         .collect();
 
-    let result = async {
-        let api: Api<PpioInstance> = scoped(&client, config.namespace.as_deref());
-        check_crd(&api, config.namespace.as_deref()).await?;
-        let Some(leader) = config.leader.clone() else {
-            return reconcile_with_grace(client, config, metrics, health, stop_rx).await;
-        };
-        let mut elector = Elector::new(client.clone(), leader);
-        let lease = format!("{}/{}", elector.config().namespace, elector.config().name);
-        loop {
-            // A standby is ready: it serves, and takes over when the leader goes.
-            health.ready.store(true, Ordering::Relaxed);
-            let acquired = tokio::select! {
-                acquired = elector.acquire() => acquired,
-                _ = stopped(stop_rx.clone()) => {
-                    info!("stopped while standing by");
-                    return Ok(());
-                }
-            };
-            // A new leader is ready once its own watch has synced (`reconcile_until`).
-            health.ready.store(false, Ordering::Relaxed);
-            metrics.controller.leader.set(1);
-            let term = tokio::select! {
-                r = reconcile_with_grace(
-                    client.clone(),
-                    config.clone(),
-                    metrics.clone(),
-                    health.clone(),
-                    stop_rx.clone(),
-                ) => Some(r),
-                // `hold` returns by the renew deadline at the latest: dropping the controller
-                // here stops every reconcile and status write of this replica at once.
-                _ = elector.hold(acquired) => None,
-            };
-            metrics.controller.leader.set(0);
-            match term {
-                Some(outcome) => {
-                    elector.release().await;
-                    return outcome;
-                }
-                None => {
-                    // Back to standby rather than exiting: the pod neither restarts nor
-                    // crash-loops, and the new leader exports the per-instance series.
-                    metrics.instances.forget_all();
-                    warn!(lease = %lease, "lost the leader lease; stopped reconciling and standing by");
-                }
-            }
-        }
-    }
-    .await;
+    // The controller runs as a task of its own on the runtime's worker threads, beside the
+    // tasks of its HTTP connections, rather than on the thread that waits for it: each
+    // request's hand-over then stays on the workers instead of waking another thread.
+    let mut controller = AbortOnDrop(tokio::spawn(lead_and_reconcile(
+        client, config, metrics, health, stop_rx,
+    )));
+    let result = match (&mut controller.0).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Aborted only when this future is dropped, so never seen here.
+        Err(_) => Ok(()),
+    };
     let _ = http_stop_tx.send(true);
     for server in servers {
         let _ = server.await;
@@ -199,10 +162,66 @@ pub async fn run_with(
     result
 }
 
-/// A task aborted when this handle is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// The CRD check, then the controller: as leader, or always without leader election.
+async fn lead_and_reconcile(
+    client: Client,
+    config: RunConfig,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let api: Api<PpioInstance> = scoped(&client, config.namespace.as_deref());
+    check_crd(&api, config.namespace.as_deref()).await?;
+    let Some(leader) = config.leader.clone() else {
+        return reconcile_with_grace(client, config, metrics, health, stop_rx).await;
+    };
+    let mut elector = Elector::new(client.clone(), leader);
+    let lease = format!("{}/{}", elector.config().namespace, elector.config().name);
+    loop {
+        // A standby is ready: it serves, and takes over when the leader goes.
+        health.ready.store(true, Ordering::Relaxed);
+        let acquired = tokio::select! {
+            acquired = elector.acquire() => acquired,
+            _ = stopped(stop_rx.clone()) => {
+                info!("stopped while standing by");
+                return Ok(());
+            }
+        };
+        // A new leader is ready once its own watch has synced (`reconcile_until`).
+        health.ready.store(false, Ordering::Relaxed);
+        metrics.controller.leader.set(1);
+        let term = tokio::select! {
+            r = reconcile_with_grace(
+                client.clone(),
+                config.clone(),
+                metrics.clone(),
+                health.clone(),
+                stop_rx.clone(),
+            ) => Some(r),
+            // `hold` returns by the renew deadline at the latest: dropping the controller
+            // here stops every reconcile and status write of this replica at once.
+            _ = elector.hold(acquired) => None,
+        };
+        metrics.controller.leader.set(0);
+        match term {
+            Some(outcome) => {
+                elector.release().await;
+                return outcome;
+            }
+            None => {
+                // Back to standby rather than exiting: the pod neither restarts nor
+                // crash-loops, and the new leader exports the per-instance series.
+                metrics.instances.forget_all();
+                warn!(lease = %lease, "lost the leader lease; stopped reconciling and standing by");
+            }
+        }
+    }
+}
 
-impl Drop for AbortOnDrop {
+/// A task aborted when this handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

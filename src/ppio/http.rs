@@ -243,7 +243,9 @@ impl HttpClient {
         if response.content_length().is_some_and(|n| n > limit as u64) {
             return Err(PpioError::TooLarge { limit });
         }
-        let mut body = Vec::new();
+        // Sized once when the length is announced (within the limit, checked above).
+        let announced = response.content_length().unwrap_or(0);
+        let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0).min(limit));
         while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
             if body.len() + chunk.len() > limit {
                 return Err(PpioError::TooLarge { limit });
