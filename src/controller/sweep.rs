@@ -189,6 +189,16 @@ struct State {
 }
 
 impl State {
+    /// Walks fail or the key is paused: every watcher is reconciled to show it once the last
+    /// good observations are older than the shortest interval (unless that is set already,
+    /// or was done for this failure).
+    fn arm_fail_wake(&mut self, now: Instant) {
+        if self.fail_wake.is_none() && !self.fail_woken {
+            let shortest = shortest_refresh(self);
+            self.fail_wake = Some(self.last_ok.map_or(now, |t| t + shortest));
+        }
+    }
+
     /// Every PpioInstance that takes a LIST item of the key.
     fn watching_objects(&self) -> Vec<Object> {
         self.watchers
@@ -515,9 +525,8 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
                 .get(&sweep.fingerprint)
                 .is_some_and(|until| *until > now);
             let failing = matches!(st.finished, Some((_, Some(_))));
-            if (paused || failing) && !st.fail_woken && st.fail_wake.is_none() {
-                let shortest = shortest_refresh(&st);
-                st.fail_wake = Some(st.last_ok.map_or(now, |t| t + shortest));
+            if paused || failing {
+                st.arm_fail_wake(now);
             }
             if st.fail_wake.is_some_and(|at| at <= now) {
                 st.fail_wake = None;
@@ -859,10 +868,7 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
         Walked::Failed(e) => {
             env.metrics.api.sweep("error");
             debug!(key = label.as_str(), error = %e, "a walk over the PPIO LIST failed");
-            if st.fail_wake.is_none() && !st.fail_woken {
-                let shortest = shortest_refresh(&st);
-                st.fail_wake = Some(st.last_ok.map_or(now, |t| t + shortest));
-            }
+            st.arm_fail_wake(now);
             Some(e)
         }
     };
