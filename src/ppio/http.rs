@@ -240,12 +240,13 @@ impl HttpClient {
 
     async fn read_capped(&self, response: &mut reqwest::Response) -> Result<Vec<u8>, PpioError> {
         let limit = self.max_body_bytes;
-        if response.content_length().is_some_and(|n| n > limit as u64) {
+        let announced = response.content_length();
+        if announced.is_some_and(|n| n > limit as u64) {
             return Err(PpioError::TooLarge { limit });
         }
         // Sized once when the length is announced (within the limit, checked above).
-        let announced = response.content_length().unwrap_or(0);
-        let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0).min(limit));
+        let capacity = announced.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+        let mut body = Vec::with_capacity(capacity.min(limit));
         while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
             if body.len() + chunk.len() > limit {
                 return Err(PpioError::TooLarge { limit });
