@@ -184,7 +184,8 @@ pub(super) async fn list_instances(
                 .collect()
         })
         .unwrap_or_default();
-    let matching: Vec<Value> =
+    // Only the page's items are copied: a walk over many instances reads many pages.
+    let matching: Vec<&Value> =
         st.instances
             .values()
             .filter(|i| {
@@ -205,14 +206,6 @@ pub(super) async fn list_instances(
                     .filter(|m| !m.is_empty())
                     .is_none_or(|m| str_at(i, &["billing", "mode"]) == m)
             })
-            .map(|i| {
-                let mut item = i.clone();
-                if let Some(o) = item.as_object_mut() {
-                    o.remove("tools");
-                    o.remove("pricing");
-                }
-                item
-            })
             .collect();
     let start = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => 0,
@@ -227,7 +220,20 @@ pub(super) async fn list_instances(
         .unwrap_or(DEFAULT_PAGE)
         .min(MAX_PAGE);
     let total = matching.len();
-    let page: Vec<Value> = matching.into_iter().skip(start).take(limit).collect();
+    let page: Vec<Value> = matching
+        .into_iter()
+        .skip(start)
+        .take(limit)
+        .map(|i| {
+            let mut item = i.clone();
+            if let Some(o) = item.as_object_mut() {
+                o.remove("tools");
+                o.remove("pricing");
+            }
+            item
+        })
+        .collect();
+    drop(st);
     let end = start + page.len();
     let has_more = end < total;
     Json(json!({

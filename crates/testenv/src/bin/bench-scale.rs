@@ -166,6 +166,41 @@ async fn follow(api: Api<PpioInstance>, progress: Arc<Mutex<Progress>>) {
     }
 }
 
+/// Prints the fill's progress every 5 s until every PpioInstance is Synced: objects created,
+/// showing a state and Synced, PPIO requests so far, and the CPU seconds of the operator,
+/// the API server and etcd.
+async fn timeline(
+    progress: Arc<Mutex<Progress>>,
+    sim: Simulator,
+    n: usize,
+    start: Instant,
+    [op, apiserver, etcd]: [u32; 3],
+) {
+    println!(
+        "  fill timeline: s, created, with a state, Synced, LIST, GET, CPU s operator/API server/etcd"
+    );
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (created, with_state, synced) = {
+            let p = lock(&progress);
+            (p.created.len(), p.with_state.len(), p.synced.len())
+        };
+        let counts = sim.counts();
+        println!(
+            "  {:>5.0} {created:>6} {with_state:>6} {synced:>6} {:>5} {:>6} {:.1}/{:.1}/{:.1}",
+            start.elapsed().as_secs_f64(),
+            counts.list,
+            counts.instances.values().sum::<u64>(),
+            cpu_seconds(op),
+            cpu_seconds(apiserver),
+            cpu_seconds(etcd),
+        );
+        if synced >= n {
+            return;
+        }
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -265,6 +300,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let progress = Arc::new(Mutex::new(Progress::default()));
     let follow = tokio::spawn(follow(api.clone(), progress.clone()));
     let created_at = Instant::now();
+    // The fill as it goes: every 5 s until every PpioInstance is Synced.
+    tokio::spawn(timeline(
+        progress.clone(),
+        sim.clone(),
+        n,
+        created_at,
+        [op_pid, apiserver_pid, pid_of(&cp_dir, "etcd")],
+    ));
     futures::stream::iter(0..n)
         .for_each_concurrent(32, |i| {
             let api = api.clone();
