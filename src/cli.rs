@@ -104,7 +104,8 @@ pub struct RunArgs {
     #[arg(long, env = "PPIO_FULL_REFRESH_INTERVALS", default_value_t = DEFAULT_FULL_REFRESH_INTERVALS, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub ppio_full_refresh_intervals: u32,
 
-    /// At most this many PpioInstances are reconciled at the same time.
+    /// At most this many PpioInstances are reconciled at the same time; they start in the
+    /// order they were asked for.
     #[arg(long, env = "PPIO_MAX_CONCURRENT_RECONCILES", default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_concurrent_reconciles: u16,
 

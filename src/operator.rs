@@ -11,12 +11,14 @@ use kube::ResourceExt;
 use kube::api::ListParams;
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::runtime::{
+    Controller, Predicate, PredicateConfig, WatchStreamExt, predicates, reflector, watcher,
+};
 use kube::{Api, Client};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::controller::{CachedInstance, Context, Settings, error_policy, reconcile};
+use crate::controller::{CachedInstance, Context, Settings, Waker, error_policy, reconcile};
 use crate::crd::{CRD_NAME, CRD_PATH, PpioInstance};
 use crate::leader::{Elector, LeaderConfig};
 use crate::metrics::Metrics;
@@ -254,13 +256,6 @@ fn slim(object: &mut DeserializeGuard<CachedInstance>) {
 /// The annotation in which `kubectl apply` keeps a copy of the whole object.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// The receiving end of a channel as a stream.
-fn tokio_stream_of<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
 /// Resolves once the stop flag is set.
 async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -301,6 +296,13 @@ enum Gone {
 /// How often everything kept is checked against the watch's cache anyway.
 const FORGET_PASS: Duration = Duration::from_secs(300);
 
+/// How many PpioInstances woken by walks the controller holds before their reconciles start:
+/// enough to keep every concurrent reconcile busy through the controller's debounce, few
+/// enough that the first woken are the first served.
+fn wake_window(concurrency: u16) -> usize {
+    usize::from(concurrency.max(16)) * 16
+}
+
 /// The controller: watches PpioInstances and reconciles them until `shutdown` resolves and
 /// the reconciles in flight are done.
 async fn reconcile_until(
@@ -330,11 +332,14 @@ async fn reconcile_until(
             instance: Some(config.identity.clone()),
         },
     );
-    let (waker, woken) = tokio::sync::mpsc::unbounded_channel();
+    // Woken PpioInstances go to the controller a window at a time, in the order woken.
+    let waker = Waker::new(wake_window(config.concurrency));
+    let woken = waker.stream();
     let ctx = Arc::new(
         Context::new(client, config.ppio, config.settings, metrics)
             .with_recorder(recorder)
-            .with_waker(waker),
+            .with_waker(waker)
+            .with_concurrency(config.concurrency),
     );
     // The cache holds each PpioInstance without what the operator never reads (managedFields
     // and kubectl's last-applied copy), which would otherwise double its memory.
@@ -356,9 +361,15 @@ async fn reconcile_until(
             };
             let _ = gone_tx.send(gone);
         })
-        .applied_objects();
-    let controller =
-        Controller::for_stream(objects, store.clone()).reconcile_on(tokio_stream_of(woken));
+        .applied_objects()
+        // A change of status alone (the operator's own writes, above all) needs no reconcile:
+        // each object is reconciled when it appears, when its spec (generation) or its
+        // annotations (a refresh request) change, and at the times it asked for.
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            PredicateConfig::default(),
+        );
+    let controller = Controller::for_stream(objects, store.clone()).reconcile_on(woken);
     // Aborted when this future ends or is dropped (a leader that lost the lease).
     let housekeeping = AbortOnDrop(tokio::spawn({
         let ctx = ctx.clone();
@@ -403,10 +414,17 @@ async fn reconcile_until(
     controller
         .with_config(
             kube::runtime::controller::Config::default()
-                .concurrency(config.concurrency)
+                // The limit is the context's (`with_concurrency`), which keeps the order.
+                .concurrency(0)
                 .debounce(Duration::from_millis(200)),
         )
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on({
+            let ctx = ctx.clone();
+            async move {
+                shutdown.await;
+                ctx.stop_reconciling();
+            }
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::core::DeserializeGuard;
-use ppio_operator::controller::{CachedInstance, History, poll, reconcile};
+use ppio_operator::controller::{Budget, CachedInstance, History, poll, reconcile};
 use ppio_operator::crd::SecretKeyRef;
 use ppio_operator::simulator::{BodyFault, Fault};
 use serde_json::json;
@@ -674,4 +674,71 @@ async fn secret_reads_do_not_grow_with_the_instances_that_use_the_secret() {
         condition(&h.api.last_status(), "Synced"),
         ("True".into(), "Observed".into())
     );
+}
+
+/// PpioInstances `q0`, `q1`... each naming an instance of its own, whose GETs answer faster
+/// the later the PpioInstance: q0 after 250 ms, q4 after 50 ms.
+fn slower_first(h: &Harness, n: usize) -> Vec<Arc<DeserializeGuard<CachedInstance>>> {
+    let fixture: serde_json::Value = serde_json::from_str(FIXTURE).expect("fixture");
+    (0..n)
+        .map(|i| {
+            let id = format!("q{i}");
+            let mut item = fixture.clone();
+            item["id"] = json!(id);
+            h.sim.put_instance(&id, item);
+            h.sim.set_fault(
+                &id,
+                Fault::latency(Duration::from_millis(50 * (n - i) as u64)),
+            );
+            let mut o = instance(&id, None);
+            o.spec.instance_id = id;
+            Arc::new(DeserializeGuard(
+                Ok(CachedInstance::new(o).expect("cached")),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn with_a_concurrency_limit_reconciles_start_in_the_order_asked() {
+    let h = harness_with(Some(KEY), Budget::default(), |ctx| ctx.with_concurrency(1)).await;
+    let mut tasks = Vec::new();
+    for obj in slower_first(&h, 5) {
+        tasks.push(tokio::spawn(reconcile(obj, h.ctx.clone())));
+        // Each reconcile is asked for (and waits for its turn) before the next.
+        tokio::task::yield_now().await;
+    }
+    for t in tasks {
+        t.await.expect("task").expect("reconcile");
+    }
+    // The later ones answer faster: had they not waited their turn, they would be first.
+    let written: Vec<tokio::time::Instant> = (0..5)
+        .map(|i| {
+            let w = h.api.writes_of(&format!("ml/q{i}"));
+            assert_eq!(w.len(), 1, "q{i} written once");
+            w[0].0
+        })
+        .collect();
+    assert!(
+        written.windows(2).all(|w| w[0] < w[1]),
+        "written in the order asked: {written:?}"
+    );
+}
+
+#[tokio::test]
+async fn stopping_ends_the_reconciles_that_wait_for_their_turn() {
+    let h = harness_with(Some(KEY), Budget::default(), |ctx| ctx.with_concurrency(1)).await;
+    let mut tasks = Vec::new();
+    for obj in slower_first(&h, 3) {
+        tasks.push(tokio::spawn(reconcile(obj, h.ctx.clone())));
+        tokio::task::yield_now().await;
+    }
+    h.ctx.stop_reconciling();
+    for t in tasks {
+        t.await.expect("task").expect("reconcile");
+    }
+    // The one at work finished; the two waiting sent nothing.
+    assert_eq!(h.sim.requests_for("q0"), 1);
+    assert_eq!(h.sim.requests_for("q1") + h.sim.requests_for("q2"), 0);
+    assert_eq!(h.api.patches().len(), 1);
 }

@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::ObjectRef;
 use ppio_operator::controller::{
     Budget, CachedInstance, Context, Observe, Settings, Waker, reconcile,
 };
@@ -235,15 +235,15 @@ impl Wakes {
 
     /// A waker for the controller, and the task that delivers what it names.
     fn waker(&self) -> Waker {
-        let (tx, mut rx) =
-            tokio::sync::mpsc::unbounded_channel::<ObjectRef<DeserializeGuard<CachedInstance>>>();
+        let waker = Waker::new(usize::MAX);
+        let mut woken = Box::pin(waker.stream());
         let me = self.clone();
         tokio::spawn(async move {
-            while let Some(object) = rx.recv().await {
+            while let Some(object) = woken.next().await {
                 me.of(&object.name).notify_one();
             }
         });
-        tx
+        waker
     }
 }
 

@@ -21,6 +21,7 @@ pub mod events;
 pub mod poll;
 pub mod schedule;
 pub mod sweep;
+pub mod wakes;
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
@@ -31,6 +32,7 @@ use tokio::time::Instant;
 
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use rand::Rng;
 use tracing::{Instrument, debug, warn};
@@ -70,7 +72,8 @@ pub use schedule::{
     BACKOFF_BASE, BACKOFF_MAX, CONFIRM_GONE, GONE_POLL, MAX_KEY_PAUSE, MIN_REFRESH_GAP,
     TRANSITION_POLL, backoff, jitter, poll_interval,
 };
-pub use sweep::{DEFAULT_FULL_REFRESH_INTERVALS, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Observe, Waker};
+pub use sweep::{DEFAULT_FULL_REFRESH_INTERVALS, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Observe};
+pub use wakes::{Wake, Waker};
 
 use schedule::{Decision, far_future};
 
@@ -138,6 +141,8 @@ pub struct Context {
     buckets: Arc<Buckets>,
     /// Each key's walks over its LIST.
     sweeps: sweep::Sweeps,
+    /// Reconciles at work at once, started in the order asked; `None`: no limit.
+    permits: Option<Arc<tokio::sync::Semaphore>>,
     /// The credentials Secrets read lately.
     secrets: credentials::SecretCache,
     /// Per API key (by fingerprint): when its lateness was last reported.
@@ -177,11 +182,27 @@ impl Context {
             secrets: credentials::SecretCache::default(),
             lateness_reported: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
+            permits: None,
+        }
+    }
+
+    /// At most `n` reconciles at work at once (0: no limit), started in the order the
+    /// controller asks for them. kube's own limit starts what waits in no particular order,
+    /// so that under load some PpioInstances wait far longer than others.
+    pub fn with_concurrency(mut self, n: u16) -> Context {
+        self.permits = (n > 0).then(|| Arc::new(tokio::sync::Semaphore::new(usize::from(n))));
+        self
+    }
+
+    /// Stopping: reconciles that wait for their turn end without starting.
+    pub fn stop_reconciling(&self) {
+        if let Some(permits) = &self.permits {
+            permits.close();
         }
     }
 
     /// Reconciles a PpioInstance through `waker` as soon as a walk over its key's LIST
-    /// answers it (without, it comes back after [`sweep::SWEEP_WAIT`]).
+    /// answers it (without, it comes back after its refresh interval).
     pub fn with_waker(mut self, waker: Waker) -> Context {
         self.sweeps = sweeps(
             &self.ppio,
@@ -359,11 +380,31 @@ pub enum Error {
 /// Every call to the Kubernetes API from a reconcile is bounded by this.
 pub const KUBE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The reconcile entry point for [`kube::runtime::Controller`].
+/// The reconcile entry point for [`kube::runtime::Controller`]. With a concurrency limit
+/// ([`Context::with_concurrency`]), reconciles start in the order the controller asked for
+/// them, at most that many at once; one that waits holds only its place in line.
 pub async fn reconcile(
     obj: Arc<DeserializeGuard<CachedInstance>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    let _permit = match &ctx.permits {
+        Some(permits) => match permits.clone().acquire_owned().await {
+            Ok(permit) => Some(permit),
+            // Stopping: what still waits does not start.
+            Err(_closed) => return Ok(Action::await_change()),
+        },
+        None => None,
+    };
+    // Boxed: a reconcile waiting above takes a few words, not a whole reconcile's state.
+    Box::pin(reconcile_admitted(obj, ctx)).await
+}
+
+/// A reconcile that may start now.
+async fn reconcile_admitted(
+    obj: Arc<DeserializeGuard<CachedInstance>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    ctx.sweeps.started(&ObjectRef::from_obj(&*obj));
     let decoded = obj.0.as_ref().map(CachedInstance::instance);
     let instance = match &decoded {
         Ok(Ok(instance)) => instance,

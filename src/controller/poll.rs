@@ -254,7 +254,10 @@ pub async fn poll(
                 poll_on_wake = true;
             }
             Lookup::Wait => {
-                listed_next = Some(jitter(SWEEP_WAIT.min(refresh)));
+                // The walk wakes it (see `sweep`); the interval is only a safety net. A
+                // shorter one would, during a bulk apply, put every waiting PpioInstance in
+                // the controller's queue unordered, ahead of the walk's wakes.
+                listed_next = Some(jitter(refresh));
                 poll_on_wake = true;
             }
             Lookup::Failed(e) => {
@@ -292,10 +295,23 @@ pub async fn poll(
         let full_due = seen.full_due.is_some_and(|t| t <= now) && full_refresh_intervals > 0;
         get_now |= seen.get_wanted || transitional || full_due;
         if get_now && wrote {
-            // The GET follows once the watch brings the status just written.
+            // The GET follows once the watch brings the status just written, at its slot of
+            // the key's budget, taken now: after a bulk apply each PpioInstance comes back
+            // once, at its slot, not once more just to take one.
+            let slot = match reserved {
+                Some(r) => Some(r),
+                None if ctx.key_pause(&api_key).is_none() => Some(ctx.buckets.reserve_slot(
+                    ctx.settings.budget,
+                    fingerprint,
+                    now,
+                )),
+                None => None,
+            };
+            let wait = slot.map_or(Duration::ZERO, |r| r.slot.saturating_duration_since(now));
+            let next = sooner(listed_next, wait).max(Duration::from_secs(1));
             return Ok(Polled {
                 poll_on_wake: true,
-                ..waiting(Duration::from_secs(1), reserved, wrote, seen)
+                ..waiting(next, slot, wrote, seen)
             });
         }
         if !get_now {

@@ -20,15 +20,14 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::CachedInstance;
 use super::budget::{Buckets, Budget};
 use super::schedule::{MAX_KEY_PAUSE, backoff};
+use super::wakes::{Wake, Waker};
 use crate::lock;
 use crate::metrics::{Metrics, TimestampGauge, unix_seconds};
 use crate::ppio::{ApiKey, Instance, ListQuery, PpioApi, PpioError};
@@ -49,8 +48,9 @@ pub const LIST_RETRY: Duration = Duration::from_secs(3600);
 pub const SWEEP_IDLE: Duration = Duration::from_secs(600);
 /// The most pages one walk reads (a guard against a LIST that never ends).
 pub const MAX_PAGES: u32 = 10_000;
-/// A PpioInstance that waits for a walk is reconciled again after this long at the latest
-/// (a finished walk wakes it at once).
+/// A PpioInstance whose key's walks fail looks again after this long at the latest (or its
+/// refresh interval, when longer). One that waits for a walk is woken by it, and otherwise
+/// looks again after its refresh interval.
 pub const SWEEP_WAIT: Duration = Duration::from_secs(10);
 /// A PpioInstance observed from its key's LIST is reconciled when a walk finds its item
 /// changed or missing, or its key's walks failing; otherwise only after this many of its
@@ -106,9 +106,6 @@ pub enum Lookup {
     /// Nothing fresh yet: a walk is on its way and wakes the PpioInstance when done.
     Wait,
 }
-
-/// A PpioInstance, by namespace and name, to reconcile when a walk ends.
-pub type Waker = mpsc::UnboundedSender<ObjectRef<DeserializeGuard<CachedInstance>>>;
 
 /// What a key's sweeper uses.
 pub(super) struct Env {
@@ -334,6 +331,13 @@ impl Sweeps {
                     st.watchers.remove(id);
                 }
             }
+        }
+    }
+
+    /// A reconcile of `object` started: a walk's wake for it was served.
+    pub(super) fn started(&self, object: &Wake) {
+        if let Some(waker) = &self.env.waker {
+            waker.started(object);
         }
     }
 
@@ -773,12 +777,14 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
         wanted,
         items,
         watchers,
+        waiters,
         ..
     } = &mut *st;
     redecode.retain(|id| wanted.contains_key(id));
+    // Who still waits is answered when the walk finishes (or by the next walk), not here.
     let missing: Vec<Object> = watchers
         .iter()
-        .filter(|(id, _)| !items.contains_key(id.as_str()))
+        .filter(|(id, _)| !items.contains_key(id.as_str()) && !waiters.contains_key(id.as_str()))
         .flat_map(|(_, watchers)| watchers.iter().map(|w| w.object.clone()))
         .collect();
     drop(st);
@@ -913,11 +919,11 @@ fn report_lateness(env: &Env, sweep: &KeySweep, late: Duration) {
     );
 }
 
-/// Reconciles these PpioInstances now.
+/// Reconciles these PpioInstances now (after those asked for before them).
 fn wake(env: &Env, objects: Vec<Object>) {
     if let Some(waker) = &env.waker {
         for (ns, name) in objects {
-            let _ = waker.send(ObjectRef::new(&name).within(&ns));
+            waker.wake(ObjectRef::new(&name).within(&ns));
         }
     }
 }

@@ -276,6 +276,15 @@ pub async fn harness_with_budget(
     default_key: Option<&str>,
     budget: ppio_operator::controller::Budget,
 ) -> Harness {
+    harness_with(default_key, budget, |ctx| ctx).await
+}
+
+/// [`harness_with_budget`], with the context changed by `configure` before use.
+pub async fn harness_with(
+    default_key: Option<&str>,
+    budget: ppio_operator::controller::Budget,
+    configure: impl FnOnce(Context) -> Context,
+) -> Harness {
     let fixture: Value = serde_json::from_str(FIXTURE).expect("fixture");
     let sim = Simulator::new(vec![fixture], vec![KEY.to_string()]);
     let addr = sim
@@ -289,7 +298,7 @@ pub async fn harness_with_budget(
     })
     .expect("client");
     let api = MockApi::default();
-    let ctx = Arc::new(
+    let ctx = Arc::new(configure(
         Context::new(
             api.client(),
             Arc::new(http),
@@ -305,7 +314,7 @@ pub async fn harness_with_budget(
         )
         // Tests change Secrets between polls and expect the next poll to see the change.
         .with_secret_ttl(Duration::ZERO),
-    );
+    ));
     Harness { sim, api, ctx }
 }
 
