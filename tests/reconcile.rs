@@ -699,15 +699,28 @@ fn slower_first(h: &Harness, n: usize) -> Vec<Arc<DeserializeGuard<CachedInstanc
         .collect()
 }
 
+/// Reconciles of [`slower_first`]'s `n` PpioInstances, each asked for (and waiting for its
+/// turn) before the next.
+async fn reconcile_in_turn(
+    h: &Harness,
+    n: usize,
+) -> Vec<
+    tokio::task::JoinHandle<
+        Result<kube::runtime::controller::Action, ppio_operator::controller::Error>,
+    >,
+> {
+    let mut tasks = Vec::new();
+    for obj in slower_first(h, n) {
+        tasks.push(tokio::spawn(reconcile(obj, h.ctx.clone())));
+        tokio::task::yield_now().await;
+    }
+    tasks
+}
+
 #[tokio::test]
 async fn with_a_concurrency_limit_reconciles_start_in_the_order_asked() {
     let h = harness_with(Some(KEY), Budget::default(), |ctx| ctx.with_concurrency(1)).await;
-    let mut tasks = Vec::new();
-    for obj in slower_first(&h, 5) {
-        tasks.push(tokio::spawn(reconcile(obj, h.ctx.clone())));
-        // Each reconcile is asked for (and waits for its turn) before the next.
-        tokio::task::yield_now().await;
-    }
+    let tasks = reconcile_in_turn(&h, 5).await;
     for t in tasks {
         t.await.expect("task").expect("reconcile");
     }
@@ -728,11 +741,7 @@ async fn with_a_concurrency_limit_reconciles_start_in_the_order_asked() {
 #[tokio::test]
 async fn stopping_ends_the_reconciles_that_wait_for_their_turn() {
     let h = harness_with(Some(KEY), Budget::default(), |ctx| ctx.with_concurrency(1)).await;
-    let mut tasks = Vec::new();
-    for obj in slower_first(&h, 3) {
-        tasks.push(tokio::spawn(reconcile(obj, h.ctx.clone())));
-        tokio::task::yield_now().await;
-    }
+    let tasks = reconcile_in_turn(&h, 3).await;
     h.ctx.stop_reconciling();
     for t in tasks {
         t.await.expect("task").expect("reconcile");
