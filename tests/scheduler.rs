@@ -782,3 +782,102 @@ async fn full_gets_after_a_long_fill_run_at_the_even_rate_not_as_a_backlog() {
         "{period_gets} full GETs of 600 instances in one full-refresh period"
     );
 }
+
+/// Reconciles of the PpioInstances run so far, read at `at`.
+async fn reconciles_at(ctx: Arc<Context>, at: Instant) -> f64 {
+    tokio::time::sleep_until(at).await;
+    reconciles(&ctx)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_listed_unchanged_instance_is_reconciled_at_its_full_get_and_not_between() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    let all = objects("q", 300, None);
+    ppio.list_ids(ids(&all));
+    let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, LIST);
+    let start = Instant::now();
+    // One full-refresh period (30 intervals) after every instance was fetched once.
+    let (from, to) = (
+        start + Duration::from_secs(35 * 60),
+        start + Duration::from_secs(65 * 60),
+    );
+    let (_, before, after) = tokio::join!(
+        run(
+            ctx.clone(),
+            &api,
+            wakes,
+            all,
+            16,
+            Duration::from_secs(70 * 60)
+        ),
+        reconciles_at(ctx.clone(), from),
+        reconciles_at(ctx.clone(), to),
+    );
+    // Each instance is fetched in full once per period, and that GET's reconcile is the only
+    // one: the walks keep its observation current without a reconcile (a look every 10
+    // intervals besides would be 900 here).
+    let gets: usize = (0..300)
+        .map(|i| {
+            ppio.by_id().get(&format!("q{i}")).map_or(0, |times| {
+                times.iter().filter(|t| **t >= from && **t < to).count()
+            })
+        })
+        .sum();
+    assert!(
+        (270..=330).contains(&gets),
+        "{gets} full GETs in one period"
+    );
+    let in_period = after - before;
+    assert!(
+        in_period <= gets as f64 * 1.1,
+        "{in_period} reconciles for {gets} full GETs of 300 unchanged instances in one period"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn gets_waiting_behind_walks_come_back_about_once_when_their_slot_has_come() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    // 1,000 instances, 2 requests/s: walks of 10 pages take a tenth of the budget, and the
+    // first full GETs of a bulk apply queue for about 10 minutes behind each other and behind
+    // every walk meanwhile (each page moves the waiting GETs one request later).
+    let all = objects("m", 1000, None);
+    ppio.list_ids(ids(&all));
+    let (ctx, wakes) = context(&api, ppio.clone(), 2.0, 20, LIST);
+    let start = Instant::now();
+    run(
+        ctx.clone(),
+        &api,
+        wakes,
+        all,
+        64,
+        Duration::from_secs(12 * 60),
+    )
+    .await;
+    let by_id = ppio.by_id();
+    let fetched = (0..1000)
+        .filter(|i| by_id.contains_key(&format!("m{i}")))
+        .count();
+    assert_eq!(fetched, 1000, "every instance fetched in full");
+    // The budget is used: the last first GET comes about when the budget allows.
+    let last = by_id
+        .iter()
+        .filter(|(id, _)| *id != "LIST")
+        .filter_map(|(_, times)| times.first().copied())
+        .max()
+        .unwrap_or(start);
+    assert!(
+        last - start <= Duration::from_secs(10 * 60),
+        "the last first GET came after {:?}",
+        last - start
+    );
+    // A PpioInstance is reconciled when it appears, when the walk answers it, and when its
+    // GET's slot has come (3,000 here), seldom once more; coming back at each walk that moved
+    // its slot would be over 5,000.
+    let reconciles = reconciles(&ctx);
+    assert!(
+        reconciles <= 3300.0,
+        "{reconciles} reconciles of 1,000 PpioInstances for their first full GETs"
+    );
+}

@@ -27,6 +27,14 @@ impl Default for Budget {
     }
 }
 
+impl Budget {
+    /// The time between two requests at the steady rate; `None`: unlimited.
+    pub fn interval(&self) -> Option<Duration> {
+        let rate = self.per_second.filter(|r| *r > 0.0)?;
+        Some(Duration::from_secs_f64(1.0 / rate))
+    }
+}
+
 /// The default request rate per API key.
 pub const DEFAULT_REQUESTS_PER_SECOND: f64 = 10.0;
 /// The default burst per API key.
@@ -135,8 +143,7 @@ impl Buckets {
 /// The interval between two requests and the earliest slot (`now` less the burst allowance);
 /// `None`: unlimited.
 fn pacing(budget: Budget, now: Instant) -> Option<(Duration, Instant)> {
-    let rate = budget.per_second.filter(|r| *r > 0.0)?;
-    let interval = Duration::from_secs_f64(1.0 / rate);
+    let interval = budget.interval()?;
     let allowance = interval.saturating_mul(budget.burst.saturating_sub(1));
     Some((interval, now.checked_sub(allowance).unwrap_or(now)))
 }

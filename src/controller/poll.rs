@@ -182,6 +182,8 @@ pub async fn poll(
     let mut get_now = forced || gone_suspected;
     let mut listed_next = None;
     let mut poll_on_wake = false;
+    // The key's walks list the instance and keep its observation current.
+    let mut walks_list_it = false;
     if let Observe::List {
         full_refresh_intervals,
         ..
@@ -237,20 +239,20 @@ pub async fn poll(
                     };
                 }
                 // The key's walks reconcile it when its item changes or goes missing, or
-                // when they fail; otherwise it looks again much later (or at its full GET).
-                // While they fail, it looks again when its item goes stale, to show why.
-                let recheck = if failing {
-                    (at + refresh).saturating_duration_since(now)
-                        + jitter_up(Duration::from_secs(1))
+                // when they fail; otherwise it looks again at its next full GET (with full
+                // GETs off, after LISTED_RECHECK_INTERVALS). While walks fail, it looks
+                // again when its item goes stale, to show why. A full GET already due
+                // waits for its budget slot below, not here.
+                let recheck = listed_recheck(&seen, full_refresh_intervals, refresh, now);
+                walks_list_it = !failing;
+                listed_next = Some(if failing {
+                    recheck.min(
+                        (at + refresh).saturating_duration_since(now)
+                            + jitter_up(Duration::from_secs(1)),
+                    )
                 } else {
-                    jitter(refresh.saturating_mul(LISTED_RECHECK_INTERVALS))
-                };
-                // A full GET already due waits for its budget slot below, not here.
-                let full = seen
-                    .full_due
-                    .filter(|t| *t > now)
-                    .map_or(recheck, |t| t - now);
-                listed_next = Some(recheck.min(full + jitter_up(Duration::from_secs(1))));
+                    recheck
+                });
                 poll_on_wake = true;
             }
             Lookup::Wait => {
@@ -307,7 +309,7 @@ pub async fn poll(
                 )),
                 None => None,
             };
-            let wait = slot.map_or(Duration::ZERO, |r| r.slot.saturating_duration_since(now));
+            let wait = slot.map_or(Duration::ZERO, |r| slot_wait(ctx, fingerprint, r.slot, now));
             let next = sooner(listed_next, wait).max(Duration::from_secs(1));
             return Ok(Polled {
                 poll_on_wake: true,
@@ -343,7 +345,7 @@ pub async fn poll(
             .reserve_slot(ctx.settings.budget, fingerprint, now)
     });
     if let Err(moved) = ctx.buckets.redeem(fingerprint, slot, now) {
-        let wait = moved.slot - now;
+        let wait = slot_wait(ctx, fingerprint, moved.slot, now);
         let next = sooner(listed_next, wait);
         return Ok(Polled {
             poll_on_wake,
@@ -404,12 +406,27 @@ pub async fn poll(
                     get_wanted: false,
                 };
             }
-            Ok(Polled::sent(
-                jitter(poll_interval(refresh, &observed_state)),
-                0,
-                wrote,
-                seen,
-            ))
+            match ctx.settings.observe {
+                // The key's walks list a stable instance and keep it current: it looks again
+                // by itself only at its next full GET, and a walk that finds its item
+                // changed or missing reconciles it before that.
+                Observe::List {
+                    full_refresh_intervals,
+                    ..
+                } if walks_list_it && state::STABLE.contains(&observed_state.as_str()) => {
+                    let next = listed_recheck(&seen, full_refresh_intervals, refresh, at);
+                    Ok(Polled {
+                        poll_on_wake: true,
+                        ..Polled::sent(next, 0, wrote, seen)
+                    })
+                }
+                _ => Ok(Polled::sent(
+                    jitter(poll_interval(refresh, &observed_state)),
+                    0,
+                    wrote,
+                    seen,
+                )),
+            }
         }
         Err(e) => {
             failed(
@@ -548,6 +565,35 @@ fn forget_sweeps(instance: &PpioInstance, ctx: &Context) {
         &instance.namespace().unwrap_or_default(),
         &instance.name_any(),
     );
+}
+
+/// When a PpioInstance that its key's walks keep current looks again by itself: at its next
+/// full GET or, with full GETs off, after [`LISTED_RECHECK_INTERVALS`].
+fn listed_recheck(
+    seen: &Seen,
+    full_refresh_intervals: u32,
+    refresh: Duration,
+    now: Instant,
+) -> Duration {
+    match seen
+        .full_due
+        .filter(|t| *t > now && full_refresh_intervals > 0)
+    {
+        Some(due) => due - now + jitter_up(Duration::from_secs(1)),
+        None => jitter(refresh.saturating_mul(LISTED_RECHECK_INTERVALS)),
+    }
+}
+
+/// How long a poll waits for its reserved `slot`: until the slot and, while the slot is
+/// still ahead, for the pages the key's walks read meanwhile (each moves the slot one
+/// request later). The poll then comes back about when its slot has come, not once more for
+/// each walk it waited through.
+fn slot_wait(ctx: &Context, fingerprint: u64, slot: Instant, now: Instant) -> Duration {
+    let wait = slot.saturating_duration_since(now);
+    if wait.is_zero() {
+        return wait;
+    }
+    ctx.sweeps.slot_wait(fingerprint, wait)
 }
 
 /// `delay`, or the time a listed PpioInstance looks again at its item when that is sooner.

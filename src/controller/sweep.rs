@@ -53,8 +53,8 @@ pub const MAX_PAGES: u32 = 10_000;
 /// looks again after its refresh interval.
 pub const SWEEP_WAIT: Duration = Duration::from_secs(10);
 /// A PpioInstance observed from its key's LIST is reconciled when a walk finds its item
-/// changed or missing, or its key's walks failing; otherwise only after this many of its
-/// intervals (or at its full GET, when sooner).
+/// changed or missing, or its key's walks failing, and at its next full GET; with full GETs
+/// off, after this many of its intervals.
 pub const LISTED_RECHECK_INTERVALS: u32 = 10;
 
 /// How PpioInstances are observed.
@@ -181,6 +181,8 @@ struct State {
     unavailable_until: Option<Instant>,
     /// Pages read by the last walk.
     pages: u32,
+    /// Pages read so far by the walk in progress.
+    walk_pages: u32,
     /// The sweeper task ended (idle); a new one is started on the next ask.
     stopped: bool,
 }
@@ -440,6 +442,30 @@ impl Sweeps {
         Lookup::Wait
     }
 
+    /// How long a GET waits for a slot of the key's budget `wait` ahead: sweeps go first,
+    /// and each page they read meanwhile moves the slot one request later. That is the pages
+    /// the walk in progress has yet to read (as many as the last walk read), and the share of
+    /// the budget the next walks take while the GET waits.
+    pub(super) fn slot_wait(&self, fingerprint: u64, wait: Duration) -> Duration {
+        let Some(per_page) = self.env.budget.interval() else {
+            return wait;
+        };
+        let Some(sweep) = lock(&self.keys).get(&fingerprint).cloned() else {
+            return wait;
+        };
+        let st = lock(&sweep.state);
+        if st.stopped || st.pages == 0 || st.unavailable_until.is_some() {
+            return wait;
+        }
+        let ahead = match st.walking {
+            Some(_) => st.pages.saturating_sub(st.walk_pages),
+            None => 0,
+        };
+        let walk = per_page.saturating_mul(st.pages).as_secs_f64();
+        let share = (walk / sweep_period(&st, self.env.budget).as_secs_f64()).min(0.9);
+        per_page.saturating_mul(ahead) + wait.div_f64(1.0 - share)
+    }
+
     /// The sweeps of a key, started on first use.
     fn key_sweep(&self, key: &ApiKey, fingerprint: u64) -> Arc<KeySweep> {
         let mut keys = lock(&self.keys);
@@ -590,6 +616,7 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
     let this_walk = {
         let mut st = lock(&sweep.state);
         st.walks += 1;
+        st.walk_pages = 0;
         st.walks
     };
     let mut cursors: HashSet<String> = HashSet::new();
@@ -634,6 +661,7 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
         let mut late = Duration::ZERO;
         {
             let mut guard = lock(&sweep.state);
+            guard.walk_pages = pages;
             let State {
                 wanted,
                 items,
