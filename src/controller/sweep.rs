@@ -612,12 +612,14 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
         limit: env.page_size.clamp(1, MAX_PAGE_SIZE),
         ..ListQuery::default()
     };
-    let mut next_ids: ByHash<Option<Arc<str>>> = ByHash::default();
-    let this_walk = {
+    let (this_walk, mut next_ids) = {
         let mut st = lock(&sweep.state);
         st.walks += 1;
         st.walk_pages = 0;
-        st.walks
+        // About as many items as the last walk listed: sized once, not grown by rehashing.
+        let next_ids: ByHash<Option<Arc<str>>> =
+            ByHash::with_capacity_and_hasher(st.ids_by_hash.len(), Default::default());
+        (st.walks, next_ids)
     };
     let mut cursors: HashSet<String> = HashSet::new();
     let mut pages = 0u32;
