@@ -183,6 +183,8 @@ struct State {
     pages: u32,
     /// Pages read so far by the walk in progress.
     walk_pages: u32,
+    /// The period of the regular walks, as the sweeper last reckoned it ([`sweep_period`]).
+    period: Duration,
     /// The sweeper task ended (idle); a new one is started on the next ask.
     stopped: bool,
 }
@@ -454,7 +456,7 @@ impl Sweeps {
             return wait;
         };
         let st = lock(&sweep.state);
-        if st.stopped || st.pages == 0 || st.unavailable_until.is_some() {
+        if st.stopped || st.pages == 0 || st.period.is_zero() || st.unavailable_until.is_some() {
             return wait;
         }
         let ahead = match st.walking {
@@ -462,7 +464,8 @@ impl Sweeps {
             None => 0,
         };
         let walk = per_page.saturating_mul(st.pages).as_secs_f64();
-        let share = (walk / sweep_period(&st, self.env.budget).as_secs_f64()).min(0.9);
+        // The period as last reckoned: working it out here would go over every wanted id.
+        let share = (walk / st.period.as_secs_f64()).min(0.9);
         per_page.saturating_mul(ahead) + wait.div_f64(1.0 - share)
     }
 
@@ -543,11 +546,12 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
                 debug!("no PpioInstance uses this key's sweeps any more; stopping them");
                 return;
             }
+            st.period = sweep_period(&st, env.budget);
             let regular = match last_start {
                 // The first walk waits for an ask (debounced below).
                 None => now + SWEEP_IDLE,
                 Some(at) if failures > 0 => at + backoff(failures),
-                Some(at) => at + sweep_period(&st, env.budget),
+                Some(at) => at + st.period,
             };
             // Walks fail, or a 429 pauses the key: once the last good observations are older
             // than the shortest interval, every watcher is reconciled to show it.
