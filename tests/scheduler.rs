@@ -817,9 +817,10 @@ async fn a_listed_unchanged_instance_is_reconciled_at_its_full_get_and_not_betwe
     // Each instance is fetched in full once per period, and that GET's reconcile is the only
     // one: the walks keep its observation current without a reconcile (a look every 10
     // intervals besides would be 900 here).
+    let by_id = ppio.by_id();
     let gets: usize = (0..300)
         .map(|i| {
-            ppio.by_id().get(&format!("q{i}")).map_or(0, |times| {
+            by_id.get(&format!("q{i}")).map_or(0, |times| {
                 times.iter().filter(|t| **t >= from && **t < to).count()
             })
         })

@@ -309,7 +309,11 @@ pub async fn poll(
                 )),
                 None => None,
             };
-            let wait = slot.map_or(Duration::ZERO, |r| slot_wait(ctx, fingerprint, r.slot, now));
+            // Come back when the slot has come, counting the walk pages that go first.
+            let wait = slot.map_or(Duration::ZERO, |r| {
+                ctx.sweeps
+                    .slot_wait(fingerprint, r.slot.saturating_duration_since(now))
+            });
             let next = sooner(listed_next, wait).max(Duration::from_secs(1));
             return Ok(Polled {
                 poll_on_wake: true,
@@ -345,7 +349,7 @@ pub async fn poll(
             .reserve_slot(ctx.settings.budget, fingerprint, now)
     });
     if let Err(moved) = ctx.buckets.redeem(fingerprint, slot, now) {
-        let wait = slot_wait(ctx, fingerprint, moved.slot, now);
+        let wait = ctx.sweeps.slot_wait(fingerprint, moved.slot - now);
         let next = sooner(listed_next, wait);
         return Ok(Polled {
             poll_on_wake,
@@ -582,18 +586,6 @@ fn listed_recheck(
         Some(due) => due - now + jitter_up(Duration::from_secs(1)),
         None => jitter(refresh.saturating_mul(LISTED_RECHECK_INTERVALS)),
     }
-}
-
-/// How long a poll waits for its reserved `slot`: until the slot and, while the slot is
-/// still ahead, for the pages the key's walks read meanwhile (each moves the slot one
-/// request later). The poll then comes back about when its slot has come, not once more for
-/// each walk it waited through.
-fn slot_wait(ctx: &Context, fingerprint: u64, slot: Instant, now: Instant) -> Duration {
-    let wait = slot.saturating_duration_since(now);
-    if wait.is_zero() {
-        return wait;
-    }
-    ctx.sweeps.slot_wait(fingerprint, wait)
 }
 
 /// `delay`, or the time a listed PpioInstance looks again at its item when that is sooner.

@@ -447,9 +447,10 @@ impl Sweeps {
     /// How long a GET waits for a slot of the key's budget `wait` ahead: sweeps go first,
     /// and each page they read meanwhile moves the slot one request later. That is the pages
     /// the walk in progress has yet to read (as many as the last walk read), and the share of
-    /// the budget the next walks take while the GET waits.
+    /// the budget the next walks take while the GET waits. The GET then comes back about
+    /// when its slot has come, not once more for each walk it waited through.
     pub(super) fn slot_wait(&self, fingerprint: u64, wait: Duration) -> Duration {
-        let Some(per_page) = self.env.budget.interval() else {
+        let Some(per_page) = self.env.budget.interval().filter(|_| !wait.is_zero()) else {
             return wait;
         };
         let Some(sweep) = lock(&self.keys).get(&fingerprint).cloned() else {
