@@ -16,8 +16,9 @@ cd "$root"
 n=${1:-1000}
 steady=${2:-60}
 settle=${3:-0}
-export PPIO_TOOLS_BIN=${PPIO_TOOLS_BIN:-$root/.tools/bin}
+export PPIO_TOOLS_BIN=${PPIO_TOOLS_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/ppio-operator/bin}
 tools/build.sh etcd kube-apiserver
 cargo build --locked --release --bin ppio-operator
 cargo build --locked --release -p ppio-testenv --bin bench-scale
-exec "$root/target/release/bench-scale" "$n" "$root/target/release/ppio-operator" "$steady" "$settle"
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+exec "$target_dir/release/bench-scale" "$n" "$target_dir/release/ppio-operator" "$steady" "$settle"

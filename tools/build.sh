@@ -14,14 +14,20 @@
 # A program is rebuilt only when it is missing or when its pinned module (tools/*/go.mod or
 # go.sum) changed; ppio-health also when tools/health/main.go is newer than its last build;
 # the pause image when its source changed. The image is always rebuilt (cargo is incremental).
-# The output folder is $PPIO_TOOLS_BIN (default: <repo>/.tools/bin). The system packages the
+# The output folder is $PPIO_TOOLS_BIN (default: ~/.cache/ppio-operator/bin, outside the clone,
+# so every clone on the machine reuses it). Each build is kept under
+# ~/.cache/ppio-operator/store/NAME-KEY, KEY a hash of its pinned module and the Go version, and
+# linked into the output folder: clones pinning different versions do not rebuild each other's
+# programs. The system packages the
 # test node needs (containerd, runc, CNI plugins, iptables, conntrack) come from apt:
 # tools/node-packages.sh.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=${PPIO_TOOLS_BIN:-$root/.tools/bin}
-mkdir -p "$bin"
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/ppio-operator
+bin=${PPIO_TOOLS_BIN:-$cache/bin}
+store=$cache/store
+mkdir -p "$bin" "$store"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 command -v go >/dev/null || { echo "tools/build.sh: 'go' is not on PATH; install Go 1.26 or newer" >&2; exit 1; }
@@ -40,41 +46,47 @@ k8s_ldflags() {
   echo "$out"
 }
 
-# build NAME MODULE_DIR PACKAGE TAGS LDFLAGS
+# build NAME MODULE_DIR PACKAGE TAGS LDFLAGS [SOURCE_FILE ...]
+# SOURCE_FILEs are our own sources built into the program: their content is part of the key.
 build() {
   local name=$1 dir=$root/tools/$2 pkg=$3 tags=$4 ldflags=$5
-  local stamp="$bin/.$name.stamp" want
-  want=$(cat "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -c1-16)
-  if [[ -x $bin/$name && -f $stamp && $(cat "$stamp") == "$want" ]]; then
-    return 0
+  shift 5
+  local want kept
+  want=$({ cat "$dir/go.mod" "$dir/go.sum" "$@"; go env GOVERSION; echo "$tags"; } | sha256sum | cut -c1-16)
+  kept=$store/$name-$want/$name
+  if [[ ! -x $kept ]]; then
+    echo "==> building $name ($pkg) into $kept; a cold build takes several minutes" >&2
+    local start=$SECONDS
+    mkdir -p "${kept%/*}"
+    (cd "$dir" && go build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$kept.tmp" "$pkg")
+    mv "$kept.tmp" "$kept"
+    echo "==> built $name in $((SECONDS - start))s" >&2
   fi
-  echo "==> building $name ($pkg) into $bin; a cold build takes several minutes" >&2
-  local start=$SECONDS
-  (cd "$dir" && go build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$bin/$name.tmp" "$pkg")
-  mv "$bin/$name.tmp" "$bin/$name"
-  echo "$want" >"$stamp"
-  echo "==> built $name in $((SECONDS - start))s" >&2
+  ln -sfn "$kept" "$bin/$name"
 }
 
 # The pod sandbox image of the test node: a static C program that waits for a signal.
 build_pause() {
-  local stamp="$bin/.pause.stamp" want work
+  local want work kept
   want=$(cat "$root/tools/node/pause.c" "$root/tools/oci-archive.sh" | sha256sum | cut -c1-16)
-  if [[ -f $bin/pause.oci.tar && -f $stamp && $(cat "$stamp") == "$want" ]]; then
+  kept=$store/pause-$want/pause.oci.tar
+  if [[ -f $kept ]]; then
+    ln -sfn "$kept" "$bin/pause.oci.tar"
     return 0
   fi
   command -v gcc >/dev/null || {
     echo "tools/build.sh: 'gcc' is needed for the pause image (apt-get install gcc libc6-dev)" >&2
     exit 1
   }
-  echo "==> building the pause image into $bin/pause.oci.tar" >&2
+  echo "==> building the pause image into $kept" >&2
   work=$(mktemp -d)
-  mkdir -p "$work/rootfs"
+  mkdir -p "$work/rootfs" "${kept%/*}"
   gcc -static -Os -s -o "$work/rootfs/pause" "$root/tools/node/pause.c"
   "$root/tools/oci-archive.sh" --rootfs "$work/rootfs" --name localhost/ppio-testenv/pause:1 \
-    --output "$bin/pause.oci.tar" --user 65535:65535 --entrypoint /pause >/dev/null
+    --output "$kept.tmp" --user 65535:65535 --entrypoint /pause >/dev/null
   rm -rf "$work"
-  echo "$want" >"$stamp"
+  mv "$kept.tmp" "$kept"
+  ln -sfn "$kept" "$bin/pause.oci.tar"
 }
 
 targets=("$@")
@@ -87,9 +99,8 @@ for t in "${targets[@]}"; do
     etcd) build etcd etcd go.etcd.io/etcd/server/v3 "" "-s -w" ;;
     helm) build helm helm helm.sh/helm/v3/cmd/helm "" "-s -w -X helm.sh/helm/v3/internal/version.version=v3.22.0" ;;
     health)
-      # Its source is ours, not only pinned: a newer main.go voids the stamp.
-      [[ ! $root/tools/health/main.go -nt $bin/.ppio-health.stamp ]] || rm -f "$bin/.ppio-health.stamp"
-      build ppio-health health ppio-operator/tools/health "" "-s -w" ;;
+      # Its source is ours, not only pinned: the key covers it.
+      build ppio-health health ppio-operator/tools/health "" "-s -w" "$root"/tools/health/*.go ;;
     kubelet | kube-controller-manager | kube-scheduler | kube-proxy)
       build "$t" kubernetes-node "k8s.io/kubernetes/cmd/$t" selinux,notest "$(k8s_ldflags)" ;;
     pause) build_pause ;;

@@ -6,8 +6,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-export PPIO_TOOLS_BIN=${PPIO_TOOLS_BIN:-$root/.tools/bin}
+export PPIO_TOOLS_BIN=${PPIO_TOOLS_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/ppio-operator/bin}
 tools/build.sh etcd kube-apiserver kubectl
 echo "==> building the demo" >&2
 cargo build --locked -p ppio-testenv --bin ppio-demo
-exec "$root/target/debug/ppio-demo" "$@"
+exec "${CARGO_TARGET_DIR:-$root/target}/debug/ppio-demo" "$@"

@@ -7,7 +7,8 @@
 #
 #   --name REF     the image's name in the archive (default ppio-operator:<version>; e.g.
 #                  registry.example.com/ppio-operator:0.1.0)
-#   --output FILE  the archive (default target/image/ppio-operator.oci.tar)
+#   --output FILE  the archive (default $CARGO_TARGET_DIR/image/ppio-operator.oci.tar, the
+#                  target dir being ./target unless CARGO_TARGET_DIR says otherwise)
 #   --binary FILE  package this static binary instead of building it
 #
 # The image holds nothing but the static binary (/usr/local/bin/ppio-operator), the CA bundle
@@ -25,14 +26,15 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 name=""
-output=$root/target/image/ppio-operator.oci.tar
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+output=$target_dir/image/ppio-operator.oci.tar
 binary=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --name) name=${2:?--name needs a value}; shift 2 ;;
     --output) output=${2:?--output needs a value}; shift 2 ;;
     --binary) binary=${2:?--binary needs a value}; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "tools/image.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -51,7 +53,7 @@ if [[ -z $binary ]]; then
   start=$SECONDS
   RUSTFLAGS='-C target-feature=+crt-static' \
     cargo build --release --locked --bin ppio-operator --target "$target"
-  binary=$root/target/$target/release/ppio-operator
+  binary=$target_dir/$target/release/ppio-operator
   echo "==> built in $((SECONDS - start))s" >&2
 fi
 [[ -x $binary ]] || { echo "tools/image.sh: $binary is not an executable" >&2; exit 1; }

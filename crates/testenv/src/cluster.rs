@@ -3,12 +3,17 @@
 //! for a PpioInstance to reach a state.
 //!
 //! Helpers here panic with a message instead of returning errors: they are for tests.
+//!
+//! Waiting: every wait loop of a test has a deadline, kept by [`Deadline`] (or
+//! [`wait_until`], or [`wait_for`] for a PpioInstance). A deadline is hang protection, not a
+//! claim about speed: it is generous ([`WAIT`] unless a wait needs longer), and the tests
+//! assert behaviour (requests, writes, their order), never how fast something happened.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -21,7 +26,6 @@ use crate::{ControlPlane, client_for, tools_dir};
 
 struct Shared {
     kubeconfig: PathBuf,
-    tools: PathBuf,
     _cp: ControlPlane,
 }
 
@@ -70,7 +74,6 @@ fn shared() -> &'static Shared {
                 .map_err(|e| format!("{e} (build the upstream programs with tools/build.sh)"))?;
             Ok(Shared {
                 kubeconfig: cp.kubeconfig.clone(),
-                tools,
                 _cp: cp,
             })
         })
@@ -80,6 +83,89 @@ fn shared() -> &'static Shared {
     match result {
         Ok(s) => s,
         Err(e) => panic!("cannot start the test control plane: {e}"),
+    }
+}
+
+/// How long a test waits for something before it fails: hang protection for a wait loop, not
+/// a claim about how fast anything happens (tests run many at once on small machines).
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// How often the wait helpers look again.
+const POLL: Duration = Duration::from_millis(200);
+
+/// `PPIO_TEST_DEADLINE_SCALE` (a whole number, default 1): multiplies every deadline, like
+/// the deadline of each test.
+fn deadline_scale() -> u32 {
+    std::env::var("PPIO_TEST_DEADLINE_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
+}
+
+/// The deadline of a wait loop: the one way tests bound a wait.
+///
+/// ```ignore
+/// let deadline = Deadline::new("the operator answers /readyz", WAIT);
+/// while !ready().await {
+///     deadline.check(|| format!("its log:\n{}", log()));
+///     tokio::time::sleep(Duration::from_millis(100)).await;
+/// }
+/// ```
+///
+/// It measures real time (a thread's clock, not tokio's), so a test on tokio's paused clock
+/// is held to it too. Passing it is a hang, reported with what was awaited and the details
+/// given; a deadline is never an assertion about speed.
+#[derive(Debug)]
+pub struct Deadline {
+    what: String,
+    limit: Duration,
+    start: Instant,
+}
+
+impl Deadline {
+    /// A deadline `limit` (times `PPIO_TEST_DEADLINE_SCALE`) from now, for `what`.
+    pub fn new(what: impl Into<String>, limit: Duration) -> Deadline {
+        Deadline {
+            what: what.into(),
+            limit: limit * deadline_scale(),
+            start: Instant::now(),
+        }
+    }
+
+    /// True once the deadline has passed.
+    pub fn passed(&self) -> bool {
+        self.start.elapsed() > self.limit
+    }
+
+    /// Panics with "<what> not reached within <limit>: <details>" once the deadline has
+    /// passed; `details` (the state last seen, a log) is only computed then.
+    #[track_caller]
+    pub fn check<D: std::fmt::Display>(&self, details: impl FnOnce() -> D) {
+        if self.passed() {
+            panic!(
+                "{} not reached within {:?} (a hang: the deadline is generous): {}",
+                self.what,
+                self.limit,
+                details()
+            );
+        }
+    }
+}
+
+/// Polls `check` until it gives a value, or panics after `limit` (see [`Deadline`]).
+pub async fn wait_until<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Deadline::new(what, limit);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        deadline.check(|| "");
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -95,9 +181,14 @@ pub async fn client() -> Client {
 
 /// Runs the real kubectl against the shared control plane; `stdin` is piped in when given.
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    kubectl_at(kubeconfig(), args, stdin)
+}
+
+/// [`kubectl`] against the cluster of another kubeconfig (a control plane of a test's own).
+pub fn kubectl_at(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
-    let mut cmd = std::process::Command::new(shared().tools.join("kubectl"));
-    cmd.arg("--kubeconfig").arg(kubeconfig()).args(args);
+    let mut cmd = std::process::Command::new(tools_dir().join("kubectl"));
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
     cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -116,7 +207,12 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
 
 /// kubectl that must succeed; its stdout.
 pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(args, stdin);
+    kubectl_at_ok(kubeconfig(), args, stdin)
+}
+
+/// [`kubectl_at`] that must succeed; its stdout.
+pub fn kubectl_at_ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl_at(kubeconfig, args, stdin);
     assert!(
         out.status.success(),
         "kubectl {args:?} failed: {}",
@@ -217,6 +313,181 @@ pub async fn simulator_with(
     (sim, addr)
 }
 
+/// One request to a simulator as the recording proxy in front of it saw it
+/// ([`simulator_recorded`]). Its times are facts recorded as the requests passed, on this
+/// machine's monotonic clock (the one the operator's timers run on), not when a test looked.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    pub query: String,
+    /// The bearer key presented, if any.
+    pub key: Option<String>,
+    /// The answer's HTTP status; 0 when the simulator gave none.
+    pub status: u16,
+    /// When the request had reached the proxy (after the client sent it).
+    pub sent: Instant,
+    /// When the answer was complete, before it was passed on (before the client had it).
+    pub answered: Instant,
+}
+
+impl Recorded {
+    /// The instance id of a GET of one instance (`None` for a LIST page).
+    pub fn instance(&self) -> Option<&str> {
+        self.path.strip_prefix("/gpus/v2/instances/")
+    }
+
+    /// True for a page of the LIST call.
+    pub fn is_list(&self) -> bool {
+        self.path == "/gpus/v2/instances"
+    }
+}
+
+/// The requests a simulator answered through its recording proxy, in the order they reached
+/// it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestLog(Arc<Mutex<Vec<Recorded>>>);
+
+impl RequestLog {
+    /// Every request so far, in the order they were sent.
+    pub fn all(&self) -> Vec<Recorded> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        all.sort_by_key(|r| r.sent);
+        all
+    }
+
+    fn push(&self, r: Recorded) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+    }
+}
+
+/// A simulator on 127.0.0.1 serving `instances` to `keys`, behind a proxy that records every
+/// request and its answer ([`RequestLog`]); the address is the proxy's.
+pub async fn simulator_recorded(
+    instances: Vec<serde_json::Value>,
+    keys: &[&str],
+) -> (Simulator, SocketAddr, RequestLog) {
+    let (sim, backend) = simulator_with(instances, keys).await;
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("proxy binds");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let addr = listener.local_addr().expect("address");
+    let log = RequestLog::default();
+    let recorded = log.clone();
+    simulator_runtime().spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(relay(client, backend, recorded.clone()));
+        }
+    });
+    (sim, addr, log)
+}
+
+/// Passes one request from `client` to the simulator at `backend` and its answer back, and
+/// records both. The request is sent on with `Connection: close` and the answer is read to its
+/// end, so each client connection carries one request (the answer says so).
+async fn relay(mut client: tokio::net::TcpStream, backend: SocketAddr, log: RequestLog) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MAX_HEAD: usize = 64 * 1024;
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > MAX_HEAD {
+            return;
+        }
+        let mut chunk = [0u8; 4096];
+        match client.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default().to_string();
+    let mut parts = request_line.split(' ');
+    let method = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (target.clone(), String::new()),
+    };
+    let mut key = None;
+    let mut length = 0usize;
+    let mut forwarded = format!("{request_line}\r\n");
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "connection" | "keep-alive" => continue,
+            "authorization" => key = value.strip_prefix("Bearer ").map(str::to_string),
+            "content-length" => length = value.parse().unwrap_or(0),
+            _ => {}
+        }
+        forwarded.push_str(line);
+        forwarded.push_str("\r\n");
+    }
+    forwarded.push_str("connection: close\r\n\r\n");
+    let mut body = buf.split_off(head_end);
+    while body.len() < length {
+        let mut chunk = [0u8; 4096];
+        match client.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let sent = Instant::now();
+    let mut answer = Vec::new();
+    if let Ok(mut up) = tokio::net::TcpStream::connect(backend).await {
+        let mut request = forwarded.into_bytes();
+        request.extend_from_slice(&body);
+        if up.write_all(&request).await.is_ok() {
+            let _ = up.read_to_end(&mut answer).await;
+        }
+    }
+    let answered = Instant::now();
+    let status = String::from_utf8_lossy(&answer[..answer.len().min(32)])
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    log.push(Recorded {
+        method,
+        path,
+        query,
+        key,
+        status,
+        sent,
+        answered,
+    });
+    // The answer closes the connection: say so when the simulator did not.
+    if let Some(i) = find(&answer, b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&answer[..i]).to_ascii_lowercase();
+        if !head.contains("\r\nconnection:") {
+            answer.splice(i + 2..i + 2, b"connection: close\r\n".iter().copied());
+        }
+    }
+    let _ = client.write_all(&answer).await;
+    let _ = client.shutdown().await;
+}
+
+/// The first position of `needle` in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A port on 127.0.0.1 where nothing listens while the returned socket lives: it is bound
+/// (so no one else gets the port) but not listening, so a connection to it is refused.
+pub fn closed_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .expect("bind");
+    let port = socket.local_addr().expect("address").port();
+    (socket, port)
+}
+
 /// A minimal HTTP/1.1 GET (a local server, or a pod or Service of the test node): status, body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     http_request(addr, "GET", path, None).await
@@ -273,36 +544,35 @@ pub fn apply_instance(ns: &str, name: &str, spec_yaml: &str) {
     kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
 }
 
-/// Polls until `check` holds for the PpioInstance, or panics after `limit`.
+/// Polls until `check` holds for the PpioInstance; panics after [`WAIT`] (hang protection).
 pub async fn wait_for(
     api: &Api<PpioInstance>,
     name: &str,
-    limit: Duration,
     what: &str,
     check: impl Fn(&PpioInstance) -> bool,
 ) -> PpioInstance {
-    let start = Instant::now();
+    let deadline = Deadline::new(format!("{name}: {what}"), WAIT);
     loop {
-        if let Ok(Some(obj)) = api.get_opt(name).await {
-            if check(&obj) {
-                return obj;
-            }
-            if start.elapsed() > limit {
-                panic!(
-                    "{name}: {what} not reached within {limit:?}; status: {}",
-                    serde_json::to_string_pretty(&obj.status).unwrap_or_default()
-                );
-            }
-        } else if start.elapsed() > limit {
-            panic!("{name}: not found within {limit:?}");
+        let obj = api.get_opt(name).await.ok().flatten();
+        if let Some(obj) = &obj
+            && check(obj)
+        {
+            return obj.clone();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        deadline.check(|| match &obj {
+            Some(obj) => format!(
+                "status: {}",
+                serde_json::to_string_pretty(&obj.status).unwrap_or_default()
+            ),
+            None => "not found".into(),
+        });
+        tokio::time::sleep(POLL).await;
     }
 }
 
-/// Waits up to 10s until the PpioInstance reports `Synced=True` (`Observed`).
+/// Waits until the PpioInstance reports `Synced=True` (`Observed`).
 pub async fn wait_observed(api: &Api<PpioInstance>, name: &str) -> PpioInstance {
-    wait_for(api, name, Duration::from_secs(10), "observed", |o| {
+    wait_for(api, name, "observed", |o| {
         has(o, "Synced", "True", "Observed")
     })
     .await
@@ -311,7 +581,7 @@ pub async fn wait_observed(api: &Api<PpioInstance>, name: &str) -> PpioInstance 
 /// Waits until a PpioInstance is observed in full: by a GET, whose fields (prices,
 /// endpoints) LIST items lack.
 pub async fn wait_fetched(api: &Api<PpioInstance>, name: &str) -> PpioInstance {
-    wait_for(api, name, Duration::from_secs(15), "fetched in full", |o| {
+    wait_for(api, name, "fetched in full", |o| {
         has(o, "Synced", "True", "Observed")
             && o.status.as_ref().is_some_and(|s| s.pricing.is_some())
     })

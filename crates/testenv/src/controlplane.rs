@@ -11,6 +11,7 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -68,6 +69,24 @@ pub struct Guarded {
     pidfile: PathBuf,
 }
 
+/// What a process started with a clean environment ([`clean_env`]) keeps of this process's
+/// environment: nothing else of the caller's (no `PPIO_*`, `KUBECONFIG`, `RUST_LOG`,
+/// `WATCH_NAMESPACE`, `HTTP_ADDR`, `KUBERNETES_SERVICE_HOST`...) reaches it.
+pub const KEPT_ENV: &[&str] = &["PATH", "HOME", "TMPDIR"];
+
+/// Clears `cmd`'s environment but for [`KEPT_ENV`]; what the caller sets afterwards is
+/// passed on. How tests start the operator: as configured by the test alone, whatever the
+/// environment they run in.
+pub fn clean_env(cmd: &mut Command) -> &mut Command {
+    cmd.env_clear();
+    for k in KEPT_ENV {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}
+
 impl Guarded {
     /// Starts `program args` under the guard, with stdout and stderr to `log`.
     pub fn spawn(
@@ -77,10 +96,36 @@ impl Guarded {
         log: &Path,
         envs: &[(&str, &str)],
     ) -> Result<Guarded, EnvError> {
+        Self::spawn_with(name, program, args, log, envs, false)
+    }
+
+    /// [`Guarded::spawn`] with a clean environment ([`clean_env`]): only `envs` and
+    /// [`KEPT_ENV`] reach the program.
+    pub fn spawn_clean(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        envs: &[(&str, &str)],
+    ) -> Result<Guarded, EnvError> {
+        Self::spawn_with(name, program, args, log, envs, true)
+    }
+
+    fn spawn_with(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        envs: &[(&str, &str)],
+        clean: bool,
+    ) -> Result<Guarded, EnvError> {
         let out = fs::File::create(log)?;
         let pidfile = log.with_extension("pid");
         let _ = fs::remove_file(&pidfile);
         let mut cmd = Command::new("sh");
+        if clean {
+            clean_env(&mut cmd);
+        }
         cmd.arg("-c")
             .arg(GUARD_SCRIPT)
             .arg("sh")
@@ -169,12 +214,60 @@ impl Drop for Guarded {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, for a server that binds it later (a child process).
+///
+/// The port is free when returned, but another process may take it before the server binds
+/// it; [`free_port`] makes that unlikely, and the callers that start a server retry with
+/// another port when its bind fails ([`bind_failed`]). Ports come from below the kernel's
+/// ephemeral range (so the kernel never gives one to a connection or to a bind of port 0),
+/// starting at a place of this process's own (so test binaries running at once rarely meet),
+/// and never twice from one process (until the range is used up).
 pub fn free_port() -> Result<u16, EnvError> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = port_range();
+    let span = u32::from(high - low);
+    // Knuth's multiplicative hash spreads neighbouring pids over the range.
+    let offset = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + u16::try_from((offset + n % span) % span).unwrap_or(0);
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    // The range is used up: the kernel's choice.
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
 }
+
+/// The ports [`free_port`] hands out: from 20000 up to the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, usually from 32768).
+fn port_range() -> (u16, u16) {
+    const LOW: u16 = 20000;
+    let ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral >= LOW + 1000 {
+        (LOW, ephemeral)
+    } else {
+        // An unusual ephemeral range: a band of its own below it.
+        (1024 + 1000, ephemeral.max(1024 + 2000))
+    }
+}
+
+/// True when the log of a server that exited says its port was taken (as the operator, the
+/// simulator, etcd and kube-apiserver say it): the caller starts it again on another port.
+pub fn bind_failed(log: &Path) -> bool {
+    fs::read_to_string(log).is_ok_and(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("address already in use") || l.contains("address in use")
+    })
+}
+
+/// How many times a server is started on a new port when its port was taken.
+pub const PORT_ATTEMPTS: usize = 5;
 
 /// How [`ControlPlane::start_with`] sets up kube-apiserver. The default is the control plane
 /// of the end-to-end tests: loopback only, RBAC only, no ServiceAccount admission and no
@@ -266,72 +359,101 @@ impl ControlPlane {
         let sa_key = write("sa.key", &certs.sa_key)?;
         let sa_pub = write("sa.pub", &certs.sa_pub)?;
 
-        let etcd_port = free_port()?;
-        let peer_port = free_port()?;
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut etcd = Guarded::spawn(
-            "etcd",
-            &tools.join("etcd"),
-            &[
-                format!("--data-dir={}", dir.join("etcd").display()),
-                format!("--listen-client-urls={etcd_url}"),
-                format!("--advertise-client-urls={etcd_url}"),
-                format!("--listen-peer-urls={peer_url}"),
-                format!("--initial-advertise-peer-urls={peer_url}"),
-                format!("--initial-cluster=default={peer_url}"),
-                "--unsafe-no-fsync".into(),
-                "--log-level=warn".into(),
-            ],
-            &dir.join("etcd.log"),
-            &[],
-        )?;
-        wait_tcp(&mut etcd, etcd_port, Duration::from_secs(30)).await?;
+        // A port taken between free_port and the bind: again on other ports.
+        let mut attempt = 1;
+        let (etcd, etcd_url) = loop {
+            let etcd_port = free_port()?;
+            let peer_port = free_port()?;
+            let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            let mut etcd = Guarded::spawn(
+                "etcd",
+                &tools.join("etcd"),
+                &[
+                    format!("--data-dir={}", dir.join("etcd").display()),
+                    format!("--listen-client-urls={etcd_url}"),
+                    format!("--advertise-client-urls={etcd_url}"),
+                    format!("--listen-peer-urls={peer_url}"),
+                    format!("--initial-advertise-peer-urls={peer_url}"),
+                    format!("--initial-cluster=default={peer_url}"),
+                    "--unsafe-no-fsync".into(),
+                    "--log-level=warn".into(),
+                ],
+                &dir.join("etcd.log"),
+                &[],
+            )?;
+            match wait_tcp(&mut etcd, etcd_port, Duration::from_secs(30)).await {
+                Ok(()) => break (etcd, etcd_url),
+                Err(EnvError::Exited { .. })
+                    if attempt < PORT_ATTEMPTS && bind_failed(&etcd.log) =>
+                {
+                    attempt += 1;
+                    drop(etcd);
+                    let _ = fs::remove_dir_all(dir.join("etcd"));
+                }
+                Err(e) => return Err(e),
+            }
+        };
 
-        let port = free_port()?;
-        let server = format!("https://127.0.0.1:{port}");
-        let mut args = vec![
-            format!("--etcd-servers={etcd_url}"),
-            format!("--secure-port={port}"),
-            format!("--cert-dir={}", dir.join("apiserver-certs").display()),
-            format!("--tls-cert-file={}", serving_crt.display()),
-            format!("--tls-private-key-file={}", serving_key.display()),
-            format!("--client-ca-file={}", ca.display()),
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-            format!("--service-account-key-file={}", sa_pub.display()),
-            format!("--service-account-signing-key-file={}", sa_key.display()),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--allow-privileged=true".into(),
-            "--enable-priority-and-fairness=false".into(),
-            "--v=0".into(),
-        ];
-        match options.node_ip {
-            None => args.extend([
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                "--authorization-mode=RBAC".into(),
-                "--disable-admission-plugins=ServiceAccount".into(),
-                "--endpoint-reconciler-type=none".into(),
-            ]),
-            Some(ip) => args.extend([
-                "--bind-address=0.0.0.0".into(),
-                format!("--advertise-address={ip}"),
-                "--authorization-mode=Node,RBAC".into(),
-            ]),
-        }
-        let mut apiserver = Guarded::spawn(
-            "kube-apiserver",
-            &tools.join("kube-apiserver"),
-            &args,
-            &dir.join("kube-apiserver.log"),
-            &[],
-        )?;
+        let mut attempt = 1;
+        let (apiserver, server, kubeconfig, client) = loop {
+            let port = free_port()?;
+            let server = format!("https://127.0.0.1:{port}");
+            let mut args = vec![
+                format!("--etcd-servers={etcd_url}"),
+                format!("--secure-port={port}"),
+                format!("--cert-dir={}", dir.join("apiserver-certs").display()),
+                format!("--tls-cert-file={}", serving_crt.display()),
+                format!("--tls-private-key-file={}", serving_key.display()),
+                format!("--client-ca-file={}", ca.display()),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", sa_pub.display()),
+                format!("--service-account-signing-key-file={}", sa_key.display()),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--allow-privileged=true".into(),
+                "--enable-priority-and-fairness=false".into(),
+                "--v=0".into(),
+            ];
+            match options.node_ip {
+                None => args.extend([
+                    "--bind-address=127.0.0.1".into(),
+                    "--advertise-address=127.0.0.1".into(),
+                    "--authorization-mode=RBAC".into(),
+                    "--disable-admission-plugins=ServiceAccount".into(),
+                    "--endpoint-reconciler-type=none".into(),
+                ]),
+                Some(ip) => args.extend([
+                    "--bind-address=0.0.0.0".into(),
+                    format!("--advertise-address={ip}"),
+                    "--authorization-mode=Node,RBAC".into(),
+                ]),
+            }
+            let mut apiserver = Guarded::spawn(
+                "kube-apiserver",
+                &tools.join("kube-apiserver"),
+                &args,
+                &dir.join("kube-apiserver.log"),
+                &[],
+            )?;
 
-        let kubeconfig = dir.join("kubeconfig");
-        write_kubeconfig(&kubeconfig, &server, &certs)?;
-        wait_tcp(&mut apiserver, port, Duration::from_secs(60)).await?;
-        let client = client_for(&kubeconfig).await?;
-        wait_ready(&mut apiserver, &client, Duration::from_secs(90)).await?;
+            let kubeconfig = dir.join("kubeconfig");
+            write_kubeconfig(&kubeconfig, &server, &certs)?;
+            let started = async {
+                wait_tcp(&mut apiserver, port, Duration::from_secs(60)).await?;
+                let client = client_for(&kubeconfig).await?;
+                wait_ready(&mut apiserver, &client, Duration::from_secs(90)).await?;
+                Ok::<Client, EnvError>(client)
+            };
+            match started.await {
+                Ok(client) => break (apiserver, server, kubeconfig, client),
+                Err(EnvError::Exited { .. })
+                    if attempt < PORT_ATTEMPTS && bind_failed(&apiserver.log) =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let cp = ControlPlane {
             kubeconfig,
             server,

@@ -25,9 +25,48 @@ pub use controlplane::{
 use std::path::PathBuf;
 
 /// Where the pinned upstream programs are (kube-apiserver, etcd, kubectl, helm):
-/// `$PPIO_TOOLS_BIN`, else the repository's `.tools/bin` (see `tools/build.sh`).
+/// `$PPIO_TOOLS_BIN`, else `$XDG_CACHE_HOME/ppio-operator/bin`, else
+/// `~/.cache/ppio-operator/bin` (see `tools/build.sh`).
 pub fn tools_dir() -> PathBuf {
-    std::env::var_os("PPIO_TOOLS_BIN")
+    if let Some(dir) = std::env::var_os("PPIO_TOOLS_BIN") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tools/bin")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("ppio-operator").join("bin")
+}
+
+/// Runs a test's body, and panics naming the test when it has not finished within `deadline`
+/// of real time (times `PPIO_TEST_DEADLINE_SCALE`, a whole number, default 1). The clock is a
+/// thread of its own, not tokio's timer, so a test on tokio's paused clock is held to real time
+/// too. What `#[ppio_test_macros::test]` wraps every test body in.
+pub async fn within<F: std::future::Future>(
+    deadline: std::time::Duration,
+    name: &str,
+    body: F,
+) -> F::Output {
+    let scale: u32 = std::env::var("PPIO_TEST_DEADLINE_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1);
+    let deadline = deadline * scale;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        // Woken early when the test ends (the sender is dropped).
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(deadline) {
+            let _ = tx.send(());
+        }
+    });
+    let body = std::pin::pin!(body);
+    let out = tokio::select! {
+        biased;
+        out = body => out,
+        Ok(()) = rx => panic!("{name}: still running after its deadline of {deadline:?} (real time)"),
+    };
+    drop(done_tx);
+    out
 }

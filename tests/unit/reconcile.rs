@@ -1,19 +1,17 @@
 //! Reconcile tests: the real PPIO HTTP client against the simulator on 127.0.0.1, and a
 //! mocked Kubernetes API server (tower-test) that records every status write.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::mock::*;
 use kube::core::DeserializeGuard;
-use ppio_operator::controller::{Budget, CachedInstance, History, poll, reconcile};
+use ppio_operator::controller::{Budget, CachedInstance, History, Reservation, poll, reconcile};
 use ppio_operator::crd::SecretKeyRef;
 use ppio_operator::simulator::{BodyFault, Fault};
 use serde_json::json;
-use support::mock::*;
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn new_observation_writes_once_and_unchanged_writes_nothing() {
     let h = harness(Some(KEY)).await;
     let first = poll(&instance("a", None), &h.ctx, REFRESH, 0)
@@ -49,7 +47,7 @@ async fn new_observation_writes_once_and_unchanged_writes_nothing() {
     assert_eq!(h.sim.requests_for("ca338f12f3"), 2);
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn a_state_change_flips_ready() {
     let h = harness(Some(KEY)).await;
     poll(&instance("a", None), &h.ctx, REFRESH, 0)
@@ -77,7 +75,7 @@ async fn a_state_change_flips_ready() {
     assert!(p.next.expect("requeue") <= Duration::from_secs(11));
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn api_errors_keep_the_last_good_data_and_repeat_without_writes() {
     let h = harness(Some(KEY)).await;
     poll(&instance("a", None), &h.ctx, REFRESH, 0)
@@ -139,7 +137,7 @@ async fn api_errors_keep_the_last_good_data_and_repeat_without_writes() {
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn a_gone_instance_reports_not_found_and_polls_slowly() {
     let h = harness(Some(KEY)).await;
     poll(&instance("a", None), &h.ctx, REFRESH, 0)
@@ -186,7 +184,7 @@ async fn a_gone_instance_reports_not_found_and_polls_slowly() {
     assert!(!p.wrote, "the same condition from a 400 is the same status");
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn a_brief_not_found_is_never_reported() {
     let h = harness(Some(KEY)).await;
     poll(&instance("a", None), &h.ctx, REFRESH, 0)
@@ -215,7 +213,7 @@ async fn a_brief_not_found_is_never_reported() {
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn retry_after_pauses_every_object_using_the_key() {
     let h = harness(Some(KEY)).await;
     h.sim
@@ -253,7 +251,7 @@ async fn retry_after_pauses_every_object_using_the_key() {
     assert!(secs(&action) && secs(&again));
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn retry_after_is_floored_at_the_backoff_and_a_key_pause_is_capped() {
     let h = harness(Some(KEY)).await;
     // Retry-After: 0 (or a date in the past) waits at least the error backoff, and grows.
@@ -291,7 +289,7 @@ async fn retry_after_is_floored_at_the_backoff_and_a_key_pause_is_capped() {
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn credentials_come_from_the_secret_and_changes_apply_at_the_next_poll() {
     let h = harness(None).await;
     let mut i = instance("a", None);
@@ -352,7 +350,7 @@ async fn credentials_come_from_the_secret_and_changes_apply_at_the_next_poll() {
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn only_a_marked_secret_serves_as_credentials_and_every_refusal_reads_the_same() {
     let h = harness(None).await;
     let mut i = instance("a", None);
@@ -398,7 +396,7 @@ async fn only_a_marked_secret_serves_as_credentials_and_every_refusal_reads_the_
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn the_default_key_serves_only_the_namespaces_it_is_given_to() {
     let h = harness(Some(KEY)).await;
     let mut settings = h.ctx.settings.clone();
@@ -430,7 +428,7 @@ async fn the_default_key_serves_only_the_namespaces_it_is_given_to() {
     assert!(p.requested, "team-a may use the default key");
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn no_default_key_reports_credentials_missing() {
     let h = harness(None).await;
     let p = poll(&instance("a", None), &h.ctx, REFRESH, 0)
@@ -443,7 +441,7 @@ async fn no_default_key_reports_credentials_missing() {
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn suspend_makes_no_request() {
     let h = harness(Some(KEY)).await;
     let mut i = instance("a", None);
@@ -457,7 +455,7 @@ async fn suspend_makes_no_request() {
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn a_malformed_object_does_not_stop_the_others() {
     let h = harness(Some(KEY)).await;
     let list: Vec<DeserializeGuard<CachedInstance>> = serde_json::from_value(json!([
@@ -475,40 +473,62 @@ async fn a_malformed_object_does_not_stop_the_others() {
     assert_eq!(h.sim.requests_for("ca338f12f3"), 1);
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn instances_sharing_a_key_share_its_request_budget() {
+    // One request per 4 s, no burst: slots far apart, so that how long the first poll's
+    // request takes on a busy machine does not matter (the client gives up after 2 s).
+    let interval = Duration::from_secs(4);
     let budget = ppio_operator::controller::Budget {
-        per_second: Some(5.0),
+        per_second: Some(0.25),
         burst: 1,
     };
     let h = harness_with_budget(Some(KEY), budget).await;
-    // Four polls at 5 per second with no burst: one goes now, the others are given slots
-    // 0.2s apart and come back for them (none waits inside its reconcile).
-    let mut deferred = Vec::new();
-    for n in 0..4 {
+    // Four polls: one goes now, the others are given the next slots, one interval apart, and
+    // come back for them (none waits inside its reconcile).
+    let first = poll(&instance("i0", None), &h.ctx, REFRESH, 0)
+        .await
+        .expect("poll");
+    assert!(first.requested && first.reserved.is_none());
+    // The clock stands still from here (the next polls send no request), so the waits they
+    // are given are exact: each one interval after the one before.
+    tokio::time::pause();
+    let mut deferred: Vec<(u32, Duration, Reservation)> = Vec::new();
+    for n in 1..4u32 {
         let p = poll(&instance(&format!("i{n}"), None), &h.ctx, REFRESH, 0)
             .await
             .expect("poll");
-        if n == 0 {
-            assert!(p.requested && p.reserved.is_none());
-        } else {
-            assert!(!p.requested, "i{n} went past the budget");
-            let wait = p.next.expect("requeue");
-            let want = Duration::from_millis(200 * n);
-            assert!(
-                wait >= want - Duration::from_millis(50)
-                    && wait <= want + Duration::from_millis(50),
-                "i{n}: {wait:?}"
-            );
-            deferred.push((n, p.reserved.expect("a reserved slot")));
+        assert!(!p.requested, "i{n} went past the budget");
+        let wait = p.next.expect("requeue");
+        let reserved = p.reserved.expect("a reserved slot");
+        assert!(
+            wait > Duration::ZERO && wait <= interval * n,
+            "i{n} waits {wait:?} for slot {n}"
+        );
+        if let Some((_, before_wait, before)) = deferred.last() {
+            assert_eq!(wait - *before_wait, interval, "i{n}: the next slot");
+            assert_eq!(reserved.slot - before.slot, interval, "i{n}: the next slot");
         }
+        deferred.push((n, wait, reserved));
     }
     assert_eq!(h.sim.requests_for("ca338f12f3"), 1);
-    // Back at their slots, they poll without taking more of the budget.
-    tokio::time::sleep(Duration::from_millis(650)).await;
-    for (n, slot) in deferred {
+    // Just before its slot a reservation still waits.
+    let (n, last_wait, reserved) = deferred[2];
+    tokio::time::advance(last_wait - Duration::from_millis(1)).await;
+    let early = History {
+        reserved: Some(reserved),
+        ..History::default()
+    };
+    let p = poll(&instance(&format!("i{n}"), None), &h.ctx, REFRESH, early)
+        .await
+        .expect("poll");
+    assert!(!p.requested, "i{n} went before its slot");
+    // At their slots they poll without taking more of the budget (in real time again, for
+    // the requests they send).
+    tokio::time::advance(Duration::from_millis(1)).await;
+    tokio::time::resume();
+    for (n, _, reserved) in deferred {
         let history = History {
-            reserved: Some(slot),
+            reserved: Some(reserved),
             ..History::default()
         };
         let p = poll(&instance(&format!("i{n}"), None), &h.ctx, REFRESH, history)
@@ -519,7 +539,7 @@ async fn instances_sharing_a_key_share_its_request_budget() {
     assert_eq!(h.sim.requests_for("ca338f12f3"), 4);
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn the_refresh_annotation_polls_an_object_at_most_every_ten_seconds() {
     let h = harness(Some(KEY)).await;
     let with_refresh = |value: &str, status| {
@@ -553,7 +573,7 @@ async fn the_refresh_annotation_polls_an_object_at_most_every_ten_seconds() {
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn instance_metrics_follow_only_what_was_written() {
     let h = harness(Some(KEY)).await;
     h.api.fail_status_writes(true);
@@ -575,7 +595,7 @@ async fn instance_metrics_follow_only_what_was_written() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ppio_test_macros::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_api_that_never_answers_does_not_hang_the_reconcile() {
     let h = harness(Some(KEY)).await;
     let recorder = kube::runtime::events::Recorder::new(
@@ -609,7 +629,7 @@ async fn an_event_api_that_never_answers_does_not_hang_the_reconcile() {
     assert!(h.api.events().is_empty());
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn secret_reads_do_not_grow_with_the_instances_that_use_the_secret() {
     let h = harness(None).await;
     h.api.put_secret("ml", "shared", "apiKey", KEY);
@@ -717,7 +737,7 @@ async fn reconcile_in_turn(
     tasks
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn with_a_concurrency_limit_reconciles_start_in_the_order_asked() {
     let h = harness_with(Some(KEY), Budget::default(), |ctx| ctx.with_concurrency(1)).await;
     let tasks = reconcile_in_turn(&h, 5).await;
@@ -738,7 +758,7 @@ async fn with_a_concurrency_limit_reconciles_start_in_the_order_asked() {
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn stopping_ends_the_reconciles_that_wait_for_their_turn() {
     let h = harness_with(Some(KEY), Budget::default(), |ctx| ctx.with_concurrency(1)).await;
     let tasks = reconcile_in_turn(&h, 3).await;

@@ -2,17 +2,16 @@
 //! least-privilege RBAC, server-side validation of every rendering, install, upgrade and
 //! uninstall.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use crate::support::*;
 use kube::CustomResourceExt;
 use ppio_operator::crd::{PpioInstance, crd_yaml};
+use ppio_testenv::ControlPlane;
 use serde::Deserialize;
 use serde_json::Value;
-use support::*;
 
 fn chart() -> PathBuf {
     Path::new(REPO).join("charts/ppio-operator")
@@ -20,6 +19,11 @@ fn chart() -> PathBuf {
 
 /// Helm, with its config and cache in a folder of the test run (never the user's).
 fn helm(args: &[&str]) -> Output {
+    helm_at(kubeconfig(), args)
+}
+
+/// [`helm`] against the cluster of `kc`.
+fn helm_at(kc: &Path, args: &[&str]) -> Output {
     static HOME: OnceLock<PathBuf> = OnceLock::new();
     let home = HOME.get_or_init(|| {
         let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-home");
@@ -31,13 +35,17 @@ fn helm(args: &[&str]) -> Output {
         .env("HELM_CONFIG_HOME", home.join("config"))
         .env("HELM_CACHE_HOME", home.join("cache"))
         .env("HELM_DATA_HOME", home.join("data"))
-        .env("KUBECONFIG", kubeconfig())
+        .env("KUBECONFIG", kc)
         .output()
         .expect("helm runs")
 }
 
 fn helm_ok(args: &[&str]) -> String {
-    let out = helm(args);
+    helm_ok_at(kubeconfig(), args)
+}
+
+fn helm_ok_at(kc: &Path, args: &[&str]) -> String {
+    let out = helm_at(kc, args);
     assert!(
         out.status.success(),
         "helm {args:?} failed: {}",
@@ -289,7 +297,7 @@ fn the_deployment_is_hardened_and_configured_from_values() {
     let mut argv = vec![OPERATOR.to_string()];
     argv.extend(args.iter().map(|s| s.to_string()));
     argv.push("--help".into());
-    let out = Command::new(OPERATOR)
+    let out = clean_env(&mut Command::new(OPERATOR))
         .args(&argv[1..])
         .output()
         .expect("runs");
@@ -405,13 +413,20 @@ spec:
           x-kubernetes-preserve-unknown-fields: true
 "#;
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_work() {
-    let client = client().await;
+    // A control plane of its own: the test installs, and Helm owns, the CRD, which the
+    // shared control plane's other tests use.
+    let cp = ControlPlane::start(&tools_dir(), None, None)
+        .await
+        .expect("a control plane of the test's own");
+    let kc = cp.kubeconfig.clone();
+    let k = |args: &[&str], stdin: Option<&str>| kubectl_at(&kc, args, stdin);
+    let k_ok = |args: &[&str], stdin: Option<&str>| kubectl_at_ok(&kc, args, stdin);
     // What the optional features need in the cluster: the ServiceMonitor kind (the Prometheus
     // Operator's, reduced to its name) and the namespaces.
-    kubectl_ok(&["apply", "-f", "-"], Some(SERVICE_MONITOR_CRD));
-    kubectl_ok(
+    k_ok(&["apply", "-f", "-"], Some(SERVICE_MONITOR_CRD));
+    k_ok(
         &[
             "wait",
             "--for=condition=Established",
@@ -421,7 +436,7 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
         None,
     );
     for ns in ["ppio-system", "chart-watched"] {
-        let _ = kubectl(&["create", "namespace", ns], None);
+        let _ = k(&["create", "namespace", ns], None);
     }
     let variants: Vec<Vec<&str>> = vec![
         vec![],
@@ -437,7 +452,7 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
     ];
     for sets in &variants {
         let rendered = render(sets);
-        let out = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
+        let out = k(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
         assert!(
             out.status.success(),
             "{sets:?} does not validate: {}",
@@ -445,27 +460,21 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
         );
     }
 
-    // Install. The test control plane installed the CRD itself; Helm installs it here.
-    kubectl_ok(
-        &[
-            "delete",
-            "crd",
-            "ppioinstances.gpus.ppio.com",
-            "--wait=true",
-        ],
-        None,
-    );
+    // Install: Helm installs the CRD.
     let chart = chart();
     let chart = chart.to_str().expect("path");
-    helm_ok(&[
-        "install",
-        "rel",
-        chart,
-        "-n",
-        "ppio-system",
-        "--set",
-        "apiKey.existingSecret=ppio-credentials",
-    ]);
+    helm_ok_at(
+        &kc,
+        &[
+            "install",
+            "rel",
+            chart,
+            "-n",
+            "ppio-system",
+            "--set",
+            "apiKey.existingSecret=ppio-credentials",
+        ],
+    );
     for (kind, name, ns) in [
         ("deployment", "rel-ppio-operator", Some("ppio-system")),
         ("serviceaccount", "rel-ppio-operator", Some("ppio-system")),
@@ -478,9 +487,9 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
         if let Some(ns) = ns {
             args.extend(["-n", ns]);
         }
-        kubectl_ok(&args, None);
+        k_ok(&args, None);
     }
-    kubectl_ok(
+    k_ok(
         &[
             "wait",
             "--for=condition=Established",
@@ -489,24 +498,32 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
         ],
         None,
     );
-    apply_instance("chart-watched", "survivor", "instanceId: ca338f12f3");
+    k_ok(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: gpus.ppio.com/v1alpha1\nkind: PpioInstance\nmetadata:\n  name: survivor\n  namespace: chart-watched\nspec:\n  instanceId: ca338f12f3\n",
+        ),
+    );
 
     // Upgrade: values change the Deployment; leader election brings its Role.
-    helm_ok(&[
-        "upgrade",
-        "rel",
-        chart,
-        "-n",
-        "ppio-system",
-        "--reuse-values",
-        "--set",
-        "replicaCount=2",
-        "--set",
-        "leaderElection.enabled=true",
-        "--set",
-        "defaultRefreshInterval=30s",
-    ]);
-    let dep: Value = serde_json::from_str(&kubectl_ok(
+    helm_ok_at(
+        &kc,
+        &[
+            "upgrade",
+            "rel",
+            chart,
+            "-n",
+            "ppio-system",
+            "--reuse-values",
+            "--set",
+            "replicaCount=2",
+            "--set",
+            "leaderElection.enabled=true",
+            "--set",
+            "defaultRefreshInterval=30s",
+        ],
+    );
+    let dep: Value = serde_json::from_str(&k_ok(
         &[
             "get",
             "deployment",
@@ -530,7 +547,7 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
         args.contains("--leader-election") && args.contains("--default-refresh-interval=30s"),
         "{args}"
     );
-    kubectl_ok(
+    k_ok(
         &[
             "get",
             "role",
@@ -541,44 +558,46 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
         None,
     );
     // A bad value is refused and the release stays as it was.
-    let out = helm(&[
-        "upgrade",
-        "rel",
-        chart,
-        "-n",
-        "ppio-system",
-        "--reuse-values",
-        "--set",
-        "replicaCount=notanumber",
-    ]);
+    let out = helm_at(
+        &kc,
+        &[
+            "upgrade",
+            "rel",
+            chart,
+            "-n",
+            "ppio-system",
+            "--reuse-values",
+            "--set",
+            "replicaCount=notanumber",
+        ],
+    );
     assert!(!out.status.success());
-    let status: Value = serde_json::from_str(&helm_ok(&[
-        "status",
-        "rel",
-        "-n",
-        "ppio-system",
-        "-o",
-        "json",
-    ]))
+    let status: Value = serde_json::from_str(&helm_ok_at(
+        &kc,
+        &["status", "rel", "-n", "ppio-system", "-o", "json"],
+    ))
     .expect("json");
     assert_eq!(status["version"], 2);
     assert_eq!(status["info"]["status"], "deployed");
 
     // Back to one replica without leader election: the live RollingUpdate strategy (and its
     // rollingUpdate block, which the API server refuses next to Recreate) becomes Recreate.
-    helm_ok(&[
-        "upgrade",
-        "rel",
-        chart,
-        "-n",
-        "ppio-system",
-        "--reuse-values",
-        "--set",
-        "replicaCount=1",
-        "--set",
-        "leaderElection.enabled=false",
-    ]);
-    let dep: Value = serde_json::from_str(&kubectl_ok(
+    helm_ok_at(
+        &kc,
+        &[
+            "upgrade",
+            "rel",
+            chart,
+            "-n",
+            "ppio-system",
+            "--reuse-values",
+            "--set",
+            "replicaCount=1",
+            "--set",
+            "leaderElection.enabled=false",
+        ],
+    );
+    let dep: Value = serde_json::from_str(&k_ok(
         &[
             "get",
             "deployment",
@@ -597,8 +616,8 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
     );
 
     // Uninstall: the operator goes, the CRD and the PpioInstances stay.
-    helm_ok(&["uninstall", "rel", "-n", "ppio-system"]);
-    let out = kubectl(
+    helm_ok_at(&kc, &["uninstall", "rel", "-n", "ppio-system"]);
+    let out = k(
         &[
             "get",
             "deployment",
@@ -609,12 +628,12 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
         None,
     );
     assert!(!out.status.success(), "the Deployment survived uninstall");
-    kubectl_ok(&["get", "crd", "ppioinstances.gpus.ppio.com"], None);
-    kubectl_ok(
+    k_ok(&["get", "crd", "ppioinstances.gpus.ppio.com"], None);
+    k_ok(
         &["get", "ppioinstance", "survivor", "-n", "chart-watched"],
         None,
     );
-    drop(client);
+    drop(cp);
 }
 
 /// The hex SHA-256 of `data`, by coreutils' `sha256sum`.

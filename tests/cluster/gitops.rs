@@ -5,18 +5,15 @@
 //! the `ppio-health` program built by tools/build.sh (tools/health); the objects come from the
 //! real API server.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
+use crate::support::*;
 use ppio_operator::simulator::Fault;
 use serde::Deserialize;
 use serde_json::Value;
-use support::*;
 
 const KEY: &str = "key-gitops";
 /// What plain kstatus says of a stopped instance (Ready=False): still in progress.
@@ -71,7 +68,7 @@ fn evaluate(ns: &str) -> BTreeMap<String, Health> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ppio_test_macros::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flux_and_argo_read_every_row_of_the_health_table() {
     // One instance fails while the others answer: a fault only a GET meets.
     let Scene {
@@ -84,7 +81,7 @@ async fn flux_and_argo_read_every_row_of_the_health_table() {
     } = scene("gitops", KEY, &["--ppio-observe", "get"]).await;
     // A copy of the running sample that will fail with 503 for as long as the test looks.
     let mut failing: Value =
-        serde_json::from_str(include_str!("fixtures/get-instance.json")).expect("fixture");
+        serde_json::from_str(include_str!("../fixtures/get-instance.json")).expect("fixture");
     failing["status"]["status"] = Value::from("running");
     sim.put_instance("fa11ing503", failing);
 
@@ -97,20 +94,16 @@ async fn flux_and_argo_read_every_row_of_the_health_table() {
     for name in ["running", "starting", "exited", "failing"] {
         wait_observed(&api, name).await;
     }
-    wait_for(&api, "gone", Duration::from_secs(10), "Stalled", |o| {
+    wait_for(&api, "gone", "Stalled", |o| {
         has(o, "Stalled", "True", "InstanceNotFound")
     })
     .await;
-    wait_for(
-        &api,
-        "suspended",
-        Duration::from_secs(10),
-        "suspended",
-        |o| has(o, "Synced", "False", "Suspended"),
-    )
+    wait_for(&api, "suspended", "suspended", |o| {
+        has(o, "Synced", "False", "Suspended")
+    })
     .await;
     sim.set_fault("fa11ing503", Fault::status(503));
-    wait_for(&api, "failing", Duration::from_secs(30), "retrying", |o| {
+    wait_for(&api, "failing", "retrying", |o| {
         has(o, "Reconciling", "True", "ApiUnavailable")
     })
     .await;

@@ -3,8 +3,9 @@
 //! empties a folder it did not make.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use ppio_testenv::cluster::Deadline;
 use ppio_testenv::{Guarded, tools_dir};
 
 const DEMO: &str = env!("CARGO_BIN_EXE_ppio-demo");
@@ -22,7 +23,7 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn the_demo_runs_and_leaves_no_process_behind_when_killed() {
     let state = tempfile::Builder::new()
         .prefix("ppio-demo-test-")
@@ -38,7 +39,7 @@ async fn the_demo_runs_and_leaves_no_process_behind_when_killed() {
         &[("PPIO_TOOLS_BIN", &tools_dir().display().to_string())],
     )
     .expect("the demo starts");
-    let start = Instant::now();
+    let deadline = Deadline::new("the demo up", Duration::from_secs(180));
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if text.contains("The demo runs until Ctrl-C") {
@@ -46,10 +47,7 @@ async fn the_demo_runs_and_leaves_no_process_behind_when_killed() {
         }
         demo.check_alive()
             .unwrap_or_else(|e| panic!("the demo died: {e}\n{text}"));
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "the demo did not come up:\n{text}"
-        );
+        deadline.check(|| format!("the demo did not come up:\n{text}"));
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     // The sample PpioInstances are shown with their observed state.
@@ -72,12 +70,12 @@ async fn the_demo_runs_and_leaves_no_process_behind_when_killed() {
     assert!(children.iter().all(|p| alive(*p)));
     // SIGKILL: no clean-up code runs in the demo, yet its etcd and kube-apiserver must go.
     demo.signal("KILL").expect("kill");
-    let start = Instant::now();
+    let deadline = Deadline::new(
+        "etcd and kube-apiserver gone with the demo",
+        Duration::from_secs(60),
+    );
     while children.iter().any(|p| alive(*p)) {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "etcd or kube-apiserver outlived the demo"
-        );
+        deadline.check(|| "etcd or kube-apiserver outlived the demo");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

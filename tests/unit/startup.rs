@@ -9,15 +9,15 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::json;
 
+use crate::support::{Deadline, PORT_ATTEMPTS, WAIT, bind_failed, clean_env};
+
 const OPERATOR: &str = env!("CARGO_BIN_EXE_ppio-operator");
 
+/// Runs the operator with `args` and nothing of the caller's environment but `envs` (and
+/// PATH, HOME, TMPDIR): its exit code and stderr.
 fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(OPERATOR);
-    cmd.args(args)
-        .env_remove("PPIO_BASE_URL")
-        .env_remove("WATCH_NAMESPACE")
-        .env_remove("PPIO_DEFAULT_REFRESH_INTERVAL")
-        .env_remove("HTTP_ADDR");
+    clean_env(&mut cmd).args(args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -85,7 +85,7 @@ async fn api_without_the_crd() -> SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ppio_test_macros::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_crd_exits_non_zero_with_the_install_command() {
     let addr = api_without_the_crd().await;
     let dir = tempfile::tempdir().expect("tmp");
@@ -127,48 +127,58 @@ fn no_cluster_configuration_is_a_clear_error() {
     assert!(err.contains("KUBECONFIG"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ppio_test_macros::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_serves_the_samples_and_refuses_bad_fixtures() {
-    let port = ppio_testenv::free_port().expect("port");
     let dir = tempfile::tempdir().expect("tmp");
-    let log = dir.path().join("simulate.log");
-    let mut sim = ppio_testenv::Guarded::spawn(
-        "ppio-operator simulate",
-        std::path::Path::new(OPERATOR),
-        &[
-            "simulate".into(),
-            "--addr".into(),
-            format!("127.0.0.1:{port}"),
-            "--api-key".into(),
-            "k".into(),
-        ],
-        &log,
-        &[],
-    )
-    .expect("starts");
-    let url = format!("http://127.0.0.1:{port}/gpus/v2/instances/b7e2c91d04");
     let client = reqwest::Client::new();
-    let start = std::time::Instant::now();
-    let body = loop {
-        match client.get(&url).bearer_auth("k").send().await {
-            Ok(r) if r.status().is_success() => break r.text().await.expect("body"),
-            _ => {
-                sim.check_alive().expect("the simulator runs");
-                assert!(
-                    start.elapsed() < std::time::Duration::from_secs(10),
-                    "no answer"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Started again on another port when its port was taken before it bound it.
+    let mut attempt = 1;
+    let (mut sim, body) = loop {
+        let port = ppio_testenv::free_port().expect("port");
+        let log = dir.path().join(format!("simulate-{port}.log"));
+        let mut sim = ppio_testenv::Guarded::spawn_clean(
+            "ppio-operator simulate",
+            std::path::Path::new(OPERATOR),
+            &[
+                "simulate".into(),
+                "--addr".into(),
+                format!("127.0.0.1:{port}"),
+                "--api-key".into(),
+                "k".into(),
+            ],
+            &log,
+            &[],
+        )
+        .expect("starts");
+        let url = format!("http://127.0.0.1:{port}/gpus/v2/instances/b7e2c91d04");
+        let deadline = Deadline::new("the simulator answers", WAIT);
+        let body = loop {
+            match client.get(&url).bearer_auth("k").send().await {
+                Ok(r) if r.status().is_success() && sim.check_alive().is_ok() => {
+                    break Some(r.text().await.expect("body"));
+                }
+                _ => {
+                    if let Err(e) = sim.check_alive() {
+                        if attempt < PORT_ATTEMPTS && bind_failed(&log) {
+                            break None;
+                        }
+                        panic!("the simulator exited: {e}");
+                    }
+                    deadline.check(|| std::fs::read_to_string(&log).unwrap_or_default());
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
             }
+        };
+        match body {
+            Some(body) => break (sim, body),
+            None => attempt += 1,
         }
     };
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["status"]["status"], "starting");
     sim.signal("TERM").expect("term");
-    let status = sim
-        .wait_timeout(std::time::Duration::from_secs(10))
-        .expect("wait")
-        .expect("exits");
+    // Hang protection, not a claim about speed.
+    let status = sim.wait_timeout(WAIT).expect("wait").expect("exits");
     assert!(status.success());
 
     let bad = dir.path().join("bad.json");

@@ -3,12 +3,11 @@
 //! object after the delay its reconcile asked for; PPIO is an in-memory fake that records
 //! every request. What is pinned is behaviour: who is polled, and how often.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::mock::{FIXTURE, MockApi, instance};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use kube::core::DeserializeGuard;
@@ -19,7 +18,6 @@ use ppio_operator::crd::{PpioInstance, SecretKeyRef};
 use ppio_operator::metrics::Metrics;
 use ppio_operator::ppio::{ApiKey, Instance, InstancePage, ListQuery, PpioApi, PpioError};
 use serde_json::{Value, json};
-use support::mock::{FIXTURE, MockApi, instance};
 use tokio::time::Instant;
 
 /// PPIO in memory: every GET answers the fixture at once (with the id asked for, and its
@@ -288,7 +286,7 @@ fn objects(prefix: &str, n: usize, secret: Option<&str>) -> Vec<PpioInstance> {
         .collect()
 }
 
-#[tokio::test(start_paused = true)]
+#[ppio_test_macros::test(start_paused = true)]
 async fn a_spent_budget_never_runs_away_polls_continue_at_its_rate() {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());
@@ -326,7 +324,7 @@ async fn a_spent_budget_never_runs_away_polls_continue_at_its_rate() {
     }
 }
 
-#[tokio::test(start_paused = true)]
+#[ppio_test_macros::test(start_paused = true)]
 async fn a_saturated_key_does_not_delay_another_keys_instances() {
     let api = MockApi::default();
     api.put_secret("ml", "key-b", "apiKey", "key-b");
@@ -381,7 +379,7 @@ fn ids(objects: &[PpioInstance]) -> Vec<String> {
     objects.iter().map(|o| o.spec.instance_id.clone()).collect()
 }
 
-#[tokio::test(start_paused = true)]
+#[ppio_test_macros::test(start_paused = true)]
 async fn sweeps_observe_every_instance_by_pages_and_fetch_each_in_full_as_the_budget_allows() {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());
@@ -508,7 +506,7 @@ async fn sweeps_observe_every_instance_by_pages_and_fetch_each_in_full_as_the_bu
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[ppio_test_macros::test(start_paused = true)]
 async fn a_walk_that_skips_an_instance_does_not_mark_it_gone() {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());
@@ -531,7 +529,7 @@ async fn a_walk_that_skips_an_instance_does_not_mark_it_gone() {
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[ppio_test_macros::test(start_paused = true)]
 async fn an_unavailable_list_falls_back_to_one_get_per_instance() {
     for refusal in [
         PpioError::NotFoundWithoutPpioBody,
@@ -572,7 +570,7 @@ async fn an_unavailable_list_falls_back_to_one_get_per_instance() {
     }
 }
 
-#[tokio::test(start_paused = true)]
+#[ppio_test_macros::test(start_paused = true)]
 async fn full_gets_waiting_for_a_short_budget_wait_without_spinning() {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());
@@ -599,7 +597,7 @@ async fn full_gets_waiting_for_a_short_budget_wait_without_spinning() {
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[ppio_test_macros::test(start_paused = true)]
 async fn when_walks_start_failing_every_instance_shows_it_within_its_own_interval() {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());
@@ -654,7 +652,7 @@ async fn when_walks_start_failing_every_instance_shows_it_within_its_own_interva
     }
 }
 
-#[tokio::test(start_paused = true)]
+#[ppio_test_macros::test(start_paused = true)]
 async fn a_changed_list_item_reaches_its_status_within_a_sweep_and_only_its_own() {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());
@@ -694,7 +692,7 @@ async fn a_changed_list_item_reaches_its_status_within_a_sweep_and_only_its_own(
     }
 }
 
-#[tokio::test(start_paused = true)]
+#[ppio_test_macros::test(start_paused = true)]
 async fn a_429_on_a_get_shows_on_every_instance_of_the_key_once_its_item_is_stale() {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());
@@ -729,7 +727,7 @@ async fn a_429_on_a_get_shows_on_every_instance_of_the_key_once_its_item_is_stal
     }
 }
 
-#[tokio::test(start_paused = true)]
+#[ppio_test_macros::test(start_paused = true)]
 async fn full_gets_after_a_long_fill_run_at_the_even_rate_not_as_a_backlog() {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());
@@ -789,7 +787,7 @@ async fn reconciles_at(ctx: Arc<Context>, at: Instant) -> f64 {
     reconciles(&ctx)
 }
 
-#[tokio::test(start_paused = true)]
+#[ppio_test_macros::test(start_paused = true)]
 async fn a_listed_unchanged_instance_is_reconciled_at_its_full_get_and_not_between() {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());
@@ -836,7 +834,7 @@ async fn a_listed_unchanged_instance_is_reconciled_at_its_full_get_and_not_betwe
     );
 }
 
-#[tokio::test(start_paused = true)]
+#[ppio_test_macros::test(start_paused = true)]
 async fn gets_waiting_behind_walks_come_back_about_once_when_their_slot_has_come() {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());

@@ -2,6 +2,7 @@
 //! status writes, error messages and the log of a reconcile (captured at trace level). A
 //! binary of its own, so the global log subscriber sees every event.
 
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::io::Write;
@@ -28,7 +29,7 @@ impl Write for Captured {
     }
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn secrets_never_reach_status_errors_or_logs() {
     let markers = [
         "LEAK-ssh-pw",

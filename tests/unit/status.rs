@@ -7,8 +7,8 @@ use ppio_operator::ppio::{DecodeError, Instance, PpioError};
 use ppio_operator::status::{Failure, Observation, compute_status};
 use serde_json::{Value, json};
 
-const FIXTURE: &str = include_str!("fixtures/get-instance.json");
-const GOLDEN: &str = include_str!("golden/get-instance.status.yaml");
+const FIXTURE: &str = include_str!("../fixtures/get-instance.json");
+const GOLDEN: &str = include_str!("../golden/get-instance.status.yaml");
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).expect("valid time")

@@ -133,7 +133,7 @@ fn private_files_are_0600_even_when_they_existed() {
     assert_eq!(std::fs::read_to_string(&p).expect("read"), "new");
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn the_kubeconfig_and_keys_of_the_control_plane_are_private() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("state");

@@ -1,18 +1,16 @@
 //! End-to-end: the real kube-apiserver + etcd, the real kubectl, the PPIO simulator, and the
 //! operator running as its own process.
 
-mod support;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
+use crate::support::*;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use ppio_operator::crd::{PpioInstance, PpioInstanceStatus};
 use ppio_operator::simulator::{BodyFault, Fault, Simulator};
 use serde_json::json;
-use support::*;
 
-const GOLDEN: &str = include_str!("golden/get-instance.status.yaml");
+const GOLDEN: &str = include_str!("../golden/get-instance.status.yaml");
 
 fn without_conditions(s: &PpioInstanceStatus) -> PpioInstanceStatus {
     PpioInstanceStatus {
@@ -26,18 +24,26 @@ fn rv(obj: &PpioInstance) -> String {
     obj.metadata.resource_version.clone().unwrap_or_default()
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn new_instance_gets_the_full_status_and_kubectl_shows_the_columns() {
     let Scene {
-        ns, mut op, api, ..
+        ns,
+        sim,
+        mut op,
+        api,
+        ..
     } = scene("full", "key-full", &[]).await;
 
-    let created = Instant::now();
     apply_instance(&ns, "trainer-a", "instanceId: ca338f12f3");
     apply_instance(&ns, "trainer-b", "instanceId: b7e2c91d04");
-    // Observed from the key's LIST at once, then fetched in full (prices, endpoints).
+    // Observed from the key's LIST, then fetched in full (prices, endpoints) by a GET.
     let a = wait_fetched(&api, "trainer-a").await;
-    assert!(created.elapsed() < Duration::from_secs(10));
+    let counts = sim.counts();
+    assert!(counts.list >= 1, "observed from the LIST: {counts:?}");
+    assert!(
+        sim.requests_for("ca338f12f3") >= 1,
+        "fetched in full by a GET: {counts:?}"
+    );
     let status = a.status.clone().expect("status");
     let mut golden: PpioInstanceStatus = serde_yaml::from_str(GOLDEN).expect("golden");
     // The golden status answers a refresh request; trainer-a carries no refresh annotation.
@@ -49,13 +55,9 @@ async fn new_instance_gets_the_full_status_and_kubectl_shows_the_columns() {
     );
     assert_eq!(status.observed_generation, a.metadata.generation);
     assert!(has(&a, "Ready", "True", "Running"));
-    wait_for(
-        &api,
-        "trainer-b",
-        Duration::from_secs(10),
-        "Synced=True",
-        |o| has(o, "Synced", "True", "Observed"),
-    )
+    wait_for(&api, "trainer-b", "Synced=True", |o| {
+        has(o, "Synced", "True", "Observed")
+    })
     .await;
 
     let table = kubectl_ok(&["get", "ppioinstances", "-n", &ns], None);
@@ -147,8 +149,8 @@ async fn new_instance_gets_the_full_status_and_kubectl_shows_the_columns() {
     op.assert_running();
 }
 
-#[tokio::test]
-async fn upstream_changes_show_within_one_interval_and_kubectl_wait_returns() {
+#[ppio_test_macros::test]
+async fn upstream_changes_show_and_kubectl_wait_returns() {
     let Scene {
         ns,
         sim,
@@ -158,17 +160,18 @@ async fn upstream_changes_show_within_one_interval_and_kubectl_wait_returns() {
     } = scene("change", "key-change", &[]).await;
 
     apply_instance(&ns, "b", "instanceId: b7e2c91d04\nrefreshInterval: 10s");
-    wait_for(&api, "b", Duration::from_secs(10), "state starting", |o| {
+    wait_for(&api, "b", "state starting", |o| {
         o.status.as_ref().and_then(|s| s.state.as_deref()) == Some("starting")
     })
     .await;
 
+    // What is pinned is that the change upstream shows and `kubectl wait` returns on it, not
+    // how fast: the polling rate is pinned in virtual time by the scheduler tests.
     let kc = kubeconfig().to_path_buf();
     let kubectl_bin = tools_dir().join("kubectl");
     let ns2 = ns.clone();
     let waiter = std::thread::spawn(move || {
-        let start = Instant::now();
-        let out = std::process::Command::new(kubectl_bin)
+        std::process::Command::new(kubectl_bin)
             .arg("--kubeconfig")
             .arg(kc)
             .args([
@@ -177,16 +180,17 @@ async fn upstream_changes_show_within_one_interval_and_kubectl_wait_returns() {
                 "ppioinstance/b",
                 "-n",
                 &ns2,
-                "--timeout=60s",
+                // Hang protection, not a claim about speed.
+                "--timeout=180s",
             ])
             .output()
-            .expect("kubectl wait runs");
-        (out, start.elapsed())
+            .expect("kubectl wait runs")
     });
+    // kubectl wait is watching before the change (a wait that starts after it returns too).
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let polls = observations(&sim, "b7e2c91d04");
     sim.patch_instance("b7e2c91d04", &json!({"status": {"status": "running"}}));
-    let changed = Instant::now();
-    let (out, _) = waiter.join().expect("waiter");
+    let out = waiter.join().expect("waiter");
     assert!(
         out.status.success(),
         "kubectl wait failed: {}",
@@ -194,23 +198,19 @@ async fn upstream_changes_show_within_one_interval_and_kubectl_wait_returns() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("condition met"));
     assert!(
-        changed.elapsed() <= Duration::from_secs(13),
-        "Ready took {:?}",
-        changed.elapsed()
+        observations(&sim, "b7e2c91d04") > polls,
+        "the change was seen by a poll"
     );
 
-    // running -> exited: shown within one refresh interval (10s, +10% jitter, + the write
-    // and the watch: 13s).
+    // running -> exited: shown by the next poll.
     sim.patch_instance(
         "b7e2c91d04",
         &json!({"status": {"status": "exited"}, "last_stopped_at": 1714560000}),
     );
-    let changed = Instant::now();
-    let obj = wait_for(&api, "b", Duration::from_secs(13), "state exited", |o| {
+    let obj = wait_for(&api, "b", "state exited", |o| {
         o.status.as_ref().and_then(|s| s.state.as_deref()) == Some("exited")
     })
     .await;
-    assert!(changed.elapsed() <= Duration::from_secs(13));
     assert!(has(&obj, "Ready", "False", "NotRunning"));
     assert_eq!(
         obj.status.and_then(|s| s.last_stopped_at).as_deref(),
@@ -218,7 +218,7 @@ async fn upstream_changes_show_within_one_interval_and_kubectl_wait_returns() {
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn an_unchanged_instance_is_never_rewritten_even_across_a_restart() {
     let Scene {
         ns,
@@ -236,31 +236,45 @@ async fn an_unchanged_instance_is_never_rewritten_even_across_a_restart() {
     let observed = || observations(&sim, "ca338f12f3");
     let polls = observed();
     let success = last_success(&op, &ns, "a").await;
-    tokio::time::sleep(Duration::from_secs(36)).await;
+    // Three more observations of the unchanged instance (about three intervals): each moves
+    // the time of the last observation, and none writes.
+    wait_until("three more observations of a", WAIT, async || {
+        (observed() >= polls + 3).then_some(())
+    })
+    .await;
+    let moved = wait_until("the last success moves", WAIT, async || {
+        let moved = last_success(&op, &ns, "a").await - success;
+        (moved > 0.0).then_some(moved)
+    })
+    .await;
+    assert!(moved > 0.0);
     let later = api.get("a").await.expect("get");
     assert_eq!(
         rv(&later),
         version,
         "status was rewritten although nothing changed"
     );
-    assert!(
-        observed() >= polls + 3,
-        "the instance was observed every interval"
-    );
-    // Each walk (every 8 s at a 10 s interval) moves the time of the last observation,
-    // without a write.
-    let moved = last_success(&op, &ns, "a").await - success;
-    assert!(
-        moved >= 20.0,
-        "the last success moved by {moved:.1} s in 36 s of walks"
-    );
 
-    // Restart: the new process polls again, and still writes nothing.
+    // Restart: the new process observes the instance again, finds it unchanged and writes
+    // nothing.
     op.process.stop();
     let polls = observed();
-    let _op = Operator::start(&ns, addr, Some("key-quiet"), &[]).await;
-    tokio::time::sleep(Duration::from_secs(22)).await;
-    assert!(observed() > polls, "the restarted operator polls");
+    let op = Operator::start(&ns, addr, Some("key-quiet"), &[]).await;
+    wait_until("the restarted operator observed a", WAIT, async || {
+        (observed() > polls).then_some(())
+    })
+    .await;
+    // It compared what it saw with the stored status and skipped the write.
+    let metrics = wait_until("the restarted operator skipped a write", WAIT, async || {
+        let m = http_get(op.http, "/metrics").await?.1;
+        (metric_sum(&m, "ppio_status_writes_skipped_total") >= 1.0).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        metric_sum(&metrics, "ppio_status_writes_total "),
+        0.0,
+        "the restarted operator wrote: {metrics}"
+    );
     assert_eq!(
         rv(&api.get("a").await.expect("get")),
         version,
@@ -279,7 +293,7 @@ async fn last_success(op: &Operator, ns: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in {text}"))
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn every_fault_has_its_reason_keeps_data_and_clears() {
     let client = client().await;
     let ns = namespace(&client, "faults").await;
@@ -359,7 +373,7 @@ async fn every_fault_has_its_reason_keeps_data_and_clears() {
     }
     let mut good = std::collections::BTreeMap::new();
     for (id, _, _) in &cases {
-        let o = wait_for(&api, id, Duration::from_secs(15), "observed", |o| {
+        let o = wait_for(&api, id, "observed", |o| {
             has(o, "Synced", "True", "Observed")
         })
         .await;
@@ -368,17 +382,26 @@ async fn every_fault_has_its_reason_keeps_data_and_clears() {
     for (id, fault, _) in &cases {
         sim.set_fault(id, fault.clone());
     }
+    // Counted once the faults are set: every GET counted later meets its fault.
+    let at_fault: std::collections::BTreeMap<&str, u64> = cases
+        .iter()
+        .map(|(id, _, _)| (*id, sim.requests_for(id)))
+        .collect();
     let mut failed = std::collections::BTreeMap::new();
     for (id, _, reason) in &cases {
         let o = if *reason == "Observed" {
-            // Numbers as strings are read the same: the status stays exactly as it was.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Numbers as strings are read the same: after two GETs that met the fault (the
+            // first one's write, had there been one, comes before the second GET) the status
+            // stays exactly as it was.
+            wait_until(
+                &format!("{id} fetched twice with its fault"),
+                WAIT,
+                async || (sim.requests_for(id) >= at_fault[id] + 2).then_some(()),
+            )
+            .await;
             api.get(id).await.expect("get")
         } else {
-            wait_for(&api, id, Duration::from_secs(25), reason, |o| {
-                has(o, "Synced", "False", reason)
-            })
-            .await
+            wait_for(&api, id, reason, |o| has(o, "Synced", "False", reason)).await
         };
         let s = o.status.clone().expect("status");
         let g = &good[*id];
@@ -398,18 +421,36 @@ async fn every_fault_has_its_reason_keeps_data_and_clears() {
         failed.insert(id.to_string(), (rv(&o), sim.requests_for(id)));
     }
     op.assert_running();
-    // The identical failures repeat (backoff 5s, 10s): requests, but no writes.
-    tokio::time::sleep(Duration::from_secs(16)).await;
-    for (id, _, reason) in &cases {
-        if *reason == "InstanceNotFound" {
-            continue; // a gone instance is polled only every 5 minutes
-        }
+    // The identical failures repeat (backoff 5s, 10s, ...): requests, but no writes. Once each
+    // failing instance was polled twice more (the first repeat's write, had there been one,
+    // comes before the second), none was rewritten, and none was polled in a loop: the
+    // slowest to fail twice more took two backoffs, in which a backed-off instance is polled
+    // a few times, not ten.
+    let polling: Vec<&str> = cases
+        .iter()
+        .filter(|(_, _, reason)| *reason != "InstanceNotFound") // polled every 5 minutes
+        .map(|(id, _, _)| *id)
+        .collect();
+    let repeated = wait_until(
+        "every failing instance polled twice more",
+        WAIT,
+        async || {
+            let now: std::collections::BTreeMap<&str, u64> = polling
+                .iter()
+                .map(|id| (*id, sim.requests_for(id)))
+                .collect();
+            now.iter()
+                .all(|(id, n)| *n >= failed[*id].1 + 2)
+                .then_some(now)
+        },
+    )
+    .await;
+    for id in &polling {
         let (version, requests) = &failed[*id];
-        assert!(sim.requests_for(id) > *requests, "{id} was polled again");
+        let again = repeated[id] - requests;
         assert!(
-            sim.requests_for(id) <= requests + 4,
-            "{id}: {} polls in 16s is no backoff",
-            sim.requests_for(id) - requests
+            again < 10,
+            "{id}: polled {again} times while others were polled twice: no backoff"
         );
         assert_eq!(
             &rv(&api.get(id).await.expect("get")),
@@ -426,7 +467,7 @@ async fn every_fault_has_its_reason_keeps_data_and_clears() {
         if *reason == "InstanceNotFound" {
             continue;
         }
-        let o = wait_for(&api, id, Duration::from_secs(30), "recovered", |o| {
+        let o = wait_for(&api, id, "recovered", |o| {
             has(o, "Synced", "True", "Observed")
         })
         .await;
@@ -443,65 +484,80 @@ fn api_client(api: &Api<PpioInstance>) -> kube::Client {
     api.clone().into_client()
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn retry_after_stops_all_requests_with_that_key() {
-    let Scene {
-        ns,
-        sim,
-        op: _op,
-        api,
-        ..
-    } = scene("ratelimit", "key-rl", &[]).await;
+    let client = client().await;
+    let ns = namespace(&client, "ratelimit").await;
+    // Every request and its answer are recorded with their times as they pass: what is
+    // pinned below are those recorded facts, not when the test looked.
+    let (sim, addr, requests) = simulator_recorded(Simulator::samples(), &["key-rl"]).await;
+    let _op = Operator::start(&ns, addr, Some("key-rl"), &[]).await;
+    let api: Api<PpioInstance> = Api::namespaced(client, &ns);
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
     apply_instance(&ns, "b", "instanceId: b7e2c91d04\nrefreshInterval: 10s");
     for n in ["a", "b"] {
         wait_observed(&api, n).await;
     }
-    // PPIO rate-limits the key: the walk over its LIST (and any GET) answers 429.
-    let requests = || sim.counts().keys.get("key0").copied().unwrap_or(0);
-    let before = requests();
+    // PPIO rate-limits the key: the walk over its LIST (and any GET) answers 429, asking for
+    // 30 s. Once the operator shows it, PPIO would answer again.
+    let retry_after = Duration::from_secs(30);
     sim.set_fault("*", Fault::status(429).with_retry_after("30"));
-    // The first request that meets the 429 starts the 30 s pause.
-    let limited_at = loop {
-        if requests() > before {
-            break Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    wait_for(&api, "a", Duration::from_secs(25), "RateLimited", |o| {
+    wait_for(&api, "a", "RateLimited", |o| {
         has(o, "Synced", "False", "RateLimited")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let count = requests();
     sim.clear_fault("*");
-    tokio::time::sleep(
-        (limited_at + Duration::from_secs(28)).saturating_duration_since(Instant::now()),
-    )
-    .await;
-    assert_eq!(
-        requests(),
-        count,
-        "a request with the paused key within Retry-After"
-    );
     // After the pause, polling resumes and the status recovers.
-    wait_for(&api, "a", Duration::from_secs(20), "recovered", |o| {
+    wait_for(&api, "a", "recovered", |o| {
         has(o, "Synced", "True", "Observed")
     })
     .await;
-    assert!(limited_at.elapsed() >= Duration::from_secs(29));
+    let limited = requests
+        .all()
+        .into_iter()
+        .find(|r| r.status == 429)
+        .expect("a request answered 429")
+        .answered;
     // b, in transition, is fetched again once the pause is over.
-    let resumed = Instant::now();
-    while sim.requests_for("b7e2c91d04") == 0 {
-        assert!(
-            resumed.elapsed() < Duration::from_secs(15),
-            "b was not fetched after the pause"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until("b fetched after the pause", WAIT, async || {
+        requests
+            .all()
+            .iter()
+            .any(|r| r.instance() == Some("b7e2c91d04") && r.status == 200 && r.sent > limited)
+            .then_some(())
+    })
+    .await;
+    // No request with the key went out within Retry-After of the first 429: each one sent
+    // after it (and not already on its way, which met the 429 too) came 30 s after it or
+    // later, by the times the proxy recorded (the operator had the 429 only after that).
+    let all = requests.all();
+    assert!(all.iter().all(|r| r.key.as_deref() == Some("key-rl")));
+    let early: Vec<_> = all
+        .iter()
+        .filter(|r| r.sent > limited && r.status != 429 && r.sent < limited + retry_after)
+        .map(|r| {
+            format!(
+                "{} {}?{} -> {}, sent {:?} after the first 429",
+                r.method,
+                r.path,
+                r.query,
+                r.status,
+                r.sent - limited
+            )
+        })
+        .collect();
+    assert!(
+        early.is_empty(),
+        "requests with the paused key within its Retry-After: {early:#?}"
+    );
+    let resumed = all
+        .iter()
+        .filter(|r| r.sent > limited && r.status == 200)
+        .count();
+    assert!(resumed >= 2, "polling resumed after the pause");
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn the_api_server_rejects_invalid_specs_naming_the_field() {
     let client = client().await;
     let ns = namespace(&client, "invalid").await;
@@ -566,7 +622,7 @@ async fn the_api_server_rejects_invalid_specs_naming_the_field() {
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn credentials_missing_then_created_and_rotated_without_restart() {
     let client = client().await;
     let ns = namespace(&client, "creds").await;
@@ -578,13 +634,9 @@ async fn credentials_missing_then_created_and_rotated_without_restart() {
         "a",
         "instanceId: ca338f12f3\ncredentialsSecretRef:\n  name: ppio\n  key: token",
     );
-    let o = wait_for(
-        &api,
-        "a",
-        Duration::from_secs(10),
-        "CredentialsMissing",
-        |o| has(o, "Synced", "False", "CredentialsMissing"),
-    )
+    let o = wait_for(&api, "a", "CredentialsMissing", |o| {
+        has(o, "Synced", "False", "CredentialsMissing")
+    })
     .await;
     assert!(has(&o, "Ready", "Unknown", "NotObserved"));
     // The right key in a Secret without the credentials label is never used.
@@ -601,31 +653,27 @@ async fn credentials_missing_then_created_and_rotated_without_restart() {
     );
     // A Secret is read again at most every 30s (or at once after a 401).
     secret(&client, &ns, "ppio", "token", "key-wrong").await;
-    wait_for(&api, "a", Duration::from_secs(90), "Unauthorized", |o| {
+    wait_for(&api, "a", "Unauthorized", |o| {
         has(o, "Synced", "False", "Unauthorized")
     })
     .await;
     // Rotated: polls of a refused key from a Secret come back within a minute and read the
     // Secret again on a 401.
     secret(&client, &ns, "ppio", "token", "key-right").await;
-    wait_for(&api, "a", Duration::from_secs(90), "Observed", |o| {
+    wait_for(&api, "a", "Observed", |o| {
         has(o, "Synced", "True", "Observed")
     })
     .await;
     // Without a Secret reference and without PPIO_API_KEY: CredentialsMissing too.
     apply_instance(&ns, "nokey", "instanceId: ca338f12f3");
-    wait_for(
-        &api,
-        "nokey",
-        Duration::from_secs(10),
-        "CredentialsMissing",
-        |o| has(o, "Synced", "False", "CredentialsMissing"),
-    )
+    wait_for(&api, "nokey", "CredentialsMissing", |o| {
+        has(o, "Synced", "False", "CredentialsMissing")
+    })
     .await;
     op.assert_running();
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn suspend_stops_polling_and_keeps_the_observation() {
     let Scene {
         ns,
@@ -643,7 +691,7 @@ async fn suspend_stops_polling_and_keeps_the_observation() {
     )
     .await
     .expect("patch");
-    let o = wait_for(&api, "a", Duration::from_secs(10), "Suspended", |o| {
+    let o = wait_for(&api, "a", "Suspended", |o| {
         has(o, "Synced", "False", "Suspended")
     })
     .await;
@@ -672,7 +720,7 @@ async fn suspend_stops_polling_and_keeps_the_observation() {
     wait_observed(&api, "a").await;
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn no_secret_reaches_status_events_or_logs() {
     let client = client().await;
     let ns = namespace(&client, "leak").await;
@@ -701,11 +749,11 @@ async fn no_secret_reaches_status_events_or_logs() {
     // meet it as well as GETs).
     sim.set_keys(vec!["LEAKKEY-secret".into()]);
     sim.set_fault("*", Fault::status(500));
-    wait_for(&api, "a", Duration::from_secs(15), "Unauthorized", |o| {
+    wait_for(&api, "a", "Unauthorized", |o| {
         has(o, "Synced", "False", "Unauthorized")
     })
     .await;
-    wait_for(&api, "b", Duration::from_secs(15), "ApiUnavailable", |o| {
+    wait_for(&api, "b", "ApiUnavailable", |o| {
         has(o, "Synced", "False", "ApiUnavailable")
     })
     .await;
@@ -738,7 +786,7 @@ async fn no_secret_reaches_status_events_or_logs() {
     }
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn the_refresh_annotation_polls_now_and_is_acknowledged() {
     let Scene {
         ns,
@@ -758,7 +806,6 @@ async fn the_refresh_annotation_polls_now_and_is_acknowledged() {
     );
     sim.patch_instance("ca338f12f3", &json!({"status": {"status": "exited"}}));
     let polls = sim.requests_for("ca338f12f3");
-    let asked = Instant::now();
     kubectl_ok(
         &[
             "annotate",
@@ -771,14 +818,14 @@ async fn the_refresh_annotation_polls_now_and_is_acknowledged() {
         ],
         None,
     );
-    let o = wait_for(&api, "a", Duration::from_secs(5), "refreshed", |o| {
+    let o = wait_for(&api, "a", "refreshed", |o| {
         o.status
             .as_ref()
             .and_then(|s| s.last_handled_refresh.as_deref())
             == Some("first")
     })
     .await;
-    assert!(asked.elapsed() < Duration::from_secs(5));
+    // Polled on request, not at its interval (an hour): it saw the change, with one GET.
     assert_eq!(
         o.status.as_ref().and_then(|s| s.state.as_deref()),
         Some("exited"),
@@ -799,7 +846,7 @@ async fn the_refresh_annotation_polls_now_and_is_acknowledged() {
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn a_hostile_state_string_cannot_break_the_metrics_scrape() {
     // The hostile body is set on one instance's GET.
     let Scene {
@@ -857,7 +904,7 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn sweeps_observe_by_pages_and_fetch_each_instance_in_full_once() {
     let Scene {
         ns, sim, op, api, ..
@@ -876,19 +923,18 @@ async fn sweeps_observe_by_pages_and_fetch_each_instance_in_full_once() {
             )
         })
         .collect();
-    let applied = Instant::now();
     kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
     for name in &names {
         wait_observed(&api, name).await;
     }
-    let all_observed = applied.elapsed();
     for name in &names {
         wait_fetched(&api, name).await;
     }
     // Every state came from the key's LIST (pages of 10), and each instance was fetched in
-    // full by a GET; for 25 s more (2.5 intervals) LIST pages follow, and GETs only for the
-    // full refresh, which spreads each instance's next one over 30 intervals (300 s): about
-    // 2.5 of them in 25 s.
+    // full by a GET; over three more walks (4 pages each: 33 instances) LIST pages follow,
+    // and GETs only for the full refresh, which spreads each instance's next one over 30
+    // intervals: about three of them in three walks. (How fast 30 new PpioInstances are
+    // observed is a benchmark's figure, not pinned here.)
     let counts = sim.counts();
     assert!(counts.list >= 3, "{counts:?}");
     let gets = || names.iter().map(|n| sim.requests_for(n)).sum::<u64>();
@@ -898,21 +944,16 @@ async fn sweeps_observe_by_pages_and_fetch_each_instance_in_full_once() {
     let fetched = gets();
     assert!(fetched <= 30 + 5, "{fetched} GETs to fetch 30 instances");
     let before = sim.counts();
-    tokio::time::sleep(Duration::from_secs(25)).await;
-    let after = sim.counts();
-    let again = gets() - fetched;
+    // Pages and GETs read together, the moment three walks' pages are in.
+    let (pages, again) = wait_until("three more walks", WAIT, async || {
+        let pages = sim.counts().list - before.list;
+        let again = gets() - fetched;
+        (pages >= 3 * 4).then_some((pages, again))
+    })
+    .await;
     assert!(
         again <= 10,
-        "{again} GETs of 30 unchanged instances in 25 s"
-    );
-    let pages = after.list - before.list;
-    assert!(
-        (3..=4 * 5).contains(&pages),
-        "{pages} LIST pages in 25 s (pages of 10, 35 instances, a walk per 8 s)"
-    );
-    assert!(
-        all_observed <= Duration::from_secs(10),
-        "30 new PpioInstances observed after {all_observed:?}"
+        "{again} GETs of 30 unchanged instances in {pages} LIST pages"
     );
     let metrics = http_get(op.http, "/metrics").await.expect("metrics").1;
     assert!(
@@ -924,7 +965,7 @@ async fn sweeps_observe_by_pages_and_fetch_each_instance_in_full_once() {
     );
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn a_list_that_is_not_served_falls_back_to_one_get_per_instance() {
     let Scene {
         ns, sim, op, api, ..
@@ -940,16 +981,16 @@ async fn a_list_that_is_not_served_falls_back_to_one_get_per_instance() {
     for name in ["a", "b"] {
         wait_fetched(&api, name).await;
     }
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Each is fetched by GETs, at every interval; the LIST was asked once.
+    wait_until("each instance fetched three times", WAIT, async || {
+        ["ca338f12f3", "b7e2c91d04"]
+            .iter()
+            .all(|id| sim.requests_for(id) >= 3)
+            .then_some(())
+    })
+    .await;
     let counts = sim.counts();
     assert_eq!(counts.list, 1, "LIST asked once: {counts:?}");
-    for id in ["ca338f12f3", "b7e2c91d04"] {
-        assert!(
-            sim.requests_for(id) >= 3,
-            "{id} fetched {} times in ~30 s at 10 s",
-            sim.requests_for(id)
-        );
-    }
     let said = op
         .log()
         .lines()

@@ -38,7 +38,7 @@ async fn send(method: reqwest::Method, url: &str, body: Value) -> u16 {
         .as_u16()
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn get_checks_the_key_and_serves_the_instance() {
     let (sim, base) = start().await;
     let (code, _, body) = get(&format!("{base}/gpus/v2/instances/ca338f12f3"), Some("k2")).await;
@@ -73,7 +73,7 @@ async fn get_checks_the_key_and_serves_the_instance() {
     assert_eq!(counts.keys["invalid"], 2);
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn list_pages_and_filters_without_tools_or_pricing() {
     let (sim, base) = start().await;
     for i in 0..7 {
@@ -142,7 +142,7 @@ async fn list_pages_and_filters_without_tools_or_pricing() {
     assert_eq!(sim.counts().list, 10);
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn the_control_api_changes_instances_keys_and_faults() {
     let (sim, base) = start().await;
     let url = format!("{base}/gpus/v2/instances/ca338f12f3");
@@ -312,7 +312,7 @@ fn fixtures_are_validated() {
     assert_eq!(Simulator::samples().len(), 3);
 }
 
-#[tokio::test]
+#[ppio_test_macros::test]
 async fn list_pages_are_capped_whatever_the_limit_asks() {
     let (sim, base) = start().await;
     for i in 0..520 {
