@@ -1,4 +1,4 @@
-//! The command line: `ppio-operator run | crd | simulate | import`.
+//! The command line: `ppio-operator run | crd | simulate | import | check`.
 //!
 //! Every subcommand has the same shape: its arguments (a clap struct with environment
 //! fallbacks) become a checked configuration (`config()`, which starts nothing), and the
@@ -44,6 +44,9 @@ pub enum Command {
     /// Print a PpioInstance manifest for every instance the key in PPIO_API_KEY can see, as
     /// one YAML stream (or one file per instance); writes nothing to PPIO or to a cluster.
     Import(crate::import::ImportArgs),
+    /// Check that the PpioInstance CRD is served to this identity and, with --readyz-url,
+    /// that an operator is ready (what the chart's `helm test` runs); changes nothing.
+    Check(crate::check::CheckArgs),
 }
 
 /// The default refresh interval of PpioInstances without `spec.refreshInterval`.
@@ -340,6 +343,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Crd => launch(Ok(()), |()| async { crate::crd::print() }).await,
         Command::Simulate(args) => launch(args.config(), crate::simulator::run).await,
         Command::Import(args) => launch(args.config(), crate::import::run).await,
+        Command::Check(args) => launch(args.config(), crate::check::run).await,
     }
 }
 

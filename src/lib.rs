@@ -18,10 +18,12 @@
 //! - [`signal`]: SIGTERM and SIGINT.
 //! - [`simulator`]: `simulate`, a local PPIO API for demos and offline tests.
 //! - [`import`]: `import`, PpioInstance manifests for every instance of an account.
+//! - [`check`]: `check`, what the chart's `helm test` runs.
 //!
 //! Test and demo tooling lives in the `ppio-testenv` crate (`crates/testenv`), never here.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -47,6 +47,13 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PriceLabels {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
@@ -315,8 +322,14 @@ pub struct InstanceMetrics {
     pub last_success: Family<ObjectLabels, TimestampGauge>,
     pub price: Family<PriceLabels, Gauge>,
     pub prepaid_end: Family<ObjectLabels, Gauge>,
+    /// 1 while `Synced` is not True, labelled with its reason; no series while it is True.
+    pub not_synced: Family<ReasonLabels, Gauge>,
+    /// The refresh interval each PpioInstance asks for, in seconds.
+    pub refresh_interval: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
     /// The (safe) state label currently exported per object, to replace it on change.
     states: Mutex<std::collections::HashMap<ObjectLabels, String>>,
+    /// The `Synced` reason currently exported per object (only while not True).
+    reasons: Mutex<std::collections::HashMap<ObjectLabels, String>>,
     /// The labels of each PpioInstance with series, shared by all its series.
     labels: Mutex<std::collections::HashSet<ObjectLabels>>,
 }
@@ -349,6 +362,16 @@ impl InstanceMetrics {
             "Unix time when the prepaid term ends (prepaid instances only)",
             self.prepaid_end.clone(),
         );
+        r.register(
+            "not_synced",
+            "1 while the Synced condition is not True, labelled with its reason (Suspended, InstanceNotFound, RateLimited, ...); absent while it is True",
+            self.not_synced.clone(),
+        );
+        r.register(
+            "refresh_interval_seconds",
+            "The refresh interval the PpioInstance asks for (spec.refreshInterval, else the operator's default)",
+            self.refresh_interval.clone(),
+        );
     }
 
     /// The labels of a PpioInstance: the copy its series already share, or a new one.
@@ -380,15 +403,38 @@ impl InstanceMetrics {
         self.last_success.get_or_create(&obj).set(unix_seconds(at));
     }
 
-    /// Exports the per-instance series from a status.
+    /// Exports the per-instance series from a status; `refresh` is the interval the
+    /// PpioInstance asks for.
     pub fn observe(
         &self,
         namespace: &str,
         name: &str,
         status: &PpioInstanceStatus,
         observed_at: Option<std::time::SystemTime>,
+        refresh: std::time::Duration,
     ) {
         let obj = self.labels_of(namespace, name);
+        self.refresh_interval
+            .get_or_create(&obj)
+            .set(refresh.as_secs_f64());
+        let not_synced = status
+            .condition(condition::SYNCED)
+            .filter(|c| c.status != cstatus::TRUE)
+            .map(|c| safe_label_value(&c.reason));
+        let mut reasons = lock(&self.reasons);
+        let old = match &not_synced {
+            Some(reason) => reasons.insert(obj.clone(), reason.clone()),
+            None => reasons.remove(&obj),
+        };
+        if let Some(old) = old.filter(|o| Some(o) != not_synced.as_ref()) {
+            self.not_synced.remove(&reason_labels(&obj, &old));
+        }
+        drop(reasons);
+        if let Some(reason) = &not_synced {
+            self.not_synced
+                .get_or_create(&reason_labels(&obj, reason))
+                .set(1);
+        }
         let is_true = |t: &str| {
             status
                 .condition(t)
@@ -455,7 +501,10 @@ impl InstanceMetrics {
     pub fn forget_all(&self) {
         lock(&self.labels).clear();
         lock(&self.states).clear();
+        lock(&self.reasons).clear();
         self.state.clear();
+        self.not_synced.clear();
+        self.refresh_interval.clear();
         self.ready.clear();
         self.synced.clear();
         self.last_success.clear();
@@ -473,6 +522,10 @@ impl InstanceMetrics {
         if let Some(old) = lock(&self.states).remove(&obj) {
             self.state.remove(&state_labels(&obj, &old));
         }
+        if let Some(old) = lock(&self.reasons).remove(&obj) {
+            self.not_synced.remove(&reason_labels(&obj, &old));
+        }
+        self.refresh_interval.remove(&obj);
         self.ready.remove(&obj);
         self.synced.remove(&obj);
         self.last_success.remove(&obj);
@@ -496,6 +549,15 @@ fn state_labels(obj: &ObjectLabels, state: &str) -> StateLabels {
     }
 }
 
+/// The labels of a not-synced series; `reason` is already a [`safe_label_value`].
+fn reason_labels(obj: &ObjectLabels, reason: &str) -> ReasonLabels {
+    ReasonLabels {
+        namespace: obj.namespace.clone(),
+        name: obj.name.clone(),
+        reason: reason.into(),
+    }
+}
+
 /// Observes the elapsed time into a histogram when dropped.
 pub struct Timer<'a> {
     histogram: &'a Histogram,
@@ -512,6 +574,8 @@ impl Drop for Timer<'_> {
 mod tests {
     use super::*;
 
+    const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
+
     #[test]
     fn every_metric_keeps_its_name() {
         let m = Metrics::new();
@@ -521,10 +585,19 @@ mod tests {
             "state": "running",
             "billing": {"mode": "prepaid", "prepaid": {"endTime": "2030-01-01T00:00:00Z"}},
             "pricing": {"instancePrice": 100},
+            "conditions": [{
+                "type": "Synced", "status": "False", "reason": "Suspended", "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }],
         }))
         .expect("status");
-        m.instances
-            .observe("ml", "a", &status, Some(std::time::SystemTime::now()));
+        m.instances.observe(
+            "ml",
+            "a",
+            &status,
+            Some(std::time::SystemTime::now()),
+            MINUTE,
+        );
         let text = m.encode();
         for name in [
             "ppio_reconciles",
@@ -541,6 +614,8 @@ mod tests {
             "ppio_instance_last_success_timestamp_seconds",
             "ppio_instance_price",
             "ppio_instance_prepaid_end_time_seconds",
+            "ppio_instance_not_synced",
+            "ppio_instance_refresh_interval_seconds",
         ] {
             assert!(
                 text.lines()
@@ -586,6 +661,7 @@ mod tests {
             "a",
             &state_status(hostile),
             Some(std::time::SystemTime::now()),
+            MINUTE,
         );
         let injection =
             "x\"} 1\nppio_instance_ready{namespace=\"kube-system\",name=\"fake\"} 1\n# EOF\n";
@@ -594,6 +670,7 @@ mod tests {
             "b",
             &state_status(injection),
             Some(std::time::SystemTime::now()),
+            MINUTE,
         );
         let text = m.encode();
         assert_well_formed(&text);
@@ -639,6 +716,7 @@ mod tests {
             "a",
             &state_status("running"),
             Some(std::time::SystemTime::now()),
+            MINUTE,
         );
         let text = m.encode();
         assert!(
@@ -655,18 +733,21 @@ mod tests {
             "a",
             &state_status("a b"),
             Some(std::time::SystemTime::now()),
+            MINUTE,
         );
         m.instances.observe(
             "ml",
             "a",
             &state_status("a\"b"),
             Some(std::time::SystemTime::now()),
+            MINUTE,
         );
         m.instances.observe(
             "ml",
             "a",
             &state_status("running"),
             Some(std::time::SystemTime::now()),
+            MINUTE,
         );
         let text = m.encode();
         // Series of a family come out in no fixed order.
@@ -691,8 +772,13 @@ mod tests {
             "pricing": {"instancePrice": 100},
         }))
         .expect("status");
-        m.instances
-            .observe("ml", "a", &status, Some(std::time::SystemTime::now()));
+        m.instances.observe(
+            "ml",
+            "a",
+            &status,
+            Some(std::time::SystemTime::now()),
+            MINUTE,
+        );
         m.instances
             .observed_at("ml", "a", std::time::SystemTime::now());
         let first = m.instances.labels_of("ml", "a");
@@ -714,10 +800,20 @@ mod tests {
             "pricing": {"instancePrice": 100},
         }))
         .expect("status");
-        m.instances
-            .observe("ml", "a", &status, Some(std::time::SystemTime::now()));
-        m.instances
-            .observe("ml", "b", &status, Some(std::time::SystemTime::now()));
+        m.instances.observe(
+            "ml",
+            "a",
+            &status,
+            Some(std::time::SystemTime::now()),
+            MINUTE,
+        );
+        m.instances.observe(
+            "ml",
+            "b",
+            &status,
+            Some(std::time::SystemTime::now()),
+            MINUTE,
+        );
         m.controller.reconciled(true);
         m.instances.forget_all();
         let text = m.encode();
@@ -731,8 +827,79 @@ mod tests {
             "{text}"
         );
         // Observed again, an instance gets one state series.
-        m.instances
-            .observe("ml", "a", &status, Some(std::time::SystemTime::now()));
+        m.instances.observe(
+            "ml",
+            "a",
+            &status,
+            Some(std::time::SystemTime::now()),
+            MINUTE,
+        );
         assert_eq!(m.encode().matches("ppio_instance_state{").count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod not_synced_tests {
+    use super::*;
+
+    fn synced(status: &str, reason: &str) -> PpioInstanceStatus {
+        serde_json::from_value(serde_json::json!({
+            "state": "running",
+            "conditions": [{
+                "type": "Synced", "status": status, "reason": reason, "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }],
+        }))
+        .expect("status")
+    }
+
+    fn series(m: &Metrics, prefix: &str) -> Vec<String> {
+        let mut v: Vec<String> = m
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_not_synced_series_follows_the_reason_and_goes_when_synced() {
+        let m = Metrics::new();
+        let minute = std::time::Duration::from_secs(60);
+        m.instances
+            .observe("ml", "a", &synced("False", "Suspended"), None, minute);
+        assert_eq!(
+            series(&m, "ppio_instance_not_synced{"),
+            [r#"ppio_instance_not_synced{namespace="ml",name="a",reason="Suspended"} 1"#]
+        );
+        m.instances
+            .observe("ml", "a", &synced("False", "ApiUnavailable"), None, minute);
+        assert_eq!(
+            series(&m, "ppio_instance_not_synced{"),
+            [r#"ppio_instance_not_synced{namespace="ml",name="a",reason="ApiUnavailable"} 1"#]
+        );
+        m.instances
+            .observe("ml", "a", &synced("True", "Observed"), None, minute);
+        assert_eq!(
+            series(&m, "ppio_instance_not_synced{"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            series(&m, "ppio_instance_refresh_interval_seconds{"),
+            [r#"ppio_instance_refresh_interval_seconds{namespace="ml",name="a"} 60.0"#]
+        );
+        m.instances
+            .observe("ml", "a", &synced("False", "RateLimited"), None, minute);
+        m.instances.forget("ml", "a");
+        assert_eq!(
+            series(&m, "ppio_instance_not_synced{"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            series(&m, "ppio_instance_refresh_interval_seconds{"),
+            Vec::<String>::new()
+        );
     }
 }

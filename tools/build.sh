@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Builds the pinned upstream programs the tests and the demo run (kube-apiserver, kubectl,
-# etcd, helm) and ppio-health (tools/health: the PpioInstance health read by kstatus, Argo CD's
-# Lua runtime and Flux's healthCheckExprs evaluator) from the Go module proxy into a git-ignored
-# cache folder; for the test node (crates/testenv/src/node.rs) also the kubelet,
+# etcd, helm, and Prometheus and promtool for the alerting rules and the dashboard) and
+# ppio-health (tools/health: the PpioInstance health read by kstatus, Argo CD's Lua runtime and
+# Flux's healthCheckExprs evaluator) from the Go module proxy into a cache folder outside the
+# clone; for the test node (crates/testenv/src/node.rs) also the kubelet,
 # kube-controller-manager, kube-scheduler and kube-proxy (tools/kubernetes-node, the same
 # Kubernetes version) and the pod sandbox image (`pause`: tools/node/pause.c, gcc -static,
 # packed by tools/oci-archive.sh into pause.oci.tar); and, when asked, the operator's image
 # (`image`: tools/image.sh, into target/image/ppio-operator.oci.tar).
 #
-#   tools/build.sh [kube-apiserver|kubectl|etcd|helm|health|kubelet|kube-controller-manager|
-#                   kube-scheduler|kube-proxy|pause|image ...]   (default: all but image)
+#   tools/build.sh [kube-apiserver|kubectl|etcd|helm|health|prometheus|promtool|kubelet|
+#                   kube-controller-manager|kube-scheduler|kube-proxy|pause|image ...]
+#                   (default: all but image)
 #
 # A program is rebuilt only when it is missing or when its pinned module (tools/*/go.mod or
 # go.sum) changed; ppio-health also when tools/health/main.go is newer than its last build;
@@ -37,7 +39,8 @@ k8s_ldflags() {
   local v=$k8s_version major minor date
   major=${v#v}; major=${major%%.*}
   minor=${v#v*.}; minor=${minor%%.*}
-  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  # A fixed build date: the same pins give the same binary (and the same cache key).
+  date=1970-01-01T00:00:00Z
   local out="-s -w"
   for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
     out+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
@@ -52,7 +55,7 @@ build() {
   local name=$1 dir=$root/tools/$2 pkg=$3 tags=$4 ldflags=$5
   shift 5
   local want kept
-  want=$({ cat "$dir/go.mod" "$dir/go.sum" "$@"; go env GOVERSION; echo "$tags"; } | sha256sum | cut -c1-16)
+  want=$({ cat "$dir/go.mod" "$dir/go.sum" "$@"; go env GOVERSION; echo "$tags $ldflags"; } | sha256sum | cut -c1-16)
   kept=$store/$name-$want/$name
   if [[ ! -x $kept ]]; then
     echo "==> building $name ($pkg) into $kept; a cold build takes several minutes" >&2
@@ -90,21 +93,30 @@ build_pause() {
 }
 
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(etcd kube-apiserver kubectl helm health kubelet
-  kube-controller-manager kube-scheduler kube-proxy pause)
+[[ ${#targets[@]} -gt 0 ]] || targets=(etcd kube-apiserver kubectl helm health prometheus promtool
+  kubelet kube-controller-manager kube-scheduler kube-proxy pause)
 for t in "${targets[@]}"; do
   case $t in
     kube-apiserver) build kube-apiserver kubernetes k8s.io/kubernetes/cmd/kube-apiserver selinux,notest "$(k8s_ldflags)" ;;
     kubectl) build kubectl kubernetes k8s.io/kubernetes/cmd/kubectl selinux,notest "$(k8s_ldflags)" ;;
     etcd) build etcd etcd go.etcd.io/etcd/server/v3 "" "-s -w" ;;
-    helm) build helm helm helm.sh/helm/v3/cmd/helm "" "-s -w -X helm.sh/helm/v3/internal/version.version=v3.22.0" ;;
+    helm)
+      # The Kubernetes version helm assumes without a cluster (helm template, lint), set as
+      # helm's own release builds set it: from the client-go it is built with (v0.37: 1.37).
+      build helm helm helm.sh/helm/v3/cmd/helm "" "-s -w -X helm.sh/helm/v3/internal/version.version=v3.22.0
+        -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37
+        -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37" ;;
     health)
       # Its source is ours, not only pinned: the key covers it.
       build ppio-health health ppio-operator/tools/health "" "-s -w" "$root"/tools/health/*.go ;;
     kubelet | kube-controller-manager | kube-scheduler | kube-proxy)
       build "$t" kubernetes-node "k8s.io/kubernetes/cmd/$t" selinux,notest "$(k8s_ldflags)" ;;
+    prometheus | promtool)
+      # Static scrape targets only: no service discovery plugins (a much smaller build).
+      build "$t" prometheus "github.com/prometheus/prometheus/cmd/$t" remove_all_sd \
+        "-s -w -X github.com/prometheus/common/version.Version=3.16.0" ;;
     pause) build_pause ;;
     image) "$root/tools/image.sh" >/dev/null ;;
-    *) echo "tools/build.sh: unknown program '$t' (expected kube-apiserver, kubectl, etcd, helm, health, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, pause or image)" >&2; exit 2 ;;
+    *) echo "tools/build.sh: unknown program '$t' (expected kube-apiserver, kubectl, etcd, helm, health, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, prometheus, promtool, pause or image)" >&2; exit 2 ;;
   esac
 done

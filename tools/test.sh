@@ -76,7 +76,7 @@ fi
 
 # The upstream programs, and the image (built beside the Go programs: the two overlap).
 programs=()
-[[ $want_cluster -eq 0 && $want_node -eq 0 ]] || programs+=(etcd kube-apiserver kubectl helm health)
+[[ $want_cluster -eq 0 && $want_node -eq 0 ]] || programs+=(etcd kube-apiserver kubectl helm health prometheus promtool)
 [[ $want_node -eq 0 ]] || programs+=(kubelet kube-controller-manager kube-scheduler kube-proxy pause)
 image_pid=""
 image_log=$(mktemp)
@@ -100,7 +100,7 @@ fi
 
 # The test binaries of the tiers asked.
 targets=()
-[[ $want_unit -eq 0 ]] || targets+=(--lib --bins --benches --test unit --test unit-leak)
+[[ $want_unit -eq 0 ]] || targets+=(--lib --bins --benches --test unit --test unit-leak --test unit-scheduler)
 [[ $want_cluster -eq 0 ]] || targets+=(--test cluster --test cluster-demo)
 [[ $want_node -eq 0 ]] || targets+=(--test node)
 cargo_test=(cargo test --locked --workspace --no-fail-fast "${targets[@]}")
@@ -126,7 +126,7 @@ for line in sys.stdin:
 }
 listed=$(list_tests "${targets[@]}")
 not_run=()
-[[ $want_unit -eq 1 ]] || not_run+=(--lib --bins --benches --test unit --test unit-leak)
+[[ $want_unit -eq 1 ]] || not_run+=(--lib --bins --benches --test unit --test unit-leak --test unit-scheduler)
 [[ $want_cluster -eq 1 ]] || not_run+=(--test cluster --test cluster-demo)
 [[ $want_node -eq 1 ]] || not_run+=(--test node)
 left_out_tests=0

@@ -52,6 +52,7 @@ pub(super) async fn write_status(
         &instance.name_any(),
         &new,
         observed_at,
+        super::refresh_interval(instance, ctx.settings.default_refresh),
     );
     if !wrote {
         return Ok(false);

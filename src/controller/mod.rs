@@ -489,6 +489,18 @@ fn object_key(instance: &impl Resource) -> String {
     )
 }
 
+/// The refresh interval a PpioInstance asks for: `spec.refreshInterval`, else `default` (also
+/// when the spec's is invalid, which the CRD's validation should have refused).
+pub(super) fn refresh_interval(instance: &PpioInstance, default: Duration) -> Duration {
+    match instance.spec.refresh_interval.as_deref() {
+        None => default,
+        Some(text) => parse_refresh_interval(text).unwrap_or_else(|e| {
+            warn!(error = %e, "spec.refreshInterval is invalid; using the default refresh interval");
+            default
+        }),
+    }
+}
+
 async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Action, Error> {
     let key = object_key(instance);
     if instance.meta().deletion_timestamp.is_some() {
@@ -496,13 +508,7 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
         return Ok(Action::await_change());
     }
     let generation = instance.meta().generation;
-    let refresh = match instance.spec.refresh_interval.as_deref() {
-        None => ctx.settings.default_refresh,
-        Some(text) => parse_refresh_interval(text).unwrap_or_else(|e| {
-            warn!(error = %e, "spec.refreshInterval is invalid; using the default refresh interval");
-            ctx.settings.default_refresh
-        }),
-    };
+    let refresh = refresh_interval(instance, ctx.settings.default_refresh);
     let now = Instant::now();
     let previous = ctx.tracked(&key);
     let requested = refresh_request(instance).map(crate::status::refresh_token);

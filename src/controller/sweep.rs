@@ -783,9 +783,8 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
             }
         }
         wake(env, woken);
-        if !late.is_zero() {
-            report_lateness(env, sweep, late);
-        }
+        // Also when on time: the gauge falls back to 0 once the key catches up.
+        report_lateness(env, sweep, late);
         let next = page.next_cursor.filter(|c| !c.is_empty());
         match next {
             Some(cursor) if page.has_more => {
@@ -886,8 +885,9 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
                     key = label.as_str(),
                     "the PPIO LIST answers again; observing this key's PpioInstances by sweeps"
                 );
-                env.metrics.api.set_list_unavailable(&label, false);
             }
+            // Every key walked has the series (0 while its LIST is served).
+            env.metrics.api.set_list_unavailable(&label, false);
             None
         }
         Walked::Unavailable => {
@@ -941,6 +941,9 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
 fn report_lateness(env: &Env, sweep: &KeySweep, late: Duration) {
     let label = format!("{:016x}", sweep.fingerprint);
     env.metrics.api.lateness(&label, late);
+    if late.is_zero() {
+        return;
+    }
     let mut st = lock(&sweep.state);
     let shortest = shortest_refresh(&st);
     if !super::worth_saying(late, shortest, &mut st.late_warned) {

@@ -40,7 +40,7 @@ fn helm_at(kc: &Path, args: &[&str]) -> Output {
         .expect("helm runs")
 }
 
-fn helm_ok(args: &[&str]) -> String {
+pub(super) fn helm_ok(args: &[&str]) -> String {
     helm_ok_at(kubeconfig(), args)
 }
 
@@ -54,7 +54,7 @@ fn helm_ok_at(kc: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn render(sets: &[&str]) -> String {
+pub(super) fn render(sets: &[&str]) -> String {
     let chart = chart();
     let mut args = vec![
         "template",
@@ -69,7 +69,7 @@ fn render(sets: &[&str]) -> String {
     helm_ok(&args)
 }
 
-fn docs(yaml: &str) -> Vec<Value> {
+pub(super) fn docs(yaml: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(yaml)
         .filter_map(|d| Value::deserialize(d).ok())
         .filter(|v| v.is_object())
@@ -90,6 +90,8 @@ const ALL_FEATURES: &[&str] = &[
     "replicaCount=2",
     "leaderElection.enabled=true",
     "metrics.serviceMonitor.enabled=true",
+    "metrics.prometheusRule.enabled=true",
+    "metrics.grafanaDashboard.enabled=true",
     "networkPolicy.enabled=true",
     "networkPolicy.apiServerCidrs={10.0.0.1/32}",
     "podDisruptionBudget.enabled=true",
@@ -171,10 +173,23 @@ fn rules(docs: &[Value], kind: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// The rendered documents without the ClusterRoles that only extend the built-in user roles
+/// (`aggregate-to-*`): what remains is what the operator itself is granted.
+fn operator_rbac(d: Vec<Value>) -> Vec<Value> {
+    d.into_iter()
+        .filter(|doc| {
+            doc["metadata"]["labels"].as_object().is_none_or(|l| {
+                !l.keys()
+                    .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn rbac_is_least_privilege_without_wildcards() {
     for sets in [vec![], ALL_FEATURES.to_vec()] {
-        let d = docs(&render(&sets));
+        let d = operator_rbac(docs(&render(&sets)));
         for kind in ["Role", "ClusterRole"] {
             for (_, r) in rules(&d, kind) {
                 for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
@@ -200,7 +215,7 @@ fn rbac_is_least_privilege_without_wildcards() {
         }
     }
     // Cluster-wide mode: one ClusterRole; Secrets read-only; no Leases without election.
-    let d = docs(&render(&[]));
+    let d = operator_rbac(docs(&render(&[])));
     let cluster = rules(&d, "ClusterRole");
     let secrets: Vec<&Value> = cluster
         .iter()
@@ -394,14 +409,20 @@ fn probes_use_the_health_port_and_the_service_the_metrics_port() {
     }
 }
 
-const SERVICE_MONITOR_CRD: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
+/// The Prometheus Operator's kinds the chart can render, reduced to their names.
+fn monitoring_crds() -> String {
+    ["ServiceMonitor", "PodMonitor", "PrometheusRule"]
+        .iter()
+        .map(|kind| {
+            let plural = format!("{}s", kind.to_lowercase());
+            format!(
+                r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
-  name: servicemonitors.monitoring.coreos.com
+  name: {plural}.monitoring.coreos.com
 spec:
   group: monitoring.coreos.com
-  names: {kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor}
+  names: {{kind: {kind}, plural: {plural}, singular: {singular}}}
   scope: Namespaced
   versions:
     - name: v1
@@ -411,8 +432,13 @@ spec:
         openAPIV3Schema:
           type: object
           x-kubernetes-preserve-unknown-fields: true
-"#;
-
+"#,
+                singular = kind.to_lowercase()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
 #[ppio_test_macros::test]
 async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_work() {
     // A control plane of its own: the test installs, and Helm owns, the CRD, which the
@@ -423,18 +449,20 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
     let kc = cp.kubeconfig.clone();
     let k = |args: &[&str], stdin: Option<&str>| kubectl_at(&kc, args, stdin);
     let k_ok = |args: &[&str], stdin: Option<&str>| kubectl_at_ok(&kc, args, stdin);
-    // What the optional features need in the cluster: the ServiceMonitor kind (the Prometheus
-    // Operator's, reduced to its name) and the namespaces.
-    k_ok(&["apply", "-f", "-"], Some(SERVICE_MONITOR_CRD));
-    k_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/servicemonitors.monitoring.coreos.com",
-            "--timeout=30s",
-        ],
-        None,
-    );
+    // What the optional features need in the cluster: the Prometheus Operator's kinds
+    // (reduced to their names) and the namespaces.
+    k_ok(&["apply", "-f", "-"], Some(&monitoring_crds()));
+    for crd in ["servicemonitors", "podmonitors", "prometheusrules"] {
+        k_ok(
+            &[
+                "wait",
+                "--for=condition=Established",
+                &format!("crd/{crd}.monitoring.coreos.com"),
+                "--timeout=60s",
+            ],
+            None,
+        );
+    }
     for ns in ["ppio-system", "chart-watched"] {
         let _ = k(&["create", "namespace", ns], None);
     }
@@ -442,6 +470,11 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
         vec![],
         vec!["apiKey.existingSecret=ppio-credentials"],
         ALL_FEATURES.to_vec(),
+        vec![
+            "metrics.podMonitor.enabled=true",
+            "metrics.prometheusRule.enabled=true",
+            "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ],
         vec![
             "leaderElection.enabled=true",
             "crds.install=false",
@@ -463,7 +496,7 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
     // Install: Helm installs the CRD.
     let chart = chart();
     let chart = chart.to_str().expect("path");
-    helm_ok_at(
+    let notes = helm_ok_at(
         &kc,
         &[
             "install",
@@ -475,6 +508,16 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
             "apiKey.existingSecret=ppio-credentials",
         ],
     );
+    // NOTES.txt: the next steps, and a warning while the image names no registry.
+    for want in [
+        "WARNING: image.repository is the chart's default",
+        "kubectl -n ppio-system rollout status deployment/rel-ppio-operator",
+        "helm test rel -n ppio-system",
+        "The default API key comes from the Secret ppio-credentials",
+        "kubectl get ppioi -o wide",
+    ] {
+        assert!(notes.contains(want), "{want:?} missing from:\n{notes}");
+    }
     for (kind, name, ns) in [
         ("deployment", "rel-ppio-operator", Some("ppio-system")),
         ("serviceaccount", "rel-ppio-operator", Some("ppio-system")),
@@ -692,4 +735,262 @@ fn the_pod_annotation_is_not_a_hash_of_the_api_key() {
             .get("checksum/api-key")
             .is_none()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// How the chart fits into a cluster and its monitoring.
+
+/// The rendered object of `kind` named `name`.
+fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+#[test]
+fn namespace_users_get_ppio_instances_through_the_built_in_roles_but_never_their_status() {
+    let d = docs(&render(&[]));
+    let view = named(&d, "ClusterRole", "rel-ppio-operator-view");
+    for role in ["view", "edit", "admin"] {
+        assert_eq!(
+            view["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{role}")],
+            "true"
+        );
+    }
+    assert_eq!(
+        view["rules"],
+        serde_json::json!([{"apiGroups": ["gpus.ppio.com"], "resources": ["ppioinstances"],
+            "verbs": ["get", "list", "watch"]}])
+    );
+    let edit = named(&d, "ClusterRole", "rel-ppio-operator-edit");
+    assert!(edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"].is_null());
+    assert_eq!(
+        edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    assert_eq!(
+        edit["rules"],
+        serde_json::json!([{"apiGroups": ["gpus.ppio.com"], "resources": ["ppioinstances"],
+            "verbs": ["create", "update", "patch", "delete", "deletecollection"]}])
+    );
+    let text = serde_json::to_string(&[view, edit]).expect("json");
+    assert!(!text.contains("ppioinstances/status"), "{text}");
+    // Off by value, and never for a namespaced install (no cluster-wide object there).
+    for sets in [
+        vec!["rbac.aggregateToDefaultRoles=false"],
+        vec!["watchNamespace=ml"],
+    ] {
+        let d = docs(&render(&sets));
+        assert!(
+            !d.iter()
+                .any(|o| o["metadata"]["name"] == "rel-ppio-operator-view"),
+            "{sets:?}"
+        );
+    }
+}
+
+#[test]
+fn the_service_monitor_keeps_the_instance_namespace_and_takes_relabelings() {
+    let d = docs(&render(&["metrics.serviceMonitor.enabled=true"]));
+    let endpoint = &find(&d, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert_eq!(endpoint["honorLabels"], true, "{endpoint}");
+    assert!(endpoint["relabelings"].is_null());
+    let d = docs(&render(&[
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.honorLabels=false",
+        "metrics.serviceMonitor.relabelings[0].targetLabel=cluster",
+        "metrics.serviceMonitor.relabelings[0].replacement=prod",
+        "metrics.serviceMonitor.metricRelabelings[0].action=drop",
+        "metrics.serviceMonitor.metricRelabelings[0].regex=ppio_instance_price",
+        "metrics.serviceMonitor.metricRelabelings[0].sourceLabels[0]=__name__",
+    ]));
+    let endpoint = &find(&d, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert_eq!(endpoint["honorLabels"], false);
+    assert_eq!(endpoint["relabelings"][0]["targetLabel"], "cluster");
+    assert_eq!(endpoint["metricRelabelings"][0]["action"], "drop");
+    // A PodMonitor instead: the same, on the pods' metrics port; both at once is refused.
+    let d = docs(&render(&["metrics.podMonitor.enabled=true"]));
+    let pm = find(&d, "PodMonitor");
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["honorLabels"], true);
+    assert!(!d.iter().any(|o| o["kind"] == "ServiceMonitor"));
+    let chart = chart();
+    let out = helm(&[
+        "template",
+        "rel",
+        chart.to_str().expect("path"),
+        "--set",
+        "metrics.podMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scrape the operator twice"));
+}
+
+#[test]
+fn the_prometheus_rule_and_the_dashboard_ship_when_asked() {
+    let d = docs(&render(&[]));
+    for kind in ["PrometheusRule", "ConfigMap"] {
+        assert!(!d.iter().any(|o| o["kind"] == kind), "{kind} by default");
+    }
+    let d = docs(&render(&[
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.labels.release=kps",
+        "metrics.prometheusRule.runbookUrl=https://runbooks.example/ppio.md",
+        "metrics.grafanaDashboard.enabled=true",
+        "metrics.grafanaDashboard.namespace=monitoring",
+    ]));
+    let rule = find(&d, "PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"], "kps");
+    let text = serde_json::to_string(rule).expect("json");
+    assert!(!text.contains("__"), "a placeholder left: {text}");
+    let alerts: Vec<&Value> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .collect();
+    assert!(alerts.len() >= 7, "{alerts:?}");
+    for a in &alerts {
+        let name = a["alert"].as_str().expect("alert name");
+        assert!(
+            ["critical", "warning", "info"]
+                .contains(&a["labels"]["severity"].as_str().unwrap_or("")),
+            "{name}: severity"
+        );
+        assert_eq!(
+            a["annotations"]["runbook_url"],
+            format!("https://runbooks.example/ppio.md#{}", name.to_lowercase()),
+            "{name}"
+        );
+        assert!(a["annotations"]["summary"].is_string(), "{name}: summary");
+        // Every alert selects this release's scrape job.
+        assert!(
+            a["expr"]
+                .as_str()
+                .expect("expr")
+                .contains("job=\"rel-ppio-operator-metrics\""),
+            "{name}: {}",
+            a["expr"]
+        );
+    }
+    // Per-instance alerts name the PpioInstance in their summary.
+    for name in [
+        "PpioInstanceSyncFailing",
+        "PpioInstanceObservationStale",
+        "PpioInstanceNotReady",
+    ] {
+        let a = alerts
+            .iter()
+            .find(|a| a["alert"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        let summary = a["annotations"]["summary"].as_str().expect("summary");
+        assert!(
+            summary.contains("$labels.namespace") && summary.contains("$labels.name"),
+            "{name}: {summary}"
+        );
+    }
+    let cm = find(&d, "ConfigMap");
+    assert_eq!(cm["metadata"]["namespace"], "monitoring");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Value =
+        serde_json::from_str(cm["data"]["ppio-operator.json"].as_str().expect("json"))
+            .expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "ppio-operator");
+    // With a PodMonitor, the rules select its job (namespace/name).
+    let d = docs(&render(&[
+        "metrics.prometheusRule.enabled=true",
+        "metrics.podMonitor.enabled=true",
+    ]));
+    let text = serde_json::to_string(find(&d, "PrometheusRule")).expect("json");
+    assert!(
+        text.contains("job=\\\"ppio-system/rel-ppio-operator\\\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_chart_fits_as_a_subchart_and_takes_the_usual_values() {
+    // `global` is accepted, as a parent chart passes it down.
+    let d = docs(&render(&["global.imageRegistry=registry.example"]));
+    assert!(d.iter().any(|o| o["kind"] == "Deployment"));
+    // An image by digest.
+    let digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    let d = docs(&render(&[
+        "image.repository=registry.example/ppio-operator",
+        &format!("image.digest={digest}"),
+        "topologySpreadConstraints[0].maxSkew=1",
+        "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+        "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        "extraVolumes[0].name=ca",
+        "extraVolumes[0].configMap.name=corporate-ca",
+        "extraVolumeMounts[0].name=ca",
+        "extraVolumeMounts[0].mountPath=/etc/ppio-ca",
+        "leaderElection.enabled=true",
+        "leaderElection.leaseDuration=1m",
+        "ppio.requestTimeout=1m",
+    ]));
+    let pod = &find(&d, "Deployment")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["image"],
+        format!("registry.example/ppio-operator@{digest}")
+    );
+    assert_eq!(pod["topologySpreadConstraints"][0]["maxSkew"], 1);
+    assert_eq!(pod["volumes"][0]["configMap"]["name"], "corporate-ca");
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/etc/ppio-ca");
+    // Durations in the binary's own grammar (1m is 60s), and the binary takes them.
+    let args: Vec<String> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    assert!(args.contains(&"--leader-election-lease-duration=1m".to_string()));
+    let out = clean_env(&mut Command::new(OPERATOR))
+        .args(&args)
+        .arg("--help")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Kubernetes older than the CRD's CEL validation needs is refused.
+    let chart = chart();
+    let out = helm(&[
+        "template",
+        "rel",
+        chart.to_str().expect("path"),
+        "--kube-version",
+        "1.29.0",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kubeVersion"));
+}
+
+#[test]
+fn the_helm_test_pod_checks_the_operator_with_its_own_image() {
+    // The test Pod runs `ppio-operator check` against the metrics Service's /readyz, at the
+    // address Kubernetes gives every pod of the namespace (no cluster DNS needed).
+    let d = docs(&render(&[
+        "image.repository=registry.example/ppio-operator",
+    ]));
+    let test = d
+        .iter()
+        .find(|o| o["kind"] == "Pod" && o["metadata"]["annotations"]["helm.sh/hook"] == "test")
+        .expect("a helm test Pod");
+    let c = &test["spec"]["containers"][0];
+    assert_eq!(c["image"], "registry.example/ppio-operator:0.1.0");
+    assert_eq!(
+        c["args"],
+        serde_json::json!([
+            "check",
+            "--readyz-url=http://$(REL_PPIO_OPERATOR_METRICS_SERVICE_HOST):$(REL_PPIO_OPERATOR_METRICS_SERVICE_PORT_HTTP_METRICS)/readyz"
+        ])
+    );
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    let d = docs(&render(&["tests.enabled=false"]));
+    assert!(!d.iter().any(|o| o["kind"] == "Pod"));
 }

@@ -249,3 +249,47 @@ async fn import_prints_manifests_and_writes_nothing_anywhere_else() {
     // Other tests create PpioInstances meanwhile; none of them is in `imported`.
     assert!(after.len() >= before);
 }
+
+/// `ppio-operator check` with `args` against the shared control plane: (exit code, output).
+fn check(args: &[&str]) -> (i32, String) {
+    let out = clean_env(&mut Command::new(OPERATOR))
+        .arg("check")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .expect("check runs");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[ppio_test_macros::test]
+async fn check_says_whether_the_crd_is_served_and_the_operator_ready() {
+    let Scene { op, .. } = scene("contract-check", "key-check", &[]).await;
+    let readyz = format!("--readyz-url=http://{}/readyz", op.http);
+    let (code, out) = check(&[&readyz]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok: the PpioInstance CRD is served"), "{out}");
+    assert!(out.contains("/readyz answered 200"), "{out}");
+    // Nothing answers there: exit 1, naming the URL.
+    let (_socket, port) = closed_port();
+    let (code, out) = check(&[&format!("--readyz-url=http://127.0.0.1:{port}/readyz")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{port}")), "{out}");
+    // A URL that is not plain http: refused before anything is asked (exit 2).
+    let (code, out) = check(&["--readyz-url=ftp://example/readyz"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--readyz-url"), "{out}");
+    // No cluster configuration: exit 1, saying so.
+    let out = clean_env(&mut Command::new(OPERATOR))
+        .arg("check")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .expect("check runs");
+    assert_eq!(out.status.code(), Some(1));
+}

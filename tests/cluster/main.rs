@@ -12,4 +12,5 @@ mod e2e;
 mod gitops;
 mod hardening_leader;
 mod import;
+mod monitoring;
 mod operations;

@@ -898,6 +898,122 @@ async fn install(s: &mut Scene) {
         !log.contains("forbidden") && !log.contains("Forbidden"),
         "no RBAC error in the operator's log:\n{log}"
     );
+
+    // `helm test`: the chart's test Pod (the operator's image, `ppio-operator check`) finds
+    // the CRD served and the operator ready through its metrics Service.
+    // (The Pod is deleted once it succeeded; it exits non-zero when either check fails.)
+    let out = s.helm(&["test", RELEASE, "-n", RELEASE_NS]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("Phase:") && l.trim_end().ends_with("Succeeded")),
+        "{out}"
+    );
+
+    built_in_roles_cover_ppio_instances(s).await;
+}
+
+/// A namespace user bound to the built-in `edit` ClusterRole creates, reads and deletes
+/// PpioInstances and cannot write their status; one bound to `view` only reads them: the
+/// chart's aggregated ClusterRoles, merged into the built-in roles by the real
+/// kube-controller-manager.
+async fn built_in_roles_cover_ppio_instances(s: &Scene) {
+    let ns = "team-roles";
+    s.namespace(ns).await;
+    for (user, role) in [("alice", "edit"), ("bob", "view")] {
+        s.kubectl_ok(
+            &[
+                "create",
+                "rolebinding",
+                &format!("{user}-{role}"),
+                "--clusterrole",
+                role,
+                "--user",
+                user,
+                "-n",
+                ns,
+            ],
+            None,
+        );
+    }
+    let can = |user: &str, verb: &str, subresource: &str| {
+        let sub = format!("--subresource={subresource}");
+        let out = s.kubectl(
+            &[
+                "auth",
+                "can-i",
+                verb,
+                "ppioinstances.gpus.ppio.com",
+                &sub,
+                "--as",
+                user,
+                "-n",
+                ns,
+            ],
+            None,
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    // The aggregation controller merges the chart's roles into the built-in ones.
+    eventually("edit and view cover PpioInstances", 120, || {
+        (can("alice", "create", "") && can("bob", "list", "")).then_some(())
+    })
+    .await;
+    for (user, verb, subresource, allowed) in [
+        ("alice", "get", "", true),
+        ("alice", "delete", "", true),
+        ("alice", "patch", "status", false),
+        ("alice", "update", "status", false),
+        ("bob", "get", "", true),
+        ("bob", "watch", "", true),
+        ("bob", "create", "", false),
+        ("bob", "patch", "status", false),
+    ] {
+        assert_eq!(
+            can(user, verb, subresource),
+            allowed,
+            "{user} {verb} {subresource}"
+        );
+    }
+    // As alice: create and read one; writing its status is refused.
+    let as_alice = |args: &[&str], stdin: Option<&str>| {
+        let mut a = args.to_vec();
+        a.extend(["--as", "alice", "-n", ns]);
+        s.kubectl(&a, stdin)
+    };
+    ok(
+        as_alice(
+            &["apply", "-f", "-"],
+            Some(&instance(ns, "alices", "ca338f12f3")),
+        ),
+        "alice creates a PpioInstance",
+    );
+    ok(
+        as_alice(&["get", "ppioinstance", "alices"], None),
+        "alice reads it",
+    );
+    let out = as_alice(
+        &[
+            "patch",
+            "ppioinstance",
+            "alices",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"state":"forged"}}"#,
+        ],
+        None,
+    );
+    assert!(!out.status.success(), "alice wrote a status");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(
+        as_alice(&["delete", "ppioinstance", "alices"], None),
+        "alice deletes it",
+    );
+    s.kubectl_ok(&["delete", "namespace", ns, "--wait=false"], None);
 }
 
 fn instance(ns: &str, name: &str, id: &str) -> String {

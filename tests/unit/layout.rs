@@ -1,5 +1,5 @@
 //! What ships: the operator's crate depends on nothing that only tests or the demo need, and
-//! its binary offers exactly `run`, `crd`, `simulate` and `import`.
+//! its binary offers exactly `run`, `crd`, `simulate`, `import` and `check`.
 
 use std::process::Command;
 
@@ -42,7 +42,7 @@ fn the_product_depends_on_no_test_or_demo_tooling() {
 }
 
 #[test]
-fn the_binary_offers_run_crd_simulate_and_import_only() {
+fn the_binary_offers_run_crd_simulate_import_and_check_only() {
     let out = Command::new(OPERATOR).arg("--help").output().expect("runs");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
@@ -56,7 +56,7 @@ fn the_binary_offers_run_crd_simulate_and_import_only() {
         .collect();
     assert_eq!(
         commands,
-        ["run", "crd", "simulate", "import", "help"],
+        ["run", "crd", "simulate", "import", "check", "help"],
         "{help}"
     );
     let out = Command::new(OPERATOR).arg("demo").output().expect("runs");

@@ -6,10 +6,10 @@
 mod support;
 
 mod crd;
+mod docs;
 mod fuzz_corpus;
 mod layout;
 mod reconcile;
-mod scheduler;
 mod simulator;
 mod startup;
 mod status;

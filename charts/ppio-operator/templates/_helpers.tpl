@@ -37,6 +37,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* The operator's image: by digest when one is set, else by tag (default: appVersion). */}}
+{{- define "ppio-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
 {{/* The Secret holding the default API key, if any. */}}
 {{- define "ppio-operator.apiKeySecret" -}}
 {{- if .Values.apiKey.existingSecret }}
