@@ -13,3 +13,4 @@ mod reconcile;
 mod simulator;
 mod startup;
 mod status;
+mod test_command;
