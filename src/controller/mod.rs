@@ -34,7 +34,6 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
-use rand::Rng;
 use tracing::{Instrument, debug, warn};
 
 use crate::crd::{PpioInstance, REFRESH_ANNOTATION};
@@ -70,7 +69,7 @@ pub use events::{Transition, transitions};
 pub use poll::{History, Polled, Seen, poll};
 pub use schedule::{
     BACKOFF_BASE, BACKOFF_MAX, CONFIRM_GONE, GONE_POLL, MAX_KEY_PAUSE, MIN_REFRESH_GAP,
-    TRANSITION_POLL, backoff, jitter, poll_interval,
+    TRANSITION_POLL, backoff, jitter, poll_interval, seed_jitter,
 };
 pub use sweep::{DEFAULT_FULL_REFRESH_INTERVALS, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Observe};
 pub use wakes::{Wake, Waker};
@@ -138,6 +137,9 @@ pub struct Context {
     /// Per API key (by fingerprint): no request before this instant (a 429's Retry-After).
     key_paused_until: Arc<Mutex<HashMap<u64, Instant>>>,
     key_hasher: RandomState,
+    /// When set, the phases of the full-refresh slots come from this seed instead of the
+    /// per-process random one (tests that replay a run; see [`Context::with_phase_seed`]).
+    phase_seed: Option<u64>,
     buckets: Arc<Buckets>,
     /// Each key's walks over its LIST.
     sweeps: sweep::Sweeps,
@@ -179,6 +181,7 @@ impl Context {
             buckets,
             sweeps,
             key_hasher: RandomState::new(),
+            phase_seed: None,
             secrets: credentials::SecretCache::default(),
             lateness_reported: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
@@ -222,6 +225,14 @@ impl Context {
         self
     }
 
+    /// Full-refresh slots whose phases follow `seed` rather than a random per-process one:
+    /// the same seed gives the same slots, run after run. For tests; a running operator keeps
+    /// the random phases (a tenant cannot pick names that bunch their full GETs).
+    pub fn with_phase_seed(mut self, seed: u64) -> Context {
+        self.phase_seed = Some(seed);
+        self
+    }
+
     /// Publishes Events through `recorder`.
     pub fn with_recorder(mut self, recorder: kube::runtime::events::Recorder) -> Context {
         self.recorder = Some(recorder);
@@ -241,10 +252,15 @@ impl Context {
         min_gap: Duration,
         period: Duration,
     ) -> Instant {
-        let hash = self.key_hasher.hash_one((
+        let object = (
             instance.meta().namespace.as_deref(),
             instance.meta().name.as_deref(),
-        ));
+        );
+        let hash = match self.phase_seed {
+            Some(seed) => std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default()
+                .hash_one((seed, object)),
+            None => self.key_hasher.hash_one(object),
+        };
         // The top 53 bits as a fraction in [0, 1).
         let phase = (hash >> 11) as f64 / (1u64 << 53) as f64;
         schedule::full_refresh_slot(self.epoch, at, min_gap, period, phase)
@@ -531,7 +547,7 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
         observed_before_start: previous.is_none() && already_observed(instance),
         refresh,
     };
-    match schedule::decide(&due, rand::rng().random_range(0.0..1.0)) {
+    match schedule::decide(&due, schedule::random_in(0.0..1.0)) {
         Decision::Wait(until) => {
             // Not due yet (a watch event, our own status write), or a refresh request too
             // soon after the last one (annotation spam cannot spend the key's budget).

@@ -25,9 +25,35 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// The longest error backoff.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
+thread_local! {
+    /// This thread's repeatable source of randomness, once [`seed_jitter`] set one.
+    static SEEDED: std::cell::RefCell<Option<rand::rngs::StdRng>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes the scheduler's randomness on this thread (jitter, spreading, the first poll's
+/// delay) a repeatable sequence from `seed`. For tests on tokio's paused clock, whose tasks
+/// all run on the test's thread: the same seed gives the same run. Never called by `run`.
+pub fn seed_jitter(seed: u64) {
+    use rand::SeedableRng;
+    SEEDED.with(|s| *s.borrow_mut() = Some(rand::rngs::StdRng::seed_from_u64(seed)));
+}
+
+/// A random number in `range`: from this thread's seeded source when [`seed_jitter`] set
+/// one, else from the operating system's.
+pub(crate) fn random_in<R>(range: R) -> f64
+where
+    R: rand::distr::uniform::SampleRange<f64>,
+{
+    SEEDED.with(|s| match s.borrow_mut().as_mut() {
+        Some(rng) => rng.random_range(range),
+        None => rand::rng().random_range(range),
+    })
+}
+
 /// `d` scaled by a random factor in [0.9, 1.1].
 pub fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.9..=1.1))
+    d.mul_f64(random_in(0.9..=1.1))
 }
 
 /// The error backoff after `failures` consecutive failures (1 = the first): 5s doubling up
@@ -48,7 +74,7 @@ pub fn poll_interval(refresh: Duration, observed: &str) -> Duration {
 
 /// A small random delay in [0, d], so objects released together do not fire together.
 pub(crate) fn jitter_up(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.0..=1.0))
+    d.mul_f64(random_in(0.0..=1.0))
 }
 
 /// When an instance's next full GET is due: the first of its own slots (`phase` of the

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use kube::core::DeserializeGuard;
 use ppio_operator::controller::{
-    Budget, CachedInstance, Context, Observe, Settings, Waker, reconcile,
+    Budget, CachedInstance, Context, Observe, Settings, Waker, reconcile, seed_jitter,
 };
 use ppio_operator::crd::{PpioInstance, SecretKeyRef};
 use ppio_operator::metrics::Metrics;
@@ -253,6 +253,9 @@ fn context(
     observe: Observe,
 ) -> (Arc<Context>, Wakes) {
     let wakes = Wakes::default();
+    // A repeatable run: the same jitter and the same full-refresh slots every time (the
+    // controller's tasks all run on this test's thread, on tokio's paused clock).
+    seed_jitter(SEED);
     let ctx = Context::new(
         api.client(),
         ppio,
@@ -268,9 +271,13 @@ fn context(
         },
         Arc::new(Metrics::new()),
     )
+    .with_phase_seed(SEED)
     .with_waker(wakes.waker());
     (Arc::new(ctx), wakes)
 }
+
+/// The seed of the scheduler's randomness in these tests.
+const SEED: u64 = 1;
 
 fn objects(prefix: &str, n: usize, secret: Option<&str>) -> Vec<PpioInstance> {
     (0..n)
