@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test node (crates/testenv/src/node.rs, tests/node.rs) and
+# Installs the Debian packages the test node (crates/testenv/src/node.rs, tests/node/) and
 # the image build need, only those that are missing: containerd and runc (the container
 # runtime), containernetworking-plugins (the CNI bridge), iptables and conntrack (kube-proxy),
 # gcc and libc6-dev (the static pause image), file and ca-certificates (tools/image.sh).

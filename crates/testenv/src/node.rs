@@ -3,8 +3,8 @@
 //! [`ApiServerOptions::node_ip`]), kube-controller-manager, kube-scheduler, the kubelet
 //! (cgroupfs, cgroup v1 allowed), kube-proxy (iptables), containerd and runc (Debian's, run
 //! with a config, socket and state of our own), the CNI bridge plugin, and images imported
-//! from OCI archives (`imagePullPolicy: Never`). The recipe and its pitfalls:
-//! `../shared/REAL-NODE.md`.
+//! from OCI archives (`imagePullPolicy: Never`). The settings that matter and the pitfalls of
+//! a node on this kind of machine: docs/development.md, "The real node".
 //!
 //! It needs root and changes the machine, so it is careful to change it back:
 //!
@@ -715,7 +715,8 @@ async fn start_node(
         ),
     )?;
 
-    // containerd: everything under the state folder; see REAL-NODE.md for each setting.
+    // containerd: everything under the state folder; docs/development.md ("The real node")
+    // says why each setting is needed.
     let containerd_dir = state.join("containerd");
     fs::create_dir_all(&containerd_dir)?;
     let containerd_config = containerd_dir.join("config.toml");
