@@ -103,8 +103,10 @@ pub struct RunArgs {
     pub ppio_list_page_size: u32,
 
     /// With `--ppio-observe=list`, each instance is fetched in full by a GET (for the
-    /// endpoints and prices LIST items lack) about every this many refresh intervals.
-    #[arg(long, env = "PPIO_FULL_REFRESH_INTERVALS", default_value_t = DEFAULT_FULL_REFRESH_INTERVALS, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    /// endpoints and prices LIST items lack) about every this many refresh intervals; 0 turns
+    /// these periodic full GETs off (an instance is then fetched when it is new, changed, in
+    /// transition or asked to refresh).
+    #[arg(long, env = "PPIO_FULL_REFRESH_INTERVALS", default_value_t = DEFAULT_FULL_REFRESH_INTERVALS, value_parser = clap::value_parser!(u32).range(0..=10000))]
     pub ppio_full_refresh_intervals: u32,
 
     /// At most this many PpioInstances are reconciled at the same time; they start in the
@@ -409,6 +411,23 @@ mod tests {
             panic!("run")
         };
         args
+    }
+
+    #[test]
+    fn full_refreshes_can_be_turned_off() {
+        let args = run_args(&["--ppio-full-refresh-intervals", "0"]);
+        assert_eq!(args.ppio_full_refresh_intervals, 0);
+        let err = Cli::try_parse_from([
+            "ppio-operator",
+            "run",
+            "--ppio-full-refresh-intervals",
+            "10001",
+        ])
+        .expect_err("refused");
+        assert!(
+            err.to_string().contains("--ppio-full-refresh-intervals"),
+            "{err}"
+        );
     }
 
     #[test]
