@@ -283,7 +283,7 @@ fn starts_an_object(body: &[u8]) -> bool {
 /// One page of `GET /gpus/v2/instances`. Its items are kept as the JSON text they came in
 /// and decoded on demand: a walk that meets an item it has seen before, byte for byte, need
 /// not decode it again.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct InstancePage {
     /// The page's body.
     body: String,
@@ -293,6 +293,19 @@ pub struct InstancePage {
     pub next_cursor: Option<String>,
     /// Whether another page follows.
     pub has_more: bool,
+}
+
+/// Without the body: it carries what an instance must never show (env values, commands,
+/// passwords), so a debug print (a log line, a panic message) gives only its shape.
+impl std::fmt::Debug for InstancePage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstancePage")
+            .field("items", &self.items.len())
+            .field("body_bytes", &self.body.len())
+            .field("next_cursor", &self.next_cursor)
+            .field("has_more", &self.has_more)
+            .finish()
+    }
 }
 
 impl InstancePage {
@@ -396,6 +409,22 @@ impl Instance {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_page_prints_its_shape_never_its_body() {
+        let body = r#"{"data":[{"id":"a","envs":[{"key":"TOKEN","value":"s3cr3t-env"}],"command":"run --password hunter2"}],"next_cursor":"c2","has_more":true}"#;
+        let page = InstancePage::from_slice(body.as_bytes()).expect("a page");
+        let shown = format!("{page:?}");
+        assert!(
+            !shown.contains("s3cr3t-env") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("items: 1") && shown.contains("c2"),
+            "{shown}"
+        );
+    }
+
     use super::*;
 
     #[test]
