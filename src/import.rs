@@ -351,9 +351,87 @@ pub fn manifests(
                 },
                 status: None,
             };
-            Ok((name, serde_yaml::to_string(&object)?))
+            Ok((name, yaml_1_1(&serde_yaml::to_value(&object)?)))
         })
         .collect()
+}
+
+/// The words YAML 1.1 reads as booleans or null (case aside), which kubectl, Argo CD and Flux
+/// (all YAML 1.1 readers) would not take as strings.
+const YAML_1_1_WORDS: &[&str] = &[
+    "y", "yes", "n", "no", "on", "off", "true", "false", "null", "~",
+];
+
+/// Block-style YAML of `value` that reads the same in YAML 1.1 as in 1.2. A string stays plain
+/// only when it is a word of letters, digits, spaces and `._/-` that begins with a letter and
+/// is not one of [`YAML_1_1_WORDS`]; every other string (numbers, dates, `yes`, `on`, `~`,
+/// anything with other characters) is double-quoted. The same value gives the same bytes.
+fn yaml_1_1(value: &serde_yaml::Value) -> String {
+    let mut out = String::new();
+    emit(value, 0, &mut out);
+    out
+}
+
+fn emit(value: &serde_yaml::Value, indent: usize, out: &mut String) {
+    use serde_yaml::Value;
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                out.push_str(&format!("{pad}{}:", scalar(k)));
+                match v {
+                    Value::Mapping(inner) if !inner.is_empty() => {
+                        out.push('\n');
+                        emit(v, indent + 2, out);
+                    }
+                    Value::Sequence(items) if !items.is_empty() => {
+                        out.push('\n');
+                        emit(v, indent, out);
+                    }
+                    _ => out.push_str(&format!(" {}\n", scalar(v))),
+                }
+            }
+        }
+        Value::Sequence(items) => {
+            for item in items {
+                match item {
+                    Value::Mapping(_) | Value::Sequence(_) => {
+                        // Nested collections as JSON, which YAML reads as flow style.
+                        let json = serde_json::to_string(item).unwrap_or_default();
+                        out.push_str(&format!("{pad}- {json}\n"));
+                    }
+                    _ => out.push_str(&format!("{pad}- {}\n", scalar(item))),
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+    }
+}
+
+/// One scalar (or an empty collection) as YAML text.
+fn scalar(value: &serde_yaml::Value) -> String {
+    use serde_yaml::Value;
+    match value {
+        Value::String(s) => {
+            let plain = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && !s.ends_with(' ')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '/' | '-'))
+                && !YAML_1_1_WORDS.contains(&s.to_ascii_lowercase().as_str());
+            if plain {
+                s.clone()
+            } else {
+                // A JSON string is a YAML double-quoted scalar, escapes and all.
+                serde_json::to_string(s).unwrap_or_default()
+            }
+        }
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Null => "null".into(),
+        Value::Mapping(_) => "{}".into(),
+        Value::Sequence(_) => "[]".into(),
+        Value::Tagged(t) => scalar(&t.value),
+    }
 }
 
 #[cfg(test)]
@@ -410,6 +488,54 @@ mod tests {
         let unique: BTreeSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         assert!(names.iter().all(|n| is_dns_label(n)), "{names:?}");
+    }
+
+    #[test]
+    fn strings_yaml_1_1_reads_otherwise_are_quoted_and_read_back_the_same() {
+        let tricky = [
+            "yes",
+            "Yes",
+            "on",
+            "No",
+            "off",
+            "y",
+            "N",
+            "~",
+            "true",
+            "null",
+            "12345",
+            "1e3",
+            "0x1F",
+            "2024-01-01",
+            ".inf",
+            "-",
+            "a: b",
+            "# x",
+            "trailing ",
+            "",
+            "100%",
+        ];
+        for word in tricky {
+            let text = yaml_1_1(&serde_yaml::Value::Mapping(
+                [(word.into(), word.into())].into_iter().collect(),
+            ));
+            assert!(
+                text.starts_with('"') && text.contains(": \""),
+                "{word:?} not quoted: {text}"
+            );
+            let back: BTreeMap<String, String> = serde_yaml::from_str(&text).expect("reads");
+            assert_eq!(back.get(word).map(String::as_str), Some(word), "{text}");
+        }
+        for word in [
+            "trainer-a",
+            "Trainer A",
+            "gpus.ppio.com/v1alpha1",
+            "yesterday",
+            "ca338f12f3",
+        ] {
+            let text = yaml_1_1(&serde_yaml::Value::String(word.into()));
+            assert_eq!(text, format!("{word}\n"));
+        }
     }
 
     #[test]

@@ -291,3 +291,70 @@ async fn import_filters_like_the_api_and_fails_clearly() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("HTTP 429"), "{err}");
 }
+
+/// Instance names that YAML 1.1 (kubectl's, Argo CD's and Flux's YAML) reads as booleans,
+/// null, numbers or dates: the manifests still apply, with the names as strings.
+#[ppio_test_macros::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_from_yaml_1_1_vocabulary_import_and_apply() {
+    let client = client().await;
+    let ns = namespace(&client, "import-yaml11").await;
+    let base: Value = serde_json::from_str(FIXTURE).expect("fixture");
+    let words = [
+        "yes",
+        "on",
+        "No",
+        "off",
+        "y",
+        "n",
+        "~",
+        "true",
+        "null",
+        "12345",
+        "2024-01-01",
+        "1e3",
+    ];
+    let listed: Vec<Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let mut v = base.clone();
+            v["id"] = json!(format!("yaml11x{i:02}"));
+            v["name"] = json!(w);
+            v["region"] = json!(if i % 2 == 0 { "on" } else { "2024-01-01" });
+            v
+        })
+        .collect();
+    let (_sim, addr) = simulator_with(listed, &[KEY]).await;
+    let url = format!("http://{addr}");
+    let out = import(
+        &["--namespace", ns.as_str(), "--ppio-base-url", url.as_str()],
+        Some(KEY),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stream = String::from_utf8(out.stdout).expect("utf-8");
+    // The real API server, through the real kubectl, takes every manifest.
+    let applied = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&stream));
+    assert!(
+        applied.status.success(),
+        "kubectl refused the import:\n{}\n{stream}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    // And the words stay strings: the annotations carry them as PPIO named them.
+    let objects = docs(&stream);
+    assert_eq!(objects.len(), words.len());
+    let names: BTreeSet<String> = objects
+        .iter()
+        .filter_map(|o| {
+            o.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("gpus.ppio.com/instance-name").cloned())
+        })
+        .collect();
+    let want: BTreeSet<String> = words.iter().map(|w| w.to_string()).collect();
+    assert_eq!(names, want, "{stream}");
+}
