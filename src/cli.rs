@@ -23,7 +23,7 @@ use crate::operator::{DEFAULT_CONCURRENCY, RunConfig};
 use crate::ppio::{
     ApiKey, DEFAULT_BASE_URL, DEFAULT_REQUEST_TIMEOUT, HttpClient, HttpClientConfig,
 };
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::{self, LogFormat, LogLevel};
 
 /// Mirrors PPIO GPU instances into PpioInstance resources.
 #[derive(Debug, Parser)]
@@ -117,6 +117,11 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// How much the operator logs; the Kubernetes and HTTP client internals stay at `error`
+    /// (they can log response bodies). `RUST_LOG`, when set, replaces the whole filter.
+    #[arg(long, env = "LOG_LEVEL", value_enum, default_value = "info")]
+    pub log_level: LogLevel,
 
     /// Elect a leader through a coordination.k8s.io Lease; only the leader reconciles (use it
     /// with more than one replica).
@@ -335,9 +340,9 @@ pub(crate) fn parse_namespace(s: &str) -> Result<String, String> {
 pub async fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => {
-            let format = args.log_format;
+            let (format, level) = (args.log_format, args.log_level);
             launch(args.config(), |config| async move {
-                telemetry::init(format);
+                telemetry::init(format, level);
                 crate::operator::run(config).await
             })
             .await

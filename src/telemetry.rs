@@ -9,6 +9,37 @@ use tracing_subscriber::{EnvFilter, fmt};
 /// Secret or another object's data, so they stay quiet unless `RUST_LOG` asks for them.
 pub const DEFAULT_FILTER: &str = "warn,ppio_operator=info,kube=error,kube_client=error,kube_runtime=error,hyper=error,hyper_util=error,reqwest=error,rustls=error,tower=error,h2=error";
 
+/// How much the operator itself logs (`--log-level`); the client internals stay at `error`
+/// and other dependencies at `warn` whatever it is (see [`DEFAULT_FILTER`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// [`DEFAULT_FILTER`] with the operator's own level set to `level`.
+fn default_filter(level: LogLevel) -> String {
+    DEFAULT_FILTER.replace(
+        "ppio_operator=info",
+        &format!("ppio_operator={}", level.directive()),
+    )
+}
+
 /// The log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -16,18 +47,20 @@ pub enum LogFormat {
     Json,
 }
 
-/// The filter from `RUST_LOG`'s value, or [`DEFAULT_FILTER`] when it is absent or invalid.
-fn filter(rust_log: Option<&str>) -> EnvFilter {
+/// The filter from `RUST_LOG`'s value, or [`DEFAULT_FILTER`] with the operator at `level`
+/// when it is absent or invalid.
+fn filter_at(rust_log: Option<&str>, level: LogLevel) -> EnvFilter {
     rust_log
         .and_then(|directives| EnvFilter::try_new(directives).ok())
-        .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER))
+        .unwrap_or_else(|| EnvFilter::new(default_filter(level)))
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default filter
-/// ([`DEFAULT_FILTER`]).
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber: the operator at `level`, the client internals at `error`
+/// ([`DEFAULT_FILTER`]). `RUST_LOG`, when set, replaces that filter whole (for debugging:
+/// it can let the client internals log response bodies).
+pub fn init(format: LogFormat, level: LogLevel) {
     let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
-    let filter = filter(rust_log.as_deref());
+    let filter = filter_at(rust_log.as_deref(), level);
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
@@ -64,7 +97,7 @@ mod tests {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = fmt()
-            .with_env_filter(filter(rust_log))
+            .with_env_filter(filter_at(rust_log, LogLevel::Info))
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .finish();
@@ -84,6 +117,30 @@ mod tests {
             tracing::debug!(target: "ppio_operator::controller", "operator-debug");
         });
         String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8")
+    }
+
+    #[test]
+    fn the_log_level_moves_the_operator_only() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = fmt()
+            .with_env_filter(filter_at(None, LogLevel::Debug))
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "ppio_operator::controller", "operator-debug");
+            tracing::warn!(target: "kube_client::client", "kube_client-warn");
+            tracing::info!(target: "other_crate", "other-info");
+        });
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+        assert!(text.contains("operator-debug"), "{text}");
+        assert!(!text.contains("kube_client-warn"), "{text}");
+        assert!(!text.contains("other-info"), "{text}");
+        assert_eq!(
+            default_filter(LogLevel::Error),
+            DEFAULT_FILTER.replace("ppio_operator=info", "ppio_operator=error")
+        );
     }
 
     #[test]

@@ -268,7 +268,10 @@ pub enum SimulatorError {
 
 /// `ppio-operator simulate`: serves until SIGTERM or SIGINT.
 pub async fn run(config: SimulatorConfig) -> Result<(), SimulatorError> {
-    crate::telemetry::init(crate::telemetry::LogFormat::Text);
+    crate::telemetry::init(
+        crate::telemetry::LogFormat::Text,
+        crate::telemetry::LogLevel::Info,
+    );
     let sim = Simulator::new(config.instances, config.keys);
     sim.set_not_found_status(config.not_found_status);
     let listener =

@@ -294,10 +294,17 @@ fn the_deployment_is_hardened_and_configured_from_values() {
         "--default-refresh-interval=30s",
         "--ppio-base-url=https://api.ppio.com",
         "--default-key-namespaces=ml,team-b",
+        "--log-level=info",
     ] {
         assert!(args.contains(&want), "{want} missing from {args:?}");
     }
     let env = c["env"].as_array().expect("env");
+    // The level is a flag: a RUST_LOG would replace the binary's filter, which keeps the
+    // Kubernetes client (it can log response bodies) at error.
+    assert!(
+        !env.iter().any(|e| e["name"] == "RUST_LOG"),
+        "the chart sets RUST_LOG: {env:?}"
+    );
     let key = env
         .iter()
         .find(|e| e["name"] == "PPIO_API_KEY")

@@ -182,7 +182,10 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut cp = ControlPlane::start(&args.tools_dir, Some(&args.state_dir), Some(&crds)).await?;
     let client = cp.client().await?;
     // Logging starts once the control plane answers, so start-up polling stays quiet.
-    ppio_operator::telemetry::init(ppio_operator::telemetry::LogFormat::Text);
+    ppio_operator::telemetry::init(
+        ppio_operator::telemetry::LogFormat::Text,
+        ppio_operator::telemetry::LogLevel::Info,
+    );
 
     step("starting the PPIO simulator with 3 sample instances");
     let sim = Simulator::new(Simulator::samples(), vec![DEMO_KEY.to_string()]);
