@@ -93,16 +93,6 @@ pub const WAIT: Duration = Duration::from_secs(120);
 /// How often the wait helpers look again.
 const POLL: Duration = Duration::from_millis(200);
 
-/// `PPIO_TEST_DEADLINE_SCALE` (a whole number, default 1): multiplies every deadline, like
-/// the deadline of each test.
-fn deadline_scale() -> u32 {
-    std::env::var("PPIO_TEST_DEADLINE_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(1)
-}
-
 /// The deadline of a wait loop: the one way tests bound a wait.
 ///
 /// ```ignore
@@ -128,7 +118,7 @@ impl Deadline {
     pub fn new(what: impl Into<String>, limit: Duration) -> Deadline {
         Deadline {
             what: what.into(),
-            limit: limit * deadline_scale(),
+            limit: limit * crate::deadline_scale(),
             start: Instant::now(),
         }
     }

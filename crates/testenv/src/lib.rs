@@ -38,6 +38,16 @@ pub fn tools_dir() -> PathBuf {
     cache.join("ppio-operator").join("bin")
 }
 
+/// `PPIO_TEST_DEADLINE_SCALE` (a whole number, default 1): multiplies every deadline of the
+/// tests ([`within`]) and of their waits ([`cluster::Deadline`]), for slow machines.
+pub fn deadline_scale() -> u32 {
+    std::env::var("PPIO_TEST_DEADLINE_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
+}
+
 /// Runs a test's body, and panics naming the test when it has not finished within `deadline`
 /// of real time (times `PPIO_TEST_DEADLINE_SCALE`, a whole number, default 1). The clock is a
 /// thread of its own, not tokio's timer, so a test on tokio's paused clock is held to real time
@@ -47,12 +57,7 @@ pub async fn within<F: std::future::Future>(
     name: &str,
     body: F,
 ) -> F::Output {
-    let scale: u32 = std::env::var("PPIO_TEST_DEADLINE_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(1);
-    let deadline = deadline * scale;
+    let deadline = deadline * deadline_scale();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
