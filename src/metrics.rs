@@ -421,20 +421,13 @@ impl InstanceMetrics {
             .condition(condition::SYNCED)
             .filter(|c| c.status != cstatus::TRUE)
             .map(|c| safe_label_value(&c.reason));
-        let mut reasons = lock(&self.reasons);
-        let old = match &not_synced {
-            Some(reason) => reasons.insert(obj.clone(), reason.clone()),
-            None => reasons.remove(&obj),
-        };
-        if let Some(old) = old.filter(|o| Some(o) != not_synced.as_ref()) {
-            self.not_synced.remove(&reason_labels(&obj, &old));
-        }
-        drop(reasons);
-        if let Some(reason) = &not_synced {
-            self.not_synced
-                .get_or_create(&reason_labels(&obj, reason))
-                .set(1);
-        }
+        one_labelled_series(
+            &self.reasons,
+            &self.not_synced,
+            &obj,
+            not_synced,
+            reason_labels,
+        );
         let is_true = |t: &str| {
             status
                 .condition(t)
@@ -449,16 +442,15 @@ impl InstanceMetrics {
         if let Some(at) = observed_at {
             self.last_success.get_or_create(&obj).set(unix_seconds(at));
         }
+        // A status without a state keeps the last one exported.
         if let Some(state) = &status.state {
-            let state = safe_label_value(state);
-            let mut states = lock(&self.states);
-            if let Some(old) = states
-                .insert(obj.clone(), state.clone())
-                .filter(|o| *o != state)
-            {
-                self.state.remove(&state_labels(&obj, &old));
-            }
-            self.state.get_or_create(&state_labels(&obj, &state)).set(1);
+            one_labelled_series(
+                &self.states,
+                &self.state,
+                &obj,
+                Some(safe_label_value(state)),
+                state_labels,
+            );
         }
         let prepaid_end = status
             .billing
@@ -546,6 +538,31 @@ fn state_labels(obj: &ObjectLabels, state: &str) -> StateLabels {
         namespace: obj.namespace.clone(),
         name: obj.name.clone(),
         state: state.into(),
+    }
+}
+
+/// Keeps one series of `obj` in `family`, set to 1, labelled with `value` (already a
+/// [`safe_label_value`]): the series of the value it had before is removed, and with `None`
+/// it has none. `current` remembers each object's value.
+fn one_labelled_series<L>(
+    current: &Mutex<std::collections::HashMap<ObjectLabels, String>>,
+    family: &Family<L, Gauge>,
+    obj: &ObjectLabels,
+    value: Option<String>,
+    labels: fn(&ObjectLabels, &str) -> L,
+) where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let mut current = lock(current);
+    let old = match &value {
+        Some(v) => current.insert(obj.clone(), v.clone()),
+        None => current.remove(obj),
+    };
+    if let Some(old) = old.filter(|o| Some(o) != value.as_ref()) {
+        family.remove(&labels(obj, &old));
+    }
+    if let Some(v) = &value {
+        family.get_or_create(&labels(obj, v)).set(1);
     }
 }
 
