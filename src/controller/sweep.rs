@@ -11,9 +11,15 @@
 //! - Only the items of instances some PpioInstance asked for are kept, each with the time its
 //!   page was read. A walk over a changing list can skip items: an instance missing from a
 //!   walk is looked up by a GET, never taken for gone.
-//! - A LIST that answers 404, 405 or 501 on its first page is unavailable (a proxy, an older
-//!   API): the key's PpioInstances are observed by GETs, said once in the log and in
-//!   `ppio_api_list_unavailable`, and LIST is tried again after [`LIST_RETRY`].
+//! - A failed page is tried again from its own cursor ([`PAGE_ATTEMPTS`]); a walk stops on a
+//!   repeated cursor and after [`NOTHING_NEW_PAGES`] pages that bring nothing new (counted as
+//!   `truncated`).
+//! - A LIST error is never an instance's outcome. A walk that fails puts the key's
+//!   PpioInstances on GETs (each once its item is stale) until a walk succeeds again; a LIST
+//!   that answers 404, 405 or 501 on its first page is unavailable (a proxy, an older API), as
+//!   is one that runs past twice the pages of its last complete walk: GETs until
+//!   [`LIST_RETRY`]. Both are said once in the log and in `ppio_api_list_unavailable`. Only a
+//!   429 reaches the instances, as the key's pause.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -26,11 +32,11 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::budget::{Buckets, Budget};
-use super::schedule::{MAX_KEY_PAUSE, backoff};
+use super::schedule::{MAX_KEY_PAUSE, backoff, jitter};
 use super::wakes::{Wake, Waker};
 use crate::lock;
 use crate::metrics::{Metrics, TimestampGauge, unix_seconds};
-use crate::ppio::{ApiKey, Instance, ListQuery, PpioApi, PpioError};
+use crate::ppio::{ApiKey, Instance, InstancePage, ListQuery, PpioApi, PpioError};
 
 /// The default LIST page size.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -99,7 +105,7 @@ pub enum Lookup {
     /// A walk that started after the PpioInstance asked did not list it (or its refresh
     /// interval is shorter than the key's sweeps): a GET decides.
     Missing,
-    /// The key's last walk failed.
+    /// The key's last walk was rate limited: the key's pause is the instance's answer.
     Failed(PpioError),
     /// The key's LIST is unavailable: GET.
     Unavailable,
@@ -181,6 +187,11 @@ struct State {
     unavailable_until: Option<Instant>,
     /// Pages read by the last walk.
     pages: u32,
+    /// Pages read by the last walk that the LIST ended by itself.
+    complete_pages: u32,
+    /// The key's walks fail (or never end): its PpioInstances are observed by GETs until a
+    /// walk succeeds again.
+    list_failing: bool,
     /// Pages read so far by the walk in progress.
     walk_pages: u32,
     /// The period of the regular walks, as the sweeper last reckoned it ([`sweep_period`]).
@@ -404,11 +415,15 @@ impl Sweeps {
                     item: item.clone().filter(|_| applied != Some(*digest)),
                     digest: *digest,
                     at: *at,
-                    failing: paused || matches!(st.finished, Some((_, Some(_)))),
+                    failing: paused || st.list_failing || matches!(st.finished, Some((_, Some(_)))),
                 };
             }
             // The item is needed but no longer held: the next walk decodes it.
             st.redecode.insert(id.to_string());
+        }
+        if st.list_failing {
+            // The key's walks fail: a GET observes it until one succeeds again.
+            return Lookup::Unavailable;
         }
         let answered = st
             .finished
@@ -596,7 +611,7 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
         }
         let outcome = walk(&env, &sweep).await;
         failures = match &outcome {
-            Walked::Ok | Walked::Unavailable => 0,
+            Walked::Ok | Walked::Truncated | Walked::Unavailable | Walked::Endless => 0,
             Walked::Failed(_) => failures.saturating_add(1),
         };
         finish(&env, &sweep, started, outcome);
@@ -605,30 +620,92 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
 
 /// How a walk ended.
 enum Walked {
+    /// The LIST said it ended.
     Ok,
+    /// Cut short (a repeated cursor, pages that bring nothing new): what it listed counts,
+    /// the rest is looked up by GET.
+    Truncated,
+    /// More pages than the last complete walk gives reason to expect: the LIST is taken as
+    /// not usable, like [`Walked::Unavailable`].
+    Endless,
+    /// A page failed [`PAGE_ATTEMPTS`] times.
     Failed(PpioError),
+    /// The first page said the LIST is not served here (404, 405, 501).
     Unavailable,
 }
 
 /// One walk over the key's LIST, page by page within the key's budget; keeps the items of
-/// wanted ids (the same `Arc` when an item did not change).
+/// wanted ids (the same `Arc` when an item did not change). A failed page is tried again
+/// ([`PAGE_ATTEMPTS`]) from its own cursor; a LIST that does not end is cut short.
 async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
     let mut query = ListQuery {
         limit: env.page_size.clamp(1, MAX_PAGE_SIZE),
         ..ListQuery::default()
     };
-    let (this_walk, mut next_ids) = {
+    let (this_walk, mut next_ids, cap) = {
         let mut st = lock(&sweep.state);
         st.walks += 1;
         st.walk_pages = 0;
         // About as many items as the last walk listed: sized once, not grown by rehashing.
         let next_ids: ByHash<Option<Arc<str>>> =
             ByHash::with_capacity_and_hasher(st.ids_by_hash.len(), Default::default());
-        (st.walks, next_ids)
+        (st.walks, next_ids, page_cap(st.complete_pages))
     };
-    let mut cursors: HashSet<String> = HashSet::new();
+    let mut ends = WalkEnds::new(cap);
     let mut pages = 0u32;
+    let cut = loop {
+        let page = match read_page(env, sweep, &query, pages == 0).await {
+            Ok(page) => page,
+            Err(failed) => return failed,
+        };
+        pages += 1;
+        let new_items = take_page(env, sweep, &page, this_walk, &mut next_ids, pages);
+        let next = page.next_cursor.filter(|c| !c.is_empty());
+        match next {
+            Some(cursor) if page.has_more => {
+                if let Some(cut) = ends.cut(pages, &cursor, new_items) {
+                    break Some(cut);
+                }
+                query.cursor = Some(cursor);
+            }
+            _ => break None,
+        }
+    };
+    if let Some(cut) = cut {
+        warn!(
+            pages,
+            reason = cut.reason(),
+            "the PPIO LIST did not end; the walk stops here and the instances it did not list are looked up by GET"
+        );
+    }
+    end_walk(env, sweep, this_walk, next_ids, pages, cut.is_none());
+    match cut {
+        Some(WalkCut::PageCap) => Walked::Endless,
+        Some(_) => Walked::Truncated,
+        None => Walked::Ok,
+    }
+}
+
+/// Tries for a page of a key's LIST that fails this many times in a row (a 429 counts too)
+/// before the walk fails.
+pub const PAGE_ATTEMPTS: u32 = 3;
+/// The pause before trying a failed page again, doubled at each try.
+pub const PAGE_RETRY: Duration = Duration::from_secs(1);
+/// A walk stops after this many pages in a row that bring no item it has not seen yet
+/// (empty pages too).
+pub const NOTHING_NEW_PAGES: u32 = 3;
+
+/// Reads one page within the key's budget (and its 429 pause), trying a failed page again
+/// from the same cursor. `Err`: how the walk ends.
+async fn read_page(
+    env: &Env,
+    sweep: &KeySweep,
+    query: &ListQuery,
+    first: bool,
+) -> Result<InstancePage, Walked> {
+    let mut attempt = 0u32;
     loop {
+        attempt += 1;
         // A 429 met meanwhile (by a GET, or an earlier page) pauses the walk too.
         let paused = lock(&env.paused).get(&sweep.fingerprint).copied();
         if let Some(until) = paused.filter(|t| *t > Instant::now()) {
@@ -641,170 +718,260 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
             tokio::time::sleep(wait).await;
         }
         let start = Instant::now();
-        let result = env.ppio.list_instances(&sweep.key, &query).await;
+        let result = env.ppio.list_instances(&sweep.key, query).await;
         let class = result
             .as_ref()
             .map_or_else(PpioError::request_class, |_| "2xx");
         env.metrics
             .api
             .request_on("list_instances", class, start.elapsed().as_secs_f64());
-        let page = match result {
-            Ok(page) => page,
-            Err(e) if pages == 0 && list_unavailable(&e) => return Walked::Unavailable,
-            Err(e) => {
-                if let Some(after) = e.retry_after() {
-                    let until = Instant::now() + after.min(MAX_KEY_PAUSE);
-                    let mut paused = lock(&env.paused);
-                    let entry = paused.entry(sweep.fingerprint).or_insert(until);
-                    *entry = (*entry).max(until);
-                }
-                return Walked::Failed(e);
-            }
+        let e = match result {
+            Ok(page) => return Ok(page),
+            Err(e) if first && list_unavailable(&e) => return Err(Walked::Unavailable),
+            Err(e) => e,
         };
-        pages += 1;
-        let read_at = Instant::now();
-        let mut woken = Vec::new();
-        let read_secs = unix_seconds(std::time::SystemTime::now());
-        let mut late = Duration::ZERO;
-        {
-            let mut guard = lock(&sweep.state);
-            guard.walk_pages = pages;
-            let State {
-                wanted,
-                items,
-                redecode,
-                ids_by_hash,
-                waiters,
-                watchers,
-                ..
-            } = &mut *guard;
-            for text in page.item_texts() {
-                let hash = sweep.hasher.hash_one(text);
-                // The id of a text met on the last walk is known without decoding it.
-                let (id, mut decoded) = match ids_by_hash.get(&hash) {
-                    Some(known) => (known.clone(), None),
-                    None => match Instance::from_item(text) {
-                        Some(item) => (usable_id(&item), Some(item)),
-                        None => (None, None),
-                    },
-                };
-                if next_ids.len() < MAX_REMEMBERED_ITEMS {
-                    next_ids.insert(hash, id.clone());
-                }
-                let Some(id) = id else {
-                    continue;
-                };
-                let Some(refresh) = wanted.get(&*id).map(|w| w.refresh) else {
-                    continue;
-                };
-                let wanted_again = !redecode.is_empty() && redecode.remove(&*id);
-                let mut previous = items.get_mut(&*id);
-                if let Some(old) = &previous {
-                    late = late.max(read_at.saturating_duration_since(old.at + refresh));
-                }
-                // An item decoded less than an interval ago is still held.
-                let recent = previous
-                    .as_ref()
-                    .filter(|old| old.item.is_some())
-                    .is_some_and(|old| read_at.saturating_duration_since(old.held_since) < refresh);
-                let (item, held_since, digest, changed) = match &previous {
-                    // The same text: held while recent, or again when a PpioInstance asked.
-                    Some(old) if old.hash == hash => {
-                        let (item, since) = match (&old.item, wanted_again) {
-                            (Some(held), _) if recent => (Some(held.clone()), old.held_since),
-                            (Some(held), true) => (Some(held.clone()), read_at),
-                            (None, true) => (
-                                decoded
-                                    .take()
-                                    .or_else(|| Instance::from_item(text))
-                                    .map(Arc::new),
-                                read_at,
-                            ),
-                            _ => (None, old.held_since),
-                        };
-                        (item, since, old.digest, false)
-                    }
-                    _ => {
-                        let Some(item) = decoded.take().or_else(|| Instance::from_item(text))
-                        else {
-                            // Listed, though not readable this time: the last item stays.
-                            if let Some(old) = previous.as_mut() {
-                                old.walk = this_walk;
-                            }
-                            continue;
-                        };
-                        let digest = digest(&env.digests, &item);
-                        let changed = previous.as_ref().is_none_or(|old| old.digest != digest);
-                        let fresh = changed || wanted_again;
-                        let held = (fresh || recent).then(|| Arc::new(item));
-                        let since = match &previous {
-                            Some(old) if !fresh => old.held_since,
-                            _ => read_at,
-                        };
-                        (held, since, digest, changed)
-                    }
-                };
-                let next = Item {
-                    item,
-                    held_since,
-                    at: read_at,
-                    hash,
-                    digest,
-                    walk: this_walk,
-                };
-                match previous {
-                    Some(old) => *old = next,
-                    None => {
-                        items.insert(id.clone(), next);
-                    }
-                }
-                // Who waits for this instance is answered now, not at the walk's end.
-                if !waiters.is_empty()
-                    && let Some(waiting) = waiters.remove(&*id)
-                {
-                    woken.extend(waiting.into_iter().map(|(object, _)| object));
-                }
-                if let Some(watchers) = watchers.get_mut(&*id) {
-                    if changed {
-                        woken.extend(watchers.iter().map(|w| w.object.clone()));
-                    } else {
-                        // Unchanged: its PpioInstances' status stays as it is; only the
-                        // time of their last observation moves.
-                        for w in watchers {
-                            let (ns, name) = &w.object;
-                            w.last_success
-                                .get_or_insert_with(|| {
-                                    env.metrics.instances.last_success_series(ns, name)
-                                })
-                                .set(read_secs);
-                        }
-                    }
-                }
-            }
+        debug!(attempt, error = %e, "a page of the PPIO LIST failed");
+        if let Some(after) = e.retry_after() {
+            let until = Instant::now() + after.min(MAX_KEY_PAUSE);
+            let mut paused = lock(&env.paused);
+            let entry = paused.entry(sweep.fingerprint).or_insert(until);
+            *entry = (*entry).max(until);
         }
-        wake(env, woken);
-        // Also when on time: the gauge falls back to 0 once the key catches up.
-        report_lateness(env, sweep, late);
-        let next = page.next_cursor.filter(|c| !c.is_empty());
-        match next {
-            Some(cursor) if page.has_more => {
-                if pages >= MAX_PAGES || !cursors.insert(cursor.clone()) {
-                    warn!(
-                        pages,
-                        "the PPIO LIST did not end (too many pages, or a cursor seen before); the walk stops here"
-                    );
-                    break;
-                }
-                query.cursor = Some(cursor);
-            }
-            _ => break,
+        if attempt >= PAGE_ATTEMPTS {
+            return Err(Walked::Failed(e));
+        }
+        if e.retry_after().is_none() {
+            tokio::time::sleep(jitter(PAGE_RETRY.saturating_mul(1 << (attempt - 1)))).await;
         }
     }
+}
+
+/// Why a walk stopped before the LIST said it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WalkCut {
+    /// More pages than the last complete walk gives reason to expect.
+    PageCap,
+    /// A cursor seen before on this walk.
+    RepeatedCursor,
+    /// [`NOTHING_NEW_PAGES`] pages in a row brought nothing not seen on this walk.
+    NothingNew,
+}
+
+impl WalkCut {
+    fn reason(self) -> &'static str {
+        match self {
+            WalkCut::PageCap => "more pages than the last complete walk read",
+            WalkCut::RepeatedCursor => "a cursor seen before",
+            WalkCut::NothingNew => "pages that bring nothing new",
+        }
+    }
+}
+
+/// What tells a walk that the LIST will not end by itself.
+struct WalkEnds {
+    cap: u32,
+    cursors: HashSet<String>,
+    nothing_new: u32,
+}
+
+impl WalkEnds {
+    fn new(cap: u32) -> WalkEnds {
+        WalkEnds {
+            cap,
+            cursors: HashSet::new(),
+            nothing_new: 0,
+        }
+    }
+
+    /// After `pages` pages, the last of which brought `new_items` items not seen on this walk
+    /// and points to `cursor`: whether to stop here.
+    fn cut(&mut self, pages: u32, cursor: &str, new_items: usize) -> Option<WalkCut> {
+        self.nothing_new = if new_items == 0 {
+            self.nothing_new + 1
+        } else {
+            0
+        };
+        if self.nothing_new >= NOTHING_NEW_PAGES {
+            Some(WalkCut::NothingNew)
+        } else if !self.cursors.insert(cursor.to_string()) {
+            Some(WalkCut::RepeatedCursor)
+        } else if pages >= self.cap {
+            Some(WalkCut::PageCap)
+        } else {
+            None
+        }
+    }
+}
+
+/// The most pages a walk reads: twice the last complete walk's and some (an account grows),
+/// and never more than [`MAX_PAGES`].
+fn page_cap(last_complete: u32) -> u32 {
+    if last_complete == 0 {
+        MAX_PAGES
+    } else {
+        last_complete
+            .saturating_mul(2)
+            .saturating_add(10)
+            .min(MAX_PAGES)
+    }
+}
+
+/// Takes one page's items: keeps those of wanted ids, wakes who waits for them and the
+/// watchers of the items that changed. Returns how many items the walk had not seen yet.
+fn take_page(
+    env: &Env,
+    sweep: &KeySweep,
+    page: &InstancePage,
+    this_walk: u64,
+    next_ids: &mut ByHash<Option<Arc<str>>>,
+    pages: u32,
+) -> usize {
+    let mut new_items = 0usize;
+    let read_at = Instant::now();
+    let mut woken = Vec::new();
+    let read_secs = unix_seconds(std::time::SystemTime::now());
+    let mut late = Duration::ZERO;
+    {
+        let mut guard = lock(&sweep.state);
+        guard.walk_pages = pages;
+        let State {
+            wanted,
+            items,
+            redecode,
+            ids_by_hash,
+            waiters,
+            watchers,
+            ..
+        } = &mut *guard;
+        for text in page.item_texts() {
+            let hash = sweep.hasher.hash_one(text);
+            // The id of a text met on the last walk is known without decoding it.
+            let (id, mut decoded) = match ids_by_hash.get(&hash) {
+                Some(known) => (known.clone(), None),
+                None => match Instance::from_item(text) {
+                    Some(item) => (usable_id(&item), Some(item)),
+                    None => (None, None),
+                },
+            };
+            if next_ids.len() < MAX_REMEMBERED_ITEMS {
+                if next_ids.insert(hash, id.clone()).is_none() {
+                    new_items += 1;
+                }
+            } else if !next_ids.contains_key(&hash) {
+                new_items += 1;
+            }
+            let Some(id) = id else {
+                continue;
+            };
+            let Some(refresh) = wanted.get(&*id).map(|w| w.refresh) else {
+                continue;
+            };
+            let wanted_again = !redecode.is_empty() && redecode.remove(&*id);
+            let mut previous = items.get_mut(&*id);
+            if let Some(old) = &previous {
+                late = late.max(read_at.saturating_duration_since(old.at + refresh));
+            }
+            // An item decoded less than an interval ago is still held.
+            let recent = previous
+                .as_ref()
+                .filter(|old| old.item.is_some())
+                .is_some_and(|old| read_at.saturating_duration_since(old.held_since) < refresh);
+            let (item, held_since, digest, changed) = match &previous {
+                // The same text: held while recent, or again when a PpioInstance asked.
+                Some(old) if old.hash == hash => {
+                    let (item, since) = match (&old.item, wanted_again) {
+                        (Some(held), _) if recent => (Some(held.clone()), old.held_since),
+                        (Some(held), true) => (Some(held.clone()), read_at),
+                        (None, true) => (
+                            decoded
+                                .take()
+                                .or_else(|| Instance::from_item(text))
+                                .map(Arc::new),
+                            read_at,
+                        ),
+                        _ => (None, old.held_since),
+                    };
+                    (item, since, old.digest, false)
+                }
+                _ => {
+                    let Some(item) = decoded.take().or_else(|| Instance::from_item(text)) else {
+                        // Listed, though not readable this time: the last item stays.
+                        if let Some(old) = previous.as_mut() {
+                            old.walk = this_walk;
+                        }
+                        continue;
+                    };
+                    let digest = digest(&env.digests, &item);
+                    let changed = previous.as_ref().is_none_or(|old| old.digest != digest);
+                    let fresh = changed || wanted_again;
+                    let held = (fresh || recent).then(|| Arc::new(item));
+                    let since = match &previous {
+                        Some(old) if !fresh => old.held_since,
+                        _ => read_at,
+                    };
+                    (held, since, digest, changed)
+                }
+            };
+            let next = Item {
+                item,
+                held_since,
+                at: read_at,
+                hash,
+                digest,
+                walk: this_walk,
+            };
+            match previous {
+                Some(old) => *old = next,
+                None => {
+                    items.insert(id.clone(), next);
+                }
+            }
+            // Who waits for this instance is answered now, not at the walk's end.
+            if !waiters.is_empty()
+                && let Some(waiting) = waiters.remove(&*id)
+            {
+                woken.extend(waiting.into_iter().map(|(object, _)| object));
+            }
+            if let Some(watchers) = watchers.get_mut(&*id) {
+                if changed {
+                    woken.extend(watchers.iter().map(|w| w.object.clone()));
+                } else {
+                    // Unchanged: its PpioInstances' status stays as it is; only the
+                    // time of their last observation moves.
+                    for w in watchers {
+                        let (ns, name) = &w.object;
+                        w.last_success
+                            .get_or_insert_with(|| {
+                                env.metrics.instances.last_success_series(ns, name)
+                            })
+                            .set(read_secs);
+                    }
+                }
+            }
+        }
+    }
+    wake(env, woken);
+    // Also when on time: the gauge falls back to 0 once the key catches up.
+    report_lateness(env, sweep, late);
+    new_items
+}
+
+/// Ends a walk of `pages` pages: items it did not list are dropped, and their PpioInstances
+/// are reconciled (a GET by id decides whether the instance is still there).
+fn end_walk(
+    env: &Env,
+    sweep: &KeySweep,
+    this_walk: u64,
+    next_ids: ByHash<Option<Arc<str>>>,
+    pages: u32,
+    complete: bool,
+) {
     let mut st = lock(&sweep.state);
     st.pages = pages;
+    if complete {
+        st.complete_pages = pages;
+    }
     st.ids_by_hash = next_ids;
-    // An item not on this walk is dropped, and its PpioInstances are reconciled: a GET by id
-    // decides whether the instance is still there.
     st.items.retain(|_, item| item.walk == this_walk);
     let State {
         redecode,
@@ -823,7 +990,6 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
         .collect();
     drop(st);
     wake(env, missing);
-    Walked::Ok
 }
 
 /// A keyed hash of an item as decoded (its `Debug` form names every decoded field).
@@ -872,15 +1038,19 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
     st.walking = None;
     let now = Instant::now();
     let error = match outcome {
-        Walked::Ok => {
-            env.metrics.api.sweep("ok");
+        Walked::Ok | Walked::Truncated => {
+            let complete = matches!(outcome, Walked::Ok);
+            env.metrics
+                .api
+                .sweep(if complete { "ok" } else { "truncated" });
             st.last_ok = Some(now);
             st.fail_wake = None;
-            if std::mem::take(&mut st.fail_woken) {
-                // Back from a failure every watcher shows: they all show the observation.
+            let was_failing = std::mem::take(&mut st.list_failing);
+            if std::mem::take(&mut st.fail_woken) || was_failing {
+                // Back from a failure (or from GETs): every watcher shows the observation.
                 woken_all.extend(st.watching_objects());
             }
-            if st.unavailable_until.take().is_some() {
+            if st.unavailable_until.take().is_some() || was_failing {
                 info!(
                     key = label.as_str(),
                     "the PPIO LIST answers again; observing this key's PpioInstances by sweeps"
@@ -890,25 +1060,51 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
             env.metrics.api.set_list_unavailable(&label, false);
             None
         }
-        Walked::Unavailable => {
-            env.metrics.api.sweep("unavailable");
+        Walked::Unavailable | Walked::Endless => {
+            let endless = matches!(outcome, Walked::Endless);
+            env.metrics
+                .api
+                .sweep(if endless { "truncated" } else { "unavailable" });
             if st.unavailable_until.is_none() {
+                let why = if endless {
+                    "the PPIO LIST did not end within twice the pages of its last complete walk"
+                } else {
+                    "the PPIO LIST call is not available (HTTP 404, 405 or 501)"
+                };
                 warn!(
                     key = label.as_str(),
                     retry_in_s = LIST_RETRY.as_secs(),
-                    "the PPIO LIST call is not available (HTTP 404, 405 or 501); observing this key's PpioInstances by one GET each instead"
+                    "{why}; observing this key's PpioInstances by one GET each instead"
                 );
             }
             env.metrics.api.set_list_unavailable(&label, true);
             st.unavailable_until = Some(now + LIST_RETRY);
+            st.list_failing = false;
             st.items.clear();
             // Their PpioInstances go over to GETs now.
             woken_all.extend(st.watching_objects());
             None
         }
-        Walked::Failed(e) => {
+        // A 429: the key's pause is every PpioInstance's answer until it ends.
+        Walked::Failed(e @ PpioError::RateLimited { .. }) => {
             env.metrics.api.sweep("error");
-            debug!(key = label.as_str(), error = %e, "a walk over the PPIO LIST failed");
+            debug!(key = label.as_str(), error = %e, "a walk over the PPIO LIST was rate limited");
+            st.arm_fail_wake(now);
+            Some(e)
+        }
+        Walked::Failed(e) => {
+            // A LIST error is never an instance's outcome: GETs observe the key's PpioInstances
+            // (each as its LIST item goes stale) until a walk succeeds again.
+            env.metrics.api.sweep("error");
+            if !st.list_failing {
+                warn!(
+                    key = label.as_str(),
+                    error = %e,
+                    "walks over the PPIO LIST fail; observing this key's PpioInstances by one GET each until a walk succeeds again"
+                );
+            }
+            env.metrics.api.set_list_unavailable(&label, true);
+            st.list_failing = true;
             st.arm_fail_wake(now);
             Some(e)
         }
@@ -916,7 +1112,7 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
     st.finished = Some((started, error));
     // Wake who asked before this walk started (their instances were on no page: a GET
     // decides); the others wait for the next walk, which starts soon.
-    let unavailable = st.unavailable_until.is_some();
+    let unavailable = st.unavailable_until.is_some() || st.list_failing;
     let mut woken = Vec::new();
     st.waiters.retain(|_, waiting| {
         waiting.retain(|(object, asked)| {

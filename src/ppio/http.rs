@@ -195,7 +195,13 @@ impl HttpClient {
 
     async fn list(&self, key: &ApiKey, query: &ListQuery) -> Result<InstancePage, PpioError> {
         let request = self.http.get(self.list_url()).query(&query.pairs());
-        let body = self.get_body(key, request).await?;
+        let body = self
+            .get_body_capped(
+                key,
+                request,
+                list_body_cap(self.max_body_bytes, query.limit),
+            )
+            .await?;
         Ok(InstancePage::from_slice(&body)?)
     }
 
@@ -205,6 +211,17 @@ impl HttpClient {
         &self,
         key: &ApiKey,
         request: reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, PpioError> {
+        self.get_body_capped(key, request, self.max_body_bytes)
+            .await
+    }
+
+    /// [`HttpClient::get_body`] with a 2xx body of at most `limit` bytes.
+    async fn get_body_capped(
+        &self,
+        key: &ApiKey,
+        request: reqwest::RequestBuilder,
+        limit: usize,
     ) -> Result<Vec<u8>, PpioError> {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .map_err(|_| PpioError::InvalidApiKey)?;
@@ -217,7 +234,7 @@ impl HttpClient {
             .map_err(transport_error)?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
-            return self.read_capped(&mut response).await;
+            return read_capped(&mut response, limit).await;
         }
         let header = |name: HeaderName| {
             response
@@ -237,24 +254,34 @@ impl HttpClient {
             SystemTime::now(),
         ))
     }
+}
 
-    async fn read_capped(&self, response: &mut reqwest::Response) -> Result<Vec<u8>, PpioError> {
-        let limit = self.max_body_bytes;
-        let announced = response.content_length();
-        if announced.is_some_and(|n| n > limit as u64) {
+/// The body cap of a LIST page of `limit` items: [`LIST_ITEM_BYTES`] per item asked for, and
+/// never less than the cap of one instance's body (`instance_cap`).
+pub fn list_body_cap(instance_cap: usize, limit: u32) -> usize {
+    instance_cap.max(LIST_ITEM_BYTES.saturating_mul(limit as usize))
+}
+
+/// The room a LIST page gives each item it may hold (the vendor's example item is about
+/// 1 KiB).
+pub const LIST_ITEM_BYTES: usize = 8 * 1024;
+
+/// Reads a 2xx body of at most `limit` bytes.
+async fn read_capped(response: &mut reqwest::Response, limit: usize) -> Result<Vec<u8>, PpioError> {
+    let announced = response.content_length();
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(PpioError::TooLarge { limit });
+    }
+    // Sized once when the length is announced (within the limit, checked above).
+    let capacity = announced.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+    let mut body = Vec::with_capacity(capacity.min(limit));
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > limit {
             return Err(PpioError::TooLarge { limit });
         }
-        // Sized once when the length is announced (within the limit, checked above).
-        let capacity = announced.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
-        let mut body = Vec::with_capacity(capacity.min(limit));
-        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-            if body.len() + chunk.len() > limit {
-                return Err(PpioError::TooLarge { limit });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        body.extend_from_slice(&chunk);
     }
+    Ok(body)
 }
 
 /// The first [`MAX_ERROR_BODY_BYTES`] of an error answer's body, or what arrived before the
@@ -665,6 +692,44 @@ mod tests {
         let (c, _) = serve(|| (StatusCode::OK, vec![b' '; 2 * 1024 * 1024]).into_response()).await;
         let e = c.get_instance(&key(), "x").await.expect_err("too large");
         assert_eq!(e, PpioError::TooLarge { limit: 1024 * 1024 });
+    }
+
+    #[tokio::test]
+    async fn a_list_page_has_a_cap_sized_for_the_page_asked_for() {
+        // A page of 1,000 items of about 2 KiB: over one instance's 1 MiB cap, within the
+        // page's own.
+        fn big_page() -> Response {
+            static BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                let item = format!(
+                    r#"{{"id":"i","status":{{"status":"running"}},"pad":"{}"}}"#,
+                    "x".repeat(2000)
+                );
+                format!(
+                    r#"{{"data":[{}],"has_more":false}}"#,
+                    vec![item; 1000].join(",")
+                )
+            });
+            assert!(BODY.len() > 1024 * 1024);
+            (StatusCode::OK, BODY.clone()).into_response()
+        }
+        let (c, _) = serve(big_page).await;
+        let query = ListQuery {
+            limit: 1000,
+            ..ListQuery::default()
+        };
+        let page = c.list_instances(&key(), &query).await.expect("a page");
+        assert_eq!(page.len(), 1000);
+        // Asked for 100 items, the same body is over its cap.
+        let small = ListQuery {
+            limit: 100,
+            ..ListQuery::default()
+        };
+        let e = c
+            .list_instances(&key(), &small)
+            .await
+            .expect_err("too large");
+        assert_eq!(e, PpioError::TooLarge { limit: 1024 * 1024 });
+        assert_eq!(list_body_cap(1024 * 1024, 1000), 8000 * 1024);
     }
 
     #[tokio::test]

@@ -308,14 +308,21 @@ impl std::fmt::Debug for InstancePage {
     }
 }
 
+/// A page's `data`: an array of items, or `null`. (With `deserialize_with` and no
+/// `default`, an absent `data` still fails the decode.)
+fn nullable_items<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<&'de RawValue>>, D::Error> {
+    Option::<Vec<&'de RawValue>>::deserialize(d)
+}
+
 impl InstancePage {
     /// Reads a LIST body: a JSON object with a `data` array, `next_cursor` and `has_more`.
     /// The items are checked to be JSON, not decoded.
     pub fn from_slice(body: &[u8]) -> Result<InstancePage, DecodeError> {
         #[derive(Deserialize)]
         struct Raw<'a> {
-            #[serde(borrow)]
-            data: Vec<&'a RawValue>,
+            // `null` is an empty page; absent, the body is not a page.
+            #[serde(borrow, deserialize_with = "nullable_items")]
+            data: Option<Vec<&'a RawValue>>,
             #[serde(default, deserialize_with = "lenient")]
             next_cursor: Option<Text>,
             #[serde(default, deserialize_with = "lenient")]
@@ -337,6 +344,7 @@ impl InstancePage {
         let items = raw
             .data
             .iter()
+            .flatten()
             .map(|item| item.get())
             .filter(|item| item.starts_with('{'))
             .map(|item| {
@@ -480,6 +488,12 @@ mod tests {
             InstancePage::from_slice(br#"{"items":[]}"#),
             Err(DecodeError::NotAPage)
         );
+        // `"data": null` is an empty page, which may still point to the next one.
+        let null = InstancePage::from_slice(br#"{"data":null,"next_cursor":"o3","has_more":true}"#)
+            .expect("decodes");
+        assert!(null.is_empty());
+        assert_eq!(null.next_cursor.as_deref(), Some("o3"));
+        assert!(null.has_more);
         assert_eq!(
             InstancePage::from_slice(b"<html>"),
             Err(DecodeError::NotAnObject)

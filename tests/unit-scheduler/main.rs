@@ -7,3 +7,5 @@
 mod support;
 
 mod scheduler;
+
+mod list_faults;

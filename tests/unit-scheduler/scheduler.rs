@@ -25,17 +25,38 @@ use tokio::time::Instant;
 /// `tools` and `pricing`), leaving out `skipped`; requests are recorded by id (`LIST` for a
 /// page).
 #[derive(Default)]
-struct FakePpio {
-    requests: Mutex<Vec<(String, Instant)>>,
-    listed: Mutex<Vec<String>>,
-    skipped: Mutex<BTreeSet<String>>,
-    states: Mutex<BTreeMap<String, String>>,
-    list_error: Mutex<Option<PpioError>>,
-    get_error: Mutex<Option<PpioError>>,
+pub(crate) struct FakePpio {
+    pub(crate) requests: Mutex<Vec<(String, Instant)>>,
+    pub(crate) listed: Mutex<Vec<String>>,
+    pub(crate) skipped: Mutex<BTreeSet<String>>,
+    pub(crate) states: Mutex<BTreeMap<String, String>>,
+    pub(crate) list_error: Mutex<Option<PpioError>>,
+    pub(crate) get_error: Mutex<Option<PpioError>>,
+    /// The error of the page that starts at this offset, every time it is asked for.
+    pub(crate) page_errors: Mutex<BTreeMap<usize, PpioError>>,
+    /// A share of pages that fail (503), drawn from a seeded source.
+    pub(crate) page_failures: Mutex<Option<(rand::rngs::StdRng, f64)>>,
+    /// How the LIST goes on past its last item; `None`: it ends there.
+    pub(crate) endless: Mutex<Option<Endless>>,
+    /// JSON pointers of the fields LIST items lack, besides `tools` and `pricing`.
+    pub(crate) lean: Mutex<Vec<&'static str>>,
+    /// The ids on each page served, with when.
+    pub(crate) served: Mutex<Vec<(String, Instant)>>,
+}
+
+/// A LIST that does not end.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Endless {
+    /// Past the end, the last page's items again, behind ever new cursors.
+    Repeat,
+    /// Past the end, empty pages (`"data": null`), behind ever new cursors.
+    Empty,
+    /// Past the end, pages of items never seen before.
+    Fresh,
 }
 
 impl FakePpio {
-    fn object(&self, id: &str) -> Value {
+    pub(crate) fn object(&self, id: &str) -> Value {
         let mut v: Value = serde_json::from_str(FIXTURE).expect("fixture");
         v["id"] = id.into();
         let state = self.states.lock().expect("lock").get(id).cloned();
@@ -43,14 +64,14 @@ impl FakePpio {
         v
     }
 
-    fn list_ids(&self, ids: impl IntoIterator<Item = String>) {
+    pub(crate) fn list_ids(&self, ids: impl IntoIterator<Item = String>) {
         let mut listed = self.listed.lock().expect("lock");
         listed.extend(ids);
         listed.sort();
     }
 
     /// Request times per instance id (`LIST`: the LIST pages).
-    fn by_id(&self) -> BTreeMap<String, Vec<Instant>> {
+    pub(crate) fn by_id(&self) -> BTreeMap<String, Vec<Instant>> {
         let mut out: BTreeMap<String, Vec<Instant>> = BTreeMap::new();
         for (id, at) in self.requests.lock().expect("lock").iter() {
             out.entry(id.clone()).or_default().push(*at);
@@ -59,7 +80,7 @@ impl FakePpio {
     }
 
     /// GET requests, all instances together.
-    fn gets(&self) -> usize {
+    pub(crate) fn gets(&self) -> usize {
         self.requests
             .lock()
             .expect("lock")
@@ -69,7 +90,7 @@ impl FakePpio {
     }
 
     /// Requests for `id` at or after `from`.
-    fn since(&self, id: &str, from: Instant) -> usize {
+    pub(crate) fn since(&self, id: &str, from: Instant) -> usize {
         self.by_id()
             .get(id)
             .map_or(0, |times| times.iter().filter(|t| **t >= from).count())
@@ -105,7 +126,6 @@ impl PpioApi for FakePpio {
             .lock()
             .expect("lock")
             .push(("LIST".into(), Instant::now()));
-        let error = self.list_error.lock().expect("lock").clone();
         let skipped = self.skipped.lock().expect("lock").clone();
         let ids: Vec<String> = self
             .listed
@@ -122,25 +142,71 @@ impl PpioApi for FakePpio {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
         let limit = query.limit.max(1) as usize;
-        let page: Vec<Value> = ids
+        let drawn = self
+            .page_failures
+            .lock()
+            .expect("lock")
+            .as_mut()
+            .and_then(|(rng, share)| {
+                use rand::Rng;
+                rng.random_bool(*share)
+                    .then_some(PpioError::Server { status: 503 })
+            });
+        let error = self
+            .list_error
+            .lock()
+            .expect("lock")
+            .clone()
+            .or_else(|| self.page_errors.lock().expect("lock").get(&start).cloned())
+            .or(drawn);
+        let endless = *self.endless.lock().expect("lock");
+        let page_ids: Vec<String> = match endless {
+            Some(_) if start >= ids.len() => match endless {
+                Some(Endless::Repeat) => ids.iter().rev().take(limit).cloned().collect(),
+                Some(Endless::Fresh) => (start..start + limit)
+                    .map(|n| format!("ghost-{n}"))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            _ => ids.iter().skip(start).take(limit).cloned().collect(),
+        };
+        let lean = self.lean.lock().expect("lock").clone();
+        let page: Vec<Value> = page_ids
             .iter()
-            .skip(start)
-            .take(limit)
             .map(|id| {
                 let mut v = self.object(id);
                 let o = v.as_object_mut().expect("object");
                 o.remove("tools");
                 o.remove("pricing");
+                for pointer in &lean {
+                    let (parent, field) = pointer.rsplit_once('/').expect("a pointer");
+                    if let Some(Value::Object(p)) = v.pointer_mut(parent) {
+                        p.remove(field);
+                    }
+                }
                 v
             })
             .collect();
-        let end = start + page.len();
+        let end = start + limit;
+        let more = endless.is_some() || start + page_ids.len() < ids.len();
+        let data = if page.is_empty() && endless == Some(Endless::Empty) {
+            Value::Null
+        } else {
+            Value::Array(page)
+        };
         let body = json!({
-            "data": page,
-            "next_cursor": if end < ids.len() { format!("after-{end}") } else { String::new() },
-            "has_more": end < ids.len(),
+            "data": data,
+            "next_cursor": if more { format!("after-{end}") } else { String::new() },
+            "has_more": more,
         })
         .to_string();
+        if error.is_none() {
+            let now = Instant::now();
+            self.served
+                .lock()
+                .expect("lock")
+                .extend(page_ids.into_iter().map(|id| (id, now)));
+        }
         Box::pin(async move {
             match error {
                 Some(e) => Err(e),
@@ -151,7 +217,7 @@ impl PpioApi for FakePpio {
 }
 
 /// The delay a reconcile's Action asks for (kube's Action has no accessor: read its Debug).
-fn requeue_after(action: &kube::runtime::controller::Action) -> Option<Duration> {
+pub(crate) fn requeue_after(action: &kube::runtime::controller::Action) -> Option<Duration> {
     let text = format!("{action:?}");
     let inner = text.split("Some(").nth(1)?.split(')').next()?;
     let (number, unit) = inner
@@ -172,7 +238,7 @@ fn requeue_after(action: &kube::runtime::controller::Action) -> Option<Duration>
 /// `concurrency` at once, each object again after the delay its reconcile asked for, or at
 /// once when the controller's waker names it; before each reconcile the object carries the
 /// status last written (as the watch would deliver it).
-async fn run(
+pub(crate) async fn run(
     ctx: Arc<Context>,
     api: &MockApi,
     wakes: Wakes,
@@ -219,7 +285,7 @@ async fn run(
 
 /// The controller's waker, delivered per object name (kube's `reconcile_on`).
 #[derive(Clone, Default)]
-struct Wakes(Arc<Mutex<BTreeMap<String, Arc<tokio::sync::Notify>>>>);
+pub(crate) struct Wakes(Arc<Mutex<BTreeMap<String, Arc<tokio::sync::Notify>>>>);
 
 impl Wakes {
     fn of(&self, name: &str) -> Arc<tokio::sync::Notify> {
@@ -245,7 +311,7 @@ impl Wakes {
     }
 }
 
-fn context(
+pub(crate) fn context(
     api: &MockApi,
     ppio: Arc<FakePpio>,
     per_second: f64,
@@ -279,7 +345,7 @@ fn context(
 /// The seed of the scheduler's randomness in these tests.
 const SEED: u64 = 1;
 
-fn objects(prefix: &str, n: usize, secret: Option<&str>) -> Vec<PpioInstance> {
+pub(crate) fn objects(prefix: &str, n: usize, secret: Option<&str>) -> Vec<PpioInstance> {
     (0..n)
         .map(|i| {
             let mut o = instance(&format!("{prefix}{i}"), None);
@@ -367,13 +433,13 @@ async fn a_saturated_key_does_not_delay_another_keys_instances() {
 }
 
 /// Sweeps at the defaults: pages of 100, a full GET every 30 intervals.
-const LIST: Observe = Observe::List {
+pub(crate) const LIST: Observe = Observe::List {
     page_size: 100,
     full_refresh_intervals: 30,
 };
 
 /// Reconciles run so far (`ppio_reconciles_total`, every result).
-fn reconciles(ctx: &Context) -> f64 {
+pub(crate) fn reconciles(ctx: &Context) -> f64 {
     ctx.metrics
         .encode()
         .lines()
@@ -382,7 +448,7 @@ fn reconciles(ctx: &Context) -> f64 {
         .sum()
 }
 
-fn ids(objects: &[PpioInstance]) -> Vec<String> {
+pub(crate) fn ids(objects: &[PpioInstance]) -> Vec<String> {
     objects.iter().map(|o| o.spec.instance_id.clone()).collect()
 }
 
@@ -605,7 +671,7 @@ async fn full_gets_waiting_for_a_short_budget_wait_without_spinning() {
 }
 
 #[ppio_test_macros::test(start_paused = true)]
-async fn when_walks_start_failing_every_instance_shows_it_within_its_own_interval() {
+async fn when_ppio_fails_every_instance_shows_it_within_its_own_interval() {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());
     // One key, two intervals: 10 s and 60 s.
@@ -626,9 +692,12 @@ async fn when_walks_start_failing_every_instance_shows_it_within_its_own_interva
         let ppio = ppio.clone();
         async move {
             tokio::time::sleep_until(failing_from).await;
+            // PPIO is down: its LIST and its GETs fail.
             *ppio.list_error.lock().expect("lock") = Some(PpioError::Server { status: 503 });
+            *ppio.get_error.lock().expect("lock") = Some(PpioError::Server { status: 503 });
             tokio::time::sleep_until(failing_from + Duration::from_secs(120)).await;
             *ppio.list_error.lock().expect("lock") = None;
+            *ppio.get_error.lock().expect("lock") = None;
         }
     };
     tokio::join!(
@@ -642,13 +711,14 @@ async fn when_walks_start_failing_every_instance_shows_it_within_its_own_interva
         let shown = writes
             .iter()
             .find(|(_, s)| s.condition("Synced").is_some_and(|c| c.status == "False"));
-        let (at, _) = shown.unwrap_or_else(|| panic!("{name} never showed the failing walks"));
+        let (at, _) = shown.unwrap_or_else(|| panic!("{name} never showed that PPIO fails"));
         // Its last good item is at most one sweep period (0.8 of 10 s) older than the fault,
-        // and goes stale one interval after it was read.
+        // and goes stale one interval after it was read; the GET then fails (a page is tried
+        // three times first, a few seconds).
         let late = at.saturating_duration_since(failing_from);
         assert!(
-            *at >= failing_from && late <= Duration::from_secs(refresh + 2),
-            "{name} (every {refresh} s) showed the failing walks {late:?} after they began"
+            *at >= failing_from && late <= Duration::from_secs(refresh + 6),
+            "{name} (every {refresh} s) showed the failure {late:?} after it began"
         );
         // The first good walk after them shows the observation again.
         let (_, last) = writes.last().expect("a write");
