@@ -121,7 +121,7 @@ pub fn compute_status(
             );
             if let Some(stored) = previous.filter(|p| p.instance_id.as_deref() == Some(instance_id))
             {
-                keep_fetched_fields(&mut listed, stored);
+                keep_unlisted_fields(&mut listed, stored, item);
             }
             return listed;
         }
@@ -375,17 +375,63 @@ fn some_unless_empty<T: Default + PartialEq>(v: T) -> Option<T> {
     (v != T::default()).then_some(v)
 }
 
-/// Copies into `status` the fields only a GET observes (`pricing`; the jupyter, ssh, web
-/// terminal and log endpoints) from `stored`.
-fn keep_fetched_fields(status: &mut PpioInstanceStatus, stored: &PpioInstanceStatus) {
-    status.pricing = stored.pricing.clone();
-    let tools = stored.endpoints.as_ref();
-    let mut endpoints = status.endpoints.take().unwrap_or_default();
-    endpoints.jupyter = tools.and_then(|e| e.jupyter.clone());
-    endpoints.ssh = tools.and_then(|e| e.ssh.clone());
-    endpoints.web_terminal = tools.and_then(|e| e.web_terminal.clone());
-    endpoints.log = tools.and_then(|e| e.log.clone());
-    status.endpoints = some_unless_empty(endpoints);
+/// Fields of the status that are not the observation itself: never taken over from the stored
+/// status by [`keep_unlisted_fields`].
+const NOT_OBSERVED: [&str; 6] = [
+    "conditions",
+    "observedGeneration",
+    "instanceId",
+    "lastHandledRefresh",
+    "stateError",
+    "stateMessage",
+];
+
+/// A LIST item is partial: every field of `status` that the item left out keeps its stored
+/// value (`pricing` and the `tools` endpoints, which no item carries, and whatever else an
+/// item lacks), so only what the item carries can change the status. `stateError` and
+/// `stateMessage` follow the item's `status` block: cleared when it carries them empty, kept
+/// when it leaves them out. A field PPIO empties is shown empty by the next GET, which a
+/// changed item asks for.
+fn keep_unlisted_fields(
+    status: &mut PpioInstanceStatus,
+    stored: &PpioInstanceStatus,
+    item: &wire::Instance,
+) {
+    let (Ok(mut listed), Ok(kept)) = (serde_json::to_value(&*status), serde_json::to_value(stored))
+    else {
+        return;
+    };
+    fill_absent(&mut listed, &kept, true);
+    let Ok(mut merged) = serde_json::from_value::<PpioInstanceStatus>(listed) else {
+        return;
+    };
+    let block = item.status.as_ref();
+    if block.is_none_or(|b| b.error.is_none()) {
+        merged.state_error = stored.state_error.clone();
+    }
+    if block.is_none_or(|b| b.message.is_none()) {
+        merged.state_message = stored.state_message.clone();
+    }
+    *status = merged;
+}
+
+/// Copies into the JSON object `into` each member of `from` it lacks, into nested objects too.
+/// At the top (`top`), the members that are not the observation are left alone.
+fn fill_absent(into: &mut serde_json::Value, from: &serde_json::Value, top: bool) {
+    let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) else {
+        return;
+    };
+    for (key, value) in from {
+        if top && NOT_OBSERVED.contains(&key.as_str()) {
+            continue;
+        }
+        match into.get_mut(key) {
+            Some(present) => fill_absent(present, value, false),
+            None => {
+                into.insert(key.clone(), value.clone());
+            }
+        }
+    }
 }
 
 fn observed_fields(i: &wire::Instance) -> PpioInstanceStatus {

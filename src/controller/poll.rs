@@ -27,8 +27,8 @@ use crate::vocabulary::state;
 /// What the controller keeps of the last observation of a PpioInstance, between polls.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Seen {
-    /// The last observation as a LIST item shows it (without `tools` and `pricing`): its
-    /// digest ([`super::sweep::Sweeps::digest`]).
+    /// The digest ([`super::sweep::Sweeps::digest`]) of the last LIST item taken; an item that
+    /// differs from it asks for a GET. `None`: none yet (the next item is taken as it is).
     pub observed: Option<u64>,
     /// Its state, as status shows it.
     pub state: Option<String>,
@@ -390,18 +390,21 @@ pub async fn poll(
                 // The next full GET: at this PpioInstance's own slot of the full-refresh
                 // period, at least half a period from now.
                 let period = refresh.saturating_mul(full_refresh_intervals);
-                // Kept as a LIST item would show it, to tell when the next item differs.
-                let digest = ctx.sweeps.digest(&Instance {
+                // A LIST item lacks fields the GET has (`tools`, `pricing`, and maybe more): the
+                // next item is compared with the last item read, not with this GET, and one
+                // that differs asks for a GET. The status shows that item when the GET, as
+                // an item would show it, is the same.
+                let as_item = ctx.sweeps.digest(&Instance {
                     tools: None,
                     pricing: None,
                     ..observed
                 });
-                let listed = ctx
+                let last_item = ctx
                     .sweeps
-                    .listed_digest(fingerprint, &instance.spec.instance_id)
-                    .filter(|listed| *listed == digest);
+                    .listed_digest(fingerprint, &instance.spec.instance_id);
+                let listed = last_item.filter(|listed| *listed == as_item);
                 seen = Seen {
-                    observed: Some(digest),
+                    observed: last_item,
                     state: status_state(Some(&observed_state)),
                     observed_at: Some(at),
                     listed,

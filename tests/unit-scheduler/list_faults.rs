@@ -249,3 +249,66 @@ async fn a_list_past_its_usual_length_goes_over_to_gets() {
     }
     assert_eq!(metric(&ctx, "ppio_api_list_unavailable{"), 1.0);
 }
+
+#[ppio_test_macros::test(start_paused = true)]
+async fn lean_list_items_cost_no_write_and_lose_no_field() {
+    use ppio_operator::ppio::Instance;
+    use ppio_operator::status::{Observation, compute_status};
+    for lean in [
+        vec!["/billing/prepaid"],
+        vec!["/network", "/created_at", "/resource_specs/gpu_ids"],
+        vec![
+            "/ports",
+            "/volumes",
+            "/billing",
+            "/status/message",
+            "/auto_migrate",
+        ],
+    ] {
+        let api = MockApi::default();
+        let ppio = Arc::new(FakePpio::default());
+        let all = objects("l", 50, None);
+        ppio.list_ids(ids(&all));
+        *ppio.lean.lock().expect("lock") = lean.clone();
+        // A full GET every 2 intervals: several over the run, between walks of lean items.
+        let often = ppio_operator::controller::Observe::List {
+            page_size: 100,
+            full_refresh_intervals: 2,
+        };
+        let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, often);
+        let start = Instant::now();
+        run(ctx, &api, wakes, all, 16, Duration::from_secs(15 * 60)).await;
+        let settled = start + Duration::from_secs(5 * 60);
+        for i in 0..50 {
+            let name = format!("l{i}");
+            let writes = api.writes_of(&format!("ml/{name}"));
+            let late: Vec<_> = writes.iter().filter(|(at, _)| *at >= settled).collect();
+            assert!(
+                late.is_empty(),
+                "{lean:?}: {name} written {} times at rest",
+                late.len()
+            );
+            let full = ppio.since(&name, settled);
+            assert!(full >= 3, "{lean:?}: {name} fetched {full} times at rest");
+            // The status shows every field the GET gives, the lean items' gaps included.
+            let get =
+                Instance::from_slice(ppio.object(&name).to_string().as_bytes()).expect("fixture");
+            let (_, last) = writes.last().expect("a write");
+            let expected = compute_status(
+                &name,
+                None,
+                None,
+                Observation::Instance(&get),
+                None,
+                jiff::Timestamp::UNIX_EPOCH,
+            );
+            let observed = |s: &ppio_operator::crd::PpioInstanceStatus| {
+                let mut s = s.clone();
+                s.conditions.clear();
+                s.observed_generation = None;
+                s
+            };
+            assert_eq!(observed(last), observed(&expected), "{lean:?}: {name}");
+        }
+    }
+}

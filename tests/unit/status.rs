@@ -597,3 +597,59 @@ fn the_refresh_answer_is_bounded() {
     );
     assert_eq!(s.last_handled_refresh.map(|r| r.len()), Some(128));
 }
+
+fn listed(v: &Value, previous: Option<&PpioInstanceStatus>, now: i64) -> PpioInstanceStatus {
+    compute_status(
+        "ca338f12f3",
+        Some(1),
+        None,
+        Observation::Listed(&decode(v)),
+        previous,
+        t(now),
+    )
+}
+
+#[test]
+fn a_list_item_changes_only_the_fields_it_carries() {
+    let mut failing = fixture();
+    failing["status"]["error"] = "disk full".into();
+    failing["status"]["message"] = "retrying".into();
+    let fetched = observe(&failing, None, 100);
+    assert_eq!(fetched.state_error.as_deref(), Some("disk full"));
+    // A lean item: no tools, pricing, billing.prepaid, network or status message.
+    let mut item = failing.clone();
+    let o = item.as_object_mut().expect("object");
+    for field in ["tools", "pricing", "network"] {
+        o.remove(field);
+    }
+    item["billing"]
+        .as_object_mut()
+        .expect("billing")
+        .remove("prepaid");
+    item["status"]
+        .as_object_mut()
+        .expect("status")
+        .remove("message");
+    let from_item = listed(&item, Some(&fetched), 200);
+    assert_eq!(
+        from_item, fetched,
+        "an item that lacks fields changes nothing"
+    );
+    // What the item carries changes the status: here the state, and an error it clears.
+    item["status"]["status"] = "exited".into();
+    item["status"]["error"] = "".into();
+    let changed = listed(&item, Some(&fetched), 300);
+    assert_eq!(changed.state.as_deref(), Some("exited"));
+    assert_eq!(changed.state_error, None, "carried empty: cleared");
+    assert_eq!(
+        changed.state_message.as_deref(),
+        Some("retrying"),
+        "left out: kept"
+    );
+    assert_eq!(changed.network, fetched.network);
+    assert_eq!(changed.pricing, fetched.pricing);
+    assert_eq!(
+        changed.billing.as_ref().and_then(|b| b.prepaid.clone()),
+        fetched.billing.as_ref().and_then(|b| b.prepaid.clone())
+    );
+}
