@@ -64,6 +64,9 @@ pub enum Observation<'a> {
     /// fields those give (`pricing`, and the endpoints but `ports`) keep their stored values
     /// until the next GET.
     Listed(&'a wire::Instance),
+    /// A LIST item of an instance not yet fetched in full: as [`Observation::Listed`], with
+    /// `Reconciling=True FetchingDetails` until the first GET.
+    ListedFirst(&'a wire::Instance),
     /// The poll failed (or could not be made).
     Failed(&'a Failure),
     /// `spec.suspend` is true: no poll was made.
@@ -110,6 +113,36 @@ pub fn compute_status(
     };
 
     let (ready, synced) = match observation {
+        Observation::ListedFirst(item) => {
+            let mut listed = compute_status(
+                instance_id,
+                generation,
+                refresh_request,
+                Observation::Listed(item),
+                previous,
+                now,
+            );
+            let synced = listed
+                .condition(condition::SYNCED)
+                .is_some_and(|c| c.status == cstatus::TRUE);
+            if let Some(c) = listed
+                .conditions
+                .iter_mut()
+                .filter(|_| synced)
+                .find(|c| c.type_ == condition::RECONCILING)
+            {
+                *c = make_condition(
+                    old(condition::RECONCILING),
+                    condition::RECONCILING,
+                    cstatus::TRUE,
+                    reason::FETCHING_DETAILS,
+                    "The status comes from the instance's LIST item; its endpoints and prices come with its first full GET.",
+                    generation,
+                    now,
+                );
+            }
+            return listed;
+        }
         Observation::Listed(item) => {
             let mut listed = compute_status(
                 instance_id,
@@ -225,7 +258,7 @@ fn progress_conditions(
         |st: &str, reason: &str, message: &str| cond(condition::STALLED, st, reason, message);
     const NOT_STALLED: &str = "Nothing keeps the operator from observing the instance.";
     match observation {
-        Observation::Instance(_) | Observation::Listed(_) => {
+        Observation::Instance(_) | Observation::Listed(_) | Observation::ListedFirst(_) => {
             let st = observed_state.unwrap_or_default();
             let r = if state::is_transitional(st) {
                 reconciling(

@@ -45,6 +45,9 @@ pub mod reason {
     pub const NOT_OBSERVED: &str = "NotObserved";
     /// `Reconciling=True`: the instance is in a transitional state, followed closely.
     pub const TRANSITIONING: &str = "Transitioning";
+    /// `Reconciling=True`: the status was built from a LIST item alone; the instance's first
+    /// full GET (endpoints, pricing) is still to come.
+    pub const FETCHING_DETAILS: &str = "FetchingDetails";
 }
 
 /// Event reasons (besides the `Synced=False` condition reasons, which Events reuse) and

@@ -42,7 +42,7 @@ pub(super) async fn write_status(
     // Metrics follow what is stored: only once the write succeeded or was not needed.
     let polled_ok = matches!(
         observation,
-        Observation::Instance(_) | Observation::Listed(_)
+        Observation::Instance(_) | Observation::Listed(_) | Observation::ListedFirst(_)
     ) && new
         .condition(condition::SYNCED)
         .is_some_and(|c| c.status == crate::vocabulary::status::TRUE);

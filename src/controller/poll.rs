@@ -207,6 +207,7 @@ pub async fn poll(
             (&ns, &name),
             refresh,
             applied,
+            seen.fetched || fetched_before(instance),
         );
         // Nothing fresh while a 429 pauses the key: the pause is this instance's answer.
         let lookup = match lookup {
@@ -463,12 +464,9 @@ async fn apply_listed(
     digest: u64,
     at: Instant,
 ) -> Result<bool, Error> {
-    let stored = instance.status.as_ref();
+    let fetched_before = fetched_before(instance);
     if !seen.fetched && seen.full_due.is_none() {
-        if stored.is_some_and(|s| {
-            s.instance_id.as_deref() == Some(instance.spec.instance_id.as_str())
-                && s.pricing.is_some()
-        }) {
+        if fetched_before {
             // Fetched in full before (by an earlier run): its next full GET is at its own
             // slot of the full-refresh period, not all at once after a restart.
             if let Observe::List {
@@ -484,7 +482,13 @@ async fn apply_listed(
         }
     }
     let changed = seen.observed.is_some_and(|o| o != digest);
-    let wrote = write_status(instance, ctx, Observation::Listed(item), Some(at)).await?;
+    // Until its first GET, the status says its details are still to come.
+    let observation = if seen.fetched || fetched_before {
+        Observation::Listed(item)
+    } else {
+        Observation::ListedFirst(item)
+    };
+    let wrote = write_status(instance, ctx, observation, Some(at)).await?;
     seen.get_wanted |= changed;
     seen.observed = Some(digest);
     seen.state = status_state(item.state());
@@ -601,6 +605,14 @@ fn status_state(state: Option<&str>) -> Option<String> {
     state
         .map(|s| crate::status::clean_text(s, crate::status::MAX_TEXT_CHARS))
         .filter(|s| !s.is_empty())
+}
+
+/// Whether the stored status shows a full observation (a GET's, by an earlier run, say) of the
+/// instance the spec names.
+fn fetched_before(instance: &PpioInstance) -> bool {
+    instance.status.as_ref().is_some_and(|s| {
+        s.instance_id.as_deref() == Some(instance.spec.instance_id.as_str()) && s.pricing.is_some()
+    })
 }
 
 /// True when the stored status already reports the instance gone.

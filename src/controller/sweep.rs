@@ -48,6 +48,9 @@ pub const SWEEP_SHARE: f64 = 0.8;
 /// A walk asked for by a PpioInstance that waits starts this long after the first ask, so a
 /// bulk apply is served by one walk.
 pub const SWEEP_DEBOUNCE: Duration = Duration::from_millis(500);
+/// A PpioInstance not yet fetched in full that asks with no other such ask this long before
+/// it (and no walk under way) is alone: a GET observes it, not a walk.
+pub const LONE_GAP: Duration = Duration::from_secs(2);
 /// A LIST found unavailable is tried again after this long.
 pub const LIST_RETRY: Duration = Duration::from_secs(3600);
 /// A key's sweeps stop when none of its PpioInstances asked for this long.
@@ -185,6 +188,8 @@ struct State {
     asked: Option<Instant>,
     /// LIST is unavailable until then.
     unavailable_until: Option<Instant>,
+    /// When the last PpioInstance not yet fetched in full first asked.
+    last_newcomer: Option<Instant>,
     /// Pages read by the last walk.
     pages: u32,
     /// Pages read by the last walk that the LIST ended by itself.
@@ -369,6 +374,12 @@ impl Sweeps {
     /// name) refreshed every `refresh`, whose stored status shows the LIST item of digest
     /// `applied`. Registers the id with the key's sweeps (starting them on first use), and
     /// the object as a waiter when nothing fresh is known yet.
+    ///
+    /// A lone newcomer (`fetched`: false, its status holds no full observation yet), with no
+    /// other within [`LONE_GAP`] and no walk under way or asked for, is answered
+    /// [`Lookup::Missing`]: its GET gives a complete first status, for one request instead of
+    /// a walk.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn lookup(
         &self,
         key: &ApiKey,
@@ -377,11 +388,13 @@ impl Sweeps {
         object: (&str, &str),
         refresh: Duration,
         applied: Option<u64>,
+        fetched: bool,
     ) -> Lookup {
         let sweep = self.key_sweep(key, fingerprint);
         self.watch(&sweep, id, object);
         let now = Instant::now();
         let mut st = lock(&sweep.state);
+        let mut lone = false;
         let wanted = match st.wanted.get_mut(id) {
             Some(w) => {
                 w.touched = now;
@@ -395,6 +408,14 @@ impl Sweeps {
                     refresh,
                 };
                 st.wanted.insert(id.to_string(), w);
+                if !fetched {
+                    lone = st.walking.is_none()
+                        && st.asked.is_none()
+                        && st
+                            .last_newcomer
+                            .is_none_or(|t| now.saturating_duration_since(t) >= LONE_GAP);
+                    st.last_newcomer = Some(now);
+                }
                 w
             }
         };
@@ -424,6 +445,9 @@ impl Sweeps {
         if st.list_failing {
             // The key's walks fail: a GET observes it until one succeeds again.
             return Lookup::Unavailable;
+        }
+        if lone {
+            return Lookup::Missing;
         }
         let answered = st
             .finished

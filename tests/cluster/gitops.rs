@@ -111,6 +111,44 @@ async fn flux_and_argo_read_every_row_of_the_health_table() {
     // Never observed: an object no operator watches.
     let quiet = namespace(&client, "gitops-unwatched").await;
     apply_instance(&quiet, "never-observed", "instanceId: ca338f12f3");
+    // The status the operator writes from a LIST item alone (a bulk apply), before the
+    // instance's first GET: written here as the operator computes it.
+    apply_instance(&quiet, "fetching-details", "instanceId: ca338f12f3");
+    let mut item: Value =
+        serde_json::from_str(include_str!("../fixtures/get-instance.json")).expect("fixture");
+    for field in ["tools", "pricing"] {
+        item.as_object_mut().expect("object").remove(field);
+    }
+    let item =
+        ppio_operator::ppio::Instance::from_slice(item.to_string().as_bytes()).expect("an item");
+    let listed = ppio_operator::status::compute_status(
+        "ca338f12f3",
+        Some(1),
+        None,
+        ppio_operator::status::Observation::ListedFirst(&item),
+        None,
+        jiff::Timestamp::now(),
+    );
+    assert!(has_condition(
+        &listed,
+        "Reconciling",
+        "True",
+        "FetchingDetails"
+    ));
+    kubectl_ok(
+        &[
+            "patch",
+            "ppioinstance",
+            "fetching-details",
+            "-n",
+            &quiet,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &serde_json::json!({ "status": listed }).to_string(),
+        ],
+        None,
+    );
 
     let h = evaluate(&ns);
     let row = |name: &str| -> (&str, &str, &str) {
@@ -155,4 +193,25 @@ async fn flux_and_argo_read_every_row_of_the_health_table() {
         ),
         ("InProgress", "Progressing", "InProgress")
     );
+    // Observed from a LIST item, details to come: not done yet for any of them.
+    let fetching = &unwatched["fetching-details"];
+    assert_eq!(
+        (
+            fetching.kstatus.as_str(),
+            fetching.argo.as_str(),
+            fetching.flux.as_str()
+        ),
+        ("InProgress", "Progressing", "InProgress")
+    );
+}
+
+fn has_condition(
+    status: &ppio_operator::crd::PpioInstanceStatus,
+    type_: &str,
+    st: &str,
+    reason: &str,
+) -> bool {
+    status
+        .condition(type_)
+        .is_some_and(|c| c.status == st && c.reason == reason)
 }

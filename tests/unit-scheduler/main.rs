@@ -9,3 +9,4 @@ mod support;
 mod scheduler;
 
 mod list_faults;
+mod newcomers;
