@@ -199,8 +199,14 @@ struct State {
     list_failing: bool,
     /// Pages read so far by the walk in progress.
     walk_pages: u32,
-    /// The period of the regular walks, as the sweeper last reckoned it ([`sweep_period`]).
+    /// The period of the regular walks, as the sweeper last reckoned it ([`plan`]).
     period: Duration,
+    /// The refresh interval the walks serve ([`plan`]): PpioInstances refreshed more often
+    /// are observed by their own GETs.
+    serves: Duration,
+    /// GETs cost the key less than walks ([`plan`]): its PpioInstances are observed by GETs,
+    /// and LIST is walked again only to measure it (every [`PLAN_MEASURE`]).
+    by_gets: bool,
     /// The sweeper task ended (idle); a new one is started on the next ask.
     stopped: bool,
 }
@@ -422,6 +428,10 @@ impl Sweeps {
         if st.unavailable_until.is_some_and(|t| t > now) {
             return Lookup::Unavailable;
         }
+        // Cheaper by GETs, or refreshed more often than the walks serve: a GET observes it.
+        if st.by_gets || (!st.serves.is_zero() && refresh < st.serves) {
+            return Lookup::Missing;
+        }
         // Fresh for less than one interval: at its interval's end it is stale.
         if let Some(Item {
             item, at, digest, ..
@@ -459,11 +469,7 @@ impl Sweeps {
             }
             // Not on a walk that started after this PpioInstance asked (or only on one older
             // than its interval, which it is refreshed faster than): a GET decides.
-            Some((_, None))
-                if st.walking.is_none()
-                    && (!st.items.contains_key(id)
-                        || refresh < sweep_period(&st, self.env.budget)) =>
-            {
+            Some((_, None)) if st.walking.is_none() && !st.items.contains_key(id) => {
                 return Lookup::Missing;
             }
             _ => {}
@@ -541,16 +547,65 @@ impl Drop for Sweeps {
     }
 }
 
-/// How often a key's LIST is walked: [`SWEEP_SHARE`] of the shortest refresh interval of its
-/// PpioInstances, but never more than half of the key's budget.
-fn sweep_period(st: &State, budget: Budget) -> Duration {
-    let shortest = shortest_refresh(st);
+/// How a key observes its PpioInstances, as [`plan`] chose it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Plan {
+    /// Walk the LIST (`false`: one GET per PpioInstance, which costs less here).
+    walk: bool,
+    /// The period of the walks.
+    period: Duration,
+    /// The refresh interval the walks serve: a PpioInstance refreshed more often is observed
+    /// by its own GETs, so one short interval does not set every walk's pace.
+    serves: Duration,
+}
+
+/// A key changes between walking and GETs only when the other costs less by this factor.
+pub const PLAN_MARGIN: f64 = 1.5;
+
+/// How a key observes its PpioInstances: by the cheaper of walks and GETs, in requests per
+/// second. A walk of the last walk's pages every [`SWEEP_SHARE`] of an interval `r` serves
+/// the PpioInstances refreshed every `r` or less often; those refreshed more often take GETs.
+/// The `r` of least cost is chosen among the intervals in use (walks never take more than
+/// half of the key's budget). `walking`: the current choice, kept unless the other costs
+/// less by [`PLAN_MARGIN`]. Before the first walk the pages are unknown: walk.
+fn plan(st: &State, budget: Budget, walking: bool) -> Plan {
+    let pages = st.complete_pages.max(st.pages);
     let by_budget = budget
         .per_second
         .filter(|r| *r > 0.0)
-        .map(|r| Duration::from_secs_f64(2.0 * f64::from(st.pages.max(1)) / r))
+        .map(|r| Duration::from_secs_f64(2.0 * f64::from(pages.max(1)) / r))
         .unwrap_or_default();
-    shortest.mul_f64(SWEEP_SHARE).max(by_budget)
+    let mut refreshes: Vec<Duration> = st.wanted.values().map(|w| w.refresh).collect();
+    refreshes.sort_unstable();
+    let per_second = |r: Duration| 1.0 / r.as_secs_f64().max(0.001);
+    let gets: f64 = refreshes.iter().map(|r| per_second(*r)).sum();
+    // Walks every SWEEP_SHARE of `r`, and a GET each interval for the shorter intervals.
+    let mut best: Option<(f64, Duration, Duration)> = None;
+    let mut shorter = 0.0;
+    for (i, r) in refreshes.iter().enumerate() {
+        if i == 0 || refreshes[i - 1] != *r {
+            let period = r.mul_f64(SWEEP_SHARE).max(by_budget);
+            let cost = f64::from(pages.max(1)) / period.as_secs_f64().max(0.001) + shorter;
+            if best.is_none_or(|(c, _, _)| cost < c) {
+                best = Some((cost, period, *r));
+            }
+        }
+        shorter += per_second(*r);
+    }
+    let default = Duration::from_secs(60);
+    let (cost, period, serves) =
+        best.unwrap_or((0.0, default.mul_f64(SWEEP_SHARE).max(by_budget), default));
+    let walk = pages == 0
+        || if walking {
+            gets * PLAN_MARGIN >= cost
+        } else {
+            cost * PLAN_MARGIN < gets
+        };
+    Plan {
+        walk,
+        period,
+        serves,
+    }
 }
 
 /// The shortest refresh interval of the key's PpioInstances.
@@ -560,6 +615,40 @@ fn shortest_refresh(st: &State) -> Duration {
         .map(|w| w.refresh)
         .min()
         .unwrap_or(Duration::from_secs(60))
+}
+
+/// How often a key observed by GETs looks again at whether walking would cost less.
+pub const PLAN_EVERY: Duration = Duration::from_secs(30);
+/// How often a key observed by GETs walks its LIST to measure it.
+pub const PLAN_MEASURE: Duration = Duration::from_secs(6 * 3600);
+
+/// Chooses again between walks and GETs for the key ([`plan`]); says a change in the log, and
+/// wakes every PpioInstance of the key to observe it the new way.
+fn replan(env: &Env, sweep: &KeySweep, st: &mut State) {
+    let chosen = plan(st, env.budget, !st.by_gets);
+    st.period = chosen.period;
+    st.serves = chosen.serves;
+    if chosen.walk == !st.by_gets {
+        return;
+    }
+    st.by_gets = !chosen.walk;
+    let label = format!("{:016x}", sweep.fingerprint);
+    info!(
+        key = label.as_str(),
+        ppioinstances = st.wanted.len(),
+        pages = st.complete_pages.max(st.pages),
+        "{}",
+        if st.by_gets {
+            "GETs cost this key less than walks over its LIST; observing its PpioInstances by GETs"
+        } else {
+            "walks over its LIST cost this key less than GETs; observing its PpioInstances by walks"
+        }
+    );
+    if st.by_gets {
+        st.items.clear();
+    }
+    st.waiters.clear();
+    wake(env, st.watching_objects());
 }
 
 /// A key's sweeper: walks when its period has passed or a PpioInstance waits, until none
@@ -586,11 +675,13 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
                 debug!("no PpioInstance uses this key's sweeps any more; stopping them");
                 return;
             }
-            st.period = sweep_period(&st, env.budget);
+            replan(&env, &sweep, &mut st);
             let regular = match last_start {
                 // The first walk waits for an ask (debounced below).
                 None => now + SWEEP_IDLE,
                 Some(at) if failures > 0 => at + backoff(failures),
+                // Walked only to measure the LIST; looked at again meanwhile.
+                Some(at) if st.by_gets => (at + PLAN_MEASURE).min(now + PLAN_EVERY),
                 Some(at) => at + st.period,
             };
             // Walks fail, or a 429 pauses the key: once the last good observations are older
@@ -607,7 +698,10 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
                 st.fail_woken = true;
                 wake(&env, st.watching_objects());
             }
-            let asked = st.asked.map(|at| at + SWEEP_DEBOUNCE);
+            let asked = st
+                .asked
+                .filter(|_| !st.by_gets)
+                .map(|at| at + SWEEP_DEBOUNCE);
             let mut next = asked.map_or(regular, |a| a.min(regular));
             if let Some(until) = st.unavailable_until {
                 next = next.max(until);

@@ -120,7 +120,11 @@ async fn a_later_page_answering_not_found_marks_nothing_gone() {
 
 /// For each id, the longest time between two observations of it (a LIST page that served it,
 /// or a GET) from `from` to `to`, counting the edges.
-fn longest_gaps(ppio: &FakePpio, from: Instant, to: Instant) -> BTreeMap<String, Duration> {
+pub(crate) fn longest_gaps(
+    ppio: &FakePpio,
+    from: Instant,
+    to: Instant,
+) -> BTreeMap<String, Duration> {
     let mut seen: BTreeMap<String, Vec<Instant>> = BTreeMap::new();
     for (id, at) in ppio.served.lock().expect("lock").iter() {
         seen.entry(id.clone()).or_default().push(*at);

@@ -8,5 +8,6 @@ mod support;
 
 mod scheduler;
 
+mod cost;
 mod list_faults;
 mod newcomers;

@@ -1,0 +1,74 @@
+//! What a key's observation costs follows its PpioInstances, not its account: a few
+//! PpioInstances on a large account are observed by GETs, and one short interval is served by
+//! GETs rather than by walking the whole account faster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::list_faults::longest_gaps;
+use crate::scheduler::{FakePpio, LIST, context, ids, objects, run};
+use crate::support::mock::MockApi;
+use tokio::time::Instant;
+
+#[ppio_test_macros::test(start_paused = true)]
+async fn a_few_ppioinstances_on_a_large_account_cost_about_their_gets() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    // The account lists 10,000 instances (walks of 100 pages); 3 PpioInstances track three.
+    let tracked = objects("a", 3, None);
+    ppio.list_ids((0..10_000).map(|i| format!("a{i}")));
+    let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, LIST);
+    let start = Instant::now();
+    run(ctx, &api, wakes, tracked, 16, Duration::from_secs(40 * 60)).await;
+    // After the first minutes: 30 intervals of 60 s. GETs alone cost 3 requests an interval.
+    let (from, to) = (
+        start + Duration::from_secs(5 * 60),
+        start + Duration::from_secs(35 * 60),
+    );
+    let requests: usize = ppio
+        .by_id()
+        .values()
+        .map(|times| times.iter().filter(|t| **t >= from && **t < to).count())
+        .sum();
+    assert!(
+        requests <= 2 * 3 * 30,
+        "{requests} PPIO requests in 30 intervals for 3 PpioInstances"
+    );
+    for i in 0..3 {
+        let writes = api.writes_of(&format!("ml/a{i}"));
+        let (_, last) = writes.last().expect("observed");
+        assert_eq!(last.state.as_deref(), Some("running"));
+        let gets = ppio.since(&format!("a{i}"), from) - ppio.since(&format!("a{i}"), to);
+        assert!(
+            (27..=33).contains(&gets),
+            "a{i}: {gets} GETs in 30 intervals"
+        );
+    }
+}
+
+#[ppio_test_macros::test(start_paused = true)]
+async fn one_short_interval_is_kept_by_gets_without_changing_the_walks() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    // 1,000 instances at 60 s (walks of 10 pages), and one PpioInstance at 10 s.
+    let mut all = objects("s", 1000, None);
+    all[0].spec.refresh_interval = Some("10s".into());
+    ppio.list_ids(ids(&all));
+    let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, LIST);
+    let start = Instant::now();
+    run(ctx, &api, wakes, all, 64, Duration::from_secs(15 * 60)).await;
+    let (from, to) = (
+        start + Duration::from_secs(5 * 60),
+        start + Duration::from_secs(15 * 60),
+    );
+    // The walks keep their pace for the 60 s intervals: every 48 s, 10 pages.
+    let pages = ppio.since("LIST", from);
+    assert!(pages <= 10 * 14, "{pages} LIST pages in 10 minutes");
+    // The 10 s PpioInstance is observed every 10 s (and a little jitter).
+    let gaps = longest_gaps(&ppio, from, to);
+    let fast = gaps.get("s0").copied().unwrap_or(to - from);
+    assert!(
+        fast <= Duration::from_secs(12),
+        "s0 unobserved for {fast:?}"
+    );
+}
