@@ -628,7 +628,7 @@ fn replan(env: &Env, sweep: &KeySweep, st: &mut State) {
     let chosen = plan(st, env.budget, !st.by_gets);
     st.period = chosen.period;
     st.serves = chosen.serves;
-    if chosen.walk == !st.by_gets {
+    if chosen.walk != st.by_gets {
         return;
     }
     st.by_gets = !chosen.walk;
