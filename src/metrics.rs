@@ -189,8 +189,12 @@ pub struct ApiMetrics {
     /// Per API key fingerprint: 1 while its LIST is unavailable and its instances are
     /// observed by GETs alone.
     pub list_unavailable: Family<KeyLabels, Gauge>,
-    /// Walks over the LIST of a key by result (`ok`, `error`, `unavailable`).
+    /// Walks over the LIST of a key by result (`ok`, `truncated`, `error`, `unavailable`).
     pub sweeps: Family<ResultLabels, Counter>,
+    /// API keys whose walks and budget the operator holds state for.
+    pub keys: Gauge,
+    /// A key's sweeper that ended unexpectedly and was started again.
+    pub key_restarts: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -207,6 +211,8 @@ impl Default for ApiMetrics {
             key_lateness: Family::default(),
             list_unavailable: Family::default(),
             sweeps: Family::default(),
+            keys: Gauge::default(),
+            key_restarts: Counter::default(),
         }
     }
 }
@@ -235,9 +241,26 @@ impl ApiMetrics {
         );
         r.register(
             "sweeps",
-            "Walks over the paged LIST of an API key by result (ok, error, unavailable)",
+            "Walks over the paged LIST of an API key by result (ok, truncated, error, unavailable)",
             self.sweeps.clone(),
         );
+        r.register(
+            "keys",
+            "API keys in use whose walks over the LIST the operator holds state for (a retired key's is freed once its PpioInstances stop asking)",
+            self.keys.clone(),
+        );
+        r.register(
+            "key_restarts",
+            "Sweepers of an API key that ended unexpectedly (a panic) and were started again",
+            self.key_restarts.clone(),
+        );
+    }
+
+    /// Drops the series of an API key no longer in use (fingerprint label).
+    pub fn forget_key(&self, key: &str) {
+        let labels = KeyLabels { key: key.into() };
+        self.list_unavailable.remove(&labels);
+        self.key_lateness.remove(&labels);
     }
 
     /// Sets whether the LIST is unavailable for a key (fingerprint label).

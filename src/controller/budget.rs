@@ -97,6 +97,9 @@ impl Buckets {
             };
         };
         let mut keys = lock(&self.keys);
+        if !keys.contains_key(&key) {
+            prune_idle(&mut keys, now);
+        }
         let slots = keys.entry(key).or_insert_with(|| Slots::from(floor));
         let slot = slots.next.max(floor);
         slots.next = slot + interval;
@@ -125,6 +128,11 @@ impl Buckets {
         slot.saturating_duration_since(now)
     }
 
+    /// Forgets a key no longer in use.
+    pub fn forget(&self, key: u64) {
+        lock(&self.keys).remove(&key);
+    }
+
     /// A reservation, moved by the sweeps that went ahead of it since it was made. `Ok`: its
     /// slot has come; `Err`: the reservation to come back with.
     pub fn redeem(&self, key: u64, r: Reservation, now: Instant) -> Result<(), Reservation> {
@@ -137,6 +145,17 @@ impl Buckets {
         } else {
             Err(Reservation { slot, shift })
         }
+    }
+}
+
+/// A key whose slots all lie this far in the past holds nothing a new entry would not: its
+/// entry goes (a key of GETs alone, rotated away, is never forgotten by its sweeps).
+const KEY_IDLE: Duration = Duration::from_secs(3600);
+
+/// Drops the keys idle for [`KEY_IDLE`].
+fn prune_idle(keys: &mut HashMap<u64, Slots>, now: Instant) {
+    if let Some(idle_since) = now.checked_sub(KEY_IDLE) {
+        keys.retain(|_, s| s.next.max(s.sweep_next) > idle_since);
     }
 }
 

@@ -273,6 +273,13 @@ impl Context {
         let label = format!("{fingerprint:016x}");
         self.metrics.api.lateness(&label, late);
         let mut reported = lock(&self.lateness_reported);
+        if !reported.contains_key(&fingerprint) {
+            // Keys retired since (rotated away) are not remembered for ever.
+            let now = Instant::now();
+            reported.retain(|_, said| {
+                said.is_some_and(|t| now.saturating_duration_since(t) < LATENESS_REPORT_GAP)
+            });
+        }
         if !worth_saying(late, refresh, reported.entry(fingerprint).or_default()) {
             return;
         }
@@ -378,6 +385,7 @@ fn sweeps(
         paused: paused.clone(),
         waker,
         digests: RandomState::new(),
+        keys: Mutex::new(HashMap::new()),
     })
 }
 

@@ -128,19 +128,20 @@ pub(super) struct Env {
     pub waker: Option<Waker>,
     /// Keys [`Sweeps::digest`] (at random: a crafted item cannot collide on purpose).
     pub digests: std::hash::RandomState,
+    /// Every key's sweeps, by fingerprint; a sweeper that stops removes its own.
+    pub keys: Mutex<HashMap<u64, Arc<KeySweep>>>,
 }
 
 /// Every key's sweeps.
 pub struct Sweeps {
     env: Arc<Env>,
-    keys: Mutex<HashMap<u64, Arc<KeySweep>>>,
     /// Which key and instance id each watching PpioInstance takes its LIST item from.
     watching: Mutex<HashMap<Object, (u64, String)>>,
     /// The sweepers' tasks, aborted with the controller.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
-struct KeySweep {
+pub(super) struct KeySweep {
     key: ApiKey,
     fingerprint: u64,
     /// Hashes item texts (keyed at random: a crafted item cannot collide on purpose).
@@ -302,7 +303,6 @@ impl Sweeps {
     pub(super) fn new(env: Env) -> Sweeps {
         Sweeps {
             env: Arc::new(env),
-            keys: Mutex::new(HashMap::new()),
             watching: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
         }
@@ -336,7 +336,7 @@ impl Sweeps {
 
     /// The [`Sweeps::digest`] of the LIST item the sweeps of a key last read for `id`.
     pub(super) fn listed_digest(&self, fingerprint: u64, id: &str) -> Option<u64> {
-        let sweep = lock(&self.keys).get(&fingerprint).cloned()?;
+        let sweep = lock(&self.env.keys).get(&fingerprint).cloned()?;
         let st = lock(&sweep.state);
         st.items.get(id).map(|i| i.digest)
     }
@@ -348,7 +348,7 @@ impl Sweeps {
     }
 
     fn unwatch(&self, fingerprint: u64, id: &str, object: &Object) {
-        let sweep = lock(&self.keys).get(&fingerprint).cloned();
+        let sweep = lock(&self.env.keys).get(&fingerprint).cloned();
         if let Some(sweep) = sweep {
             let mut st = lock(&sweep.state);
             if let Some(list) = st.watchers.get_mut(id) {
@@ -498,7 +498,7 @@ impl Sweeps {
         let Some(per_page) = self.env.budget.interval().filter(|_| !wait.is_zero()) else {
             return wait;
         };
-        let Some(sweep) = lock(&self.keys).get(&fingerprint).cloned() else {
+        let Some(sweep) = lock(&self.env.keys).get(&fingerprint).cloned() else {
             return wait;
         };
         let st = lock(&sweep.state);
@@ -515,9 +515,9 @@ impl Sweeps {
         per_page.saturating_mul(ahead) + wait.div_f64(1.0 - share)
     }
 
-    /// The sweeps of a key, started on first use.
+    /// The sweeps of a key, started on first use (and again after they stopped, idle).
     fn key_sweep(&self, key: &ApiKey, fingerprint: u64) -> Arc<KeySweep> {
-        let mut keys = lock(&self.keys);
+        let mut keys = lock(&self.env.keys);
         if let Some(s) = keys.get(&fingerprint)
             && !lock(&s.state).stopped
         {
@@ -531,12 +531,36 @@ impl Sweeps {
             wake: Notify::new(),
         });
         keys.insert(fingerprint, sweep.clone());
-        let task = tokio::spawn(run(self.env.clone(), sweep.clone()));
+        self.env.metrics.api.keys.set(keys.len() as i64);
+        let task = tokio::spawn(supervise(self.env.clone(), sweep.clone()));
         let mut tasks = lock(&self.tasks);
         tasks.retain(|t| !t.is_finished());
         tasks.push(task.abort_handle());
         sweep
     }
+}
+
+/// A key's sweeper stops: its state is freed (its items, the ids it remembers, its budget and
+/// its metrics series), unless a new sweeper of the key took its place meanwhile.
+fn retire(env: &Env, sweep: &Arc<KeySweep>) {
+    let mut keys = lock(&env.keys);
+    if keys
+        .get(&sweep.fingerprint)
+        .is_some_and(|s| Arc::ptr_eq(s, sweep))
+    {
+        keys.remove(&sweep.fingerprint);
+        env.buckets.forget(sweep.fingerprint);
+        lock(&env.paused).remove(&sweep.fingerprint);
+        env.metrics
+            .api
+            .forget_key(&format!("{:016x}", sweep.fingerprint));
+    }
+    env.metrics.api.keys.set(keys.len() as i64);
+    drop(keys);
+    *lock(&sweep.state) = State {
+        stopped: true,
+        ..State::default()
+    };
 }
 
 impl Drop for Sweeps {
@@ -651,6 +675,38 @@ fn replan(env: &Env, sweep: &KeySweep, st: &mut State) {
     wake(env, st.watching_objects());
 }
 
+/// Runs a key's sweeper, and starts it again (after the error backoff) when it panics: the
+/// walk it was in is over, and every PpioInstance of the key looks again. Counted in
+/// `ppio_api_key_restarts_total`.
+async fn supervise(env: Arc<Env>, sweep: Arc<KeySweep>) {
+    use futures::FutureExt;
+    let mut restarts = 0u32;
+    loop {
+        let ran = std::panic::AssertUnwindSafe(run(env.clone(), sweep.clone()))
+            .catch_unwind()
+            .await;
+        if ran.is_ok() {
+            return;
+        }
+        restarts = restarts.saturating_add(1);
+        env.metrics.api.key_restarts.inc();
+        warn!(
+            key = format!("{:016x}", sweep.fingerprint).as_str(),
+            "the sweeper of this API key ended unexpectedly; starting it again"
+        );
+        let woken = {
+            let mut st = lock(&sweep.state);
+            st.walking = None;
+            st.asked = Some(Instant::now());
+            let mut woken = st.watching_objects();
+            woken.extend(st.waiters.values().flatten().map(|(o, _)| o.clone()));
+            woken
+        };
+        wake(&env, woken);
+        tokio::time::sleep(backoff(restarts)).await;
+    }
+}
+
 /// A key's sweeper: walks when its period has passed or a PpioInstance waits, until none
 /// asked for [`SWEEP_IDLE`].
 async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
@@ -672,7 +728,9 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
             });
             if st.wanted.is_empty() && st.waiters.is_empty() {
                 st.stopped = true;
+                drop(st);
                 debug!("no PpioInstance uses this key's sweeps any more; stopping them");
+                retire(&env, &sweep);
                 return;
             }
             replan(&env, &sweep, &mut st);

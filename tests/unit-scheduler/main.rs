@@ -9,5 +9,6 @@ mod support;
 mod scheduler;
 
 mod cost;
+mod keys;
 mod list_faults;
 mod newcomers;

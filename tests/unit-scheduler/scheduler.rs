@@ -42,6 +42,8 @@ pub(crate) struct FakePpio {
     pub(crate) lean: Mutex<Vec<&'static str>>,
     /// The ids on each page served, with when.
     pub(crate) served: Mutex<Vec<(String, Instant)>>,
+    /// The next LIST request panics (a bug in the sweeper's path), once.
+    pub(crate) panic_once: std::sync::atomic::AtomicBool,
 }
 
 /// A LIST that does not end.
@@ -126,6 +128,12 @@ impl PpioApi for FakePpio {
             .lock()
             .expect("lock")
             .push(("LIST".into(), Instant::now()));
+        if self
+            .panic_once
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("a LIST page that the sweeper cannot take");
+        }
         let skipped = self.skipped.lock().expect("lock").clone();
         let ids: Vec<String> = self
             .listed
