@@ -50,15 +50,23 @@ pub struct Reservation {
     pub slot: Instant,
     /// The key's displacement at that time.
     pub shift: Duration,
+    /// Taken ahead of the waiting GETs, in line with the walks ([`Buckets::reserve_ahead`]):
+    /// nothing moves it.
+    pub ahead: bool,
 }
 
-/// One key's virtual clock: the next free slot for a GET, the next for a sweep page, and how
-/// far sweeps have pushed the GETs waiting so far.
+/// One key's virtual clock: the next free slot for a routine GET, for an urgent GET and for
+/// a sweep page, and how far the ones ahead have pushed the GETs waiting so far. Pages go
+/// before every GET; urgent GETs before routine ones.
 #[derive(Debug, Clone, Copy)]
 struct Slots {
     next: Instant,
+    urgent_next: Instant,
     sweep_next: Instant,
+    /// How far pages and urgent GETs pushed the routine GETs.
     shift: Duration,
+    /// How far pages pushed the urgent GETs.
+    urgent_shift: Duration,
 }
 
 impl From<Instant> for Slots {
@@ -66,8 +74,10 @@ impl From<Instant> for Slots {
     fn from(floor: Instant) -> Slots {
         Slots {
             next: floor,
+            urgent_next: floor,
             sweep_next: floor,
             shift: Duration::ZERO,
+            urgent_shift: Duration::ZERO,
         }
     }
 }
@@ -94,18 +104,17 @@ impl Buckets {
             return Reservation {
                 slot: now,
                 shift: Duration::ZERO,
+                ahead: false,
             };
         };
         let mut keys = lock(&self.keys);
-        if !keys.contains_key(&key) {
-            prune_idle(&mut keys, now);
-        }
-        let slots = keys.entry(key).or_insert_with(|| Slots::from(floor));
+        let slots = slots_of(&mut keys, key, now, floor);
         let slot = slots.next.max(floor);
         slots.next = slot + interval;
         Reservation {
             slot,
             shift: slots.shift,
+            ahead: false,
         }
     }
 
@@ -117,15 +126,46 @@ impl Buckets {
             return Duration::ZERO;
         };
         let mut keys = lock(&self.keys);
-        let slots = keys.entry(key).or_insert_with(|| Slots::from(floor));
+        let slots = slots_of(&mut keys, key, now, floor);
         let slot = slots.sweep_next.max(floor);
         slots.sweep_next = slot + interval;
+        // GETs wait for slots ahead: each of them moves one request later.
         if slots.next > now {
-            // GETs wait for slots ahead: each of them moves one request later.
+            slots.shift += interval;
+        }
+        if slots.urgent_next > now {
+            slots.urgent_shift += interval;
+        }
+        slots.next = slots.next.max(floor) + interval;
+        slots.urgent_next = slots.urgent_next.max(floor) + interval;
+        slot.saturating_duration_since(now)
+    }
+
+    /// A slot ahead of every routine GET waiting for the key's budget (full refreshes, GETs
+    /// by interval), for the GETs that cannot wait behind them: a transition followed, a first
+    /// sight, a changed item, a refresh request, a "gone" to confirm. Walk pages still go
+    /// first ([`Buckets::reserve_first`]).
+    pub fn reserve_ahead(&self, budget: Budget, key: u64, now: Instant) -> Reservation {
+        let Some((interval, floor)) = pacing(budget, now) else {
+            return Reservation {
+                slot: now,
+                shift: Duration::ZERO,
+                ahead: true,
+            };
+        };
+        let mut keys = lock(&self.keys);
+        let slots = slots_of(&mut keys, key, now, floor);
+        let slot = slots.urgent_next.max(floor);
+        slots.urgent_next = slot + interval;
+        if slots.next > now {
             slots.shift += interval;
         }
         slots.next = slots.next.max(floor) + interval;
-        slot.saturating_duration_since(now)
+        Reservation {
+            slot,
+            shift: slots.urgent_shift,
+            ahead: true,
+        }
     }
 
     /// Forgets a key no longer in use.
@@ -136,14 +176,18 @@ impl Buckets {
     /// A reservation, moved by the sweeps that went ahead of it since it was made. `Ok`: its
     /// slot has come; `Err`: the reservation to come back with.
     pub fn redeem(&self, key: u64, r: Reservation, now: Instant) -> Result<(), Reservation> {
-        let shift = lock(&self.keys)
-            .get(&key)
-            .map_or(r.shift, |slots| slots.shift);
+        let shift = lock(&self.keys).get(&key).map_or(r.shift, |slots| {
+            if r.ahead {
+                slots.urgent_shift
+            } else {
+                slots.shift
+            }
+        });
         let slot = r.slot + shift.saturating_sub(r.shift);
         if slot <= now {
             Ok(())
         } else {
-            Err(Reservation { slot, shift })
+            Err(Reservation { slot, shift, ..r })
         }
     }
 }
@@ -152,10 +196,19 @@ impl Buckets {
 /// entry goes (a key of GETs alone, rotated away, is never forgotten by its sweeps).
 const KEY_IDLE: Duration = Duration::from_secs(3600);
 
+/// The slots of `key`, a new entry (its burst free from `floor`) when it has none; a new key
+/// first drops the idle ones.
+fn slots_of(keys: &mut HashMap<u64, Slots>, key: u64, now: Instant, floor: Instant) -> &mut Slots {
+    if !keys.contains_key(&key) {
+        prune_idle(keys, now);
+    }
+    keys.entry(key).or_insert_with(|| Slots::from(floor))
+}
+
 /// Drops the keys idle for [`KEY_IDLE`].
 fn prune_idle(keys: &mut HashMap<u64, Slots>, now: Instant) {
     if let Some(idle_since) = now.checked_sub(KEY_IDLE) {
-        keys.retain(|_, s| s.next.max(s.sweep_next) > idle_since);
+        keys.retain(|_, s| s.next.max(s.sweep_next).max(s.urgent_next) > idle_since);
     }
 }
 
@@ -222,5 +275,37 @@ mod tests {
         assert_eq!(buckets.redeem(1, moved, moved.slot), Ok(()));
         // A new GET goes after all of them.
         assert_eq!(buckets.reserve(budget, 1, t0), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn urgent_gets_go_ahead_of_the_waiting_ones_in_line_with_the_walks() {
+        let buckets = Buckets::default();
+        let budget = Budget {
+            per_second: Some(1.0),
+            burst: 1,
+        };
+        let t0 = Instant::now();
+        // Five routine GETs wait: slots at 0..4 s.
+        let routine: Vec<Reservation> = (0..5)
+            .map(|_| buckets.reserve_slot(budget, 1, t0))
+            .collect();
+        // An urgent one takes the next slot in line with the walks, and moves them all.
+        let urgent = buckets.reserve_ahead(budget, 1, t0);
+        assert!(urgent.ahead);
+        assert_eq!(urgent.slot, t0);
+        // A walk page goes first still (paced on its own), and moves it one request later.
+        assert_eq!(buckets.reserve_first(budget, 1, t0), Duration::ZERO);
+        let moved_urgent = buckets.redeem(1, urgent, t0).expect_err("behind the page");
+        assert_eq!(moved_urgent.slot, t0 + Duration::from_secs(1));
+        // Another urgent GET comes after it, and does not move it.
+        let second = buckets.reserve_ahead(budget, 1, t0);
+        assert_eq!(second.slot, t0 + Duration::from_secs(2));
+        assert_eq!(buckets.redeem(1, moved_urgent, moved_urgent.slot), Ok(()));
+        // The last routine GET moved three requests later (the urgent GETs and the page).
+        let last = routine[4];
+        let moved = buckets
+            .redeem(1, last, last.slot)
+            .expect_err("moved behind the urgent GETs and the page");
+        assert_eq!(moved.slot, t0 + Duration::from_secs(7));
     }
 }

@@ -301,20 +301,16 @@ pub async fn poll(
             // The GET follows once the watch brings the status just written, at its slot of
             // the key's budget, taken now: after a bulk apply each PpioInstance comes back
             // once, at its slot, not once more just to take one.
+            let is_urgent = urgent(instance, &seen, forced, gone_suspected);
             let slot = match reserved {
-                Some(r) => Some(r),
-                None if ctx.key_pause(&api_key).is_none() => Some(ctx.buckets.reserve_slot(
-                    ctx.settings.budget,
-                    fingerprint,
-                    now,
-                )),
-                None => None,
+                Some(r) if r.ahead || !is_urgent => Some(r),
+                _ if ctx.key_pause(&api_key).is_none() => {
+                    Some(reserve_get(ctx, fingerprint, now, is_urgent))
+                }
+                _ => None,
             };
             // Come back when the slot has come, counting the walk pages that go first.
-            let wait = slot.map_or(Duration::ZERO, |r| {
-                ctx.sweeps
-                    .slot_wait(fingerprint, r.slot.saturating_duration_since(now))
-            });
+            let wait = slot.map_or(Duration::ZERO, |r| slot_wait(ctx, fingerprint, r, now));
             let next = sooner(listed_next, wait).max(Duration::from_secs(1));
             return Ok(Polled {
                 poll_on_wake: true,
@@ -345,12 +341,15 @@ pub async fn poll(
     // its slot inside a reconcile (that would hold a concurrency slot and delay every other
     // key): it comes back when the slot is due, and keeps it until then. Sweeps of the key's
     // LIST go first: a slot moves later by each page they take meanwhile.
-    let slot = reserved.unwrap_or_else(|| {
-        ctx.buckets
-            .reserve_slot(ctx.settings.budget, fingerprint, now)
-    });
+    // A routine slot reserved earlier is given up when the GET became urgent meanwhile (a
+    // transition began while it waited for its full refresh).
+    let is_urgent = urgent(instance, &seen, forced, gone_suspected);
+    let slot = match reserved {
+        Some(r) if r.ahead || !is_urgent => r,
+        _ => reserve_get(ctx, fingerprint, now, is_urgent),
+    };
     if let Err(moved) = ctx.buckets.redeem(fingerprint, slot, now) {
-        let wait = ctx.sweeps.slot_wait(fingerprint, moved.slot - now);
+        let wait = slot_wait(ctx, fingerprint, moved, now);
         let next = sooner(listed_next, wait);
         return Ok(Polled {
             poll_on_wake,
@@ -605,6 +604,39 @@ fn status_state(state: Option<&str>) -> Option<String> {
     state
         .map(|s| crate::status::clean_text(s, crate::status::MAX_TEXT_CHARS))
         .filter(|s| !s.is_empty())
+}
+
+/// Whether a GET goes ahead of the key's routine GETs (full refreshes, GETs by interval): a
+/// refresh request, a "gone" to confirm, a first sight, a changed LIST item, a transition
+/// followed.
+fn urgent(instance: &PpioInstance, seen: &Seen, forced: bool, gone_suspected: bool) -> bool {
+    let observed = seen
+        .state
+        .as_deref()
+        .or_else(|| instance.status.as_ref().and_then(|s| s.state.as_deref()));
+    forced
+        || gone_suspected
+        || seen.get_wanted
+        || observed.is_some_and(state::is_transitional)
+        || (!seen.fetched && !fetched_before(instance))
+}
+
+/// How long a GET waits for its reserved slot, counting the walk pages that go first
+/// ([`super::sweep::Sweeps::slot_wait`]).
+fn slot_wait(ctx: &Context, fingerprint: u64, r: Reservation, now: Instant) -> Duration {
+    ctx.sweeps
+        .slot_wait(fingerprint, r.slot.saturating_duration_since(now))
+}
+
+/// A slot of the key's budget for a GET: ahead of the routine ones when `urgent`.
+fn reserve_get(ctx: &Context, fingerprint: u64, now: Instant, urgent: bool) -> Reservation {
+    if urgent {
+        ctx.buckets
+            .reserve_ahead(ctx.settings.budget, fingerprint, now)
+    } else {
+        ctx.buckets
+            .reserve_slot(ctx.settings.budget, fingerprint, now)
+    }
 }
 
 /// Whether the stored status shows a full observation (a GET's, by an earlier run, say) of the

@@ -72,3 +72,42 @@ async fn one_short_interval_is_kept_by_gets_without_changing_the_walks() {
         "s0 unobserved for {fast:?}"
     );
 }
+
+#[ppio_test_macros::test(start_paused = true)]
+async fn transitions_are_followed_ahead_of_routine_gets_on_a_busy_key() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    // 1,000 instances and a full GET of each every interval: routine GETs alone ask for
+    // 16.7 requests/s of a key that has 10, so they queue for their slots.
+    let all = objects("t", 1000, None);
+    ppio.list_ids(ids(&all));
+    let busy = ppio_operator::controller::Observe::List {
+        page_size: 100,
+        full_refresh_intervals: 1,
+    };
+    let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, busy);
+    let start = Instant::now();
+    let change = start + Duration::from_secs(300);
+    let starting: Vec<String> = (0..10).map(|i| format!("t{}", i * 97)).collect();
+    let fault = {
+        let (ppio, starting) = (ppio.clone(), starting.clone());
+        async move {
+            tokio::time::sleep_until(change).await;
+            let mut states = ppio.states.lock().expect("lock");
+            for id in starting {
+                states.insert(id, "starting".into());
+            }
+        }
+    };
+    let end = start + Duration::from_secs(15 * 60);
+    tokio::join!(run(ctx, &api, wakes, all, 64, end - start), fault);
+    // Once a walk showed the change (within a minute), each is fetched every 10 s.
+    let gaps = longest_gaps(&ppio, change + Duration::from_secs(60), end);
+    for id in &starting {
+        let gap = gaps.get(id).copied().unwrap_or(end - change);
+        assert!(
+            gap <= Duration::from_secs(12),
+            "{id} in transition went {gap:?} without a GET"
+        );
+    }
+}
