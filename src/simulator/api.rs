@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Simulator;
+use super::{Endless, Simulator};
 use crate::lock;
 
 impl Simulator {
@@ -163,7 +163,22 @@ pub(super) async fn list_instances(
         )
     };
     fault.delay().await;
-    if let Some(r) = fault.error_response(seq) {
+    let page_size = q
+        .limit
+        .filter(|l| *l > 0)
+        .unwrap_or(DEFAULT_PAGE)
+        .min(MAX_PAGE);
+    let page_number = |start: usize| start / page_size + 1;
+    let start = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => 0,
+        Some(c) => match c.strip_prefix("o").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if c.len() <= 1024 => n,
+            _ => return vendor_error(400, Some("INVALID_PARAMS"), seq),
+        },
+    };
+    if fault.from_page.is_none_or(|p| page_number(start) >= p)
+        && let Some(r) = fault.error_response(seq)
+    {
         return r;
     }
     let st = lock(&sim.state);
@@ -207,40 +222,63 @@ pub(super) async fn list_instances(
                     .is_none_or(|m| str_at(i, &["billing", "mode"]) == m)
             })
             .collect();
-    let start = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        None => 0,
-        Some(c) => match c.strip_prefix("o").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) if c.len() <= 1024 => n,
-            _ => return vendor_error(400, Some("INVALID_PARAMS"), st.request_seq),
-        },
-    };
-    let limit = q
-        .limit
-        .filter(|l| *l > 0)
-        .unwrap_or(DEFAULT_PAGE)
-        .min(MAX_PAGE);
+    let limit = page_size;
     let total = matching.len();
-    let page: Vec<Value> = matching
+    let sources: Vec<Value> = match fault.endless {
+        Some(Endless::Repeat) if start >= total => matching
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|i| (*i).clone())
+            .collect(),
+        Some(Endless::Fresh) if start >= total => (start..start + limit)
+            .map(|n| json!({"id": format!("ghost-{n}"), "status": {"status": "running"}}))
+            .collect(),
+        _ => matching
+            .into_iter()
+            .skip(start)
+            .take(limit)
+            .cloned()
+            .collect(),
+    };
+    drop(st);
+    let page: Vec<Value> = sources
         .into_iter()
-        .skip(start)
-        .take(limit)
-        .map(|i| {
-            let mut item = i.clone();
-            if let Some(o) = item.as_object_mut() {
-                o.remove("tools");
-                o.remove("pricing");
-            }
+        .map(|mut item| {
+            lean_item(&mut item, &fault.lean_fields);
             item
         })
         .collect();
-    drop(st);
-    let end = start + page.len();
-    let has_more = end < total;
+    let (end, has_more) = match fault.endless {
+        Some(_) => (start + limit, true),
+        None => (start + page.len(), start + page.len() < total),
+    };
+    let data = if page.is_empty() && fault.endless == Some(Endless::Empty) {
+        Value::Null
+    } else {
+        Value::Array(page)
+    };
     Json(json!({
-        "data": page,
+        "data": data,
         "next_cursor": if has_more { format!("o{end}") } else { String::new() },
         "has_more": has_more,
         "total": total,
     }))
     .into_response()
+}
+
+/// A LIST item: the instance without `tools`, `pricing` and the `lean` fields (JSON
+/// pointers).
+fn lean_item(item: &mut Value, lean: &[String]) {
+    if let Some(o) = item.as_object_mut() {
+        o.remove("tools");
+        o.remove("pricing");
+    }
+    for pointer in lean {
+        if let Some((parent, field)) = pointer.rsplit_once('/')
+            && let Some(Value::Object(p)) = item.pointer_mut(parent)
+        {
+            p.remove(field);
+        }
+    }
 }

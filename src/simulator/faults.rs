@@ -44,6 +44,30 @@ pub struct Fault {
     /// Answer 200 with a broken or unusual body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<BodyFault>,
+    /// LIST only (`_list`): the error status applies from this page on (1 = the first),
+    /// e.g. 400 `RESOURCE_NOT_FOUND` for an expired cursor on page 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_page: Option<usize>,
+    /// LIST only (`_list`): fields the items lack besides `tools` and `pricing`, as JSON
+    /// pointers (`/billing/prepaid`, `/network`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lean_fields: Vec<String>,
+    /// LIST only (`_list`): the LIST does not end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endless: Option<Endless>,
+}
+
+/// A LIST that does not end: past its last item, `has_more` stays true behind ever new
+/// cursors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Endless {
+    /// The last page's items again.
+    Repeat,
+    /// Empty pages (`"data": null`).
+    Empty,
+    /// Pages of items never seen before.
+    Fresh,
 }
 
 /// Kinds of unusual bodies (200 unless said otherwise).
@@ -117,6 +141,31 @@ impl Fault {
     #[must_use]
     pub fn with_latency(mut self, latency: Duration) -> Fault {
         self.latency_ms = Some(millis(latency));
+        self
+    }
+
+    /// Makes the LIST items lack `fields` (JSON pointers) besides `tools` and `pricing`.
+    #[must_use]
+    pub fn lean(fields: &[&str]) -> Fault {
+        Fault {
+            lean_fields: fields.iter().map(|f| f.to_string()).collect(),
+            ..Fault::default()
+        }
+    }
+
+    /// Makes the LIST go on without end, the `endless` way.
+    #[must_use]
+    pub fn endless(endless: Endless) -> Fault {
+        Fault {
+            endless: Some(endless),
+            ..Fault::default()
+        }
+    }
+
+    /// For the LIST: the error status applies from page `page` on (1 = the first).
+    #[must_use]
+    pub fn from_page(mut self, page: usize) -> Fault {
+        self.from_page = Some(page);
         self
     }
 
@@ -268,7 +317,7 @@ mod tests {
                     reason: Some("INTERNAL_SERVER_ERROR".into()),
                     retry_after: Some("5".into()),
                     latency_ms: Some(250),
-                    body: None,
+                    ..Default::default()
                 },
                 serde_json::json!({
                     "status": 500,

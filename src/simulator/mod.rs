@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use crate::lock;
 
 pub use api::LIST_FAULT;
-pub use faults::{BodyFault, Fault};
+pub use faults::{BodyFault, Endless, Fault};
 pub use fixtures::{FixtureError, SAMPLES, merge_patch, parse_fixtures};
 
 /// Options of `ppio-operator simulate`.

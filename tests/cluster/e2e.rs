@@ -1012,3 +1012,89 @@ async fn a_list_that_is_not_served_falls_back_to_one_get_per_instance() {
         ));
     }
 }
+
+#[ppio_test_macros::test]
+async fn a_later_list_page_that_fails_and_lean_items_change_nothing() {
+    let Scene {
+        ns, sim, op, api, ..
+    } = scene(
+        "listfaults",
+        "key-listfaults",
+        &[
+            "--ppio-list-page-size",
+            "10",
+            "--ppio-full-refresh-intervals",
+            "1",
+        ],
+    )
+    .await;
+    let sample = Simulator::samples().remove(0);
+    let names: Vec<String> = (0..25).map(|i| format!("lf{i:02}")).collect();
+    for name in &names {
+        sim.put_instance(name, sample.clone());
+    }
+    // Page 2 on answers an expired cursor (400 RESOURCE_NOT_FOUND), and the items that do
+    // come lack two fields the GET has.
+    let mut fault = Fault::status(400)
+        .with_reason("RESOURCE_NOT_FOUND")
+        .from_page(2);
+    fault.lean_fields = vec!["/billing/prepaid".into(), "/network".into()];
+    sim.set_fault(ppio_operator::simulator::LIST_FAULT, fault);
+    let manifest: String = names
+        .iter()
+        .map(|n| {
+            format!(
+                "apiVersion: gpus.ppio.com/v1alpha1\nkind: PpioInstance\nmetadata:\n  name: {n}\n  namespace: {ns}\nspec:\n  instanceId: {n}\n  refreshInterval: 10s\n---\n"
+            )
+        })
+        .collect();
+    kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    for name in &names {
+        wait_fetched(&api, name).await;
+    }
+    // Some walks and full refreshes later (every 10 s), nothing was written: no instance is
+    // gone, and no field came and went.
+    let before: Vec<String> = {
+        let mut v = Vec::new();
+        for name in &names {
+            v.push(rv(&api.get(name).await.expect("get")));
+        }
+        v
+    };
+    let lists = sim.counts().list;
+    wait_until("three more walks", WAIT, async || {
+        (sim.counts().list >= lists + 6).then_some(())
+    })
+    .await;
+    for (name, was) in names.iter().zip(&before) {
+        let now = api.get(name).await.expect("get");
+        assert_eq!(&rv(&now), was, "{name} written at rest");
+        let status = now.status.expect("status");
+        assert_eq!(status.state.as_deref(), Some("running"), "{name}");
+        assert!(status.network.is_some(), "{name} lost its network");
+        assert!(
+            status.billing.and_then(|b| b.prepaid).is_some(),
+            "{name} lost its prepaid term"
+        );
+    }
+    let said = op
+        .log()
+        .lines()
+        .filter(|l| l.contains("walks over the PPIO LIST fail"))
+        .count();
+    assert_eq!(said, 1, "{}", op.log());
+    let events = kubectl_ok(
+        &[
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            "type=Warning",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert!(events.trim().is_empty(), "no Warning Event: {events}");
+}

@@ -330,3 +330,74 @@ async fn list_pages_are_capped_whatever_the_limit_asks() {
     let counts = sim.counts();
     assert_eq!(counts.list, 1, "the LIST request is counted");
 }
+
+#[ppio_test_macros::test]
+async fn the_list_misbehaves_as_its_faults_say() {
+    use ppio_operator::simulator::{Endless, Fault, LIST_FAULT};
+    let (sim, base) = start().await;
+    let page = |cursor: String| {
+        let base = base.clone();
+        async move {
+            let (code, _, body) = get(
+                &format!("{base}/gpus/v2/instances?limit=2&cursor={cursor}"),
+                Some("k1"),
+            )
+            .await;
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            (code, v)
+        }
+    };
+    // An expired cursor on page 2: page 1 answers, page 2 says RESOURCE_NOT_FOUND.
+    sim.set_fault(
+        LIST_FAULT,
+        Fault::status(400)
+            .with_reason("RESOURCE_NOT_FOUND")
+            .from_page(2),
+    );
+    let (code, first) = page(String::new()).await;
+    assert_eq!(code, 200);
+    let next = first["next_cursor"].as_str().expect("cursor").to_string();
+    let (code, second) = page(next).await;
+    assert_eq!(code, 400);
+    assert_eq!(second["reason"], "RESOURCE_NOT_FOUND");
+    // Lean items: without the fields named, besides tools and pricing.
+    sim.set_fault(LIST_FAULT, Fault::lean(&["/billing/prepaid", "/network"]));
+    let (_, lean) = page(String::new()).await;
+    for item in lean["data"].as_array().expect("data") {
+        assert!(item.get("network").is_none(), "{item}");
+        assert!(item.pointer("/billing/prepaid").is_none(), "{item}");
+        assert!(item.get("id").is_some() && item.get("status").is_some());
+    }
+    // Endless LISTs: past the 3 instances, more pages behind new cursors, forever.
+    for (endless, check) in [
+        (Endless::Empty, "null"),
+        (Endless::Repeat, "repeat"),
+        (Endless::Fresh, "fresh"),
+    ] {
+        sim.set_fault(LIST_FAULT, Fault::endless(endless));
+        let mut cursor = String::new();
+        let mut cursors = std::collections::BTreeSet::new();
+        for n in 0..6 {
+            let (code, v) = page(cursor.clone()).await;
+            assert_eq!(code, 200);
+            assert_eq!(v["has_more"], true, "{check}: page {n} says more follow");
+            cursor = v["next_cursor"].as_str().expect("cursor").to_string();
+            assert!(
+                cursors.insert(cursor.clone()),
+                "{check}: a new cursor each page"
+            );
+            if n >= 2 {
+                match endless {
+                    Endless::Empty => assert_eq!(v["data"], Value::Null),
+                    Endless::Repeat => assert_eq!(v["data"].as_array().map(Vec::len), Some(2)),
+                    Endless::Fresh => assert!(
+                        v["data"][0]["id"]
+                            .as_str()
+                            .is_some_and(|id| id.starts_with("ghost-")),
+                        "{v}"
+                    ),
+                }
+            }
+        }
+    }
+}
