@@ -594,11 +594,16 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
     let history = History {
         failures: previous.as_ref().map(|t| t.failures).unwrap_or(0),
         gone_suspected: previous.as_ref().is_some_and(|t| t.gone_suspected),
-        // A reservation holds only for the poll it was made for (not for a refresh request
-        // or a spec change, which poll now or reserve anew).
+        // A reservation holds for the poll it was made for, and for a refresh request when
+        // it is ahead of the routine GETs (as the request's own is: a request that waits
+        // for its slot keeps it, and does not chase a new one at every reconcile). A spec
+        // change reserves anew.
         reserved: previous
             .as_ref()
-            .filter(|t| t.generation == generation && !refresh_now)
+            .filter(|t| {
+                t.generation == generation
+                    && (!refresh_now || t.reserved.is_some_and(|r| r.ahead))
+            })
             .and_then(|t| t.reserved),
         due: previous
             .as_ref()

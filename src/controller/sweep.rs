@@ -672,7 +672,7 @@ fn replan(env: &Env, sweep: &KeySweep, st: &mut State) {
         st.items.clear();
     }
     st.waiters.clear();
-    wake(env, st.watching_objects());
+    wake(env, sweep.fingerprint, st.watching_objects());
 }
 
 /// Runs a key's sweeper, and starts it again (after the error backoff) when it panics: the
@@ -702,7 +702,7 @@ async fn supervise(env: Arc<Env>, sweep: Arc<KeySweep>) {
             woken.extend(st.waiters.values().flatten().map(|(o, _)| o.clone()));
             woken
         };
-        wake(&env, woken);
+        wake(&env, sweep.fingerprint, woken);
         tokio::time::sleep(backoff(restarts)).await;
     }
 }
@@ -754,7 +754,7 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
             if st.fail_wake.is_some_and(|at| at <= now) {
                 st.fail_wake = None;
                 st.fail_woken = true;
-                wake(&env, st.watching_objects());
+                wake(&env, sweep.fingerprint, st.watching_objects());
             }
             let asked = st
                 .asked
@@ -1126,7 +1126,7 @@ fn take_page(
             }
         }
     }
-    wake(env, woken);
+    wake(env, sweep.fingerprint, woken);
     // Also when on time: the gauge falls back to 0 once the key catches up.
     report_lateness(env, sweep, late);
     new_items
@@ -1165,7 +1165,7 @@ fn end_walk(
         .flat_map(|(_, watchers)| watchers.iter().map(|w| w.object.clone()))
         .collect();
     drop(st);
-    wake(env, missing);
+    wake(env, sweep.fingerprint, missing);
 }
 
 /// A keyed hash of an item as decoded (its `Debug` form names every decoded field).
@@ -1304,8 +1304,8 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
         st.asked = Some(now);
     }
     drop(st);
-    wake(env, woken);
-    wake(env, woken_all);
+    wake(env, sweep.fingerprint, woken);
+    wake(env, sweep.fingerprint, woken_all);
 }
 
 /// Records how late the observations of a key's walk came (past their interval), and says
@@ -1330,10 +1330,10 @@ fn report_lateness(env: &Env, sweep: &KeySweep, late: Duration) {
 }
 
 /// Reconciles these PpioInstances now (after those asked for before them).
-fn wake(env: &Env, objects: Vec<Object>) {
+fn wake(env: &Env, fingerprint: u64, objects: Vec<Object>) {
     if let Some(waker) = &env.waker {
         for (ns, name) in objects {
-            waker.wake(ObjectRef::new(&name).within(&ns));
+            waker.wake(ObjectRef::new(&name).within(&ns), fingerprint);
         }
     }
 }

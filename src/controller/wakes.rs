@@ -1,12 +1,16 @@
-//! PpioInstances that walks ask to reconcile, handed to the controller in the order asked.
+//! PpioInstances that walks ask to reconcile, handed to the controller in the order asked,
+//! key by key in turn.
 //!
 //! When a walk answers thousands of waiting PpioInstances at once (a bulk apply), the queue
 //! here keeps them in the order their pages were read and hands the controller a window of
-//! them at a time, each once, the next as the reconciles of those start. The first answered
+//! them at a time, each once, the next as the reconciles of those start. Each API key has a
+//! queue of its own and the keys take turns, so one key's bulk apply does not put another
+//! key's changes behind it. The first answered
 //! is written first, and what waits is a name in this queue, not a reconcile in the
 //! controller's (the controller dedups and debounces what it is handed, and its other
 //! triggers, a new object or a requeue, go between).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -43,8 +47,10 @@ struct Shared {
 
 #[derive(Default)]
 struct Queue {
-    /// Asked for, not handed over yet, oldest first.
-    order: VecDeque<Wake>,
+    /// Asked for, not handed over yet, oldest first, per API key (fingerprint).
+    order: HashMap<u64, VecDeque<Wake>>,
+    /// The keys with PpioInstances waiting, in turn.
+    turns: VecDeque<u64>,
     /// What `order` holds: asked again, a PpioInstance keeps its place.
     queued: HashSet<Wake>,
     /// Handed over and not started yet, with when.
@@ -64,15 +70,22 @@ impl Waker {
         }
     }
 
-    /// Asks for `object` to be reconciled: after the ones asked before it, and once
-    /// however often it is asked meanwhile.
-    pub fn wake(&self, object: Wake) {
+    /// Asks for `object`, of the API key `key` (fingerprint), to be reconciled: after the
+    /// ones of its key asked before it, in turn with the other keys, and once however often
+    /// it is asked meanwhile.
+    pub fn wake(&self, object: Wake, key: u64) {
         {
             let mut q = lock(&self.shared.queue);
             if q.handed.contains_key(&object) || !q.queued.insert(object.clone()) {
                 return;
             }
-            q.order.push_back(object);
+            match q.order.entry(key) {
+                Entry::Occupied(mut e) => e.get_mut().push_back(object),
+                Entry::Vacant(e) => {
+                    e.insert(VecDeque::from([object]));
+                    q.turns.push_back(key);
+                }
+            }
         }
         self.shared.stream.wake();
     }
@@ -87,7 +100,11 @@ impl Waker {
 
     /// How many PpioInstances wait to be handed over.
     pub fn waiting(&self) -> usize {
-        lock(&self.shared.queue).order.len()
+        lock(&self.shared.queue)
+            .order
+            .values()
+            .map(VecDeque::len)
+            .sum()
     }
 
     /// What the controller reconciles on (kube's `reconcile_on`): the queue, in order, while
@@ -105,7 +122,7 @@ impl Waker {
             if q.handed.len() >= shared.window {
                 return Poll::Pending;
             }
-            match q.order.pop_front() {
+            match q.next() {
                 Some(object) => {
                     q.queued.remove(&object);
                     q.handed.insert(object.clone(), now);
@@ -114,6 +131,23 @@ impl Waker {
                 None => Poll::Pending,
             }
         })
+    }
+}
+
+impl Queue {
+    /// The next PpioInstance to hand over: the oldest of the key whose turn it is.
+    fn next(&mut self) -> Option<Wake> {
+        let key = self.turns.pop_front()?;
+        let Entry::Occupied(mut e) = self.order.entry(key) else {
+            return self.next();
+        };
+        let object = e.get_mut().pop_front();
+        if e.get().is_empty() {
+            e.remove();
+        } else {
+            self.turns.push_back(key);
+        }
+        object.or_else(|| self.next())
     }
 }
 
@@ -142,12 +176,12 @@ mod tests {
         let waker = Waker::new(2);
         let mut stream = Box::pin(waker.stream());
         for name in ["a", "b", "c", "b", "d"] {
-            waker.wake(named(name));
+            waker.wake(named(name), 1);
         }
         assert_eq!(ready(&mut stream), ["a", "b"]);
         assert_eq!(waker.waiting(), 2);
         // Asked again while handed over and not started: once is enough.
-        waker.wake(named("a"));
+        waker.wake(named("a"), 1);
         assert!(ready(&mut stream).is_empty());
         waker.started(&named("b"));
         assert_eq!(ready(&mut stream), ["c"]);
@@ -159,16 +193,35 @@ mod tests {
         assert_eq!(ready(&mut stream), ["d"]);
         // Started, it may be asked for again.
         waker.started(&named("d"));
-        waker.wake(named("a"));
+        waker.wake(named("a"), 1);
         assert_eq!(ready(&mut stream), ["a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_take_turns_so_a_bulk_apply_does_not_hold_back_another_key() {
+        let waker = Waker::new(16);
+        let mut stream = Box::pin(waker.stream());
+        // Key 1's walk answers 1,000 PpioInstances; then key 2's walk finds 3 changed.
+        for i in 0..1000 {
+            waker.wake(named(&format!("a{i}")), 1);
+        }
+        for name in ["b0", "b1", "b2"] {
+            waker.wake(named(name), 2);
+        }
+        // The first window holds key 1's oldest and key 2's, in turn.
+        let first = ready(&mut stream);
+        assert_eq!(first.len(), 16);
+        assert_eq!(&first[..6], ["a0", "b0", "a1", "b1", "a2", "b2"]);
+        assert_eq!(&first[6..8], ["a3", "a4"]);
+        assert_eq!(waker.waiting(), 1000 - 13);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_handed_object_never_started_stops_counting_after_a_while() {
         let waker = Waker::new(1);
         let mut stream = Box::pin(waker.stream());
-        waker.wake(named("deleted"));
-        waker.wake(named("next"));
+        waker.wake(named("deleted"), 1);
+        waker.wake(named("next"), 1);
         assert_eq!(ready(&mut stream), ["deleted"]);
         tokio::time::advance(HANDED_STALE - Duration::from_secs(1)).await;
         assert!(ready(&mut stream).is_empty());
@@ -182,7 +235,7 @@ mod tests {
         let mut stream = Box::pin(waker.stream());
         let next = tokio::spawn(async move { stream.next().await.map(|w| w.name) });
         tokio::task::yield_now().await;
-        waker.wake(named("a"));
+        waker.wake(named("a"), 1);
         let got = tokio::time::timeout(Duration::from_secs(5), next)
             .await
             .expect("woken")

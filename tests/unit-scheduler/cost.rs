@@ -111,3 +111,51 @@ async fn transitions_are_followed_ahead_of_routine_gets_on_a_busy_key() {
         );
     }
 }
+
+#[ppio_test_macros::test(start_paused = true)]
+async fn a_refresh_request_on_a_busy_key_is_answered_within_seconds() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    // The busy key of the transitions test: routine GETs queue for their slots.
+    let all = objects("r", 1000, None);
+    ppio.list_ids(ids(&all));
+    let busy = ppio_operator::controller::Observe::List {
+        page_size: 100,
+        full_refresh_intervals: 1,
+    };
+    let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, busy);
+    let start = Instant::now();
+    let asked = start + Duration::from_secs(300);
+    let edit = {
+        let wakes = wakes.clone();
+        async move {
+            tokio::time::sleep_until(asked).await;
+            wakes.1.lock().expect("lock").insert(
+                "r5".into(),
+                [(
+                    ppio_operator::crd::REFRESH_ANNOTATION.to_string(),
+                    "2026-12-05T10:00:00Z".to_string(),
+                )]
+                .into(),
+            );
+            // The watch brings the edit: a reconcile.
+            wakes.of("r5").notify_one();
+        }
+    };
+    tokio::join!(
+        run(ctx, &api, wakes.clone(), all, 64, Duration::from_secs(600)),
+        edit
+    );
+    let got = ppio
+        .by_id()
+        .get("r5")
+        .and_then(|times| times.iter().find(|t| **t >= asked).copied())
+        .expect("a GET after the request");
+    assert!(
+        got - asked <= Duration::from_secs(5),
+        "the refresh request was answered {:?} after it was made",
+        got - asked
+    );
+    let (_, last) = api.writes_of("ml/r5").pop().expect("written");
+    assert!(last.last_handled_refresh.is_some(), "{last:?}");
+}

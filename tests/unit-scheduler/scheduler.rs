@@ -263,10 +263,15 @@ pub(crate) async fn run(
         let api = api.clone();
         let key = format!("ml/{}", object.metadata.name.clone().unwrap_or_default());
         let wake = wakes.of(&object.metadata.name.clone().unwrap_or_default());
+        let wakes = wakes.clone();
         tasks.spawn(async move {
             while Instant::now() < end {
                 if let Some((_, status)) = api.writes_of(&key).pop() {
                     object.status = Some(status);
+                }
+                let name = object.metadata.name.clone().unwrap_or_default();
+                if let Some(annotations) = wakes.1.lock().expect("lock").get(&name) {
+                    object.metadata.annotations = Some(annotations.clone());
                 }
                 let action = {
                     let _slot = slots.acquire().await.expect("semaphore");
@@ -293,10 +298,14 @@ pub(crate) async fn run(
 
 /// The controller's waker, delivered per object name (kube's `reconcile_on`).
 #[derive(Clone, Default)]
-pub(crate) struct Wakes(Arc<Mutex<BTreeMap<String, Arc<tokio::sync::Notify>>>>);
+pub(crate) struct Wakes(
+    Arc<Mutex<BTreeMap<String, Arc<tokio::sync::Notify>>>>,
+    /// Annotations set on an object (by name) from then on, as an edit would.
+    pub(crate) Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>,
+);
 
 impl Wakes {
-    fn of(&self, name: &str) -> Arc<tokio::sync::Notify> {
+    pub(crate) fn of(&self, name: &str) -> Arc<tokio::sync::Notify> {
         self.0
             .lock()
             .expect("lock")
