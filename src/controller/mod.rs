@@ -601,8 +601,7 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
         reserved: previous
             .as_ref()
             .filter(|t| {
-                t.generation == generation
-                    && (!refresh_now || t.reserved.is_some_and(|r| r.ahead))
+                t.generation == generation && (!refresh_now || t.reserved.is_some_and(|r| r.ahead))
             })
             .and_then(|t| t.reserved),
         due: previous

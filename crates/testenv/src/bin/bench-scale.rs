@@ -4,6 +4,11 @@
 //! nothing.
 //!
 //!   bench-scale N OPERATOR_BINARY [STEADY_SECONDS]
+//!
+//! With `BENCH_KEYS=K` (K > 1) the N PpioInstances are spread over K namespaces, each with a
+//! credentials Secret of its own key, all keys seeing one account of `BENCH_ACCOUNT`
+//! instances (default N): the "many keys" scenario. It then also prints PPIO requests per
+//! interval per key.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -96,6 +101,87 @@ fn secret_gets(apiserver: &str) -> f64 {
         "apiserver_request_total",
         &["resource=\"secrets\"", "verb=\"GET\""],
     )
+}
+
+/// Where the PpioInstances go: one namespace and key, or `keys` of each.
+struct Scene {
+    /// The API keys, one per namespace.
+    keys: Vec<String>,
+    /// PpioInstances per namespace.
+    per_key: usize,
+}
+
+impl Scene {
+    fn new(keys: usize, n: usize) -> Scene {
+        Scene {
+            keys: if keys == 1 {
+                vec![KEY.to_string()]
+            } else {
+                (0..keys).map(|k| format!("sk-bench-{k:03}")).collect()
+            },
+            per_key: n.div_ceil(keys),
+        }
+    }
+
+    fn namespace(&self, k: usize) -> String {
+        if self.keys.len() == 1 {
+            NS.to_string()
+        } else {
+            format!("{NS}-{k:03}")
+        }
+    }
+
+    /// The namespaces, and with many keys a credentials Secret of its key in each.
+    async fn create_namespaces(&self, client: &Client) -> Result<(), Box<dyn std::error::Error>> {
+        let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        for (k, key) in self.keys.iter().enumerate() {
+            let ns = self.namespace(k);
+            ns_api
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
+                )
+                .await?;
+            if self.keys.len() > 1 {
+                let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+                    Api::namespaced(client.clone(), &ns);
+                secrets
+                    .create(
+                        &PostParams::default(),
+                        &serde_json::from_value(serde_json::json!({
+                            "metadata": {"name": "ppio", "labels": {"gpus.ppio.com/credentials": "true"}},
+                            "stringData": {"apiKey": key},
+                        }))?,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `i`th PpioInstance: its namespace, name and object (tracking an instance of the
+    /// account of `account`).
+    fn object(&self, i: usize, account: usize) -> (String, String, PpioInstance) {
+        let k = i / self.per_key;
+        let ns = self.namespace(k);
+        let name = format!("i{i:06}");
+        let mut o = PpioInstance::new(
+            &name,
+            PpioInstanceSpec {
+                instance_id: format!("bench{:06}", i % account.max(1)),
+                credentials_secret_ref: (self.keys.len() > 1).then(|| {
+                    ppio_operator::crd::SecretKeyRef {
+                        name: "ppio".into(),
+                        key: None,
+                    }
+                }),
+                refresh_interval: None,
+                suspend: None,
+            },
+        );
+        o.metadata.namespace = Some(ns.clone());
+        (ns, name, o)
+    }
 }
 
 /// What the watch of PpioInstances saw: by name.
@@ -231,48 +317,48 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = cp.client().await?;
     let apiserver_pid = pid_of(&cp_dir, "kube-apiserver");
 
-    // The simulator: N copies of the first sample, each with its own id.
+    let env_number = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let keys = env_number("BENCH_KEYS").unwrap_or(1).max(1);
+    let account = env_number("BENCH_ACCOUNT")
+        .unwrap_or(n)
+        .max(n.div_ceil(keys));
+    let scene = Scene::new(keys, n);
+    // The simulator: ACCOUNT copies of the first sample, each with its own id.
     let sample = Simulator::samples().remove(0);
-    let instances: Vec<Value> = (0..n)
+    let instances: Vec<Value> = (0..account)
         .map(|i| {
             let mut v = sample.clone();
             v["id"] = Value::from(format!("bench{i:06}"));
             v
         })
         .collect();
-    let sim = Simulator::new(instances, vec![KEY.to_string()]);
+    let sim = Simulator::new(instances, scene.keys.clone());
     let sim_addr = sim
         .spawn(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await?;
 
-    let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    ns_api
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))?,
-        )
-        .await?;
+    scene.create_namespaces(&client).await?;
 
     let http_port = free_port()?;
     let log = state.path().join("operator.log");
-    let mut op = Guarded::spawn(
-        "ppio-operator",
-        &operator,
-        &[
-            "run".into(),
-            "--namespace".into(),
-            NS.into(),
-            "--ppio-base-url".into(),
-            format!("http://{sim_addr}"),
-            "--http-addr".into(),
-            format!("127.0.0.1:{http_port}"),
-        ],
-        &log,
-        &[
-            ("KUBECONFIG", &cp.kubeconfig.display().to_string()),
-            ("PPIO_API_KEY", KEY),
-        ],
-    )?;
+    let mut args = vec![
+        "run".to_string(),
+        "--ppio-base-url".into(),
+        format!("http://{sim_addr}"),
+        "--http-addr".into(),
+        format!("127.0.0.1:{http_port}"),
+    ];
+    let kubeconfig = cp.kubeconfig.display().to_string();
+    let mut env = vec![("KUBECONFIG", kubeconfig.as_str())];
+    if keys == 1 {
+        args.extend(["--namespace".to_string(), NS.into()]);
+        env.push(("PPIO_API_KEY", KEY));
+    }
+    let mut op = Guarded::spawn("ppio-operator", &operator, &args, &log, &env)?;
     let op_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, http_port));
     while http_get(op_addr, "/readyz").await.map(|(c, _)| c) != Some(200) {
         op.check_alive()?;
@@ -280,9 +366,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let op_pid = op.pid().unwrap_or(0);
 
-    println!(
-        "bench-scale: {n} PpioInstances on one key, default budget (10/s, burst 20), refreshInterval 60s"
-    );
+    if keys == 1 {
+        println!(
+            "bench-scale: {n} PpioInstances on one key, default budget (10/s, burst 20), refreshInterval 60s"
+        );
+    } else {
+        println!(
+            "bench-scale: {n} PpioInstances over {keys} namespaces, a key each, one account of {account} instances; default budget (10/s, burst 20) per key, refreshInterval 60s"
+        );
+    }
     // The operator reads its settings from the environment too: say which ones differ.
     let overrides: Vec<String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("PPIO_") && k != "PPIO_API_KEY" && k != "PPIO_TOOLS_BIN")
@@ -294,7 +386,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             overrides.join(" ")
         );
     }
-    let api: Api<PpioInstance> = Api::namespaced(client.clone(), NS);
+    let api: Api<PpioInstance> = if keys == 1 {
+        Api::namespaced(client.clone(), NS)
+    } else {
+        Api::all(client.clone())
+    };
     // What the PpioInstances show, followed by a watch (a LIST of 10,000 objects every few
     // seconds would load the API server more than the operator does).
     let progress = Arc::new(Mutex::new(Progress::default()));
@@ -310,20 +406,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ));
     futures::stream::iter(0..n)
         .for_each_concurrent(32, |i| {
-            let api = api.clone();
             let progress = progress.clone();
+            let (ns, name, o) = scene.object(i, account);
+            let api: Api<PpioInstance> = Api::namespaced(client.clone(), &ns);
             async move {
-                let name = format!("i{i:06}");
-                let mut o = PpioInstance::new(
-                    &name,
-                    PpioInstanceSpec {
-                        instance_id: format!("bench{i:06}"),
-                        credentials_secret_ref: None,
-                        refresh_interval: None,
-                        suspend: None,
-                    },
-                );
-                o.metadata.namespace = Some(NS.into());
                 let sent = Instant::now();
                 match api.create(&PostParams::default(), &o).await {
                     Ok(_) => {
@@ -467,6 +553,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("  operator RSS: {:.0} MiB", rss_mib(op_pid));
     println!("  oldest observation: {oldest:.0} s old (interval 60 s)");
+    if keys > 1 {
+        let mut per_key: Vec<f64> = (0..keys)
+            .map(|k| {
+                let label = format!("key{k}");
+                let at = |c: &ppio_operator::simulator::Counts| {
+                    c.keys.get(&label).copied().unwrap_or(0) as f64
+                };
+                (at(&counts1) - at(&counts0)) / intervals
+            })
+            .collect();
+        per_key.sort_by(f64::total_cmp);
+        println!(
+            "  PPIO requests per interval per key ({} PpioInstances each): mean {:.1}, max {:.1} (GETs alone: {})",
+            n / keys,
+            per_key.iter().sum::<f64>() / keys as f64,
+            per_key.last().copied().unwrap_or(f64::NAN),
+            n / keys
+        );
+    }
     op.stop();
     cp.stop();
     Ok(())
