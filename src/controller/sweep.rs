@@ -593,7 +593,11 @@ pub const PLAN_MARGIN: f64 = 1.5;
 /// half of the key's budget). `walking`: the current choice, kept unless the other costs
 /// less by [`PLAN_MARGIN`]. Before the first walk the pages are unknown: walk.
 fn plan(st: &State, budget: Budget, walking: bool) -> Plan {
-    let pages = st.complete_pages.max(st.pages);
+    plan_for(st, st.complete_pages.max(st.pages), budget, walking)
+}
+
+/// [`plan`] for a LIST of `pages` pages.
+fn plan_for(st: &State, pages: u32, budget: Budget, walking: bool) -> Plan {
     let by_budget = budget
         .per_second
         .filter(|r| *r > 0.0)
@@ -842,23 +846,32 @@ async fn walk(env: &Env, sweep: &KeySweep) -> Walked {
                 if let Some(cut) = ends.cut(pages, &cursor, new_items) {
                     break Some(cut);
                 }
+                if costs_more_than_gets(env, sweep, pages) {
+                    break Some(WalkCut::Costly);
+                }
                 query.cursor = Some(cursor);
             }
             _ => break None,
         }
     };
-    if let Some(cut) = cut {
-        warn!(
+    match cut {
+        Some(WalkCut::Costly) => debug!(
+            pages,
+            "walking this key's LIST costs more than GETs of its PpioInstances; the walk stops here"
+        ),
+        Some(cut) => warn!(
             pages,
             reason = cut.reason(),
             "the PPIO LIST did not end; the walk stops here and the instances it did not list are looked up by GET"
-        );
+        ),
+        None => {}
     }
     end_walk(env, sweep, this_walk, next_ids, pages, cut.is_none());
     match cut {
         Some(WalkCut::PageCap) => Walked::Endless,
+        // Stopped on purpose: the LIST answered well.
+        Some(WalkCut::Costly) | None => Walked::Ok,
         Some(_) => Walked::Truncated,
-        None => Walked::Ok,
     }
 }
 
@@ -931,6 +944,9 @@ enum WalkCut {
     RepeatedCursor,
     /// [`NOTHING_NEW_PAGES`] pages in a row brought nothing not seen on this walk.
     NothingNew,
+    /// The pages read so far already cost more than GETs of the key's PpioInstances: the
+    /// key goes over to GETs ([`plan`]).
+    Costly,
 }
 
 impl WalkCut {
@@ -939,6 +955,7 @@ impl WalkCut {
             WalkCut::PageCap => "more pages than the last complete walk read",
             WalkCut::RepeatedCursor => "a cursor seen before",
             WalkCut::NothingNew => "pages that bring nothing new",
+            WalkCut::Costly => "walking costs more than GETs",
         }
     }
 }
@@ -977,6 +994,17 @@ impl WalkEnds {
             None
         }
     }
+}
+
+/// Whether the `pages` a walk has read so far already cost more than one GET per interval of
+/// each PpioInstance of the key ([`plan_for`]). Worked out only once the pages (with the
+/// plan's margin) outnumber the key's PpioInstances, so a key with many costs nothing here.
+fn costs_more_than_gets(env: &Env, sweep: &KeySweep, pages: u32) -> bool {
+    let st = lock(&sweep.state);
+    if f64::from(pages) * PLAN_MARGIN <= st.wanted.len() as f64 {
+        return false;
+    }
+    !plan_for(&st, pages, env.budget, true).walk
 }
 
 /// The most pages a walk reads: twice the last complete walk's and some (an account grows),

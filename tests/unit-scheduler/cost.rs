@@ -34,6 +34,10 @@ async fn a_few_ppioinstances_on_a_large_account_cost_about_their_gets() {
         requests <= 2 * 3 * 30,
         "{requests} PPIO requests in 30 intervals for 3 PpioInstances"
     );
+    // Learning that took a few pages, not the account's 100: a walk stops once its pages
+    // cost more than the GETs.
+    let pages = ppio.by_id().get("LIST").map_or(0, Vec::len);
+    assert!(pages <= 10, "{pages} LIST pages in 40 minutes");
     for i in 0..3 {
         let writes = api.writes_of(&format!("ml/a{i}"));
         let (_, last) = writes.last().expect("observed");
