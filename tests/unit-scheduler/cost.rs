@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::list_faults::longest_gaps;
-use crate::scheduler::{FakePpio, LIST, context, ids, objects, run};
+use crate::scheduler::{FakePpio, LIST, Wakes, context, ids, objects, run};
 use crate::support::mock::MockApi;
+use ppio_operator::controller::Context;
+use ppio_operator::crd::PpioInstance;
 use tokio::time::Instant;
 
 #[ppio_test_macros::test(start_paused = true)]
@@ -77,19 +79,33 @@ async fn one_short_interval_is_kept_by_gets_without_changing_the_walks() {
     );
 }
 
-#[ppio_test_macros::test(start_paused = true)]
-async fn transitions_are_followed_ahead_of_routine_gets_on_a_busy_key() {
+/// A busy key: 1,000 instances (named `prefix0`...) and a full GET of each every interval,
+/// so routine GETs alone ask for 16.7 requests/s of a key that has 10 and queue for their
+/// slots.
+fn busy_key(
+    prefix: &str,
+) -> (
+    MockApi,
+    Arc<FakePpio>,
+    Vec<PpioInstance>,
+    Arc<Context>,
+    Wakes,
+) {
     let api = MockApi::default();
     let ppio = Arc::new(FakePpio::default());
-    // 1,000 instances and a full GET of each every interval: routine GETs alone ask for
-    // 16.7 requests/s of a key that has 10, so they queue for their slots.
-    let all = objects("t", 1000, None);
+    let all = objects(prefix, 1000, None);
     ppio.list_ids(ids(&all));
     let busy = ppio_operator::controller::Observe::List {
         page_size: 100,
         full_refresh_intervals: 1,
     };
     let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, busy);
+    (api, ppio, all, ctx, wakes)
+}
+
+#[ppio_test_macros::test(start_paused = true)]
+async fn transitions_are_followed_ahead_of_routine_gets_on_a_busy_key() {
+    let (api, ppio, all, ctx, wakes) = busy_key("t");
     let start = Instant::now();
     let change = start + Duration::from_secs(300);
     let starting: Vec<String> = (0..10).map(|i| format!("t{}", i * 97)).collect();
@@ -118,16 +134,7 @@ async fn transitions_are_followed_ahead_of_routine_gets_on_a_busy_key() {
 
 #[ppio_test_macros::test(start_paused = true)]
 async fn a_refresh_request_on_a_busy_key_is_answered_within_seconds() {
-    let api = MockApi::default();
-    let ppio = Arc::new(FakePpio::default());
-    // The busy key of the transitions test: routine GETs queue for their slots.
-    let all = objects("r", 1000, None);
-    ppio.list_ids(ids(&all));
-    let busy = ppio_operator::controller::Observe::List {
-        page_size: 100,
-        full_refresh_intervals: 1,
-    };
-    let (ctx, wakes) = context(&api, ppio.clone(), 10.0, 20, busy);
+    let (api, ppio, all, ctx, wakes) = busy_key("r");
     let start = Instant::now();
     let asked = start + Duration::from_secs(300);
     let edit = {

@@ -4,19 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::scheduler::{FakePpio, LIST, context, ids, objects, run};
+use crate::scheduler::{FakePpio, LIST, context, ids, metric, objects, run};
 use crate::support::mock::MockApi;
-use ppio_operator::controller::Context;
 use tokio::time::Instant;
-
-fn metric(ctx: &Context, name: &str) -> f64 {
-    ctx.metrics
-        .encode()
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 #[ppio_test_macros::test(start_paused = true)]
 async fn a_rotated_keys_state_is_freed() {

@@ -7,22 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::scheduler::{Endless, FakePpio, LIST, context, ids, objects, run};
+use crate::scheduler::{Endless, FakePpio, LIST, context, ids, metric, objects, run};
 use crate::support::mock::MockApi;
-use ppio_operator::controller::Context;
 use ppio_operator::ppio::{DecodeError, PpioError};
 use rand::SeedableRng;
 use tokio::time::Instant;
-
-/// The value of the metric line that starts with `prefix`, summed over its series.
-fn metric(ctx: &Context, prefix: &str) -> f64 {
-    ctx.metrics
-        .encode()
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// Every write of every PpioInstance named `prefix{0..n}` shows the instance running and
 /// observed: nothing a LIST did reached a status.

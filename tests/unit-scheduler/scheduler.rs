@@ -455,6 +455,19 @@ pub(crate) const LIST: Observe = Observe::List {
     full_refresh_intervals: 30,
 };
 
+/// The value of the metric `name` (the lines of its series, with any labels, or of those
+/// that start with `name` when it ends in `{`), summed.
+pub(crate) fn metric(ctx: &Context, name: &str) -> f64 {
+    ctx.metrics
+        .encode()
+        .lines()
+        .filter(|l| {
+            l.starts_with(name) && (name.ends_with('{') || l[name.len()..].starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Reconciles run so far (`ppio_reconciles_total`, every result).
 pub(crate) fn reconciles(ctx: &Context) -> f64 {
     ctx.metrics
