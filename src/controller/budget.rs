@@ -55,6 +55,14 @@ pub struct Reservation {
     pub ahead: bool,
 }
 
+impl Reservation {
+    /// Whether this slot serves a GET that is `urgent`: a routine slot does not (the GET
+    /// became urgent while it waited behind the routine ones), any other does.
+    pub fn serves(&self, urgent: bool) -> bool {
+        self.ahead || !urgent
+    }
+}
+
 /// One key's virtual clock: the next free slot for a routine GET, for an urgent GET and for
 /// a sweep page, and how far the ones ahead have pushed the GETs waiting so far. Pages go
 /// before every GET; urgent GETs before routine ones.
@@ -67,6 +75,17 @@ struct Slots {
     shift: Duration,
     /// How far pages pushed the urgent GETs.
     urgent_shift: Duration,
+}
+
+impl Slots {
+    /// A request that goes before the routine GETs takes one of their slots: each routine
+    /// GET waiting moves one request (`interval`) later.
+    fn go_before_routine(&mut self, now: Instant, floor: Instant, interval: Duration) {
+        if self.next > now {
+            self.shift += interval;
+        }
+        self.next = self.next.max(floor) + interval;
+    }
 }
 
 impl From<Instant> for Slots {
@@ -130,13 +149,10 @@ impl Buckets {
         let slot = slots.sweep_next.max(floor);
         slots.sweep_next = slot + interval;
         // GETs wait for slots ahead: each of them moves one request later.
-        if slots.next > now {
-            slots.shift += interval;
-        }
+        slots.go_before_routine(now, floor, interval);
         if slots.urgent_next > now {
             slots.urgent_shift += interval;
         }
-        slots.next = slots.next.max(floor) + interval;
         slots.urgent_next = slots.urgent_next.max(floor) + interval;
         slot.saturating_duration_since(now)
     }
@@ -157,10 +173,7 @@ impl Buckets {
         let slots = slots_of(&mut keys, key, now, floor);
         let slot = slots.urgent_next.max(floor);
         slots.urgent_next = slot + interval;
-        if slots.next > now {
-            slots.shift += interval;
-        }
-        slots.next = slots.next.max(floor) + interval;
+        slots.go_before_routine(now, floor, interval);
         Reservation {
             slot,
             shift: slots.urgent_shift,

@@ -76,6 +76,11 @@ pub use wakes::{Wake, Waker};
 
 use schedule::{Decision, far_future};
 
+/// An API key as logs and metrics name it (label `key`): its fingerprint, never the key.
+fn key_label(fingerprint: u64) -> String {
+    format!("{fingerprint:016x}")
+}
+
 /// The wall-clock time of the instant `at` (in the past).
 fn wall_time(at: Instant) -> std::time::SystemTime {
     std::time::SystemTime::now() - Instant::now().saturating_duration_since(at)
@@ -270,7 +275,7 @@ impl Context {
     /// fingerprint, never the key) when the key's budget cannot keep its PpioInstances at
     /// their intervals.
     fn record_lateness(&self, fingerprint: u64, late: Duration, refresh: Duration) {
-        let label = format!("{fingerprint:016x}");
+        let label = key_label(fingerprint);
         self.metrics.api.lateness(&label, late);
         let mut reported = lock(&self.lateness_reported);
         if !reported.contains_key(&fingerprint) {
@@ -594,16 +599,15 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
     let history = History {
         failures: previous.as_ref().map(|t| t.failures).unwrap_or(0),
         gone_suspected: previous.as_ref().is_some_and(|t| t.gone_suspected),
-        // A reservation holds for the poll it was made for, and for a refresh request when
-        // it is ahead of the routine GETs (as the request's own is: a request that waits
-        // for its slot keeps it, and does not chase a new one at every reconcile). A spec
-        // change reserves anew.
+        // A reservation holds for the poll it was made for, and for a refresh request (an
+        // urgent GET) when it is ahead of the routine GETs, as the request's own is: a request
+        // that waits for its slot keeps it, and does not chase a new one at every reconcile.
+        // A spec change reserves anew.
         reserved: previous
             .as_ref()
-            .filter(|t| {
-                t.generation == generation && (!refresh_now || t.reserved.is_some_and(|r| r.ahead))
-            })
-            .and_then(|t| t.reserved),
+            .filter(|t| t.generation == generation)
+            .and_then(|t| t.reserved)
+            .filter(|r| r.serves(refresh_now)),
         due: previous
             .as_ref()
             .filter(|t| t.generation == generation && !refresh_now)

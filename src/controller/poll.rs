@@ -303,7 +303,7 @@ pub async fn poll(
             // once, at its slot, not once more just to take one.
             let is_urgent = urgent(instance, &seen, forced, gone_suspected);
             let slot = match reserved {
-                Some(r) if r.ahead || !is_urgent => Some(r),
+                Some(r) if r.serves(is_urgent) => Some(r),
                 _ if ctx.key_pause(&api_key).is_none() => {
                     Some(reserve_get(ctx, fingerprint, now, is_urgent))
                 }
@@ -345,7 +345,7 @@ pub async fn poll(
     // transition began while it waited for its full refresh).
     let is_urgent = urgent(instance, &seen, forced, gone_suspected);
     let slot = match reserved {
-        Some(r) if r.ahead || !is_urgent => r,
+        Some(r) if r.serves(is_urgent) => r,
         _ => reserve_get(ctx, fingerprint, now, is_urgent),
     };
     if let Err(moved) = ctx.buckets.redeem(fingerprint, slot, now) {

@@ -446,7 +446,7 @@ impl Sweeps {
                     item: item.clone().filter(|_| applied != Some(*digest)),
                     digest: *digest,
                     at: *at,
-                    failing: paused || st.list_failing || matches!(st.finished, Some((_, Some(_)))),
+                    failing: paused || matches!(st.finished, Some((_, Some(_)))),
                 };
             }
             // The item is needed but no longer held: the next walk decodes it.
@@ -540,6 +540,13 @@ impl Sweeps {
     }
 }
 
+impl KeySweep {
+    /// The key as logs and metrics name it: its fingerprint, never the key.
+    fn label(&self) -> String {
+        super::key_label(self.fingerprint)
+    }
+}
+
 /// A key's sweeper stops: its state is freed (its items, the ids it remembers, its budget and
 /// its metrics series), unless a new sweeper of the key took its place meanwhile.
 fn retire(env: &Env, sweep: &Arc<KeySweep>) {
@@ -551,9 +558,7 @@ fn retire(env: &Env, sweep: &Arc<KeySweep>) {
         keys.remove(&sweep.fingerprint);
         env.buckets.forget(sweep.fingerprint);
         lock(&env.paused).remove(&sweep.fingerprint);
-        env.metrics
-            .api
-            .forget_key(&format!("{:016x}", sweep.fingerprint));
+        env.metrics.api.forget_key(&sweep.label());
     }
     env.metrics.api.keys.set(keys.len() as i64);
     drop(keys);
@@ -660,7 +665,7 @@ fn replan(env: &Env, sweep: &KeySweep, st: &mut State) {
         return;
     }
     st.by_gets = !chosen.walk;
-    let label = format!("{:016x}", sweep.fingerprint);
+    let label = sweep.label();
     info!(
         key = label.as_str(),
         ppioinstances = st.wanted.len(),
@@ -695,7 +700,7 @@ async fn supervise(env: Arc<Env>, sweep: Arc<KeySweep>) {
         restarts = restarts.saturating_add(1);
         env.metrics.api.key_restarts.inc();
         warn!(
-            key = format!("{:016x}", sweep.fingerprint).as_str(),
+            key = sweep.label().as_str(),
             "the sweeper of this API key ended unexpectedly; starting it again"
         );
         let woken = {
@@ -1236,7 +1241,7 @@ fn list_unavailable(e: &PpioError) -> bool {
 
 /// Records a walk's end, and wakes the PpioInstances it answers.
 fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
-    let label = format!("{:016x}", sweep.fingerprint);
+    let label = sweep.label();
     let mut woken_all = Vec::new();
     let mut st = lock(&sweep.state);
     st.walking = None;
@@ -1339,7 +1344,7 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
 /// Records how late the observations of a key's walk came (past their interval), and says
 /// so in the log at most every five minutes when it is late by more than a tenth.
 fn report_lateness(env: &Env, sweep: &KeySweep, late: Duration) {
-    let label = format!("{:016x}", sweep.fingerprint);
+    let label = sweep.label();
     env.metrics.api.lateness(&label, late);
     if late.is_zero() {
         return;

@@ -135,19 +135,18 @@ impl Waker {
 }
 
 impl Queue {
-    /// The next PpioInstance to hand over: the oldest of the key whose turn it is.
+    /// The next PpioInstance to hand over: the oldest of the key whose turn it is. (A key
+    /// has a turn while its queue holds something.)
     fn next(&mut self) -> Option<Wake> {
         let key = self.turns.pop_front()?;
-        let Entry::Occupied(mut e) = self.order.entry(key) else {
-            return self.next();
-        };
-        let object = e.get_mut().pop_front();
-        if e.get().is_empty() {
-            e.remove();
+        let queue = self.order.get_mut(&key)?;
+        let object = queue.pop_front();
+        if queue.is_empty() {
+            self.order.remove(&key);
         } else {
             self.turns.push_back(key);
         }
-        object.or_else(|| self.next())
+        object
     }
 }
 

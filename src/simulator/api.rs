@@ -267,15 +267,15 @@ pub(super) async fn list_instances(
     .into_response()
 }
 
-/// A LIST item: the instance without `tools`, `pricing` and the `lean` fields (JSON
-/// pointers).
-fn lean_item(item: &mut Value, lean: &[String]) {
+/// Makes `item` (an instance) a LIST item: without `tools`, `pricing` and the `lean`
+/// fields (JSON pointers such as `/billing/prepaid`).
+pub fn lean_item(item: &mut Value, lean: &[impl AsRef<str>]) {
     if let Some(o) = item.as_object_mut() {
         o.remove("tools");
         o.remove("pricing");
     }
     for pointer in lean {
-        if let Some((parent, field)) = pointer.rsplit_once('/')
+        if let Some((parent, field)) = pointer.as_ref().rsplit_once('/')
             && let Some(Value::Object(p)) = item.pointer_mut(parent)
         {
             p.remove(field);

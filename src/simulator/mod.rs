@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::lock;
 
-pub use api::LIST_FAULT;
+pub use api::{LIST_FAULT, lean_item};
 pub use faults::{BodyFault, Endless, Fault};
 pub use fixtures::{FixtureError, SAMPLES, merge_patch, parse_fixtures};
 

@@ -46,16 +46,8 @@ pub(crate) struct FakePpio {
     pub(crate) panic_once: std::sync::atomic::AtomicBool,
 }
 
-/// A LIST that does not end.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Endless {
-    /// Past the end, the last page's items again, behind ever new cursors.
-    Repeat,
-    /// Past the end, empty pages (`"data": null`), behind ever new cursors.
-    Empty,
-    /// Past the end, pages of items never seen before.
-    Fresh,
-}
+/// A LIST that does not end, as the simulator's.
+pub(crate) use ppio_operator::simulator::Endless;
 
 impl FakePpio {
     pub(crate) fn object(&self, id: &str) -> Value {
@@ -183,15 +175,7 @@ impl PpioApi for FakePpio {
             .iter()
             .map(|id| {
                 let mut v = self.object(id);
-                let o = v.as_object_mut().expect("object");
-                o.remove("tools");
-                o.remove("pricing");
-                for pointer in &lean {
-                    let (parent, field) = pointer.rsplit_once('/').expect("a pointer");
-                    if let Some(Value::Object(p)) = v.pointer_mut(parent) {
-                        p.remove(field);
-                    }
-                }
+                ppio_operator::simulator::lean_item(&mut v, &lean);
                 v
             })
             .collect();
