@@ -145,6 +145,84 @@ pub struct RunArgs {
     /// name and process id).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+
+    #[command(flatten)]
+    pub money: MoneyArgs,
+}
+
+/// How money is read and shown.
+#[derive(Debug, Args)]
+pub struct MoneyArgs {
+    /// The ISO 4217 currency of every amount (e.g. CNY, USD). Default: from the base URL's
+    /// host (PPIO's: CNY, Novita's: USD); with any other host amounts carry no currency.
+    #[arg(long, env = "PPIO_CURRENCY", value_parser = parse_currency, value_name = "CODE")]
+    pub currency: Option<String>,
+
+    /// How often each API key's products catalogue is read to calibrate hourly costs (0:
+    /// never, no hourly cost).
+    #[arg(long, env = "PPIO_CATALOGUE_REFRESH_INTERVAL", default_value_t = Human(Duration::from_secs(6 * 3600)), value_parser = parse_money_interval, value_name = "DURATION")]
+    pub catalogue_refresh_interval: Human,
+
+    /// How often each API key's bills (month to date) and balance are read (0: never).
+    #[arg(long, env = "PPIO_BILLING_REFRESH_INTERVAL", default_value_t = Human(Duration::from_secs(3600)), value_parser = parse_money_interval, value_name = "DURATION")]
+    pub billing_refresh_interval: Human,
+
+    /// Expiring=True PrepaidEnding this long before a prepaid term without auto-renew ends.
+    #[arg(long, env = "PPIO_PREPAID_EXPIRY_HORIZON", default_value_t = Human(crate::money::status::DEFAULT_PREPAID_HORIZON), value_parser = parse_horizon, value_name = "DURATION")]
+    pub prepaid_expiry_horizon: Human,
+}
+
+impl MoneyArgs {
+    /// The money settings, the currency defaulting to the base URL's host's.
+    pub fn settings(&self, base_url: &str) -> crate::controller::ledger::MoneySettings {
+        let from_host = reqwest::Url::parse(base_url)
+            .ok()
+            .and_then(|u| u.host_str().and_then(crate::money::currency_for_host));
+        crate::controller::ledger::MoneySettings {
+            currency: self
+                .currency
+                .clone()
+                .or_else(|| from_host.map(str::to_string)),
+            catalogue_every: self.catalogue_refresh_interval.0,
+            bills_every: self.billing_refresh_interval.0,
+            horizon: self.prepaid_expiry_horizon.0,
+            first_read: crate::controller::ledger::FIRST_READ,
+        }
+    }
+}
+
+fn parse_currency(s: &str) -> Result<String, String> {
+    if crate::money::valid_currency(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is not an ISO 4217 currency code (three capital letters, e.g. CNY or USD)"
+        ))
+    }
+}
+
+/// 0 (off), or 1m..30d.
+fn parse_money_interval(s: &str) -> Result<Human, String> {
+    if s.trim() == "0" {
+        return Ok(Human(Duration::ZERO));
+    }
+    parse_duration_within(
+        s,
+        Duration::from_secs(60),
+        Duration::from_secs(30 * 24 * 3600),
+    )
+    .map(Human)
+    .map_err(|e| format!("{e} (or 0 to turn it off)"))
+}
+
+fn parse_horizon(s: &str) -> Result<Human, String> {
+    parse_duration_within(
+        s,
+        Duration::from_secs(60),
+        Duration::from_secs(365 * 24 * 3600),
+    )
+    .map(Human)
+    .map_err(|e| e.to_string())
 }
 
 /// How to reach the PPIO API: the options `run` and `import` share.
@@ -250,6 +328,7 @@ impl RunArgs {
                     },
                     ObserveMode::Get => Observe::Get,
                 },
+                money: self.money.settings(&self.ppio.ppio_base_url),
             },
             ppio: Arc::new(http),
             concurrency: self.max_concurrent_reconciles,
@@ -403,6 +482,11 @@ mod tests {
             ("--ppio-requests-per-second", "lots"),
             ("--ppio-requests-per-second", "20000"),
             ("--ppio-burst", "0"),
+            ("--currency", "yuan"),
+            ("--currency", "usd"),
+            ("--billing-refresh-interval", "10s"),
+            ("--catalogue-refresh-interval", "60d"),
+            ("--prepaid-expiry-horizon", "0"),
         ] {
             let err = Cli::try_parse_from(["ppio-operator", "run", flag, value])
                 .expect_err("must be refused");
@@ -416,6 +500,42 @@ mod tests {
             panic!("run")
         };
         args
+    }
+
+    #[test]
+    fn the_currency_comes_from_the_flag_else_from_the_host() {
+        let money = |args: &[&str]| {
+            let a = run_args(args);
+            a.money.settings(&a.ppio.ppio_base_url)
+        };
+        assert_eq!(money(&[]).currency.as_deref(), Some("CNY"));
+        assert_eq!(
+            money(&["--ppio-base-url", "https://api.novita.ai"])
+                .currency
+                .as_deref(),
+            Some("USD")
+        );
+        assert_eq!(
+            money(&["--ppio-base-url", "http://127.0.0.1:8090"]).currency,
+            None
+        );
+        assert_eq!(
+            money(&["--ppio-base-url", "https://api.novita.ai", "--currency", "EUR"])
+                .currency
+                .as_deref(),
+            Some("EUR")
+        );
+        let defaults = money(&[]);
+        assert_eq!(defaults.bills_every, Duration::from_secs(3600));
+        assert_eq!(defaults.catalogue_every, Duration::from_secs(6 * 3600));
+        assert_eq!(defaults.horizon, Duration::from_secs(72 * 3600));
+        let off = money(&[
+            "--billing-refresh-interval",
+            "0",
+            "--catalogue-refresh-interval",
+            "0",
+        ]);
+        assert!(off.bills_every.is_zero() && off.catalogue_every.is_zero());
     }
 
     #[test]

@@ -92,6 +92,20 @@ pub const CRD_PATH: &str = "crds/ppioinstances.gpus.ppio.com.yaml";
         json_path = ".status.billing.mode",
         priority = 1,
         description = "Billing mode"
+    ),
+    printcolumn(
+        name = "Cost/h",
+        type_ = "string",
+        json_path = ".status.cost.hourly",
+        priority = 1,
+        description = "What the instance costs per hour at its current price (when its unit could be calibrated)"
+    ),
+    printcolumn(
+        name = "Currency",
+        type_ = "string",
+        json_path = ".status.cost.currency",
+        priority = 1,
+        description = "The currency of the cost figures"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -234,6 +248,10 @@ pub struct PpioInstanceStatus {
     /// currency or unit for them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
+    /// What the instance costs: its hourly cost, calibrated against PPIO's products catalogue,
+    /// and what PPIO billed for it this month. Decimal strings, never floats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
     /// The value of the gpus.ppio.com/refresh annotation that the operator last acted on. Set
     /// the annotation to a new value to poll the instance now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -445,6 +463,31 @@ pub struct LogEndpoints {
     /// The system log endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_endpoint: Option<String>,
+}
+
+/// What an instance costs. Amounts are decimal strings in `currency`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Cost {
+    /// ISO 4217 code of the amounts: from the operator's --currency, else from the PPIO host
+    /// (api.ppio.com: CNY, api.novita.ai: USD); absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Money per hour at the instance's current price, a decimal string; absent when the
+    /// unit of pricing.instancePrice could not be calibrated (hourlyBasis: Unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly: Option<String>,
+    /// How pricing.instancePrice matched the products catalogue: perInstance, perCard, or
+    /// Unknown (no match: the hourly cost is not published).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly_basis: Option<String>,
+    /// Billed this calendar month (UTC) according to PPIO's bills (after vouchers), a decimal
+    /// string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_to_date: Option<String>,
+    /// The end of the last settled hour included in monthToDate (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billed_through: Option<String>,
 }
 
 /// Prices as PPIO reports them.

@@ -31,6 +31,7 @@ pub mod duration;
 pub mod import;
 pub mod leader;
 pub mod metrics;
+pub mod money;
 pub mod operator;
 pub mod outcome;
 pub mod ppio;

@@ -54,6 +54,23 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MoneyLabels {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub currency: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BalanceLabels {
+    /// A fingerprint of the key, never the key.
+    pub key: String,
+    pub currency: String,
+}
+
+/// The currency label of an amount whose currency is not known.
+pub const UNKNOWN_CURRENCY: &str = "unknown";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PriceLabels {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
@@ -69,6 +86,8 @@ pub struct Metrics {
     pub api: ApiMetrics,
     /// Per-PpioInstance series (`ppio_instance_*`).
     pub instances: InstanceMetrics,
+    /// Per API key: its account's balance and runway (`ppio_account_*`).
+    pub account: AccountMetrics,
 }
 
 impl Default for Metrics {
@@ -86,11 +105,14 @@ impl Metrics {
         api.register(registry.sub_registry_with_prefix("api"));
         let instances = InstanceMetrics::default();
         instances.register(registry.sub_registry_with_prefix("instance"));
+        let account = AccountMetrics::default();
+        account.register(registry.sub_registry_with_prefix("account"));
         Metrics {
             registry,
             controller,
             api,
             instances,
+            account,
         }
     }
 
@@ -336,6 +358,74 @@ pub fn unix_seconds(at: std::time::SystemTime) -> f64 {
         .unwrap_or_default()
 }
 
+/// Per API key (by fingerprint): what its account can still spend.
+#[derive(Default)]
+pub struct AccountMetrics {
+    pub balance: Family<BalanceLabels, Gauge<f64, AtomicU64>>,
+    pub runway_hours: Family<KeyLabels, Gauge<f64, AtomicU64>>,
+    /// The currency label of each key's balance series.
+    currencies: Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl AccountMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "balance",
+            "The available balance of the account of an API key (label key: a fingerprint, never the key), where PPIO serves it",
+            self.balance.clone(),
+        );
+        r.register(
+            "runway_hours",
+            "The account's available balance divided by the sum of the hourly cost of the key's running hourly-billed instances (absent when nothing runs or the balance is not served)",
+            self.runway_hours.clone(),
+        );
+    }
+
+    /// Sets a key's balance, and its runway at `burn` per hour (none while nothing burns).
+    pub fn set(
+        &self,
+        key: &str,
+        currency: Option<&str>,
+        balance: crate::money::Amount,
+        burn: crate::money::Amount,
+    ) {
+        let currency = currency.unwrap_or(UNKNOWN_CURRENCY).to_string();
+        if let Some(old) = lock(&self.currencies).insert(key.to_string(), currency.clone())
+            && old != currency
+        {
+            self.balance.remove(&BalanceLabels {
+                key: key.into(),
+                currency: old,
+            });
+        }
+        self.balance
+            .get_or_create(&BalanceLabels {
+                key: key.into(),
+                currency,
+            })
+            .set(balance.approx_f64());
+        let labels = KeyLabels { key: key.into() };
+        if burn.units > 0 {
+            let scale = balance.scale.max(burn.scale);
+            let hours = balance.at_scale(scale).units as f64 / burn.at_scale(scale).units as f64;
+            self.runway_hours.get_or_create(&labels).set(hours);
+        } else {
+            self.runway_hours.remove(&labels);
+        }
+    }
+
+    /// Drops a key's series (its books closed, or its balance is not served).
+    pub fn forget(&self, key: &str) {
+        if let Some(currency) = lock(&self.currencies).remove(key) {
+            self.balance.remove(&BalanceLabels {
+                key: key.into(),
+                currency,
+            });
+        }
+        self.runway_hours.remove(&KeyLabels { key: key.into() });
+    }
+}
+
 /// Per-PpioInstance series, labelled by namespace and name.
 #[derive(Default)]
 pub struct InstanceMetrics {
@@ -349,6 +439,14 @@ pub struct InstanceMetrics {
     pub not_synced: Family<ReasonLabels, Gauge>,
     /// The refresh interval each PpioInstance asks for, in seconds.
     pub refresh_interval: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
+    /// `status.cost.hourly`, where known.
+    pub hourly_cost: Family<MoneyLabels, Gauge<f64, AtomicU64>>,
+    /// `status.cost.monthToDate`, where known.
+    pub month_to_date: Family<MoneyLabels, Gauge<f64, AtomicU64>>,
+    /// The announced spot reclaim time.
+    pub spot_reclaim: Family<ObjectLabels, Gauge>,
+    /// The currency label of each object's money series.
+    currencies: Mutex<std::collections::HashMap<ObjectLabels, String>>,
     /// The (safe) state label currently exported per object, to replace it on change.
     states: Mutex<std::collections::HashMap<ObjectLabels, String>>,
     /// The `Synced` reason currently exported per object (only while not True).
@@ -389,6 +487,21 @@ impl InstanceMetrics {
             "not_synced",
             "1 while the Synced condition is not True, labelled with its reason (Suspended, InstanceNotFound, RateLimited, ...); absent while it is True",
             self.not_synced.clone(),
+        );
+        r.register(
+            "hourly_cost",
+            "What the instance costs per hour at its current price (status.cost.hourly), where its unit could be calibrated",
+            self.hourly_cost.clone(),
+        );
+        r.register(
+            "spend_month_to_date",
+            "What PPIO billed for the instance this calendar month, UTC (status.cost.monthToDate)",
+            self.month_to_date.clone(),
+        );
+        r.register(
+            "spot_reclaim_timestamp_seconds",
+            "Unix time at which PPIO announced it reclaims the spot instance",
+            self.spot_reclaim.clone(),
         );
         r.register(
             "refresh_interval_seconds",
@@ -489,6 +602,7 @@ impl InstanceMetrics {
                 self.prepaid_end.remove(&obj);
             }
         }
+        self.observe_money(&obj, status);
         if let Some(p) = &status.pricing {
             for (kind, v) in [
                 ("instance", p.instance_price),
@@ -512,6 +626,71 @@ impl InstanceMetrics {
         }
     }
 
+    /// The money series of a status: hourly cost and month to date (by currency), and the
+    /// spot reclaim time.
+    fn observe_money(&self, obj: &ObjectLabels, status: &PpioInstanceStatus) {
+        let cost = status.cost.as_ref();
+        let currency = cost
+            .and_then(|c| c.currency.clone())
+            .unwrap_or_else(|| UNKNOWN_CURRENCY.to_string());
+        let labels = MoneyLabels {
+            namespace: obj.namespace.clone(),
+            name: obj.name.clone(),
+            currency: currency.clone(),
+        };
+        if let Some(old) = lock(&self.currencies).insert(obj.clone(), currency)
+            && old != labels.currency
+        {
+            self.forget_money(obj, &old);
+        }
+        for (family, value) in [
+            (&self.hourly_cost, cost.and_then(|c| c.hourly.as_deref())),
+            (
+                &self.month_to_date,
+                cost.and_then(|c| c.month_to_date.as_deref()),
+            ),
+        ] {
+            match value.and_then(crate::money::Amount::parse) {
+                Some(a) => {
+                    family.get_or_create(&labels).set(a.approx_f64());
+                }
+                None => {
+                    family.remove(&labels);
+                }
+            }
+        }
+        let reclaim = status
+            .pricing
+            .as_ref()
+            .and_then(|p| p.spot.as_ref())
+            .and_then(|s| s.reclaim_time.as_deref())
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .filter(|_| {
+                status.condition(condition::EXPIRING).is_some_and(|c| {
+                    c.status == cstatus::TRUE
+                        && c.reason == crate::vocabulary::reason::SPOT_RECLAIM_SCHEDULED
+                })
+            });
+        match reclaim {
+            Some(t) => {
+                self.spot_reclaim.get_or_create(obj).set(t.as_second());
+            }
+            None => {
+                self.spot_reclaim.remove(obj);
+            }
+        }
+    }
+
+    fn forget_money(&self, obj: &ObjectLabels, currency: &str) {
+        let labels = MoneyLabels {
+            namespace: obj.namespace.clone(),
+            name: obj.name.clone(),
+            currency: currency.to_string(),
+        };
+        self.hourly_cost.remove(&labels);
+        self.month_to_date.remove(&labels);
+    }
+
     /// Removes every per-instance series (a replica that stopped leading no longer knows).
     pub fn forget_all(&self) {
         lock(&self.labels).clear();
@@ -525,6 +704,10 @@ impl InstanceMetrics {
         self.last_success.clear();
         self.price.clear();
         self.prepaid_end.clear();
+        lock(&self.currencies).clear();
+        self.hourly_cost.clear();
+        self.month_to_date.clear();
+        self.spot_reclaim.clear();
     }
 
     /// Removes every series of a PpioInstance that is gone.
@@ -545,6 +728,10 @@ impl InstanceMetrics {
         self.synced.remove(&obj);
         self.last_success.remove(&obj);
         self.prepaid_end.remove(&obj);
+        if let Some(currency) = lock(&self.currencies).remove(&obj) {
+            self.forget_money(&obj, &currency);
+        }
+        self.spot_reclaim.remove(&obj);
         for kind in ["instance", "base", "storage"] {
             self.price.remove(&PriceLabels {
                 namespace: obj.namespace.clone(),

@@ -303,7 +303,7 @@ fn progress_conditions(
     }
 }
 
-fn make_condition(
+pub(crate) fn make_condition(
     old: Option<&Condition>,
     type_: &str,
     status: &str,

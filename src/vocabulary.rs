@@ -12,8 +12,10 @@ pub mod condition {
     pub const RECONCILING: &str = "Reconciling";
     /// kstatus: nothing improves without a person.
     pub const STALLED: &str = "Stalled";
+    /// A spot reclaim is announced, or a prepaid term without auto-renew ends soon.
+    pub const EXPIRING: &str = "Expiring";
     /// The condition types this operator owns, in the order they are written.
-    pub const OWN: [&str; 4] = [READY, SYNCED, RECONCILING, STALLED];
+    pub const OWN: [&str; 5] = [READY, SYNCED, RECONCILING, STALLED, EXPIRING];
 }
 
 /// Condition statuses (`metav1.Condition.status`).
@@ -48,6 +50,12 @@ pub mod reason {
     /// `Reconciling=True`: the status was built from a LIST item alone; the instance's first
     /// full GET (endpoints, pricing) is still to come.
     pub const FETCHING_DETAILS: &str = "FetchingDetails";
+    /// `Expiring=True`: a spot reclaim is announced (`pricing.spot`).
+    pub const SPOT_RECLAIM_SCHEDULED: &str = "SpotReclaimScheduled";
+    /// `Expiring=True`: a prepaid term without auto-renew ends within the horizon.
+    pub const PREPAID_ENDING: &str = "PrepaidEnding";
+    /// `Expiring=False`.
+    pub const NOT_EXPIRING: &str = "NotExpiring";
 }
 
 /// Event reasons (besides the `Synced=False` condition reasons, which Events reuse) and

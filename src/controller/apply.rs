@@ -8,6 +8,7 @@ use tracing::debug;
 use super::events::{log_transitions, publish_events, transitions};
 use super::{Context, Error, FIELD_MANAGER, KUBE_CALL_TIMEOUT, refresh_request};
 use crate::crd::{PpioInstance, PpioInstanceStatus};
+use crate::money::status::apply_money;
 use crate::status::{Observation, compute_status};
 use crate::vocabulary::condition;
 
@@ -29,16 +30,14 @@ pub(super) async fn write_status(
     observation: Observation<'_>,
     observed_at: Option<tokio::time::Instant>,
 ) -> Result<bool, Error> {
-    let current = instance.status.as_ref();
     let new = compute_status(
         &instance.spec.instance_id,
         instance.meta().generation,
         refresh_request(instance),
         observation,
-        current,
+        instance.status.as_ref(),
         jiff::Timestamp::now(),
     );
-    let wrote = apply_status(instance, ctx, &new).await?;
     // Metrics follow what is stored: only once the write succeeded or was not needed.
     let polled_ok = matches!(
         observation,
@@ -47,9 +46,49 @@ pub(super) async fn write_status(
         .condition(condition::SYNCED)
         .is_some_and(|c| c.status == crate::vocabulary::status::TRUE);
     let observed_at = observed_at.filter(|_| polled_ok).map(super::wall_time);
+    record(instance, ctx, new, observed_at).await
+}
+
+/// Computes the money part of the stored status again (the key's catalogue or bills changed,
+/// or the `Expiring` condition changes by itself now), without a new observation. Returns
+/// whether a write happened.
+pub(super) async fn rerender(instance: &PpioInstance, ctx: &Context) -> Result<bool, Error> {
+    let Some(stored) = instance
+        .status
+        .as_ref()
+        .filter(|s| s.instance_id.as_deref() == Some(instance.spec.instance_id.as_str()))
+    else {
+        return Ok(false);
+    };
+    record(instance, ctx, stored.clone(), None).await
+}
+
+/// Adds the money part to a computed status and records it: the instance's metrics, the
+/// write (only when the status changed), then a log line and an Event per transition.
+async fn record(
+    instance: &PpioInstance,
+    ctx: &Context,
+    mut new: PpioInstanceStatus,
+    observed_at: Option<std::time::SystemTime>,
+) -> Result<bool, Error> {
+    let current = instance.status.as_ref();
+    let (ns, name) = (
+        instance.namespace().unwrap_or_default(),
+        instance.name_any(),
+    );
+    let snapshot = ctx.ledger.snapshot((&ns, &name));
+    let view = ctx.ledger.view(snapshot.as_ref());
+    let next_change = apply_money(&mut new, current, &view, jiff::Timestamp::now());
+    let wrote = apply_status(instance, ctx, &new).await?;
+    ctx.ledger.rendered(
+        (&ns, &name),
+        snapshot.map_or(0, |s| s.version),
+        next_change,
+        hourly_burn(&new),
+    );
     ctx.metrics.instances.observe(
-        &instance.namespace().unwrap_or_default(),
-        &instance.name_any(),
+        &ns,
+        &name,
         &new,
         observed_at,
         super::refresh_interval(instance, ctx.settings.default_refresh),
@@ -61,6 +100,17 @@ pub(super) async fn write_status(
     log_transitions(current, &new, &changes);
     publish_events(ctx, instance, &changes).await;
     Ok(true)
+}
+
+/// The hourly cost a status adds to its key's burn rate: a running instance billed by the
+/// hour (postpaid or spot) with a calibrated cost.
+fn hourly_burn(status: &PpioInstanceStatus) -> Option<crate::money::Amount> {
+    let mode = status.billing.as_ref().and_then(|b| b.mode.as_deref());
+    (status.state.as_deref() == Some(crate::vocabulary::state::RUNNING)
+        && matches!(mode, Some("postpaid" | "spot")))
+    .then(|| status.cost.as_ref()?.hourly.as_deref())
+    .flatten()
+    .and_then(crate::money::Amount::parse)
 }
 
 /// Writes `new` as the status (a forced server-side apply under [`FIELD_MANAGER`]) when it

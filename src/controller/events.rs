@@ -24,6 +24,9 @@ pub enum Transition {
     SyncRecovered { from: String },
     /// The first successful observation.
     FirstObserved,
+    /// `Expiring` turned True, or its reason changed while True: a spot reclaim announced, a
+    /// prepaid term without auto-renew ending soon.
+    Expiring { reason: String, message: String },
 }
 
 /// The transitions from `old` to `new`.
@@ -58,6 +61,16 @@ pub fn transitions(old: Option<&PpioInstanceStatus>, new: &PpioInstanceStatus) -
             });
         }
     }
+    let expiring = |s: Option<&PpioInstanceStatus>| {
+        s?.condition(condition::EXPIRING)
+            .filter(|c| c.status == crate::vocabulary::status::TRUE)
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    if let Some((reason, message)) = expiring(Some(new))
+        && expiring(old).map(|(r, _)| r) != Some(reason.clone())
+    {
+        out.push(Transition::Expiring { reason, message });
+    }
     out
 }
 
@@ -84,6 +97,13 @@ pub(super) fn log_transitions(
                     reason = reason.as_str(),
                     detail = message.as_str(),
                     "sync failing"
+                )
+            }
+            Transition::Expiring { reason, message } => {
+                warn!(
+                    reason = reason.as_str(),
+                    detail = message.as_str(),
+                    "instance expiring"
                 )
             }
         }
@@ -123,6 +143,13 @@ pub(super) async fn publish_events(ctx: &Context, instance: &PpioInstance, list:
                 reason: event::SYNCED.into(),
                 note: Some(format!("The PPIO API answers again (was {from}).")),
                 action: event::ACTION_POLL.into(),
+                secondary: None,
+            },
+            Transition::Expiring { reason, message } => Event {
+                type_: EventType::Warning,
+                reason: reason.clone(),
+                note: Some(message.clone()),
+                action: event::ACTION_OBSERVE.into(),
                 secondary: None,
             },
             Transition::FirstObserved => continue,

@@ -18,6 +18,7 @@ pub mod budget;
 pub mod cached;
 pub mod credentials;
 pub mod events;
+pub mod ledger;
 pub mod poll;
 pub mod schedule;
 pub mod sweep;
@@ -66,6 +67,7 @@ fn worth_saying(late: Duration, refresh: Duration, said: &mut Option<Instant>) -
 
 pub use budget::{Buckets, Budget, DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND, Reservation};
 pub use events::{Transition, transitions};
+pub use ledger::MoneySettings;
 pub use poll::{History, Polled, Seen, poll};
 pub use schedule::{
     BACKOFF_BASE, BACKOFF_MAX, CONFIRM_GONE, GONE_POLL, MAX_KEY_PAUSE, MIN_REFRESH_GAP,
@@ -104,6 +106,8 @@ pub struct Settings {
     /// How instances are observed: sweeps of each key's LIST (the default), or one GET per
     /// PpioInstance.
     pub observe: Observe,
+    /// How money (catalogue, bills, balance) is read and shown.
+    pub money: ledger::MoneySettings,
 }
 
 /// What the controller remembers per PpioInstance between reconciles.
@@ -148,6 +152,8 @@ pub struct Context {
     buckets: Arc<Buckets>,
     /// Each key's walks over its LIST.
     sweeps: sweep::Sweeps,
+    /// Each key's catalogue, bills and balance.
+    ledger: ledger::Ledger,
     /// Reconciles at work at once, started in the order asked; `None`: no limit.
     permits: Option<Arc<tokio::sync::Semaphore>>,
     /// The credentials Secrets read lately.
@@ -175,7 +181,16 @@ impl Context {
             &key_paused_until,
             None,
         );
+        let ledger = ledger(
+            &ppio,
+            &buckets,
+            &settings,
+            &metrics,
+            &key_paused_until,
+            None,
+        );
         Context {
+            ledger,
             client,
             ppio,
             settings,
@@ -218,7 +233,30 @@ impl Context {
             &self.settings,
             &self.metrics,
             &self.key_paused_until,
+            Some(waker.clone()),
+        );
+        self.ledger = ledger(
+            &self.ppio,
+            &self.buckets,
+            &self.settings,
+            &self.metrics,
+            &self.key_paused_until,
             Some(waker),
+        );
+        self
+    }
+
+    /// Reads and shows money with `money` instead of the settings' own.
+    pub fn with_money(mut self, money: ledger::MoneySettings) -> Context {
+        self.settings.money = money;
+        let waker = self.ledger.waker();
+        self.ledger = ledger(
+            &self.ppio,
+            &self.buckets,
+            &self.settings,
+            &self.metrics,
+            &self.key_paused_until,
+            waker,
         );
         self
     }
@@ -331,6 +369,7 @@ impl Context {
     fn forget(&self, key: &str) {
         if let Some((ns, name)) = key.split_once('/') {
             self.sweeps.forget(ns, name);
+            self.ledger.forget(ns, name);
         }
         let removed = lock(&self.tracked).remove(key);
         self.count_backoff(removed.is_some_and(|t| t.failures > 0), false);
@@ -391,6 +430,26 @@ fn sweeps(
         waker,
         digests: RandomState::new(),
         keys: Mutex::new(HashMap::new()),
+    })
+}
+
+/// The books of a controller.
+fn ledger(
+    ppio: &Arc<dyn PpioApi>,
+    buckets: &Arc<Buckets>,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    paused: &Arc<Mutex<HashMap<u64, Instant>>>,
+    waker: Option<Waker>,
+) -> ledger::Ledger {
+    ledger::Ledger::new(ledger::Env {
+        ppio: ppio.clone(),
+        buckets: buckets.clone(),
+        budget: settings.budget,
+        metrics: metrics.clone(),
+        paused: paused.clone(),
+        waker,
+        settings: settings.money.clone(),
     })
 }
 
@@ -560,11 +619,28 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
         observed_before_start: previous.is_none() && already_observed(instance),
         refresh,
     };
+    // The key's catalogue or bills changed, or the Expiring condition changes by itself now:
+    // the stored observation is shown again with them (no PPIO request).
+    let object = (
+        instance.namespace().unwrap_or_default(),
+        instance.name_any(),
+    );
+    if previous
+        .as_ref()
+        .is_some_and(|t| t.generation == generation)
+        && ctx
+            .ledger
+            .stale((&object.0, &object.1), jiff::Timestamp::now())
+    {
+        apply::rerender(instance, ctx).await?;
+    }
     match schedule::decide(&due, schedule::random_in(0.0..1.0)) {
         Decision::Wait(until) => {
             // Not due yet (a watch event, our own status write), or a refresh request too
             // soon after the last one (annotation spam cannot spend the key's budget).
-            return Ok(Action::requeue(until - now));
+            return Ok(Action::requeue(
+                until.min(money_change(ctx, &object, now)) - now,
+            ));
         }
         Decision::FirstPoll(at) => {
             // First sight since start-up of an object already observed at this generation:
@@ -655,10 +731,31 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
             seen: polled.seen,
         },
     );
-    Ok(polled
-        .next
-        .map(Action::requeue)
-        .unwrap_or_else(Action::await_change))
+    // Back when the Expiring condition changes by itself, if that comes first.
+    let money_next = money_change(ctx, &object, now).saturating_duration_since(now);
+    Ok(match polled.next {
+        Some(next) => Action::requeue(next.min(money_next)),
+        None if money_next < FAR_MONEY => Action::requeue(money_next),
+        None => Action::await_change(),
+    })
+}
+
+/// Beyond this, a change of the Expiring condition is left to the next poll.
+const FAR_MONEY: Duration = Duration::from_secs(24 * 3600);
+
+/// When a PpioInstance's Expiring condition changes by itself (at least a second from now),
+/// or [`FAR_MONEY`] from now.
+fn money_change(ctx: &Context, object: &(String, String), now: Instant) -> Instant {
+    let wait = ctx
+        .ledger
+        .next_change((&object.0, &object.1))
+        .map(|t| {
+            let secs = (t - jiff::Timestamp::now()).get_seconds().max(1);
+            Duration::from_secs(u64::try_from(secs).unwrap_or(1))
+        })
+        .unwrap_or(FAR_MONEY)
+        .min(FAR_MONEY);
+    now + wait
 }
 
 /// The value of the refresh annotation, if set.

@@ -176,6 +176,15 @@ pub async fn poll(
 
     let now = Instant::now();
     let fingerprint = ctx.fingerprint(&api_key);
+    ctx.ledger.note(
+        &api_key,
+        fingerprint,
+        (
+            &instance.namespace().unwrap_or_default(),
+            &instance.name_any(),
+        ),
+        &instance.spec.instance_id,
+    );
 
     // By sweeps: the key's LIST answers for most polls; a GET only when one is wanted.
     let mut wrote = false;
@@ -296,7 +305,11 @@ pub async fn poll(
             .as_deref()
             .is_some_and(|s| !state::STABLE.contains(&s));
         let full_due = seen.full_due.is_some_and(|t| t <= now) && full_refresh_intervals > 0;
-        get_now |= seen.get_wanted || transitional || full_due;
+        // A spot instance's reclaim notice is in `pricing`, which LIST items lack: a GET
+        // every interval sees it within one.
+        let spot_due =
+            is_spot(instance) && (!seen.fetched || seen.full_due.is_none_or(|t| t <= now));
+        get_now |= seen.get_wanted || transitional || full_due || spot_due;
         if get_now && wrote {
             // The GET follows once the watch brings the status just written, at its slot of
             // the key's budget, taken now: after a bulk apply each PpioInstance comes back
@@ -378,6 +391,12 @@ pub async fn poll(
     match result {
         Ok(observed) => {
             let observed_state = observed.state().unwrap_or_default().to_string();
+            let spot = is_spot(instance)
+                || observed
+                    .billing
+                    .as_ref()
+                    .and_then(|b| b.mode.as_ref())
+                    .is_some_and(|m| m.0 == "spot");
             let at = Instant::now();
             let wrote = write_status(instance, ctx, Observation::Instance(&observed), Some(at))
                 .await?
@@ -409,7 +428,12 @@ pub async fn poll(
                     observed_at: Some(at),
                     listed,
                     fetched: true,
-                    full_due: Some(ctx.full_refresh_slot(instance, at, period / 2, period)),
+                    // A spot instance is fetched again after an interval (its reclaim notice).
+                    full_due: Some(if spot {
+                        at + refresh.mul_f64(0.9)
+                    } else {
+                        ctx.full_refresh_slot(instance, at, period / 2, period)
+                    }),
                     get_wanted: false,
                 };
             }
@@ -420,7 +444,7 @@ pub async fn poll(
                 Observe::List {
                     full_refresh_intervals,
                     ..
-                } if walks_list_it && state::STABLE.contains(&observed_state.as_str()) => {
+                } if walks_list_it && state::STABLE.contains(&observed_state.as_str()) && !spot => {
                     let next = listed_recheck(&seen, full_refresh_intervals, refresh, at);
                     Ok(Polled {
                         poll_on_wake: true,
@@ -616,6 +640,7 @@ fn urgent(instance: &PpioInstance, seen: &Seen, forced: bool, gone_suspected: bo
         .or_else(|| instance.status.as_ref().and_then(|s| s.state.as_deref()));
     forced
         || gone_suspected
+        || is_spot(instance)
         || seen.get_wanted
         || observed.is_some_and(state::is_transitional)
         || (!seen.fetched && !fetched_before(instance))
@@ -637,6 +662,17 @@ fn reserve_get(ctx: &Context, fingerprint: u64, now: Instant, urgent: bool) -> R
         ctx.buckets
             .reserve_slot(ctx.settings.budget, fingerprint, now)
     }
+}
+
+/// Whether the stored status shows a spot instance (its reclaim notice needs a GET every
+/// interval).
+fn is_spot(instance: &PpioInstance) -> bool {
+    instance
+        .status
+        .as_ref()
+        .and_then(|s| s.billing.as_ref())
+        .and_then(|b| b.mode.as_deref())
+        == Some("spot")
 }
 
 /// Whether the stored status shows a full observation (a GET's, by an earlier run, say) of the

@@ -1226,17 +1226,7 @@ fn usable_id(item: &Instance) -> Option<Arc<str>> {
 /// A LIST answer that says the call itself is not served here (not that an instance is
 /// gone, or that PPIO failed).
 fn list_unavailable(e: &PpioError) -> bool {
-    matches!(
-        e,
-        PpioError::NotFound { .. }
-            | PpioError::NotFoundWithoutPpioBody
-            | PpioError::Rejected {
-                status: 404 | 405,
-                ..
-            }
-            | PpioError::Server { status: 501 }
-            | PpioError::UnexpectedStatus { status: 405 | 501 }
-    )
+    e.call_not_served()
 }
 
 /// Records a walk's end, and wakes the PpioInstances it answers.

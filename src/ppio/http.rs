@@ -8,7 +8,9 @@ use futures::future::BoxFuture;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{AUTHORIZATION, DATE, HeaderName, HeaderValue, RETRY_AFTER};
 
+use super::money::{self, BillQuery};
 use super::{ApiKey, Instance, InstancePage, ListQuery, PpioApi, PpioError};
+use crate::money::{Amount, BillTotals, Catalogue};
 
 /// Characters escaped in the instance id path segment: everything but `-._~` and alphanumerics.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -193,6 +195,43 @@ impl HttpClient {
         Ok(Instance::from_slice(&body)?)
     }
 
+    /// `GET {base}{path}` with the key and `query`, a 2xx body of at most `limit` bytes.
+    async fn read_call(
+        &self,
+        key: &ApiKey,
+        path: &str,
+        query: &[(&str, String)],
+        limit: usize,
+    ) -> Result<Vec<u8>, PpioError> {
+        let request = self.http.get(format!("{}{path}", self.base)).query(query);
+        self.get_body_capped(key, request, limit).await
+    }
+
+    async fn catalogue(&self, key: &ApiKey) -> Result<Catalogue, PpioError> {
+        let query: Vec<(&str, String)> = money::PRODUCTS_QUERY
+            .iter()
+            .map(|(k, v)| (*k, v.to_string()))
+            .collect();
+        let body = self
+            .read_call(key, money::PRODUCTS_PATH, &query, CATALOGUE_BODY_CAP)
+            .await?;
+        Ok(money::decode_catalogue(&body)?)
+    }
+
+    async fn bill_totals(&self, key: &ApiKey, query: &BillQuery) -> Result<BillTotals, PpioError> {
+        let body = self
+            .read_call(key, query.path(), &query.pairs(), BILL_BODY_CAP)
+            .await?;
+        Ok(money::decode_bills(&body, query.kind, query.window)?)
+    }
+
+    async fn available_balance(&self, key: &ApiKey) -> Result<Amount, PpioError> {
+        let body = self
+            .read_call(key, money::BALANCE_PATH, &[], self.max_body_bytes)
+            .await?;
+        Ok(money::decode_balance(&body)?)
+    }
+
     async fn list(&self, key: &ApiKey, query: &ListQuery) -> Result<InstancePage, PpioError> {
         let request = self.http.get(self.list_url()).query(&query.pairs());
         let body = self
@@ -261,6 +300,13 @@ impl HttpClient {
 pub fn list_body_cap(instance_cap: usize, limit: u32) -> usize {
     instance_cap.max(LIST_ITEM_BYTES.saturating_mul(limit as usize))
 }
+
+/// The body cap of the products catalogue.
+pub const CATALOGUE_BODY_CAP: usize = 8 * 1024 * 1024;
+
+/// The body cap of one bill answer. Bills are not paginated: a whole account's month can be
+/// megabytes; a larger answer is asked for again in slices of the month (see the ledger).
+pub const BILL_BODY_CAP: usize = 32 * 1024 * 1024;
 
 /// The room a LIST page gives each item it may hold (the vendor's example item is about
 /// 1 KiB).
@@ -383,6 +429,22 @@ impl PpioApi for HttpClient {
         query: &'a ListQuery,
     ) -> BoxFuture<'a, Result<InstancePage, PpioError>> {
         Box::pin(self.list(key, query))
+    }
+
+    fn products<'a>(&'a self, key: &'a ApiKey) -> BoxFuture<'a, Result<Catalogue, PpioError>> {
+        Box::pin(self.catalogue(key))
+    }
+
+    fn bills<'a>(
+        &'a self,
+        key: &'a ApiKey,
+        query: &'a BillQuery,
+    ) -> BoxFuture<'a, Result<BillTotals, PpioError>> {
+        Box::pin(self.bill_totals(key, query))
+    }
+
+    fn balance<'a>(&'a self, key: &'a ApiKey) -> BoxFuture<'a, Result<Amount, PpioError>> {
+        Box::pin(self.available_balance(key))
     }
 }
 

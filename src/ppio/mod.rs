@@ -2,6 +2,7 @@
 //! classification of everything that can go wrong with it.
 
 mod http;
+pub mod money;
 pub mod wire;
 
 use std::fmt;
@@ -10,9 +11,13 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 
 pub use http::{
-    DEFAULT_BASE_URL, DEFAULT_REQUEST_TIMEOUT, HttpClient, HttpClientConfig, InvalidBaseUrl,
+    BILL_BODY_CAP, CATALOGUE_BODY_CAP, DEFAULT_BASE_URL, DEFAULT_REQUEST_TIMEOUT, HttpClient,
+    HttpClientConfig, InvalidBaseUrl,
 };
+pub use money::{BillKind, BillQuery};
 pub use wire::{DecodeError, Instance, InstancePage};
+
+use crate::money::{Amount, BillTotals, Catalogue};
 
 /// A PPIO API key. It has no `Display` and its `Debug` is redacted, so it cannot end up in a
 /// log line or an error message by accident.
@@ -241,6 +246,46 @@ pub trait PpioApi: Send + Sync {
         key: &'a ApiKey,
         query: &'a ListQuery,
     ) -> BoxFuture<'a, Result<InstancePage, PpioError>>;
+
+    /// `GET /gpus/v2/products?type=gpu&category=instance`: the catalogue's hourly prices.
+    /// Without an implementation: not served.
+    fn products<'a>(&'a self, _key: &'a ApiKey) -> BoxFuture<'a, Result<Catalogue, PpioError>> {
+        Box::pin(async { Err(PpioError::UnexpectedStatus { status: 501 }) })
+    }
+
+    /// One bill list (pay-as-you-go or prepaid), folded into totals per instance.
+    /// Without an implementation: not served.
+    fn bills<'a>(
+        &'a self,
+        _key: &'a ApiKey,
+        _query: &'a BillQuery,
+    ) -> BoxFuture<'a, Result<BillTotals, PpioError>> {
+        Box::pin(async { Err(PpioError::UnexpectedStatus { status: 501 }) })
+    }
+
+    /// The account's available balance (1/10000 of the currency). Without an
+    /// implementation: not served.
+    fn balance<'a>(&'a self, _key: &'a ApiKey) -> BoxFuture<'a, Result<Amount, PpioError>> {
+        Box::pin(async { Err(PpioError::UnexpectedStatus { status: 501 }) })
+    }
+}
+
+impl PpioError {
+    /// The answer says the call itself is not served here (404, 405, 501), not that an
+    /// instance is gone or that PPIO failed.
+    pub fn call_not_served(&self) -> bool {
+        matches!(
+            self,
+            PpioError::NotFound { .. }
+                | PpioError::NotFoundWithoutPpioBody
+                | PpioError::Rejected {
+                    status: 404 | 405,
+                    ..
+                }
+                | PpioError::Server { status: 501 }
+                | PpioError::UnexpectedStatus { status: 405 | 501 }
+        )
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::ops::Range;
 /// text, so no JSON tree is built on the way: decoding costs about what the result holds, not
 /// a multiple of the body (a 1 MiB body of tiny numbers would otherwise take tens of MiB).
 /// Wire types must therefore be decoded from text (`serde_json::from_slice`/`from_str`).
-fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: DeserializeOwned,
@@ -162,6 +162,7 @@ macro_rules! wire_struct {
         }
     };
 }
+pub(crate) use wire_struct;
 
 wire_struct! {
     /// One instance, as `GET /gpus/v2/instances/{id}` returns it.
@@ -273,10 +274,16 @@ pub enum DecodeError {
     NoState,
     #[error("the response is not a page of instances (no data array)")]
     NotAPage,
+    #[error("the response is not a products catalogue (no data array)")]
+    NotACatalogue,
+    #[error("the response is not a list of bills (no bills array, or a bill without an amount)")]
+    NotBills,
+    #[error("the response carries no available balance")]
+    NoBalance,
 }
 
 /// Whether a body is a JSON object (its first non-blank byte is `{`).
-fn starts_an_object(body: &[u8]) -> bool {
+pub(crate) fn starts_an_object(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 

@@ -81,6 +81,7 @@ async fn start(client: Client, ns: &str, sim: SocketAddr, identity: &str) -> Rep
             default_key_namespaces: None,
             budget: ppio_operator::controller::Budget::default(),
             observe: ppio_operator::controller::Observe::default(),
+            money: ppio_operator::controller::MoneySettings::off(),
         },
         ppio: Arc::new(ppio),
         concurrency: 4,

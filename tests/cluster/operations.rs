@@ -498,6 +498,7 @@ async fn readyz_waits_for_the_first_watch_sync_while_livez_stays_up() {
             default_key_namespaces: None,
             budget: ppio_operator::controller::Budget::default(),
             observe: ppio_operator::controller::Observe::default(),
+            money: ppio_operator::controller::MoneySettings::off(),
         },
         ppio: Arc::new(ppio),
         concurrency: 4,

@@ -11,4 +11,5 @@ mod scheduler;
 mod cost;
 mod keys;
 mod list_faults;
+mod money;
 mod newcomers;

@@ -12,11 +12,15 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use kube::core::DeserializeGuard;
 use ppio_operator::controller::{
-    Budget, CachedInstance, Context, Observe, Settings, Waker, reconcile, seed_jitter,
+    Budget, CachedInstance, Context, MoneySettings, Observe, Settings, Waker, reconcile,
+    seed_jitter,
 };
 use ppio_operator::crd::{PpioInstance, SecretKeyRef};
 use ppio_operator::metrics::Metrics;
-use ppio_operator::ppio::{ApiKey, Instance, InstancePage, ListQuery, PpioApi, PpioError};
+use ppio_operator::money::{Amount, BillTotals, Catalogue};
+use ppio_operator::ppio::{
+    ApiKey, BillKind, BillQuery, Instance, InstancePage, ListQuery, PpioApi, PpioError,
+};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -44,6 +48,33 @@ pub(crate) struct FakePpio {
     pub(crate) served: Mutex<Vec<(String, Instant)>>,
     /// The next LIST request panics (a bug in the sweeper's path), once.
     pub(crate) panic_once: std::sync::atomic::AtomicBool,
+    /// A JSON merge patch applied to every answer about an instance (by id).
+    pub(crate) patches: Mutex<BTreeMap<String, Value>>,
+    /// The money calls' answers (`None`: not served, the trait's default) and the calls
+    /// made: (call, owner, when).
+    pub(crate) money: Mutex<MoneyAnswers>,
+}
+
+/// What [`FakePpio`] answers to the money calls.
+#[derive(Default)]
+pub(crate) struct MoneyAnswers {
+    pub(crate) catalogue: Option<Result<Catalogue, PpioError>>,
+    /// Bill totals by kind.
+    pub(crate) bills: Option<Result<BillTotals, PpioError>>,
+    pub(crate) prepaid_bills: Option<BillTotals>,
+    /// An answer for a window longer than half the month so far is too large.
+    pub(crate) too_large_over_half_month: bool,
+    /// Only a window that starts with the month has the totals (the others are empty).
+    pub(crate) bills_first_slice_only: bool,
+    pub(crate) balance: Option<Result<Amount, PpioError>>,
+    pub(crate) calls: Vec<(&'static str, Option<String>, Instant)>,
+}
+
+impl MoneyAnswers {
+    /// How many calls of `call` were made.
+    pub(crate) fn count(&self, call: &str) -> usize {
+        self.calls.iter().filter(|(c, _, _)| *c == call).count()
+    }
 }
 
 /// A LIST that does not end, as the simulator's.
@@ -55,6 +86,9 @@ impl FakePpio {
         v["id"] = id.into();
         let state = self.states.lock().expect("lock").get(id).cloned();
         v["status"]["status"] = state.unwrap_or_else(|| "running".into()).into();
+        if let Some(patch) = self.patches.lock().expect("lock").get(id) {
+            ppio_operator::simulator::merge_patch(&mut v, patch);
+        }
         v
     }
 
@@ -206,6 +240,60 @@ impl PpioApi for FakePpio {
             }
         })
     }
+
+    fn products<'a>(&'a self, _key: &'a ApiKey) -> BoxFuture<'a, Result<Catalogue, PpioError>> {
+        let mut m = self.money.lock().expect("lock");
+        m.calls.push(("products", None, Instant::now()));
+        let answer = m
+            .catalogue
+            .clone()
+            .unwrap_or(Err(PpioError::UnexpectedStatus { status: 501 }));
+        Box::pin(async move { answer })
+    }
+
+    fn bills<'a>(
+        &'a self,
+        _key: &'a ApiKey,
+        query: &'a BillQuery,
+    ) -> BoxFuture<'a, Result<BillTotals, PpioError>> {
+        let mut m = self.money.lock().expect("lock");
+        let call = match query.kind {
+            BillKind::PayAsYouGo => "bills",
+            BillKind::Prepaid => "monthly_bills",
+        };
+        m.calls.push((call, query.owner.clone(), Instant::now()));
+        let month = ppio_operator::money::Window::month_to(jiff::Timestamp::now());
+        let too_large = m.too_large_over_half_month
+            && query.window.end - query.window.start > (month.end - month.start) / 2 + 1;
+        let later_slice = m.bills_first_slice_only && query.window.start != month.start;
+        let answer = match (query.kind, too_large) {
+            (_, true) => Err(PpioError::TooLarge { limit: 1 << 20 }),
+            (BillKind::PayAsYouGo, _) if later_slice => Ok(BillTotals::default()),
+            (BillKind::PayAsYouGo, _) => m
+                .bills
+                .clone()
+                .unwrap_or(Err(PpioError::UnexpectedStatus { status: 501 })),
+            (BillKind::Prepaid, _) => Ok(m.prepaid_bills.clone().unwrap_or_default()),
+        };
+        // Only the asked owner's totals (or every one), as the API filters them.
+        let answer = answer.map(|mut t| {
+            if let Some(owner) = &query.owner {
+                t.by_owner.retain(|o, _| o == owner);
+            }
+            t
+        });
+        Box::pin(async move { answer })
+    }
+
+    fn balance<'a>(&'a self, _key: &'a ApiKey) -> BoxFuture<'a, Result<Amount, PpioError>> {
+        let mut m = self.money.lock().expect("lock");
+        m.calls.push(("balance", None, Instant::now()));
+        let answer = m
+            .balance
+            .clone()
+            .unwrap_or(Err(PpioError::UnexpectedStatus { status: 501 }));
+        Box::pin(async move { answer })
+    }
 }
 
 /// The delay a reconcile's Action asks for (kube's Action has no accessor: read its Debug).
@@ -319,6 +407,18 @@ pub(crate) fn context(
     burst: u32,
     observe: Observe,
 ) -> (Arc<Context>, Wakes) {
+    context_with(api, ppio, per_second, burst, observe, MoneySettings::off())
+}
+
+/// [`context`], reading money with `money`.
+pub(crate) fn context_with(
+    api: &MockApi,
+    ppio: Arc<FakePpio>,
+    per_second: f64,
+    burst: u32,
+    observe: Observe,
+    money: MoneySettings,
+) -> (Arc<Context>, Wakes) {
     let wakes = Wakes::default();
     // A repeatable run: the same jitter and the same full-refresh slots every time (the
     // controller's tasks all run on this test's thread, on tokio's paused clock).
@@ -335,6 +435,7 @@ pub(crate) fn context(
                 burst,
             },
             observe,
+            money,
         },
         Arc::new(Metrics::new()),
     )

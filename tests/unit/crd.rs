@@ -61,6 +61,8 @@ fn names_columns_and_subresources_follow_the_contract() {
         ("AGE", 0),
         ("IP", 1),
         ("BILLING", 1),
+        ("COST/H", 1),
+        ("CURRENCY", 1),
     ];
     assert_eq!(
         cols,

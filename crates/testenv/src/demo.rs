@@ -209,6 +209,11 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
             default_key_namespaces: None,
             budget: ppio_operator::controller::Budget::default(),
             observe: ppio_operator::controller::Observe::default(),
+            // The simulator plays PPIO's own host, which bills in CNY.
+            money: ppio_operator::controller::MoneySettings {
+                currency: Some("CNY".into()),
+                ..Default::default()
+            },
         },
         ppio: Arc::new(ppio),
         concurrency: 8,

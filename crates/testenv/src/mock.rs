@@ -309,6 +309,7 @@ pub async fn harness_with(
                 budget,
                 // These tests pin what one poll does: one GET each.
                 observe: ppio_operator::controller::Observe::Get,
+                money: ppio_operator::controller::MoneySettings::off(),
             },
             Arc::new(Metrics::new()),
         )
