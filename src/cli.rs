@@ -170,6 +170,11 @@ pub struct MoneyArgs {
     /// Expiring=True PrepaidEnding this long before a prepaid term without auto-renew ends.
     #[arg(long, env = "PPIO_PREPAID_EXPIRY_HORIZON", default_value_t = Human(crate::money::status::DEFAULT_PREPAID_HORIZON), value_parser = parse_horizon, value_name = "DURATION")]
     pub prepaid_expiry_horizon: Human,
+
+    /// A key's first catalogue read this long after its first use (its first bill read three
+    /// times as long after): for tests and demos.
+    #[arg(long, env = "PPIO_MONEY_FIRST_READ", default_value_t = Human(crate::controller::ledger::FIRST_READ), value_parser = parse_timeout, value_name = "DURATION", hide = true)]
+    pub money_first_read: Human,
 }
 
 impl MoneyArgs {
@@ -186,7 +191,7 @@ impl MoneyArgs {
             catalogue_every: self.catalogue_refresh_interval.0,
             bills_every: self.billing_refresh_interval.0,
             horizon: self.prepaid_expiry_horizon.0,
-            first_read: crate::controller::ledger::FIRST_READ,
+            first_read: self.money_first_read.0,
         }
     }
 }
@@ -520,9 +525,14 @@ mod tests {
             None
         );
         assert_eq!(
-            money(&["--ppio-base-url", "https://api.novita.ai", "--currency", "EUR"])
-                .currency
-                .as_deref(),
+            money(&[
+                "--ppio-base-url",
+                "https://api.novita.ai",
+                "--currency",
+                "EUR"
+            ])
+            .currency
+            .as_deref(),
             Some("EUR")
         );
         let defaults = money(&[]);

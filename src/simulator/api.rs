@@ -1,5 +1,6 @@
 //! The vendor API as PPIO serves it: `GET /gpus/v2/instances/{id}` and the paged LIST,
-//! bearer key authorization, vendor-style error bodies and the JSON response helpers.
+//! bearer key authorization and request counting for every vendor call (the money calls of
+//! [`money`](super::money) too), vendor-style error bodies and the JSON response helpers.
 
 use axum::Json;
 use axum::body::Body;
@@ -12,9 +13,24 @@ use serde_json::{Value, json};
 use super::{Endless, Simulator};
 use crate::lock;
 
+/// Which vendor call a request is, for the request counters.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Call<'a> {
+    /// `GET /gpus/v2/instances/{id}`: counted per instance id.
+    Instance(&'a str),
+    /// The paged LIST.
+    List,
+    /// A money call, counted under its name in [`Counts::calls`](super::Counts::calls).
+    Money(&'static str),
+}
+
 impl Simulator {
     /// Checks the key and counts the request. `Err` is the 401 answer.
-    fn authorize(&self, headers: &HeaderMap, instance: Option<&str>) -> Result<(), Box<Response>> {
+    pub(super) fn authorize(
+        &self,
+        headers: &HeaderMap,
+        call: Call<'_>,
+    ) -> Result<(), Box<Response>> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -26,9 +42,10 @@ impl Simulator {
             .map(|i| format!("key{i}"))
             .unwrap_or_else(|| "invalid".into());
         *st.counts.keys.entry(label.clone()).or_default() += 1;
-        match instance {
-            Some(id) => *st.counts.instances.entry(id.to_string()).or_default() += 1,
-            None => st.counts.list += 1,
+        match call {
+            Call::Instance(id) => *st.counts.instances.entry(id.to_string()).or_default() += 1,
+            Call::List => st.counts.list += 1,
+            Call::Money(name) => *st.counts.calls.entry(name.to_string()).or_default() += 1,
         }
         st.request_seq += 1;
         let seq = st.request_seq;
@@ -55,11 +72,25 @@ fn default_reason(status: u16) -> &'static str {
 /// A vendor-style error: `{"code", "reason", "message", "metadata": {"request_id"}}`. The
 /// request id differs on every answer, as a real API's would.
 pub(super) fn vendor_error(status: u16, reason: Option<&str>, seq: u64) -> Response {
+    vendor_error_detail(status, reason, None, seq)
+}
+
+/// A vendor-style error whose message also says `detail` (what was wrong).
+pub(super) fn vendor_error_detail(
+    status: u16,
+    reason: Option<&str>,
+    detail: Option<&str>,
+    seq: u64,
+) -> Response {
     let reason = reason.unwrap_or(default_reason(status));
+    let message = match detail {
+        Some(d) => format!("simulated {reason}: {d} (request {seq})"),
+        None => format!("simulated {reason} (request {seq})"),
+    };
     let body = json!({
         "code": status,
         "reason": reason,
-        "message": format!("simulated {reason} (request {seq})"),
+        "message": message,
         "metadata": {"request_id": format!("sim-{seq:08}")},
     });
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -81,7 +112,7 @@ pub(super) fn numbers_as_strings(v: &Value) -> Value {
 }
 
 /// An answer with `bytes` as an `application/json` body, valid JSON or not.
-fn json_response(status: StatusCode, bytes: Vec<u8>) -> Response {
+pub(super) fn json_response(status: StatusCode, bytes: Vec<u8>) -> Response {
     let mut r = Response::new(Body::from(bytes));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -97,7 +128,7 @@ pub(super) async fn get_instance(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = sim.authorize(&headers, Some(&id)) {
+    if let Err(denied) = sim.authorize(&headers, Call::Instance(&id)) {
         return *denied;
     }
     let (fault, instance, not_found, seq) = {
@@ -148,7 +179,7 @@ pub(super) async fn list_instances(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = sim.authorize(&headers, None) {
+    if let Err(denied) = sim.authorize(&headers, Call::List) {
         return *denied;
     }
     let (fault, seq) = {

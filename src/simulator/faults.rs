@@ -10,7 +10,11 @@ use serde_json::Value;
 
 use super::api::{numbers_as_strings, vendor_error};
 
-/// A fault injected for one instance (or for all with the id `*`). Fields combine: a
+/// A fault injected for one instance (or for all with the id `*`), for the LIST
+/// ([`LIST_FAULT`](super::LIST_FAULT)) or for one money call
+/// ([`PRODUCTS_FAULT`](super::PRODUCTS_FAULT), [`BILLS_FAULT`](super::BILLS_FAULT),
+/// [`MONTHLY_BILLS_FAULT`](super::MONTHLY_BILLS_FAULT),
+/// [`BALANCE_FAULT`](super::BALANCE_FAULT); `*` does not apply to these). Fields combine: a
 /// latency is waited before the answer, then `status` or `body` decide the answer.
 ///
 /// Build one with [`Fault::status`], [`Fault::body`] or [`Fault::latency`] and refine it
@@ -243,9 +247,18 @@ impl BodyFault {
             }
             BodyFault::HostileState => {
                 let mut v = instance.clone();
-                v["status"]["status"] =
-                    Value::from("run\"ning\"}\nppio_injected{x=\"1\"} 1\n# EOF");
-                v["name"] = Value::from("\u{1b}[2J\u{1b}[31mpwned\u{7}");
+                // Only objects are changed: indexing another shape would panic (a money
+                // call's answer may be any object, with a `status` of any type).
+                if let Some(o) = v.as_object_mut() {
+                    let status = o
+                        .entry("status")
+                        .or_insert_with(|| Value::Object(Default::default()));
+                    if !status.is_object() {
+                        *status = Value::Object(Default::default());
+                    }
+                    status["status"] = Value::from("run\"ning\"}\nppio_injected{x=\"1\"} 1\n# EOF");
+                    o.insert("name".into(), Value::from("\u{1b}[2J\u{1b}[31mpwned\u{7}"));
+                }
                 serde_json::to_vec(&v).unwrap_or_default()
             }
             BodyFault::HtmlNotFound => Vec::new(),

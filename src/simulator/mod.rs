@@ -1,19 +1,30 @@
 //! A local PPIO v2 API for tests, demos and offline GitOps checks.
 //!
-//! It serves `GET /gpus/v2/instances/{id}` and the paged `GET /gpus/v2/instances` with bearer
-//! key checking, from a fixtures file (or built-in samples), and a small control API under
-//! `/_sim/` to add, change and remove instances, rotate the accepted keys, inject faults per
-//! instance and read request counts. The control API has no authentication: bind the
-//! simulator to a loopback address.
+//! It serves, with bearer key checking:
+//!
+//! - `GET /gpus/v2/instances/{id}` and the paged `GET /gpus/v2/instances`, from a fixtures
+//!   file (or built-in samples);
+//! - the read-only money calls: the products catalogue
+//!   `GET /gpus/v2/products?type=gpu&category=instance`, pay-as-you-go bills
+//!   `GET /openapi/v1/billing/bill/list` (explicit rows, or generated from the running
+//!   postpaid and spot instances), prepaid bills `GET /openapi/v1/billing/bill/monthly/list`
+//!   and the balance `GET /openapi/v1/billing/balance/detail`;
+//!
+//! and a small control API under `/_sim/` to add, change and remove instances, set the
+//! catalogue, the bills and the balance, rotate the accepted keys, inject faults per instance
+//! or per call (`_list`, `_products`, `_bills`, `_monthly_bills`, `_balance`) and read
+//! request counts. The control API has no authentication: bind the simulator to a loopback
+//! address.
 //!
 //! This module holds the [`Simulator`] and its shared state, the routes and the
-//! `ppio-operator simulate` command; the vendor API, the control API, faults and fixtures
-//! live in submodules.
+//! `ppio-operator simulate` command; the vendor API, the money calls, the control API,
+//! faults and fixtures live in submodules.
 
 mod api;
 mod control;
 mod faults;
 mod fixtures;
+mod money;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +32,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, put};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,6 +43,14 @@ use crate::lock;
 pub use api::{LIST_FAULT, lean_item};
 pub use faults::{BodyFault, Endless, Fault};
 pub use fixtures::{FixtureError, SAMPLES, merge_patch, parse_fixtures};
+pub use money::{
+    BALANCE_FAULT, BILLS_FAULT, DEFAULT_PRODUCT_ID, MONTHLY_BILLS_FAULT, PRODUCTS_FAULT,
+    default_balance, default_products,
+};
+
+/// The largest request body the simulator reads (control API uploads such as thousands of
+/// bill rows).
+const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// Options of `ppio-operator simulate`.
 #[derive(Debug, clap::Args)]
@@ -73,6 +93,9 @@ pub struct Counts {
     /// Requests per presented key: `key0`, `key1`... by position in the accepted keys, or
     /// `invalid`.
     pub keys: BTreeMap<String, u64>,
+    /// Requests per money call: `products`, `bills`, `monthly_bills`, `balance`.
+    #[serde(default)]
+    pub calls: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +106,14 @@ struct SimState {
     counts: Counts,
     not_found_status: u16,
     request_seq: u64,
+    /// The products catalogue.
+    products: Vec<Value>,
+    /// Explicit pay-as-you-go bill rows; `None`: generated from the instances.
+    bills: Option<Vec<Value>>,
+    /// Prepaid bill rows.
+    monthly_bills: Vec<Value>,
+    /// The balance detail; `None`: not served (404).
+    balance: Option<Value>,
 }
 
 /// A simulator's state, shared by its server and by in-process tests.
@@ -97,6 +128,8 @@ impl Simulator {
         let sim = Simulator {
             state: Arc::new(Mutex::new(SimState {
                 not_found_status: 404,
+                products: default_products(),
+                balance: Some(default_balance()),
                 ..Default::default()
             })),
         };
@@ -179,6 +212,13 @@ impl Simulator {
         Router::new()
             .route("/gpus/v2/instances", get(api::list_instances))
             .route("/gpus/v2/instances/{id}", get(api::get_instance))
+            .route("/gpus/v2/products", get(money::products))
+            .route("/openapi/v1/billing/bill/list", get(money::bills))
+            .route(
+                "/openapi/v1/billing/bill/monthly/list",
+                get(money::monthly_bills),
+            )
+            .route("/openapi/v1/billing/balance/detail", get(money::balance))
             .route("/_sim/instances", get(control::instances_list))
             .route(
                 "/_sim/instances/{id}",
@@ -196,6 +236,23 @@ impl Simulator {
                 get(control::requests_get).delete(control::requests_delete),
             )
             .route("/_sim/keys", put(control::keys_put))
+            .route(
+                "/_sim/products",
+                get(control::products_get).put(control::products_put),
+            )
+            .route(
+                "/_sim/bills",
+                put(control::bills_put).delete(control::bills_delete),
+            )
+            .route(
+                "/_sim/monthly-bills",
+                put(control::monthly_bills_put).delete(control::monthly_bills_delete),
+            )
+            .route(
+                "/_sim/balance",
+                put(control::balance_put).delete(control::balance_delete),
+            )
+            .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.clone())
     }
 

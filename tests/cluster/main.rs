@@ -12,5 +12,6 @@ mod e2e;
 mod gitops;
 mod hardening_leader;
 mod import;
+mod money;
 mod monitoring;
 mod operations;

@@ -52,7 +52,13 @@ impl Operator {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let kc = kubeconfig().display().to_string();
-        let mut envs = vec![("KUBECONFIG", kc.as_str()), ("RUST_LOG", rust_log)];
+        // Money is read only where a test asks for it (its flags win over these).
+        let mut envs = vec![
+            ("KUBECONFIG", kc.as_str()),
+            ("RUST_LOG", rust_log),
+            ("PPIO_CATALOGUE_REFRESH_INTERVAL", "0"),
+            ("PPIO_BILLING_REFRESH_INTERVAL", "0"),
+        ];
         if let Some(k) = default_key {
             envs.push(("PPIO_API_KEY", k));
         }

@@ -11,6 +11,7 @@ mod fuzz_corpus;
 mod layout;
 mod reconcile;
 mod simulator;
+mod simulator_money;
 mod startup;
 mod status;
 mod test_command;

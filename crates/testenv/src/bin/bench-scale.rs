@@ -327,8 +327,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(n)
         .max(n.div_ceil(keys));
     let scene = Scene::new(keys, n);
-    // The simulator: ACCOUNT copies of the first sample, each with its own id.
-    let sample = Simulator::samples().remove(0);
+    // The simulator: ACCOUNT copies of the first sample (running), billed by the hour so that
+    // they have bills that grow every settled hour, each with its own id.
+    let mut sample = Simulator::samples().remove(0);
+    sample["billing"] = serde_json::json!({"mode": "postpaid"});
     let instances: Vec<Value> = (0..account)
         .map(|i| {
             let mut v = sample.clone();
@@ -489,6 +491,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("  operator RSS: {:.0} MiB", rss_mib(op_pid));
 
+    // BENCH_ACROSS_HOUR: the steady window starts 150 s before an hour begins, so that it
+    // holds the status writes of one settled hour of bills.
+    let settle = if std::env::var("BENCH_ACROSS_HOUR").is_ok_and(|v| v == "1") {
+        let now = jiff::Timestamp::now().as_second();
+        let to_window = (3600 - now.rem_euclid(3600) - 150).rem_euclid(3600);
+        let mut wait = u64::try_from(to_window).unwrap_or(0);
+        while wait < settle {
+            wait += 3600;
+        }
+        wait
+    } else {
+        settle
+    };
     if settle > 0 {
         // A PpioInstance's next full GET comes at its own slot of the full-refresh period,
         // at least half a period after its first one: right after the fill there are fewer
@@ -541,7 +556,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         per(gets as f64),
         per(lists as f64)
     );
-    println!("  status writes: {writes:.0}");
+    println!(
+        "  status writes: {writes:.0} ({:.2} per instance per hour)",
+        writes / n as f64 / secs * 3600.0
+    );
+    let calls = |c: &ppio_operator::simulator::Counts, call: &str| {
+        c.calls.get(call).copied().unwrap_or(0) as f64
+    };
+    let money: Vec<(&str, f64)> = ["products", "bills", "monthly_bills", "balance"]
+        .into_iter()
+        .map(|call| (call, calls(&counts1, call) - calls(&counts0, call)))
+        .collect();
+    let money_total: f64 = money.iter().map(|(_, v)| v).sum();
+    println!(
+        "  money requests: {money_total:.0} ({}) = {:.6} per instance per interval",
+        money
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        per(money_total)
+    );
     println!(
         "  Secret GETs at the API server: {:.0}",
         secret_gets(&api_metrics1) - secret_gets(&api_metrics0)
