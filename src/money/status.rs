@@ -271,7 +271,8 @@ mod tests {
         apply_money(&mut gone, Some(&first), &read, now());
         assert_eq!(gone.cost, None);
         assert_eq!(
-            gone.condition(condition::EXPIRING).map(|c| c.status.as_str()),
+            gone.condition(condition::EXPIRING)
+                .map(|c| c.status.as_str()),
             Some("False")
         );
 
