@@ -120,6 +120,8 @@ struct Books {
 struct BookState {
     snapshot: Snapshot,
     balance: Balance,
+    /// The sum of the hourly costs of the key's running hourly-billed instances.
+    burn: Amount,
     touched: Instant,
     next_catalogue: Instant,
     next_bills: Instant,
@@ -193,11 +195,20 @@ impl Ledger {
                 .entry((object.0.to_string(), object.1.to_string()))
                 .or_default();
             if entry.key != fingerprint || entry.instance_id != id {
-                *entry = Entry {
-                    key: fingerprint,
-                    instance_id: id.to_string(),
-                    ..Entry::default()
-                };
+                let old = std::mem::replace(
+                    entry,
+                    Entry {
+                        key: fingerprint,
+                        instance_id: id.to_string(),
+                        ..Entry::default()
+                    },
+                );
+                if let Some(hourly) = old.hourly
+                    && let Some(books) = lock(&self.books).get(&old.key).cloned()
+                {
+                    let mut st = lock(&books.state);
+                    st.burn = st.burn.minus(hourly);
+                }
             }
         }
         let books = self.books_of(key, fingerprint);
@@ -219,6 +230,7 @@ impl Ledger {
             state: Mutex::new(BookState {
                 snapshot: Snapshot::default(),
                 balance: Balance::Unknown,
+                burn: Amount::default(),
                 touched: now,
                 next_catalogue: now + self.env.settings.first_read,
                 next_bills: now + self.env.settings.first_read.saturating_mul(3),
@@ -276,18 +288,22 @@ impl Ledger {
                 Some(e) => {
                     e.rendered = version;
                     e.next_change = next_change;
-                    let changed = e.hourly != hourly;
-                    e.hourly = hourly;
-                    changed.then_some(e.key)
+                    let old = std::mem::replace(&mut e.hourly, hourly);
+                    (old != hourly).then_some((e.key, old))
                 }
                 None => None,
             }
         };
         // The key's runway follows its running instances' hourly costs.
-        if let Some(key) = changed
+        if let Some((key, old)) = changed
             && let Some(books) = lock(&self.books).get(&key).cloned()
         {
-            publish_account(&self.env, &books, &self.entries);
+            {
+                let mut st = lock(&books.state);
+                let burn = st.burn.plus(hourly.unwrap_or_default());
+                st.burn = burn.minus(old.unwrap_or_default());
+            }
+            publish_account(&self.env, &books);
         }
     }
 
@@ -316,7 +332,20 @@ impl Ledger {
 
     /// A PpioInstance is deleted (or no longer uses a key).
     pub fn forget(&self, namespace: &str, name: &str) {
-        lock(&self.entries).remove(&(namespace.to_string(), name.to_string()));
+        let removed = lock(&self.entries).remove(&(namespace.to_string(), name.to_string()));
+        if let Some(Entry {
+            key,
+            hourly: Some(hourly),
+            ..
+        }) = removed
+            && let Some(books) = lock(&self.books).get(&key).cloned()
+        {
+            {
+                let mut st = lock(&books.state);
+                st.burn = st.burn.minus(hourly);
+            }
+            publish_account(&self.env, &books);
+        }
     }
 }
 
@@ -376,7 +405,7 @@ async fn keep(
                 read_balance(&env, &books).await;
             }
         }
-        publish_account(&env, &books, &entries);
+        publish_account(&env, &books);
         if lock(&books.state).snapshot.version != before {
             wake_all(&env, &books, &entries);
         }
@@ -619,18 +648,16 @@ fn until_next_month(now: Timestamp) -> Duration {
 }
 
 /// `ppio_account_balance` and `ppio_account_runway_hours` of a key.
-fn publish_account(env: &Env, books: &Books, entries: &Mutex<HashMap<Object, Entry>>) {
+fn publish_account(env: &Env, books: &Books) {
     let label = super::key_label(books.fingerprint);
-    let balance = lock(&books.state).balance;
+    let (balance, burn) = {
+        let st = lock(&books.state);
+        (st.balance, st.burn)
+    };
     let Balance::Served(balance) = balance else {
         env.metrics.account.forget(&label);
         return;
     };
-    let burn = lock(entries)
-        .values()
-        .filter(|e| e.key == books.fingerprint)
-        .filter_map(|e| e.hourly)
-        .fold(Amount::default(), Amount::plus);
     env.metrics
         .account
         .set(&label, env.settings.currency.as_deref(), balance, burn);
@@ -662,5 +689,24 @@ fn close(env: &Env, books: &Arc<Books>, all: &Mutex<HashMap<u64, Arc<Books>>>) {
         env.metrics
             .account
             .forget(&super::key_label(books.fingerprint));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bills_are_read_again_right_after_a_month_begins() {
+        let late: Timestamp = "2026-12-31T23:59:00Z".parse().unwrap();
+        assert_eq!(
+            until_next_month(late),
+            Duration::from_secs(60) + MONTH_SETTLE
+        );
+        let early: Timestamp = "2027-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            until_next_month(early),
+            Duration::from_secs(31 * 86_400) + MONTH_SETTLE
+        );
     }
 }

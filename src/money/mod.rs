@@ -56,6 +56,11 @@ impl Amount {
         }
     }
 
+    /// The exact difference (at the larger scale of the two).
+    pub fn minus(self, other: Amount) -> Amount {
+        self.plus(Amount::new(other.units.saturating_neg(), other.scale))
+    }
+
     pub fn is_zero(self) -> bool {
         self.units == 0
     }

@@ -191,6 +191,11 @@ async fn cost_month_to_date_and_a_spot_reclaim_show_in_status_kubectl_events_and
         })
         .collect();
     assert_eq!(hourly.len(), 5, "{hourly:?}");
+    let spend = line(&format!(
+        "ppio_instance_spend_month_to_date{{namespace=\"{ns}\",name=\"trainer-b\""
+    ));
+    assert!(spend.contains("currency=\"CNY\""), "{spend}");
+    assert!(spend.ends_with(" 1.25"), "{spend}");
     // Nothing here is an instance failure, and the whole-account answer was read.
     assert!(sim.counts().calls.get("bills").copied().unwrap_or(0) >= 1);
     assert!(
