@@ -138,6 +138,32 @@ pub struct PpioInstanceSpec {
     /// and the Synced condition reports Suspended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
+
+    /// The state this PpioInstance expects the instance in (GitOps): with it, Ready means
+    /// "the observed state is the expected one", and a stable state other than the expected
+    /// one past the grace period sets Stalled=True UnexpectedState. Omitted: Ready means
+    /// "running", and no state is drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expectation>,
+}
+
+/// The state a GitOps repository expects an instance in.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Expectation {
+    /// The expected PPIO state, e.g. running (the default) or exited for a parked notebook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z][A-Za-z0-9_-]*$")
+    )]
+    pub state: Option<String>,
+    /// How long a stable state other than the expected one may last before it is drift, as a
+    /// duration such as 10m (the default) or 1h; at most 168h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]{1,9}(h|ms|m|s))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('168h')").message("gracePeriod must be at most 168h"))]
+    pub grace_period: Option<String>,
 }
 
 /// A reference to one key of a Secret in the PpioInstance's own namespace.

@@ -348,6 +348,7 @@ pub fn manifests(
                     credentials_secret_ref: credentials.cloned(),
                     refresh_interval: None,
                     suspend: None,
+                    expect: None,
                 },
                 status: None,
             };

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod duration;
+pub mod expect;
 pub mod import;
 pub mod leader;
 pub mod metrics;

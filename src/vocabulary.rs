@@ -56,6 +56,13 @@ pub mod reason {
     pub const PREPAID_ENDING: &str = "PrepaidEnding";
     /// `Expiring=False`.
     pub const NOT_EXPIRING: &str = "NotExpiring";
+    /// `Stalled=True` (and `Ready=False`): a stable state other than `spec.expect.state`, past
+    /// the grace period.
+    pub const UNEXPECTED_STATE: &str = "UnexpectedState";
+    /// `Ready=True`: the observed state is `spec.expect.state` (other than running).
+    pub const EXPECTED_STATE: &str = "ExpectedState";
+    /// `Reconciling=True`: a state other than `spec.expect.state`, within the grace period.
+    pub const AWAITING_EXPECTED_STATE: &str = "AwaitingExpectedState";
 }
 
 /// Event reasons (besides the `Synced=False` condition reasons, which Events reuse) and

@@ -8,6 +8,7 @@ use tracing::debug;
 use super::events::{log_transitions, publish_events, transitions};
 use super::{Context, Error, FIELD_MANAGER, KUBE_CALL_TIMEOUT, refresh_request};
 use crate::crd::{PpioInstance, PpioInstanceStatus};
+use crate::expect::apply_expectation;
 use crate::money::status::apply_money;
 use crate::status::{Observation, compute_status};
 use crate::vocabulary::condition;
@@ -78,7 +79,14 @@ async fn record(
     );
     let snapshot = ctx.ledger.snapshot((&ns, &name));
     let view = ctx.ledger.view(snapshot.as_ref());
-    let next_change = apply_money(&mut new, current, &view, jiff::Timestamp::now());
+    let now = jiff::Timestamp::now();
+    let money_change = apply_money(&mut new, current, &view, now);
+    let drift = apply_expectation(&mut new, current, instance.spec.expect.as_ref(), now);
+    // When the status changes by itself: computed again then.
+    let next_change = match (money_change, drift) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let wrote = apply_status(instance, ctx, &new).await?;
     ctx.ledger.rendered(
         (&ns, &name),

@@ -27,6 +27,9 @@ pub enum Transition {
     /// `Expiring` turned True, or its reason changed while True: a spot reclaim announced, a
     /// prepaid term without auto-renew ending soon.
     Expiring { reason: String, message: String },
+    /// `Stalled` turned True with `UnexpectedState`: the instance drifted from
+    /// `spec.expect.state` past the grace period.
+    Drifted { message: String },
 }
 
 /// The transitions from `old` to `new`.
@@ -66,6 +69,18 @@ pub fn transitions(old: Option<&PpioInstanceStatus>, new: &PpioInstanceStatus) -
             .filter(|c| c.status == crate::vocabulary::status::TRUE)
             .map(|c| (c.reason.clone(), c.message.clone()))
     };
+    let drifted = |s: Option<&PpioInstanceStatus>| {
+        s?.condition(condition::STALLED)
+            .filter(|c| {
+                c.status == crate::vocabulary::status::TRUE && c.reason == reason::UNEXPECTED_STATE
+            })
+            .map(|c| c.message.clone())
+    };
+    if let Some(message) = drifted(Some(new))
+        && drifted(old).is_none()
+    {
+        out.push(Transition::Drifted { message });
+    }
     if let Some((reason, message)) = expiring(Some(new))
         && expiring(old).map(|(r, _)| r) != Some(reason.clone())
     {
@@ -97,6 +112,12 @@ pub(super) fn log_transitions(
                     reason = reason.as_str(),
                     detail = message.as_str(),
                     "sync failing"
+                )
+            }
+            Transition::Drifted { message } => {
+                warn!(
+                    detail = message.as_str(),
+                    "instance drifted from spec.expect"
                 )
             }
             Transition::Expiring { reason, message } => {
@@ -143,6 +164,13 @@ pub(super) async fn publish_events(ctx: &Context, instance: &PpioInstance, list:
                 reason: event::SYNCED.into(),
                 note: Some(format!("The PPIO API answers again (was {from}).")),
                 action: event::ACTION_POLL.into(),
+                secondary: None,
+            },
+            Transition::Drifted { message } => Event {
+                type_: EventType::Warning,
+                reason: reason::UNEXPECTED_STATE.into(),
+                note: Some(message.clone()),
+                action: event::ACTION_OBSERVE.into(),
                 secondary: None,
             },
             Transition::Expiring { reason, message } => Event {

@@ -185,10 +185,6 @@ impl Ledger {
     /// A PpioInstance uses `key` for `instance_id`: its books are opened (on first use) and
     /// kept open.
     pub(super) fn note(&self, key: &ApiKey, fingerprint: u64, object: (&str, &str), id: &str) {
-        let s = &self.env.settings;
-        if s.catalogue_every.is_zero() && s.bills_every.is_zero() {
-            return;
-        }
         {
             let mut entries = lock(&self.entries);
             let entry = entries
@@ -210,6 +206,12 @@ impl Ledger {
                     st.burn = st.burn.minus(hourly);
                 }
             }
+        }
+        // Without money reads no books are kept (the entry still says when the status
+        // changes by itself).
+        let s = &self.env.settings;
+        if s.catalogue_every.is_zero() && s.bills_every.is_zero() {
+            return;
         }
         let books = self.books_of(key, fingerprint);
         lock(&books.state).touched = Instant::now();
@@ -323,7 +325,8 @@ impl Ledger {
         version != e.rendered
     }
 
-    /// When a PpioInstance's `Expiring` condition changes by itself.
+    /// When a PpioInstance's status changes by itself (its `Expiring` condition, the grace
+    /// period of `spec.expect`).
     pub fn next_change(&self, object: (&str, &str)) -> Option<Timestamp> {
         lock(&self.entries)
             .get(&(object.0.to_string(), object.1.to_string()))

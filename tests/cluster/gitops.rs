@@ -215,3 +215,87 @@ fn has_condition(
         .condition(type_)
         .is_some_and(|c| c.status == st && c.reason == reason)
 }
+
+#[ppio_test_macros::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_expect_reads_healthy_when_it_holds_and_failed_when_the_instance_drifts() {
+    let Scene {
+        ns, api, op: _op, ..
+    } = scene("gitops-expect", KEY, &[]).await;
+    let with = |id: &str, state: &str, grace: &str| {
+        format!("instanceId: {id}\nexpect:\n  state: {state}\n  gracePeriod: {grace}")
+    };
+    // The samples: ca338f12f3 runs, c0ffee1234 is exited.
+    apply_instance(&ns, "expect-running", &with("ca338f12f3", "running", "10m"));
+    apply_instance(&ns, "parked", &with("c0ffee1234", "exited", "10m"));
+    apply_instance(&ns, "drifted", &with("c0ffee1234", "running", "2s"));
+    apply_instance(&ns, "within-grace", &with("c0ffee1234", "running", "1h"));
+    apply_instance(&ns, "gone", &with("d00000dead", "running", "10m"));
+    for name in ["expect-running", "parked", "within-grace"] {
+        wait_observed(&api, name).await;
+    }
+    wait_for(&api, "parked", "ready as expected", |o| {
+        has(o, "Ready", "True", "ExpectedState")
+    })
+    .await;
+    wait_for(
+        &api,
+        "within-grace",
+        "waiting for the expected state",
+        |o| has(o, "Reconciling", "True", "AwaitingExpectedState"),
+    )
+    .await;
+    // Past its 2 s grace period with no new observation needed: the operator looks again
+    // when the grace period ends.
+    wait_for(&api, "drifted", "drift", |o| {
+        has(o, "Stalled", "True", "UnexpectedState")
+    })
+    .await;
+    wait_for(&api, "gone", "gone", |o| {
+        has(o, "Stalled", "True", "InstanceNotFound")
+    })
+    .await;
+
+    let h = evaluate(&ns);
+    let row = |name: &str| -> (&str, &str, &str) {
+        let x = h
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} evaluated: {h:?}"));
+        (x.kstatus.as_str(), x.argo.as_str(), x.flux.as_str())
+    };
+    assert_eq!(row("expect-running"), ("Current", "Healthy", "Current"));
+    // Parked on purpose: healthy for all three (plain kstatus too, as Ready is True).
+    assert_eq!(row("parked"), ("Current", "Healthy", "Current"));
+    assert_eq!(row("drifted"), ("Failed", "Degraded", "Failed"));
+    assert!(
+        h["drifted"].argo_message.contains("UnexpectedState"),
+        "{:?}",
+        h["drifted"]
+    );
+    assert_eq!(
+        row("within-grace"),
+        ("InProgress", "Progressing", "InProgress")
+    );
+    let gone = row("gone");
+    assert_eq!((gone.0, gone.2), ("Failed", "Failed"));
+    assert!(matches!(gone.1, "Degraded" | "Missing"), "{gone:?}");
+
+    // The drift is told once, as a Warning Event.
+    let events = wait_until("the drift's Warning Event", WAIT, async || {
+        let names = kubectl_ok(
+            &[
+                "get",
+                "events",
+                "-n",
+                &ns,
+                "--field-selector",
+                "type=Warning,reason=UnexpectedState",
+                "-o",
+                "jsonpath={.items[*].involvedObject.name}",
+            ],
+            None,
+        );
+        (!names.trim().is_empty()).then_some(names)
+    })
+    .await;
+    assert_eq!(events.trim(), "drifted");
+}

@@ -9,14 +9,19 @@
 -- It uses only Lua's base and table libraries, so it needs no useOpenLibs.
 --
 -- It reads the conditions the operator writes (Ready, Synced, Reconciling, Stalled) and
--- status.state, first match wins:
+-- status.state. With spec.expect, Ready means "the state spec.expect.state names" (an
+-- instance parked on purpose, expect.state: exited, is Ready), a state other than the
+-- expected one is Reconciling=True AwaitingExpectedState within the grace period and
+-- Stalled=True UnexpectedState after it. First match wins:
 --   no status or conditions yet, or status.observedGeneration behind  -> Progressing
 --   Synced=False reason Suspended (spec.suspend: true)                 -> Suspended
---   Stalled=True (instance gone, credentials or permissions wrong, ...)-> Degraded
+--   Stalled=True (instance gone, drifted from spec.expect, credentials
+--                 or permissions wrong, ...)                          -> Degraded
 --   Synced=False (PPIO unavailable, rate limited, ...)                 -> Degraded
---   Reconciling=True (a transitional state such as starting)           -> Progressing
+--   Reconciling=True (a transitional state such as starting, or a state
+--                 other than spec.expect's within its grace period)   -> Progressing
 --   Ready not yet True or False                                        -> Progressing
---   Ready=True (running)                                               -> Healthy
+--   Ready=True (running, or the state spec.expect names)               -> Healthy
 --   state exited (stopped on purpose)                                  -> Suspended
 --   state removed (released in PPIO)                                   -> Degraded
 -- The message is the deciding condition's reason and message.

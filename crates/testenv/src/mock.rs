@@ -327,6 +327,7 @@ pub fn instance(name: &str, status: Option<PpioInstanceStatus>) -> PpioInstance 
             credentials_secret_ref: None,
             refresh_interval: None,
             suspend: None,
+            expect: None,
         },
     );
     i.metadata.namespace = Some("ml".into());

@@ -177,6 +177,7 @@ impl Scene {
                 }),
                 refresh_interval: None,
                 suspend: None,
+                expect: None,
             },
         );
         o.metadata.namespace = Some(ns.clone());
