@@ -217,6 +217,16 @@ pub struct ApiMetrics {
     pub keys: Gauge,
     /// A key's sweeper that ended unexpectedly and was started again.
     pub key_restarts: Counter,
+    /// Per API key fingerprint and money call: 1 while PPIO does not serve the call here.
+    pub call_unavailable: Family<CallLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// A fingerprint of the key, never the key.
+    pub key: String,
+    /// `products`, `bills`, `balance`.
+    pub call: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -235,6 +245,7 @@ impl Default for ApiMetrics {
             sweeps: Family::default(),
             keys: Gauge::default(),
             key_restarts: Counter::default(),
+            call_unavailable: Family::default(),
         }
     }
 }
@@ -272,6 +283,11 @@ impl ApiMetrics {
             self.keys.clone(),
         );
         r.register(
+            "call_unavailable",
+            "1 while PPIO does not serve a money call (products, bills, balance) for this API key (label key: a fingerprint, never the key): its figures stay absent",
+            self.call_unavailable.clone(),
+        );
+        r.register(
             "key_restarts",
             "Sweepers of an API key that ended unexpectedly (a panic) and were started again",
             self.key_restarts.clone(),
@@ -283,6 +299,20 @@ impl ApiMetrics {
         let labels = KeyLabels { key: key.into() };
         self.list_unavailable.remove(&labels);
         self.key_lateness.remove(&labels);
+    }
+
+    /// Sets whether a money call is served for a key (fingerprint label): a series only while
+    /// it is not.
+    pub fn set_call_unavailable(&self, key: &str, call: &str, unavailable: bool) {
+        let labels = CallLabels {
+            key: key.into(),
+            call: call.into(),
+        };
+        if unavailable {
+            self.call_unavailable.get_or_create(&labels).set(1);
+        } else {
+            self.call_unavailable.remove(&labels);
+        }
     }
 
     /// Sets whether the LIST is unavailable for a key (fingerprint label).

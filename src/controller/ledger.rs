@@ -485,12 +485,12 @@ async fn read_catalogue(env: &Env, books: &Books) {
     let mut st = lock(&books.state);
     st.next_catalogue = match result {
         Ok(catalogue) => {
-            said_ok(&mut st, books, "products");
+            said_ok(env, &mut st, books, "products");
             st.snapshot.catalogue = Some(Arc::new(catalogue));
             st.snapshot.version += 1;
             now + env.settings.catalogue_every
         }
-        Err(e) => now + failed(&mut st, books, "products", &e),
+        Err(e) => now + failed(env, &mut st, books, "products", &e),
     };
 }
 
@@ -520,12 +520,12 @@ async fn read_bills(env: &Env, books: &Books, ids: &BTreeSet<String>) {
     let mut st = lock(&books.state);
     let every = match outcome {
         Ok(()) => {
-            said_ok(&mut st, books, "bills");
+            said_ok(env, &mut st, books, "bills");
             st.snapshot.bills = Some((Arc::new(totals), read_at));
             st.snapshot.version += 1;
             env.settings.bills_every
         }
-        Err(e) => failed(&mut st, books, "bills", &e),
+        Err(e) => failed(env, &mut st, books, "bills", &e),
     };
     st.next_bills = now + every.min(until_next_month(read_at));
 }
@@ -589,10 +589,15 @@ async fn read_balance(env: &Env, books: &Books) {
     let mut st = lock(&books.state);
     match result {
         Ok(amount) => {
-            said_ok(&mut st, books, "balance");
+            said_ok(env, &mut st, books, "balance");
             st.balance = Balance::Served(amount);
         }
         Err(e) if e.call_not_served() => {
+            env.metrics.api.set_call_unavailable(
+                &super::key_label(books.fingerprint),
+                "balance",
+                true,
+            );
             info!(
                 key = super::key_label(books.fingerprint).as_str(),
                 "the PPIO API does not serve the account balance here; ppio_account_balance and ppio_account_runway_hours stay absent for this key"
@@ -600,14 +605,23 @@ async fn read_balance(env: &Env, books: &Books) {
             st.balance = Balance::NotServed;
         }
         Err(e) => {
-            failed(&mut st, books, "balance", &e);
+            failed(env, &mut st, books, "balance", &e);
         }
     }
 }
 
 /// A failed read: said once (until the call answers again); returns when to try again.
-fn failed(st: &mut BookState, books: &Books, call: &'static str, e: &PpioError) -> Duration {
+fn failed(
+    env: &Env,
+    st: &mut BookState,
+    books: &Books,
+    call: &'static str,
+    e: &PpioError,
+) -> Duration {
     if e.call_not_served() {
+        env.metrics
+            .api
+            .set_call_unavailable(&super::key_label(books.fingerprint), call, true);
         if st.said.insert(call) {
             info!(
                 key = super::key_label(books.fingerprint).as_str(),
@@ -630,7 +644,10 @@ fn failed(st: &mut BookState, books: &Books, call: &'static str, e: &PpioError) 
 }
 
 /// A call answers (again): a later failure is said again.
-fn said_ok(st: &mut BookState, books: &Books, call: &'static str) {
+fn said_ok(env: &Env, st: &mut BookState, books: &Books, call: &'static str) {
+    env.metrics
+        .api
+        .set_call_unavailable(&super::key_label(books.fingerprint), call, false);
     if st.said.remove(call) {
         info!(
             key = super::key_label(books.fingerprint).as_str(),
@@ -689,9 +706,11 @@ fn close(env: &Env, books: &Arc<Books>, all: &Mutex<HashMap<u64, Arc<Books>>>) {
         .is_some_and(|b| Arc::ptr_eq(b, books))
     {
         all.remove(&books.fingerprint);
-        env.metrics
-            .account
-            .forget(&super::key_label(books.fingerprint));
+        let label = super::key_label(books.fingerprint);
+        env.metrics.account.forget(&label);
+        for call in ["products", "bills", "balance"] {
+            env.metrics.api.set_call_unavailable(&label, call, false);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{AUTHORIZATION, DATE, HeaderName, HeaderValue, RETRY_AFTER};
 
 use super::money::{self, BillQuery};
-use super::{ApiKey, Instance, InstancePage, ListQuery, PpioApi, PpioError};
+use super::{ApiKey, DecodeError, Instance, InstancePage, ListQuery, PpioApi, PpioError};
 use crate::money::{Amount, BillTotals, Catalogue};
 
 /// Characters escaped in the instance id path segment: everything but `-._~` and alphanumerics.
@@ -37,6 +37,8 @@ pub struct HttpClientConfig {
     pub timeout: Duration,
     /// Bodies larger than this are rejected without being buffered.
     pub max_body_bytes: usize,
+    /// A bill list larger than this is refused (its window is then asked for in slices).
+    pub max_bill_bytes: usize,
     /// Accept an `http://` base URL whose host is not loopback. The API key would cross the
     /// network unencrypted, so this is off by default (`--ppio-allow-insecure-http`); `http://`
     /// to 127.0.0.0/8, `::1` or `localhost` (a local simulator or proxy) is always accepted.
@@ -49,6 +51,7 @@ impl Default for HttpClientConfig {
             base_url: DEFAULT_BASE_URL.into(),
             timeout: DEFAULT_REQUEST_TIMEOUT,
             max_body_bytes: 1024 * 1024,
+            max_bill_bytes: BILL_BODY_CAP,
             allow_insecure_http: false,
         }
     }
@@ -124,6 +127,7 @@ pub struct HttpClient {
     http: reqwest::Client,
     base: String,
     max_body_bytes: usize,
+    max_bill_bytes: usize,
 }
 
 impl HttpClient {
@@ -156,6 +160,7 @@ impl HttpClient {
             http,
             base: url.as_str().trim_end_matches('/').to_string(),
             max_body_bytes: config.max_body_bytes,
+            max_bill_bytes: config.max_bill_bytes,
         })
     }
 
@@ -218,11 +223,47 @@ impl HttpClient {
         Ok(money::decode_catalogue(&body)?)
     }
 
+    /// A bill list, decoded as it streams in (on a blocking thread, fed chunk by chunk): a
+    /// whole account's month is never held in memory, as a body or as rows.
     async fn bill_totals(&self, key: &ApiKey, query: &BillQuery) -> Result<BillTotals, PpioError> {
-        let body = self
-            .read_call(key, query.path(), &query.pairs(), BILL_BODY_CAP)
-            .await?;
-        Ok(money::decode_bills(&body, query.kind, query.window)?)
+        let request = self
+            .http
+            .get(format!("{}{}", self.base, query.path()))
+            .query(&query.pairs());
+        let mut response = self.send_ok(key, request).await?;
+        let limit = self.max_bill_bytes;
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(PpioError::TooLarge { limit });
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let (kind, window) = (query.kind, query.window);
+        let decode = tokio::task::spawn_blocking(move || {
+            money::decode_bills_from(ChunkReader::new(rx), kind, window)
+        });
+        let mut read = 0usize;
+        let streamed = loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    read += chunk.len();
+                    if read > limit {
+                        break Err(PpioError::TooLarge { limit });
+                    }
+                    // The decoder stopped early (a body that is not bills): its error says why.
+                    if tx.send(chunk.to_vec()).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(transport_error(e)),
+            }
+        };
+        drop(tx);
+        let decoded = decode
+            .await
+            .map_err(|_| PpioError::Decode(DecodeError::NotBills));
+        // A body cut short fails the decode too: the reason it was cut short comes first.
+        streamed?;
+        Ok(decoded??)
     }
 
     async fn available_balance(&self, key: &ApiKey) -> Result<Amount, PpioError> {
@@ -262,6 +303,17 @@ impl HttpClient {
         request: reqwest::RequestBuilder,
         limit: usize,
     ) -> Result<Vec<u8>, PpioError> {
+        let mut response = self.send_ok(key, request).await?;
+        read_capped(&mut response, limit).await
+    }
+
+    /// Sends a GET with the key; a 2xx answer is returned unread, any other is classified by
+    /// its status line, its body read only best effort and at most [`MAX_ERROR_BODY_BYTES`].
+    async fn send_ok(
+        &self,
+        key: &ApiKey,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, PpioError> {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .map_err(|_| PpioError::InvalidApiKey)?;
         auth.set_sensitive(true);
@@ -273,7 +325,7 @@ impl HttpClient {
             .map_err(transport_error)?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
-            return read_capped(&mut response, limit).await;
+            return Ok(response);
         }
         let header = |name: HeaderName| {
             response
@@ -311,6 +363,41 @@ pub const BILL_BODY_CAP: usize = 32 * 1024 * 1024;
 /// The room a LIST page gives each item it may hold (the vendor's example item is about
 /// 1 KiB).
 pub const LIST_ITEM_BYTES: usize = 8 * 1024;
+
+/// A blocking reader over the chunks of a body sent by the task that reads it.
+struct ChunkReader {
+    chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl ChunkReader {
+    fn new(chunks: tokio::sync::mpsc::Receiver<Vec<u8>>) -> ChunkReader {
+        ChunkReader {
+            chunks,
+            current: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at >= self.current.len() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => {
+                    self.current = chunk;
+                    self.at = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
 
 /// Reads a 2xx body of at most `limit` bytes.
 async fn read_capped(response: &mut reqwest::Response, limit: usize) -> Result<Vec<u8>, PpioError> {
@@ -754,6 +841,51 @@ mod tests {
         let (c, _) = serve(|| (StatusCode::OK, vec![b' '; 2 * 1024 * 1024]).into_response()).await;
         let e = c.get_instance(&key(), "x").await.expect_err("too large");
         assert_eq!(e, PpioError::TooLarge { limit: 1024 * 1024 });
+    }
+
+    #[tokio::test]
+    async fn a_bill_list_streams_in_and_one_over_its_cap_is_refused() {
+        use crate::money::Window;
+        use crate::ppio::{BillKind, BillQuery};
+        fn bills() -> Response {
+            // About 2.6 MiB: 20,000 rows, one of them the instance's.
+            let mut rows: Vec<String> = (0..20_000)
+                .map(|i| {
+                    format!(
+                        r#"{{"ownerID":"other-{i}","startTime":"1764547200","endTime":"1764550799","payAmount":"1","amount":"1","productName":"padding padding padding padding padding"}}"#
+                    )
+                })
+                .collect();
+            rows.push(
+                r#"{"ownerID":"i-1","startTime":"1764547200","endTime":"1764550799","payAmount":"12345"}"#
+                    .into(),
+            );
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                format!(r#"{{"bills":[{}]}}"#, rows.join(",")),
+            )
+                .into_response()
+        }
+        let (client, _) = serve(bills).await;
+        let query = BillQuery {
+            kind: BillKind::PayAsYouGo,
+            window: Window {
+                start: 1_764_547_200,
+                end: 1_767_225_600,
+            },
+            owner: None,
+        };
+        let totals = client.bill_totals(&key(), &query).await.expect("decoded");
+        assert_eq!(totals.by_owner.len(), 20_001);
+        assert_eq!(totals.by_owner["i-1"].paid, 12_345);
+        let small = HttpClient {
+            max_bill_bytes: 1024 * 1024,
+            ..client
+        };
+        assert_eq!(
+            small.bill_totals(&key(), &query).await,
+            Err(PpioError::TooLarge { limit: 1024 * 1024 })
+        );
     }
 
     #[tokio::test]

@@ -132,23 +132,19 @@ pub fn decode_catalogue(body: &[u8]) -> Result<Catalogue, DecodeError> {
     Ok(catalogue)
 }
 
-/// One bill row: what the totals need.
+/// One bill row: what the totals need. Read from a stream, so a field of the wrong shape
+/// fails the whole answer (a total that silently left a bill out would be wrong).
 #[derive(Deserialize)]
 struct Row {
-    #[serde(
-        default,
-        alias = "ownerId",
-        rename = "ownerID",
-        deserialize_with = "lenient"
-    )]
+    #[serde(default, alias = "ownerId", rename = "ownerID")]
     owner: Option<Text>,
-    #[serde(default, rename = "startTime", deserialize_with = "lenient")]
+    #[serde(default, rename = "startTime")]
     start: Option<Int>,
-    #[serde(default, rename = "endTime", deserialize_with = "lenient")]
+    #[serde(default, rename = "endTime")]
     end: Option<Int>,
-    #[serde(default, rename = "createTime", deserialize_with = "lenient")]
+    #[serde(default, rename = "createTime")]
     created: Option<Int>,
-    #[serde(default, rename = "payAmount", deserialize_with = "lenient")]
+    #[serde(default, rename = "payAmount")]
     pay_amount: Option<Int>,
 }
 
@@ -245,6 +241,15 @@ pub fn decode_bills(
     if !starts_an_object(body) {
         return Err(DecodeError::NotAnObject);
     }
+    decode_bills_from(body, kind, window)
+}
+
+/// [`decode_bills`] from a stream: rows are folded as they are read.
+pub fn decode_bills_from(
+    body: impl std::io::Read,
+    kind: BillKind,
+    window: Window,
+) -> Result<BillTotals, DecodeError> {
     let mut totals = BillTotals::default();
     let mut bad = false;
     let mut found = false;
@@ -254,7 +259,7 @@ pub fn decode_bills(
         totals: &mut totals,
         bad: &mut bad,
     };
-    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut de = serde_json::Deserializer::from_reader(body);
     de.deserialize_map(Envelope(&mut fold, &mut found))
         .and_then(|()| de.end())
         .map_err(|_| DecodeError::NotBills)?;

@@ -40,11 +40,17 @@ async fn cost_month_to_date_and_a_spot_reclaim_show_in_status_kubectl_events_and
     let hour = now / 3600 * 3600;
     // The three samples (a prepaid, a postpaid with 4 cards, a spot one; all at price 100 of
     // product-id, whose postpaid price is 100 and spot price 30 at precision 2), and three
-    // more postpaid copies: six instances, so bills are asked for the whole account.
+    // more postpaid copies and one priced per card: seven instances, so bills are asked for
+    // the whole account.
     let sample = ppio_operator::simulator::Simulator::samples().remove(1);
     for i in 0..3 {
         sim.put_instance(&format!("extra{i}"), sample.clone());
     }
+    // Priced per card: 2 cards at 100 each.
+    let mut per_card = sample.clone();
+    per_card["resource_specs"]["gpu_num"] = json!(2);
+    per_card["pricing"]["instance_price"] = json!(200);
+    sim.put_instance("card2", per_card);
     // b7e2c91d04: 1.0000 and 0.2500 this month; a row of last month does not count. 6,000
     // rows of other instances make the answer well over 1 MiB.
     let mut rows = vec![
@@ -72,6 +78,7 @@ async fn cost_month_to_date_and_a_spot_reclaim_show_in_status_kubectl_events_and
         ("extra-0", "extra0"),
         ("extra-1", "extra1"),
         ("extra-2", "extra2"),
+        ("per-card", "card2"),
     ];
     for (name, id) in names {
         apply_instance(&ns, name, &format!("instanceId: {id}"));
@@ -102,6 +109,10 @@ async fn cost_month_to_date_and_a_spot_reclaim_show_in_status_kubectl_events_and
                 .to_string()
         )
     );
+    let card = billed("per-card", "0.0000").await;
+    let card_cost = card.status.and_then(|s| s.cost).expect("cost");
+    assert_eq!(card_cost.hourly.as_deref(), Some("2.00"));
+    assert_eq!(card_cost.hourly_basis.as_deref(), Some("perCard"));
     // A prepaid term counts in the month it was charged.
     let a = billed("trainer-a", "9072.0000").await;
     assert_eq!(
@@ -190,7 +201,7 @@ async fn cost_month_to_date_and_a_spot_reclaim_show_in_status_kubectl_events_and
                 && l.contains(&format!("namespace=\"{ns}\""))
         })
         .collect();
-    assert_eq!(hourly.len(), 5, "{hourly:?}");
+    assert_eq!(hourly.len(), 6, "{hourly:?}");
     let spend = line(&format!(
         "ppio_instance_spend_month_to_date{{namespace=\"{ns}\",name=\"trainer-b\""
     ));

@@ -460,6 +460,16 @@ async fn the_balance_gives_the_runway_of_running_hourly_instances_or_is_not_aske
     let m = ppio.money.lock().expect("lock");
     assert!(m.count("bills") >= 4);
     assert_eq!(m.count("balance"), 1);
+    assert_eq!(
+        metric(&ctx, "ppio_api_call_unavailable"),
+        1.0,
+        "the balance is said not served, in a metric"
+    );
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("ppio_api_call_unavailable{key=")
+    );
     assert!(!ctx.metrics.encode().contains("ppio_account_balance{"));
     assert!(!ctx.metrics.encode().contains("ppio_account_runway_hours{"));
 }
