@@ -280,22 +280,6 @@ async fn spec_expect_reads_healthy_when_it_holds_and_failed_when_the_instance_dr
     assert!(matches!(gone.1, "Degraded" | "Missing"), "{gone:?}");
 
     // The drift is told once, as a Warning Event.
-    let events = wait_until("the drift's Warning Event", WAIT, async || {
-        let names = kubectl_ok(
-            &[
-                "get",
-                "events",
-                "-n",
-                &ns,
-                "--field-selector",
-                "type=Warning,reason=UnexpectedState",
-                "-o",
-                "jsonpath={.items[*].involvedObject.name}",
-            ],
-            None,
-        );
-        (!names.trim().is_empty()).then_some(names)
-    })
-    .await;
+    let events = warning_event_objects(&ns, "UnexpectedState").await;
     assert_eq!(events.trim(), "drifted");
 }

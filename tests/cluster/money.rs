@@ -160,23 +160,7 @@ async fn cost_month_to_date_and_a_spot_reclaim_show_in_status_kubectl_events_and
         has(o, "Expiring", "True", "SpotReclaimScheduled")
     })
     .await;
-    let events = wait_until("the Warning Event", WAIT, async || {
-        let names = kubectl_ok(
-            &[
-                "get",
-                "events",
-                "-n",
-                &ns,
-                "--field-selector",
-                "type=Warning,reason=SpotReclaimScheduled",
-                "-o",
-                "jsonpath={.items[*].involvedObject.name}",
-            ],
-            None,
-        );
-        (!names.trim().is_empty()).then_some(names)
-    })
-    .await;
+    let events = warning_event_objects(&ns, "SpotReclaimScheduled").await;
     assert_eq!(events.trim(), "notebook-c");
     let metrics = wait_until("money metrics", WAIT, async || {
         let text = http_get(op.http, "/metrics").await?.1;

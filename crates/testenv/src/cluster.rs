@@ -196,6 +196,29 @@ pub fn kubectl_at(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Outp
 }
 
 /// kubectl that must succeed; its stdout.
+/// The names of the objects in `ns` with a Warning Event of `reason`, space separated, once
+/// there is one (waits up to `WAIT`).
+pub async fn warning_event_objects(ns: &str, reason: &str) -> String {
+    let selector = format!("type=Warning,reason={reason}");
+    wait_until(&format!("a Warning Event {reason}"), WAIT, async || {
+        let names = kubectl_ok(
+            &[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                &selector,
+                "-o",
+                "jsonpath={.items[*].involvedObject.name}",
+            ],
+            None,
+        );
+        (!names.trim().is_empty()).then(|| names.trim().to_string())
+    })
+    .await
+}
+
 pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
     kubectl_at_ok(kubeconfig(), args, stdin)
 }
