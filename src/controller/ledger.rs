@@ -515,6 +515,9 @@ async fn read_bills(env: &Env, books: &Books, ids: &BTreeSet<String>) {
                 break;
             }
         }
+        if outcome.is_err() {
+            break;
+        }
     }
     let now = Instant::now();
     let mut st = lock(&books.state);

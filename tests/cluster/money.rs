@@ -199,3 +199,78 @@ async fn cost_month_to_date_and_a_spot_reclaim_show_in_status_kubectl_events_and
         op.log()
     );
 }
+
+#[ppio_test_macros::test]
+async fn failing_money_calls_touch_no_instance_and_are_said_once() {
+    let Scene {
+        ns, sim, op, api, ..
+    } = scene(
+        "money-fail",
+        "key-money-fail",
+        &[
+            "--currency",
+            "CNY",
+            "--money-first-read",
+            "1s",
+            "--catalogue-refresh-interval",
+            "1h",
+            "--billing-refresh-interval",
+            "1h",
+        ],
+    )
+    .await;
+    use ppio_operator::simulator::{
+        BALANCE_FAULT, BILLS_FAULT, Fault, MONTHLY_BILLS_FAULT, PRODUCTS_FAULT,
+    };
+    sim.set_fault(PRODUCTS_FAULT, Fault::status(401));
+    sim.set_fault(BILLS_FAULT, Fault::status(429).with_retry_after("60"));
+    sim.set_fault(MONTHLY_BILLS_FAULT, Fault::status(500));
+    sim.set_fault(BALANCE_FAULT, Fault::status(404));
+    apply_instance(&ns, "trainer-a", "instanceId: ca338f12f3");
+    wait_fetched(&api, "trainer-a").await;
+    // The catalogue (after 1 s), then the bills and the balance (after 3 s) were asked for,
+    // and failed.
+    wait_until("the money calls", WAIT, async || {
+        let calls = sim.counts().calls;
+        (calls.get("products").copied().unwrap_or(0) >= 1
+            && calls.get("balance").copied().unwrap_or(0) >= 1)
+            .then_some(())
+    })
+    .await;
+    // Observation goes on (every 10 s): a 429 on bills pauses no instance call.
+    let seen = observations(&sim, "ca338f12f3");
+    wait_until("another observation", WAIT, async || {
+        (observations(&sim, "ca338f12f3") > seen).then_some(())
+    })
+    .await;
+    let o = api.get("trainer-a").await.expect("get");
+    assert!(has(&o, "Synced", "True", "Observed"), "{:?}", o.status);
+    assert!(has(&o, "Stalled", "False", "Observed"), "{:?}", o.status);
+    assert_eq!(o.status.and_then(|s| s.cost), None);
+    // Said once per call (the catalogue, the bills), naming the key by its fingerprint; the
+    // balance is not served here: said, and in a metric.
+    let log = op.log();
+    assert_eq!(
+        log.matches("reading money figures failed").count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        log.contains("does not serve the account balance here"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("key-money-fail"),
+        "the key itself is never logged"
+    );
+    let metrics = http_get(op.http, "/metrics").await.expect("metrics").1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ppio_api_call_unavailable{")
+                && l.contains("call=\"balance\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("ppio_account_balance{"), "{metrics}");
+}
