@@ -376,10 +376,11 @@ async fn keep(
     all: Arc<Mutex<HashMap<u64, Arc<Books>>>>,
 ) {
     loop {
+        // Locks in one order everywhere: entries, then the books, then a book's state.
+        let used = lock(&entries).values().any(|e| e.key == books.fingerprint);
         let (due, at) = {
             let mut st = lock(&books.state);
             let now = Instant::now();
-            let used = lock(&entries).values().any(|e| e.key == books.fingerprint);
             if !used && now.saturating_duration_since(st.touched) >= IDLE {
                 st.stopped = true;
                 drop(st);
