@@ -121,7 +121,7 @@ async fn new_instance_gets_the_full_status_and_kubectl_shows_the_columns() {
         header,
         [
             "NAME", "INSTANCE", "STATE", "GPUS", "REGION", "READY", "SYNCED", "AGE", "IP",
-            "BILLING"
+            "BILLING", "COST/H", "CURRENCY"
         ]
     );
     let row: Vec<&str> = wide
@@ -139,6 +139,7 @@ async fn new_instance_gets_the_full_status_and_kubectl_shows_the_columns() {
         "credentialsSecretRef",
         "refreshInterval",
         "suspend",
+        "expect",
         "Immutable",
     ] {
         assert!(

@@ -86,12 +86,11 @@ async fn cost_month_to_date_and_a_spot_reclaim_show_in_status_kubectl_events_and
     let billed = |name: &'static str, want: &'static str| {
         let api = api.clone();
         async move {
-            wait_for(&api, name, "month to date", |o| {
-                o.status
-                    .as_ref()
-                    .and_then(|s| s.cost.as_ref())
-                    .and_then(|c| c.month_to_date.as_deref())
-                    == Some(want)
+            // Billed, and calibrated (after its first full GET).
+            wait_for(&api, name, "month to date and hourly basis", |o| {
+                let cost = o.status.as_ref().and_then(|s| s.cost.as_ref());
+                cost.and_then(|c| c.month_to_date.as_deref()) == Some(want)
+                    && cost.is_some_and(|c| c.hourly_basis.is_some())
             })
             .await
         }
