@@ -144,6 +144,11 @@ fn lint_passes_and_bad_values_are_refused() {
         ("replicaCont=1", "replicaCont"),
         ("health.port=70000", "health"),
         ("health.port=8080", "health.port"),
+        ("money.currency=usd", "currency"),
+        (
+            "money.billingRefreshInterval=hourly",
+            "billingRefreshInterval",
+        ),
     ] {
         let out = helm(&["template", "rel", chart, "--set", set]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -260,6 +265,8 @@ fn the_deployment_is_hardened_and_configured_from_values() {
         "watchNamespace=ml",
         "defaultRefreshInterval=30s",
         "defaultKeyNamespaces={ml,team-b}",
+        "money.currency=USD",
+        "money.billingRefreshInterval=30m",
     ]));
     let dep = d
         .iter()
@@ -295,6 +302,10 @@ fn the_deployment_is_hardened_and_configured_from_values() {
         "--ppio-base-url=https://api.ppio.com",
         "--default-key-namespaces=ml,team-b",
         "--log-level=info",
+        "--currency=USD",
+        "--billing-refresh-interval=30m",
+        "--catalogue-refresh-interval=6h",
+        "--prepaid-expiry-horizon=72h",
     ] {
         assert!(args.contains(&want), "{want} missing from {args:?}");
     }
