@@ -148,6 +148,43 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub money: MoneyArgs,
+
+    #[command(flatten)]
+    pub exports: ExportArgs,
+}
+
+/// What PpioInstances may export into the cluster (each also needs the RBAC for it).
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Write the connection Secrets PpioInstances ask for (spec.connectionSecret); needs
+    /// create/update on Secrets. Off: such PpioInstances read Exported=False ExportsDisabled.
+    #[arg(long, env = "PPIO_EXPORT_CONNECTION_SECRETS", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub export_connection_secrets: bool,
+
+    /// Write the Services and EndpointSlices PpioInstances ask for (spec.service); needs
+    /// create/update on Services and EndpointSlices.
+    #[arg(long, env = "PPIO_EXPORT_SERVICES", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub export_services: bool,
+
+    /// Addresses never published in an EndpointSlice, as comma-separated CIDRs (e.g. the
+    /// cluster's pod and service ranges), besides loopback, link-local, unspecified,
+    /// multicast and broadcast addresses, which never are.
+    #[arg(long, env = "PPIO_EXPORT_DENY_CIDRS", value_delimiter = ',', value_parser = parse_cidr, value_name = "CIDR,...")]
+    pub export_deny_cidrs: Vec<crate::export::Cidr>,
+}
+
+impl ExportArgs {
+    pub fn settings(&self) -> crate::export::ExportSettings {
+        crate::export::ExportSettings {
+            connection_secrets: self.export_connection_secrets,
+            services: self.export_services,
+            deny: self.export_deny_cidrs.clone(),
+        }
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<crate::export::Cidr, String> {
+    crate::export::Cidr::parse(s)
 }
 
 /// How money is read and shown.
@@ -334,6 +371,7 @@ impl RunArgs {
                     ObserveMode::Get => Observe::Get,
                 },
                 money: self.money.settings(&self.ppio.ppio_base_url),
+                exports: self.exports.settings(),
             },
             ppio: Arc::new(http),
             concurrency: self.max_concurrent_reconciles,

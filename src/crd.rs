@@ -145,6 +145,45 @@ pub struct PpioInstanceSpec {
     /// "running", and no state is drift.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Expectation>,
+
+    /// Opt-in: an owned Secret, in this namespace, with how to connect to the instance (ssh
+    /// host, port, user and password, the web terminal's, Jupyter's and each port's
+    /// endpoint). Needs an operator installed with exports.connectionSecrets.enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_secret: Option<ConnectionSecretSpec>,
+
+    /// Opt-in: a Service without selector and its EndpointSlices, carrying the instance's
+    /// ports, so that Pods reach the instance by a cluster name. Needs an operator installed
+    /// with exports.services.enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceExportSpec>,
+}
+
+/// The connection Secret to write.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionSecretSpec {
+    /// The Secret's name. The operator writes it only when it is its own (created by it for
+    /// this PpioInstance); another Secret of that name is never touched.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+}
+
+/// The Service to write.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceExportSpec {
+    /// The Service's name; omitted: the PpioInstance's name. The operator writes it only when
+    /// it is its own; another Service of that name is never touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: Option<String>,
 }
 
 /// The state a GitOps repository expects an instance in.

@@ -349,6 +349,8 @@ pub fn manifests(
                     refresh_interval: None,
                     suspend: None,
                     expect: None,
+                    connection_secret: None,
+                    service: None,
                 },
                 status: None,
             };

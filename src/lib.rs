@@ -29,6 +29,7 @@ pub mod controller;
 pub mod crd;
 pub mod duration;
 pub mod expect;
+pub mod export;
 pub mod import;
 pub mod leader;
 pub mod metrics;

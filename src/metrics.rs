@@ -25,6 +25,15 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// An export write: the kind of object and what was done to it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExportWriteLabels {
+    /// `Secret`, `Service` or `EndpointSlice`.
+    pub kind: String,
+    /// `create`, `update` or `delete`.
+    pub op: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub endpoint: String,
@@ -132,6 +141,8 @@ pub struct ControllerMetrics {
     pub reconcile_duration: Histogram,
     pub status_writes: Counter,
     pub status_writes_skipped: Counter,
+    /// Writes of exported objects (connection Secrets, Services, EndpointSlices).
+    pub export_writes: Family<ExportWriteLabels, Counter>,
     pub backoffs: Gauge,
     pub leader: Gauge,
 }
@@ -143,6 +154,7 @@ impl Default for ControllerMetrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             status_writes: Counter::default(),
             status_writes_skipped: Counter::default(),
+            export_writes: Family::default(),
             backoffs: Gauge::default(),
             leader: Gauge::default(),
         }
@@ -170,6 +182,11 @@ impl ControllerMetrics {
             "status_writes_skipped",
             "Status writes skipped because nothing changed",
             self.status_writes_skipped.clone(),
+        );
+        r.register(
+            "export_writes",
+            "Writes of exported objects (connection Secrets, Services, EndpointSlices), by kind and operation",
+            self.export_writes.clone(),
         );
         r.register(
             "backoffs",

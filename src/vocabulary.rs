@@ -14,8 +14,11 @@ pub mod condition {
     pub const STALLED: &str = "Stalled";
     /// A spot reclaim is announced, or a prepaid term without auto-renew ends soon.
     pub const EXPIRING: &str = "Expiring";
+    /// Whether every export the PpioInstance asks for (connection Secret, Service) is written
+    /// and current; absent when it asks for none.
+    pub const EXPORTED: &str = "Exported";
     /// The condition types this operator owns, in the order they are written.
-    pub const OWN: [&str; 5] = [READY, SYNCED, RECONCILING, STALLED, EXPIRING];
+    pub const OWN: [&str; 6] = [READY, SYNCED, RECONCILING, STALLED, EXPIRING, EXPORTED];
 }
 
 /// Condition statuses (`metav1.Condition.status`).
@@ -63,6 +66,16 @@ pub mod reason {
     pub const EXPECTED_STATE: &str = "ExpectedState";
     /// `Reconciling=True`: a state other than `spec.expect.state`, within the grace period.
     pub const AWAITING_EXPECTED_STATE: &str = "AwaitingExpectedState";
+    /// `Exported=True`: every requested export is written and current.
+    pub const EXPORTED: &str = "Exported";
+    /// `Exported=False`: a Secret of the connection Secret's name exists and is not ours.
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// `Exported=False`: a Service or EndpointSlice of that name exists and is not ours.
+    pub const SERVICE_CONFLICT: &str = "ServiceConflict";
+    /// `Exported=False`: an endpoint address the operator does not publish.
+    pub const ADDRESS_REFUSED: &str = "AddressRefused";
+    /// `Exported=False`: the operator runs without the permission for that export.
+    pub const EXPORTS_DISABLED: &str = "ExportsDisabled";
 }
 
 /// Event reasons (besides the `Synced=False` condition reasons, which Events reuse) and
@@ -76,6 +89,8 @@ pub mod event {
     pub const ACTION_OBSERVE: &str = "Observe";
     /// The action of a sync change: the operator polled.
     pub const ACTION_POLL: &str = "Poll";
+    /// The action of an export that could not be written: the operator exported.
+    pub const ACTION_EXPORT: &str = "Export";
 }
 
 /// PPIO instance states (an open set: these are the ones the operator treats specially).

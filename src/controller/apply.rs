@@ -47,7 +47,11 @@ pub(super) async fn write_status(
         .condition(condition::SYNCED)
         .is_some_and(|c| c.status == crate::vocabulary::status::TRUE);
     let observed_at = observed_at.filter(|_| polled_ok).map(super::wall_time);
-    record(instance, ctx, new, observed_at).await
+    let fetched = match observation {
+        Observation::Instance(i) => Some(i),
+        _ => None,
+    };
+    record(instance, ctx, new, observed_at, fetched).await
 }
 
 /// Computes the money part of the stored status again (the key's catalogue or bills changed,
@@ -61,16 +65,18 @@ pub(super) async fn rerender(instance: &PpioInstance, ctx: &Context) -> Result<b
     else {
         return Ok(false);
     };
-    record(instance, ctx, stored.clone(), None).await
+    record(instance, ctx, stored.clone(), None, None).await
 }
 
-/// Adds the money part to a computed status and records it: the instance's metrics, the
+/// Adds the money part to a computed status, brings the exports in line with it, and records
+/// it: the instance's metrics, the
 /// write (only when the status changed), then a log line and an Event per transition.
 async fn record(
     instance: &PpioInstance,
     ctx: &Context,
     mut new: PpioInstanceStatus,
     observed_at: Option<std::time::SystemTime>,
+    fetched: Option<&crate::ppio::Instance>,
 ) -> Result<bool, Error> {
     let current = instance.status.as_ref();
     let (ns, name) = (
@@ -87,6 +93,7 @@ async fn record(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    super::export::export(instance, ctx, &mut new, current, fetched).await;
     let wrote = apply_status(instance, ctx, &new).await?;
     ctx.ledger.rendered(
         (&ns, &name),

@@ -30,6 +30,9 @@ pub enum Transition {
     /// `Stalled` turned True with `UnexpectedState`: the instance drifted from
     /// `spec.expect.state` past the grace period.
     Drifted { message: String },
+    /// `Exported` turned False, or its reason changed while False: an export could not be
+    /// written (a name taken, an address refused, exports off).
+    ExportFailed { reason: String, message: String },
 }
 
 /// The transitions from `old` to `new`.
@@ -86,6 +89,16 @@ pub fn transitions(old: Option<&PpioInstanceStatus>, new: &PpioInstanceStatus) -
     {
         out.push(Transition::Expiring { reason, message });
     }
+    let export_failed = |s: Option<&PpioInstanceStatus>| {
+        s?.condition(condition::EXPORTED)
+            .filter(|c| c.status == crate::vocabulary::status::FALSE)
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    if let Some((reason, message)) = export_failed(Some(new))
+        && export_failed(old).map(|(r, _)| r) != Some(reason.clone())
+    {
+        out.push(Transition::ExportFailed { reason, message });
+    }
     out
 }
 
@@ -125,6 +138,13 @@ pub(super) fn log_transitions(
                     reason = reason.as_str(),
                     detail = message.as_str(),
                     "instance expiring"
+                )
+            }
+            Transition::ExportFailed { reason, message } => {
+                warn!(
+                    reason = reason.as_str(),
+                    detail = message.as_str(),
+                    "export not written"
                 )
             }
         }
@@ -178,6 +198,13 @@ pub(super) async fn publish_events(ctx: &Context, instance: &PpioInstance, list:
                 reason: reason.clone(),
                 note: Some(message.clone()),
                 action: event::ACTION_OBSERVE.into(),
+                secondary: None,
+            },
+            Transition::ExportFailed { reason, message } => Event {
+                type_: EventType::Warning,
+                reason: reason.clone(),
+                note: Some(message.clone()),
+                action: event::ACTION_EXPORT.into(),
                 secondary: None,
             },
             Transition::FirstObserved => continue,

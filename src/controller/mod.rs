@@ -18,6 +18,7 @@ pub mod budget;
 pub mod cached;
 pub mod credentials;
 pub mod events;
+pub mod export;
 pub mod ledger;
 pub mod poll;
 pub mod schedule;
@@ -108,6 +109,8 @@ pub struct Settings {
     pub observe: Observe,
     /// How money (catalogue, bills, balance) is read and shown.
     pub money: ledger::MoneySettings,
+    /// What may be exported (connection Secrets, Services).
+    pub exports: crate::export::ExportSettings,
 }
 
 /// What the controller remembers per PpioInstance between reconciles.
@@ -154,6 +157,8 @@ pub struct Context {
     sweeps: sweep::Sweeps,
     /// Each key's catalogue, bills and balance.
     ledger: ledger::Ledger,
+    /// Each PpioInstance's exports, as last written.
+    exports: export::Exports,
     /// Reconciles at work at once, started in the order asked; `None`: no limit.
     permits: Option<Arc<tokio::sync::Semaphore>>,
     /// The credentials Secrets read lately.
@@ -191,6 +196,7 @@ impl Context {
         );
         Context {
             ledger,
+            exports: export::Exports::default(),
             client,
             ppio,
             settings,
@@ -370,6 +376,7 @@ impl Context {
         if let Some((ns, name)) = key.split_once('/') {
             self.sweeps.forget(ns, name);
             self.ledger.forget(ns, name);
+            self.exports.forget(ns, name);
         }
         let removed = lock(&self.tracked).remove(key);
         self.count_backoff(removed.is_some_and(|t| t.failures > 0), false);
@@ -633,13 +640,23 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
             .stale((&object.0, &object.1), jiff::Timestamp::now())
     {
         apply::rerender(instance, ctx).await?;
+    } else if previous
+        .as_ref()
+        .is_some_and(|t| t.generation == generation)
+        && ctx
+            .exports
+            .next_check((&object.0, &object.1))
+            .is_some_and(|t| t <= now)
+    {
+        // An export is to be checked again, or tried again: against the stored status.
+        apply::rerender(instance, ctx).await?;
     }
     match schedule::decide(&due, schedule::random_in(0.0..1.0)) {
         Decision::Wait(until) => {
             // Not due yet (a watch event, our own status write), or a refresh request too
             // soon after the last one (annotation spam cannot spend the key's budget).
             return Ok(Action::requeue(
-                until.min(money_change(ctx, &object, now)) - now,
+                until.min(own_change(ctx, &object, now)) - now,
             ));
         }
         Decision::FirstPoll(at) => {
@@ -731,8 +748,9 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
             seen: polled.seen,
         },
     );
-    // Back when the Expiring condition changes by itself, if that comes first.
-    let money_next = money_change(ctx, &object, now).saturating_duration_since(now);
+    // Back when the Expiring condition changes by itself, or an export is to be checked
+    // again, if that comes first.
+    let money_next = own_change(ctx, &object, now).saturating_duration_since(now);
     Ok(match polled.next {
         Some(next) => Action::requeue(next.min(money_next)),
         None if money_next < FAR_MONEY => Action::requeue(money_next),
@@ -756,6 +774,17 @@ fn money_change(ctx: &Context, object: &(String, String), now: Instant) -> Insta
         .unwrap_or(FAR_MONEY)
         .min(FAR_MONEY);
     now + wait
+}
+
+/// When a PpioInstance is to be shown again without a poll: its Expiring condition changes
+/// by itself ([`money_change`]) or an export is to be checked again (at least a second from
+/// now).
+fn own_change(ctx: &Context, object: &(String, String), now: Instant) -> Instant {
+    let money = money_change(ctx, object, now);
+    match ctx.exports.next_check((&object.0, &object.1)) {
+        Some(t) => money.min(t.max(now + Duration::from_secs(1))),
+        None => money,
+    }
 }
 
 /// The value of the refresh annotation, if set.

@@ -309,7 +309,12 @@ pub async fn poll(
         // every interval sees it within one.
         let spot_due =
             is_spot(instance) && (!seen.fetched || seen.full_due.is_none_or(|t| t <= now));
-        get_now |= seen.get_wanted || transitional || full_due || spot_due;
+        // A connection Secret asked for and not written since the start: its passwords come
+        // with a GET.
+        let export_due = ctx
+            .exports
+            .wants_fetch(instance, ctx.settings.exports.connection_secrets);
+        get_now |= seen.get_wanted || transitional || full_due || spot_due || export_due;
         if get_now && wrote {
             // The GET follows once the watch brings the status just written, at its slot of
             // the key's budget, taken now: after a bulk apply each PpioInstance comes back

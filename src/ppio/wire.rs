@@ -2,9 +2,10 @@
 //!
 //! PPIO sends integers as numbers or as numeric strings, omits or nulls whole blocks and adds
 //! fields without notice. Every field here is optional and a field of the wrong shape reads as
-//! absent instead of failing the whole decode. Secrets in the object (`tools.ssh.password`,
-//! `tools.web_terminal.password`, `envs`, `command`, `entrypoint`) have no field here, so they
-//! are never decoded at all.
+//! absent instead of failing the whole decode. Secrets in the object (`envs`, `command`,
+//! `entrypoint`) have no field here, so they are never decoded at all. The two passwords
+//! (`tools.ssh.password`, `tools.web_terminal.password`) are decoded as a [`Password`], which
+//! prints as `<redacted>`, serializes nowhere and is read only by the connection Secret export.
 
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer};
@@ -150,6 +151,26 @@ impl<'de> Deserialize<'de> for Flag {
     }
 }
 
+/// A password of the instance (`tools.ssh.password`, `tools.web_terminal.password`). It
+/// prints as `<redacted>` (a debug print, a log line, a panic message never shows it), has no
+/// `Display` and no `Serialize`, and is read through [`Password::expose`] by the connection
+/// Secret export alone.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Password(String);
+
+impl Password {
+    /// The password itself: only for the connection Secret.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 macro_rules! wire_struct {
     ($(#[$meta:meta])* pub struct $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
         $(#[$meta])*
@@ -221,7 +242,7 @@ wire_struct! {
     pub struct Volume { r#type: Text, id: Text, mount_point: Text }
 }
 wire_struct! {
-    /// `tools`: endpoints. The passwords it carries are not decoded.
+    /// `tools`: endpoints and the two passwords.
     pub struct Tools { jupyter: Jupyter, ssh: Ssh, web_terminal: WebTerminal, log: Log }
 }
 wire_struct! {
@@ -229,12 +250,12 @@ wire_struct! {
     pub struct Jupyter { endpoint: Text, enabled: Flag, port: Int }
 }
 wire_struct! {
-    /// `tools.ssh`, without its password.
-    pub struct Ssh { command: Text, username: Text }
+    /// `tools.ssh`.
+    pub struct Ssh { command: Text, username: Text, password: Password }
 }
 wire_struct! {
-    /// `tools.web_terminal`, without its password.
-    pub struct WebTerminal { endpoint: Text, enabled: Flag, username: Text }
+    /// `tools.web_terminal`.
+    pub struct WebTerminal { endpoint: Text, enabled: Flag, username: Text, password: Password }
 }
 wire_struct! {
     /// `tools.log`.

@@ -82,6 +82,7 @@ async fn start(client: Client, ns: &str, sim: SocketAddr, identity: &str) -> Rep
             budget: ppio_operator::controller::Budget::default(),
             observe: ppio_operator::controller::Observe::default(),
             money: ppio_operator::controller::MoneySettings::off(),
+            exports: Default::default(),
         },
         ppio: Arc::new(ppio),
         concurrency: 4,

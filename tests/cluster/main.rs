@@ -9,6 +9,7 @@ mod support;
 mod chart;
 mod contract;
 mod e2e;
+mod exports;
 mod gitops;
 mod hardening_leader;
 mod import;

@@ -499,6 +499,7 @@ async fn readyz_waits_for_the_first_watch_sync_while_livez_stays_up() {
             budget: ppio_operator::controller::Budget::default(),
             observe: ppio_operator::controller::Observe::default(),
             money: ppio_operator::controller::MoneySettings::off(),
+            exports: Default::default(),
         },
         ppio: Arc::new(ppio),
         concurrency: 4,

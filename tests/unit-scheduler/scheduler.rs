@@ -436,6 +436,7 @@ pub(crate) fn context_with(
             },
             observe,
             money,
+            exports: Default::default(),
         },
         Arc::new(Metrics::new()),
     )

@@ -69,6 +69,35 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if include "ppio-operator.exportSecrets" . }}
+# Connection Secrets (exports.connectionSecrets.enabled): written only when owned by a
+# PpioInstance; reading them is the "get" above.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "update", "delete"]
+{{- end }}
+{{- if include "ppio-operator.exportServices" . }}
+# Services and EndpointSlices (exports.services.enabled): written only when owned by a
+# PpioInstance.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create", "update", "delete"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "create", "update", "delete"]
+{{- end }}
+{{- end }}
+
+{{/*
+Whether connection Secrets and Services are exported ("true" or empty). Read without assuming
+the values exist: `helm upgrade --reuse-values` from a chart without them reuses the old values.
+*/}}
+{{- define "ppio-operator.exportSecrets" -}}
+{{- if ((.Values.exports | default dict).connectionSecrets | default dict).enabled }}true{{- end }}
+{{- end }}
+
+{{- define "ppio-operator.exportServices" -}}
+{{- if ((.Values.exports | default dict).services | default dict).enabled }}true{{- end }}
 {{- end }}
 
 {{/*

@@ -195,7 +195,6 @@ pub fn kubectl_at(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Outp
     child.wait_with_output().expect("kubectl finishes")
 }
 
-/// kubectl that must succeed; its stdout.
 /// The names of the objects in `ns` with a Warning Event of `reason`, space separated, once
 /// there is one (waits up to `WAIT`).
 pub async fn warning_event_objects(ns: &str, reason: &str) -> String {
@@ -219,6 +218,7 @@ pub async fn warning_event_objects(ns: &str, reason: &str) -> String {
     .await
 }
 
+/// kubectl that must succeed; its stdout.
 pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
     kubectl_at_ok(kubeconfig(), args, stdin)
 }

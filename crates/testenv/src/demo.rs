@@ -214,6 +214,12 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
                 currency: Some("CNY".into()),
                 ..Default::default()
             },
+            // The demo's cluster is its own: every export may be tried.
+            exports: ppio_operator::export::ExportSettings {
+                connection_secrets: true,
+                services: true,
+                deny: Vec::new(),
+            },
         },
         ppio: Arc::new(ppio),
         concurrency: 8,

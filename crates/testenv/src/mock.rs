@@ -310,6 +310,7 @@ pub async fn harness_with(
                 // These tests pin what one poll does: one GET each.
                 observe: ppio_operator::controller::Observe::Get,
                 money: ppio_operator::controller::MoneySettings::off(),
+                exports: Default::default(),
             },
             Arc::new(Metrics::new()),
         )
@@ -328,6 +329,8 @@ pub fn instance(name: &str, status: Option<PpioInstanceStatus>) -> PpioInstance 
             refresh_interval: None,
             suspend: None,
             expect: None,
+            connection_secret: None,
+            service: None,
         },
     );
     i.metadata.namespace = Some("ml".into());
