@@ -96,6 +96,9 @@ const ALL_FEATURES: &[&str] = &[
     "networkPolicy.apiServerCidrs={10.0.0.1/32}",
     "podDisruptionBudget.enabled=true",
     "watchNamespace=chart-watched",
+    "exports.connectionSecrets.enabled=true",
+    "exports.services.enabled=true",
+    "exports.services.denyCidrs={10.96.0.0/12}",
 ];
 
 #[test]
@@ -149,6 +152,8 @@ fn lint_passes_and_bad_values_are_refused() {
             "money.billingRefreshInterval=hourly",
             "billingRefreshInterval",
         ),
+        ("exports.services.enabled=yes", "enabled"),
+        ("exports.services.denyCidrs={cluster}", "denyCidrs"),
     ] {
         let out = helm(&["template", "rel", chart, "--set", set]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -191,6 +196,89 @@ fn operator_rbac(d: Vec<Value>) -> Vec<Value> {
         .collect()
 }
 
+/// A rule that writes exported objects (connection Secrets, Services, EndpointSlices).
+fn export_rule(r: &Value) -> bool {
+    let writes = r["verbs"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|v| v == "create"));
+    writes
+        && ["secrets", "services", "endpointslices"]
+            .contains(&r["resources"][0].as_str().unwrap_or_default())
+}
+
+/// The operator's rules for `resource`, as (apiGroup, verbs) pairs, in a cluster-wide install.
+fn grants(sets: &[&str], resource: &str) -> Vec<(String, Value)> {
+    rules(&operator_rbac(docs(&render(sets))), "ClusterRole")
+        .into_iter()
+        .filter(|(_, r)| r["resources"][0] == resource)
+        .map(|(_, r)| {
+            (
+                r["apiGroups"][0].as_str().unwrap_or_default().to_string(),
+                r["verbs"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn exports_are_granted_only_when_enabled_and_only_what_they_use() {
+    use serde_json::json;
+    let get = ("".to_string(), json!(["get"]));
+    // Off (the default): Secrets read-only, no Services or EndpointSlices.
+    assert_eq!(grants(&[], "secrets"), std::slice::from_ref(&get));
+    assert!(grants(&[], "services").is_empty());
+    assert!(grants(&[], "endpointslices").is_empty());
+    // Connection Secrets alone.
+    let secrets_on = ["exports.connectionSecrets.enabled=true"];
+    assert_eq!(
+        grants(&secrets_on, "secrets"),
+        [
+            get.clone(),
+            ("".to_string(), json!(["create", "update", "delete"]))
+        ]
+    );
+    assert!(grants(&secrets_on, "services").is_empty());
+    // Services alone.
+    let services_on = ["exports.services.enabled=true"];
+    assert_eq!(grants(&services_on, "secrets"), [get]);
+    assert_eq!(
+        grants(&services_on, "services"),
+        [("".to_string(), json!(["get", "create", "update", "delete"]))]
+    );
+    assert_eq!(
+        grants(&services_on, "endpointslices"),
+        [(
+            "discovery.k8s.io".to_string(),
+            json!(["get", "list", "create", "update", "delete"])
+        )]
+    );
+    // The flags follow the values.
+    let args = |sets: &[&str]| -> Vec<String> {
+        let d = docs(&render(sets));
+        find(&d, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str())
+            .filter(|a| a.starts_with("--export"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(args(&[]).is_empty());
+    assert_eq!(
+        args(&[
+            "exports.connectionSecrets.enabled=true",
+            "exports.services.enabled=true",
+            "exports.services.denyCidrs={10.96.0.0/12,10.244.0.0/16}"
+        ]),
+        [
+            "--export-connection-secrets=true",
+            "--export-services=true",
+            "--export-deny-cidrs=10.96.0.0/12,10.244.0.0/16"
+        ]
+    );
+}
+
 #[test]
 fn rbac_is_least_privilege_without_wildcards() {
     for sets in [vec![], ALL_FEATURES.to_vec()] {
@@ -204,6 +292,10 @@ fn rbac_is_least_privilege_without_wildcards() {
                 }
                 for verb in r["verbs"].as_array().into_iter().flatten() {
                     let verb = verb.as_str().unwrap_or_default();
+                    // The exports delete their own objects when no longer asked for.
+                    if verb == "delete" && export_rule(&r) {
+                        continue;
+                    }
                     assert!(
                         ![
                             "delete",
@@ -248,7 +340,9 @@ fn rbac_is_least_privilege_without_wildcards() {
         "{k:?}"
     );
     for (ns, r) in rules(&d, "Role") {
-        if r["resources"][0] == "secrets" {
+        if ["secrets", "services", "endpointslices"]
+            .contains(&r["resources"][0].as_str().unwrap_or_default())
+        {
             assert_eq!(ns, "chart-watched");
         }
         if r["resources"][0] == "leases" && r["verbs"] != serde_json::json!(["create"]) {

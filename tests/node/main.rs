@@ -565,6 +565,10 @@ const STEPS: &[(&str, Step)] = &[
         step_upgrade_rolling,
     ),
     (
+        "exports: a Pod reaches the instance through its Service, another reads its connection Secret",
+        step_exports,
+    ),
+    (
         "helm uninstall keeps the CRD and the PpioInstances",
         step_uninstall,
     ),
@@ -585,6 +589,9 @@ fn step_install(s: &mut Scene) -> BoxFuture<'_, ()> {
 }
 fn step_leader_election(s: &mut Scene) -> BoxFuture<'_, ()> {
     leader_election(s).boxed()
+}
+fn step_exports(s: &mut Scene) -> BoxFuture<'_, ()> {
+    exports(s).boxed()
 }
 fn step_uninstall(s: &mut Scene) -> BoxFuture<'_, ()> {
     uninstall(s).boxed()
@@ -1114,6 +1121,21 @@ async fn assert_one_writer(pods: &[(String, Ipv4Addr)], leader: &str) {
     }
 }
 
+/// Waits until the release's Deployment has rolled out: every replica updated and available.
+async fn deployment_rolled_out(s: &Scene) {
+    eventually("the Deployment rolled out", 180, || {
+        let d = s.deployment();
+        let want = d["spec"]["replicas"].as_u64();
+        let st = &d["status"];
+        (st["observedGeneration"].as_u64() >= d["metadata"]["generation"].as_u64()
+            && st["updatedReplicas"].as_u64() == want
+            && st["availableReplicas"].as_u64() == want
+            && st["replicas"].as_u64() == want)
+            .then_some(())
+    })
+    .await;
+}
+
 async fn leader_election(s: &mut Scene) {
     let chart = Path::new(REPO).join("charts/ppio-operator");
     s.helm(&[
@@ -1130,17 +1152,7 @@ async fn leader_election(s: &mut Scene) {
         "--set",
         &format!("leaderElection.leaseDuration={LEASE_SECONDS}s"),
     ]);
-    eventually("the Deployment rolled out", 180, || {
-        let d = s.deployment();
-        let want = d["spec"]["replicas"].as_u64();
-        let st = &d["status"];
-        (st["observedGeneration"].as_u64() >= d["metadata"]["generation"].as_u64()
-            && st["updatedReplicas"].as_u64() == want
-            && st["availableReplicas"].as_u64() == want
-            && st["replicas"].as_u64() == want)
-            .then_some(())
-    })
-    .await;
+    deployment_rolled_out(s).await;
     let pods = ready_operator_pods(s, 2).await;
     // The pod from before (without leader election) may still run while it terminates: it
     // would write too. Wait until it is gone.
@@ -1212,6 +1224,217 @@ async fn leader_election(s: &mut Scene) {
             .all(|e| e["reportingInstance"] == new_leader.as_str()),
         "trainer-c reported by {new_leader} only: {events:?}"
     );
+}
+
+/// The namespace of the exports step.
+const EXPORTS_NS: &str = "consumers";
+
+/// Serves the instance's port on the node's address: every connection gets `200 instance`;
+/// counts them.
+async fn instance_port(ip: Ipv4Addr) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let hits = std::sync::Arc::new(AtomicU32::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\ninstance")
+                    .await;
+            });
+        }
+    });
+    (port, hits)
+}
+
+/// Runs a Pod of the image to its end; its phase and log.
+async fn run_pod(s: &Scene, ns: &str, pod: &Value) -> (String, String) {
+    let name = pod["metadata"]["name"].as_str().expect("name").to_string();
+    s.kubectl_ok(&["apply", "-f", "-"], Some(&pod.to_string()));
+    let phase = eventually(&format!("the pod {name} ends"), 120, || {
+        let p = s.pod(ns, &name);
+        let phase = p["status"]["phase"].as_str().unwrap_or("").to_string();
+        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+    })
+    .await;
+    (phase, s.node.container_log(ns, &name, &name))
+}
+
+async fn exports(s: &mut Scene) {
+    use std::sync::atomic::Ordering;
+    let ns = EXPORTS_NS;
+    s.namespace(ns).await;
+    let sim = s.sim.expect("the simulator runs");
+    // The instance's port 8080, at an endpoint on the node's address.
+    let (port, hits) = instance_port(s.node.ip).await;
+    let mut instance = ppio_operator::simulator::Simulator::samples().remove(0);
+    instance["id"] = json!("exp0000001");
+    instance["ports"] = json!([{"port": 8080, "protocol": "tcp", "endpoint": format!("http://{}:{port}", s.node.ip)}]);
+    let put = http_request(
+        sim,
+        "PUT",
+        "/_sim/instances/exp0000001",
+        Some(&instance.to_string()),
+    )
+    .await;
+    assert_eq!(
+        put.map(|(code, _)| code),
+        Some(200),
+        "the simulator took the instance"
+    );
+
+    // The chart with both exports on: the operator's RBAC is the chart's.
+    let chart = Path::new(REPO).join("charts/ppio-operator");
+    s.helm(&[
+        "upgrade",
+        RELEASE,
+        chart.to_str().expect("path"),
+        "--namespace",
+        RELEASE_NS,
+        "--reuse-values",
+        "--set",
+        "exports.connectionSecrets.enabled=true",
+        "--set",
+        "exports.services.enabled=true",
+    ]);
+    deployment_rolled_out(s).await;
+    let manifest = json!({
+        "apiVersion": "gpus.ppio.com/v1alpha1",
+        "kind": "PpioInstance",
+        "metadata": {"name": "notebook", "namespace": ns},
+        "spec": {
+            "instanceId": "exp0000001",
+            "refreshInterval": "10s",
+            "connectionSecret": {"name": "notebook-connection"},
+            "service": {}
+        }
+    });
+    s.kubectl_ok(&["apply", "-f", "-"], Some(&manifest.to_string()));
+    let api: Api<PpioInstance> = Api::namespaced(s.client.clone(), ns);
+    let deadline = Deadline::new("notebook: Exported=True", Duration::from_secs(120));
+    loop {
+        let o = api.get_opt("notebook").await.ok().flatten();
+        if o.as_ref()
+            .is_some_and(|o| has(o, "Exported", "True", "Exported"))
+        {
+            break;
+        }
+        deadline.check(|| format!("{:#?}", o.and_then(|o| o.status)));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The image's `check` reads PpioInstances (the CRD check) and GETs a URL: a reader
+    // ServiceAccount may list them here.
+    let rbac = json!({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader", "namespace": ns}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": {"name": "reader", "namespace": ns},
+             "rules": [{"apiGroups": ["gpus.ppio.com"], "resources": ["ppioinstances"], "verbs": ["get", "list"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "reader", "namespace": ns},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+             "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}]}
+        ]
+    });
+    s.kubectl_ok(&["apply", "-f", "-"], Some(&rbac.to_string()));
+    let reader_pod = |name: &str, args: &[&str]| {
+        let mut pod: Value = serde_json::from_str(&image_pod(ns, name, None, args)).expect("json");
+        pod["spec"]["serviceAccountName"] = json!("reader");
+        pod["spec"]["automountServiceAccountToken"] = json!(true);
+        pod
+    };
+
+    // A Pod reaches the instance's port through the Service's ClusterIP (kube-proxy to the
+    // EndpointSlice's address).
+    let svc = s.json(&["get", "service", "notebook", "-n", ns]);
+    let cluster_ip = ip_of(&svc["spec"]["clusterIP"]);
+    let before = hits.load(Ordering::SeqCst);
+    let url = format!("http://{cluster_ip}:8080/");
+    let (phase, log) = run_pod(
+        s,
+        ns,
+        &reader_pod(
+            "via-service",
+            &["check", "--namespace", ns, "--readyz-url", &url],
+        ),
+    )
+    .await;
+    assert_eq!(phase, "Succeeded", "{url} from a Pod: {log}");
+    assert!(
+        hits.load(Ordering::SeqCst) > before,
+        "the instance's port was reached"
+    );
+
+    // A Pod with the connection Secret: its keys as environment variables (a missing key
+    // fails the container) and mounted as files; it reaches the port's endpoint from the
+    // Secret.
+    let mut pod = reader_pod(
+        "with-secret",
+        &[
+            "check",
+            "--namespace",
+            ns,
+            "--readyz-url",
+            "$(PORT_ENDPOINT)",
+        ],
+    );
+    let key = |env: &str, key: &str| json!({"name": env, "valueFrom": {"secretKeyRef": {"name": "notebook-connection", "key": key}}});
+    pod["spec"]["containers"][0]["env"] = json!([
+        key("PORT_ENDPOINT", "port-8080-endpoint"),
+        key("SSH_HOST", "ssh-host"),
+        key("SSH_PORT", "ssh-port"),
+        key("SSH_PASSWORD", "ssh-password"),
+    ]);
+    let items: Vec<Value> = [
+        "ssh-command",
+        "ssh-host",
+        "ssh-port",
+        "ssh-username",
+        "ssh-password",
+        "web-terminal-endpoint",
+        "web-terminal-username",
+        "web-terminal-password",
+        "jupyter-endpoint",
+        "port-8080-endpoint",
+    ]
+    .iter()
+    .map(|k| json!({"key": k, "path": k}))
+    .collect();
+    pod["spec"]["volumes"] = json!([{"name": "connection", "secret": {"secretName": "notebook-connection", "items": items}}]);
+    pod["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "connection", "mountPath": "/connection", "readOnly": true}]);
+    let before = hits.load(Ordering::SeqCst);
+    let (phase, log) = run_pod(s, ns, &pod).await;
+    assert_eq!(
+        phase, "Succeeded",
+        "the connection Secret's endpoint from a Pod: {log}"
+    );
+    assert!(
+        hits.load(Ordering::SeqCst) > before,
+        "the endpoint from the Secret was reached"
+    );
+
+    // Deleted with the PpioInstance: the garbage collector follows the ownerReferences.
+    s.kubectl_ok(&["delete", "ppioinstance", "notebook", "-n", ns], None);
+    eventually("the exports are garbage-collected", 120, || {
+        let gone = |kind: &str, name: &str| {
+            !s.kubectl(&["get", kind, name, "-n", ns], None)
+                .status
+                .success()
+        };
+        (gone("secret", "notebook-connection")
+            && gone("service", "notebook")
+            && gone("endpointslice", "notebook"))
+        .then_some(())
+    })
+    .await;
 }
 
 async fn uninstall(s: &mut Scene) {
