@@ -334,12 +334,15 @@ async fn the_connection_secret_and_the_service_follow_the_instance_and_are_writt
         .collect();
     assert_eq!(names, ["port-8080"]);
 
-    // The passwords are in the Secret and nowhere else: status, Events, the operator's log.
+    // The passwords are in the Secret and nowhere else: status, Events, the operator's log,
+    // its metrics.
     let status =
         serde_json::to_string(&api.get("trainer-a").await.expect("get").status).expect("json");
     let events = kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"], None);
     let log = op.log();
+    let (_, metrics) = http_get(op.http, "/metrics").await.expect("/metrics");
     for password in ["sim-ssh-password", "sim-web-password"] {
+        assert!(!metrics.contains(password), "{password} in a metric");
         assert!(!status.contains(password), "{password} in status");
         assert!(!events.contains(password), "{password} in an Event");
         assert!(!log.contains(password), "{password} in the log");
@@ -503,4 +506,91 @@ async fn without_the_export_flags_a_request_reads_exports_disabled_and_nothing_i
     apply_instance(&ns, "plain", "instanceId: b7e2c91d04\nrefreshInterval: 10s");
     let plain = wait_observed(&api, "plain").await;
     assert_eq!(condition(plain.status.as_ref(), "Exported"), None);
+}
+
+/// A kubeconfig of the test cluster that acts as `user` (impersonation: the admin may).
+fn kubeconfig_as(user: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(kubeconfig()).expect("kubeconfig");
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+    for u in kc["users"].as_sequence_mut().expect("users") {
+        u["user"]["as"] = serde_yaml::Value::from(user);
+    }
+    let path = dir.join("kubeconfig-as");
+    std::fs::write(&path, serde_yaml::to_string(&kc).expect("yaml")).expect("write");
+    path
+}
+
+/// Applies the Role and RoleBinding a namespaced install of the chart (watchNamespace=`ns`,
+/// release `rel` in ppio-system) renders with `sets`.
+fn apply_chart_role(ns: &str, sets: &[&str]) {
+    let watch = format!("watchNamespace={ns}");
+    let mut all = vec![watch.as_str()];
+    all.extend(sets);
+    let rendered = super::chart::docs(&super::chart::render(&all));
+    for d in rendered {
+        if ["Role", "RoleBinding"].contains(&d["kind"].as_str().unwrap_or_default())
+            && d["metadata"]["namespace"] == ns
+        {
+            kubectl_ok(&["apply", "-f", "-"], Some(&d.to_string()));
+        }
+    }
+}
+
+#[ppio_test_macros::test]
+async fn the_charts_export_rbac_is_what_the_operator_needs_and_without_it_exports_are_disabled() {
+    let client = client().await;
+    let ns = namespace(&client, "export-rbac").await;
+    let (_sim, sim_addr) = simulator(&["key-rbac"]).await;
+    // The operator as the chart's ServiceAccount, with the chart's Role (exports on).
+    apply_chart_role(
+        &ns,
+        &[
+            "exports.connectionSecrets.enabled=true",
+            "exports.services.enabled=true",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let kc = kubeconfig_as(
+        "system:serviceaccount:ppio-system:rel-ppio-operator",
+        dir.path(),
+    );
+    let _op = Operator::start_as(
+        &ns,
+        sim_addr,
+        Some("key-rbac"),
+        EXPORTS_ON,
+        "ppio_operator=debug,warn",
+        &kc,
+    )
+    .await;
+    let api: Api<PpioInstance> = Api::namespaced(client.clone(), &ns);
+    apply_instance(
+        &ns,
+        "a",
+        "instanceId: ca338f12f3\nrefreshInterval: 10s\nconnectionSecret:\n  name: a-conn\nservice: {}",
+    );
+    wait_for(&api, "a", "Exported=True with the chart's RBAC", |o| {
+        has(o, "Exported", "True", "Exported")
+    })
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    assert!(secrets.get_opt("a-conn").await.expect("get").is_some());
+
+    // The chart's Role without the export values: the API server refuses the writes, and
+    // the operator says so.
+    apply_chart_role(&ns, &[]);
+    apply_instance(
+        &ns,
+        "b",
+        "instanceId: b7e2c91d04\nrefreshInterval: 10s\nconnectionSecret:\n  name: b-conn\nservice: {}",
+    );
+    let b = wait_for(&api, "b", "Exported=False ExportsDisabled", |o| {
+        has(o, "Exported", "False", "ExportsDisabled")
+    })
+    .await;
+    assert!(
+        has(&b, "Synced", "True", "Observed"),
+        "the observation goes on"
+    );
+    assert!(secrets.get_opt("b-conn").await.expect("get").is_none());
 }

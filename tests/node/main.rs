@@ -1285,7 +1285,7 @@ async fn exports(s: &mut Scene) {
     .await;
     assert_eq!(
         put.map(|(code, _)| code),
-        Some(200),
+        Some(204),
         "the simulator took the instance"
     );
 

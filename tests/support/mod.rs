@@ -49,9 +49,21 @@ impl Operator {
         extra: &[&str],
         rust_log: &str,
     ) -> Operator {
+        Self::start_as(ns, sim, default_key, extra, rust_log, kubeconfig()).await
+    }
+
+    /// [`Operator::start_logging`] with the Kubernetes identity of the kubeconfig `kc`.
+    pub async fn start_as(
+        ns: &str,
+        sim: SocketAddr,
+        default_key: Option<&str>,
+        extra: &[&str],
+        rust_log: &str,
+        kc: &Path,
+    ) -> Operator {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
-        let kc = kubeconfig().display().to_string();
+        let kc = kc.display().to_string();
         // Money is read only where a test asks for it (its flags win over these).
         let mut envs = vec![
             ("KUBECONFIG", kc.as_str()),

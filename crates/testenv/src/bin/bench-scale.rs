@@ -9,6 +9,11 @@
 //! credentials Secret of its own key, all keys seeing one account of `BENCH_ACCOUNT`
 //! instances (default N): the "many keys" scenario. It then also prints PPIO requests per
 //! interval per key.
+//!
+//! With `BENCH_EXPORTS=M` the first M PpioInstances each ask for a connection Secret and a
+//! Service (the operator runs with both exports allowed); the steady state then also prints
+//! the writes of exported objects (the operator's count and the API server's) and the reads
+//! the operator's periodic checks make.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -95,6 +100,25 @@ async fn apiserver_metrics(client: &Client) -> String {
     client.request_text(req).await.unwrap_or_default()
 }
 
+/// API server requests for the exported kinds (`secrets`, `services`, `endpointslices`) of
+/// these verbs.
+fn export_requests(apiserver: &str, verbs: &[&str]) -> f64 {
+    let mut sum = 0.0;
+    for resource in ["secrets", "services", "endpointslices"] {
+        for verb in verbs {
+            sum += metric_sum(
+                apiserver,
+                "apiserver_request_total",
+                &[
+                    &format!("resource=\"{resource}\""),
+                    &format!("verb=\"{verb}\""),
+                ],
+            );
+        }
+    }
+    sum
+}
+
 fn secret_gets(apiserver: &str) -> f64 {
     metric_sum(
         apiserver,
@@ -109,11 +133,14 @@ struct Scene {
     keys: Vec<String>,
     /// PpioInstances per namespace.
     per_key: usize,
+    /// The first this many PpioInstances ask for a connection Secret and a Service.
+    exports: usize,
 }
 
 impl Scene {
-    fn new(keys: usize, n: usize) -> Scene {
+    fn new(keys: usize, n: usize, exports: usize) -> Scene {
         Scene {
+            exports,
             keys: if keys == 1 {
                 vec![KEY.to_string()]
             } else {
@@ -178,6 +205,12 @@ impl Scene {
                 refresh_interval: None,
                 suspend: None,
                 expect: None,
+                connection_secret: (i < self.exports).then(|| {
+                    ppio_operator::crd::ConnectionSecretSpec {
+                        name: format!("{name}-connection"),
+                    }
+                }),
+                service: (i < self.exports).then(ppio_operator::crd::ServiceExportSpec::default),
             },
         );
         o.metadata.namespace = Some(ns.clone());
@@ -327,7 +360,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let account = env_number("BENCH_ACCOUNT")
         .unwrap_or(n)
         .max(n.div_ceil(keys));
-    let scene = Scene::new(keys, n);
+    let exports = env_number("BENCH_EXPORTS").unwrap_or(0).min(n);
+    let scene = Scene::new(keys, n, exports);
     // The simulator: ACCOUNT copies of the first sample (running), billed by the hour so that
     // they have bills that grow every settled hour, each with its own id.
     let mut sample = Simulator::samples().remove(0);
@@ -355,6 +389,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "--http-addr".into(),
         format!("127.0.0.1:{http_port}"),
     ];
+    if exports > 0 {
+        args.extend([
+            "--export-connection-secrets=true".to_string(),
+            "--export-services=true".into(),
+        ]);
+    }
     let kubeconfig = cp.kubeconfig.display().to_string();
     let mut env = vec![("KUBECONFIG", kubeconfig.as_str())];
     if keys == 1 {
@@ -388,6 +428,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "  NOT at the defaults: the operator also reads {}",
             overrides.join(" ")
         );
+    }
+    if exports > 0 {
+        println!("  {exports} of them ask for a connection Secret and a Service (exports allowed)");
     }
     let api: Api<PpioInstance> = if keys == 1 {
         Api::namespaced(client.clone(), NS)
@@ -582,6 +625,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  Secret GETs at the API server: {:.0}",
         secret_gets(&api_metrics1) - secret_gets(&api_metrics0)
     );
+    if exports > 0 {
+        let export_writes = metric_sum(&op_metrics1, "ppio_export_writes_total", &[])
+            - metric_sum(&op_metrics0, "ppio_export_writes_total", &[]);
+        let writes = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
+        let reads = ["GET", "LIST"];
+        println!(
+            "  exports ({exports} PpioInstances): {export_writes:.0} writes by the operator; at the API server {:.0} writes and {:.0} reads of Secrets, Services and EndpointSlices",
+            export_requests(&api_metrics1, &writes) - export_requests(&api_metrics0, &writes),
+            export_requests(&api_metrics1, &reads) - export_requests(&api_metrics0, &reads),
+        );
+    }
     println!(
         "  operator CPU: {:.1} µs per instance per interval; API server CPU: {:.2} s",
         per(op_cpu1 - op_cpu0) * 1e6,
