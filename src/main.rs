@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// jemalloc gives memory freed after a burst (a bulk apply, a relist) back to the system
-/// within seconds; glibc's malloc keeps the peak resident.
+/// jemalloc gives memory freed after a burst (a bulk apply, a relist, an hour's bill writes)
+/// back to the system within seconds, by its background thread also in an arena whose
+/// threads went quiet after the burst; glibc's malloc keeps the peak resident.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

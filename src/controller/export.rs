@@ -42,7 +42,8 @@ use crate::vocabulary::{condition, reason, status as cstatus};
 /// object again (and puts it back if it was changed or deleted by hand).
 pub const VERIFY_EVERY: Duration = Duration::from_secs(600);
 /// How soon an export that could not be written is tried again (a name taken by another
-/// object, an API server error).
+/// object, an API server error); the wait doubles with each try that fails, up to
+/// [`VERIFY_EVERY`].
 pub const RETRY_EVERY: Duration = Duration::from_secs(30);
 
 /// How one export ended.
@@ -68,14 +69,27 @@ struct Part {
     outcome: Option<Outcome>,
     /// The connection Secret's data from the last GET (kept to write it again without one).
     data: Option<ConnectionData>,
+    /// Tries in a row that did not make it current.
+    failures: u32,
 }
 
 impl Part {
-    fn new(name: &str, digest: Option<u64>, outcome: Option<Outcome>) -> Part {
-        let wait = if digest.is_some() {
-            VERIFY_EVERY
-        } else {
-            RETRY_EVERY
+    /// A try's result; `before` is the part before it (for the count of failed tries).
+    fn new(
+        name: &str,
+        digest: Option<u64>,
+        outcome: Option<Outcome>,
+        before: Option<&Part>,
+    ) -> Part {
+        let failures = match digest {
+            Some(_) => 0,
+            None => before.map_or(0, |b| b.failures).saturating_add(1),
+        };
+        let wait = match failures {
+            0 => VERIFY_EVERY,
+            n => RETRY_EVERY
+                .saturating_mul(1 << (n - 1).min(5))
+                .min(VERIFY_EVERY),
         };
         Part {
             name: name.into(),
@@ -83,6 +97,7 @@ impl Part {
             next: Instant::now() + wait,
             outcome,
             data: None,
+            failures,
         }
     }
 
@@ -452,6 +467,7 @@ impl Target<'_> {
                 name,
                 None,
                 Some(self.disabled("Secrets", "exports.connectionSecrets.enabled")),
+                old,
             ));
         }
         // The data of this GET, else of the last one.
@@ -480,14 +496,14 @@ impl Target<'_> {
                 );
                 return Some(Part {
                     data: Some(data),
-                    ..Part::new(name, None, old.and_then(|o| o.outcome.clone()))
+                    ..Part::new(name, None, old.and_then(|o| o.outcome.clone()), old)
                 });
             }
         };
         let current = matches!(outcome, Outcome::Current(_));
         Some(Part {
             data: Some(data),
-            ..Part::new(name, current.then_some(digest), Some(outcome))
+            ..Part::new(name, current.then_some(digest), Some(outcome), old)
         })
     }
 
@@ -599,7 +615,8 @@ impl Target<'_> {
     /// The Service and its EndpointSlices: their part after this observation.
     async fn service(&self, name: &str, plan: &ServicePlan, old: Option<&Part>) -> Option<Part> {
         let old = old.filter(|o| o.name == name);
-        let part = |outcome: Outcome, digest: Option<u64>| Part::new(name, digest, Some(outcome));
+        let part =
+            |outcome: Outcome, digest: Option<u64>| Part::new(name, digest, Some(outcome), old);
         if !self.ctx.settings.exports.services {
             return Some(part(
                 self.disabled("Services and EndpointSlices", "exports.services.enabled"),
@@ -641,7 +658,12 @@ impl Target<'_> {
                     detail = message.as_str(),
                     "Service not written"
                 );
-                Some(Part::new(name, None, old.and_then(|o| o.outcome.clone())))
+                Some(Part::new(
+                    name,
+                    None,
+                    old.and_then(|o| o.outcome.clone()),
+                    old,
+                ))
             }
         }
     }
@@ -891,5 +913,27 @@ impl Target<'_> {
             self.delete(&services, "Service", name, s.metadata.uid)
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_export_is_tried_again_ever_later_and_a_current_one_checked_every_ten_minutes()
+     {
+        let now = Instant::now();
+        let mut part = Part::new("s", None, None, None);
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            waits.push((part.next - now).as_secs());
+            part = Part::new("s", None, None, Some(&part));
+        }
+        assert_eq!(waits, [30, 60, 120, 240, 480, 600, 600]);
+        let current = Part::new("s", Some(1), None, Some(&part));
+        assert_eq!(current.failures, 0);
+        assert_eq!((current.next - now).as_secs(), 600);
+        assert!(!current.due(now) && current.due(now + VERIFY_EVERY));
     }
 }

@@ -409,7 +409,16 @@ impl ControlPlane {
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", sa_pub.display()),
                 format!("--service-account-signing-key-file={}", sa_key.display()),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                // Room for a Service per PpioInstance in the exports benchmark; the test
+                // node's range is its own (kube-proxy and the teardown know it).
+                format!(
+                    "--service-cluster-ip-range={}",
+                    if options.node_ip.is_some() {
+                        crate::node::SERVICE_CIDR
+                    } else {
+                        "10.0.0.0/16"
+                    }
+                ),
                 "--allow-privileged=true".into(),
                 "--enable-priority-and-fairness=false".into(),
                 "--v=0".into(),

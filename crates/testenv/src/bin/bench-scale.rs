@@ -100,6 +100,51 @@ async fn apiserver_metrics(client: &Client) -> String {
     client.request_text(req).await.unwrap_or_default()
 }
 
+/// The API server's request counts for the exported kinds that grew between two scrapes:
+/// `(resource, verb, code, increase)`.
+fn export_request_breakdown(before: &str, after: &str) -> Vec<String> {
+    let samples = |text: &str| -> HashMap<String, f64> {
+        text.lines()
+            .filter(|l| l.starts_with("apiserver_request_total{"))
+            .filter(|l| {
+                ["secrets", "services", "endpointslices"]
+                    .iter()
+                    .any(|r| l.contains(&format!("resource=\"{r}\"")))
+            })
+            .filter_map(|l| {
+                let (labels, v) = l.rsplit_once(' ')?;
+                Some((labels.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    };
+    let label = |labels: &str, name: &str| -> String {
+        labels
+            .split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (b, a) = (samples(before), samples(after));
+    let mut out: Vec<String> = a
+        .iter()
+        .filter_map(|(k, v)| {
+            let grew = v - b.get(k).copied().unwrap_or(0.0);
+            (grew > 0.0 && label(k, "verb") != "WATCH").then(|| {
+                format!(
+                    "{} {} {} {} {grew:.0}",
+                    label(k, "resource"),
+                    label(k, "verb"),
+                    label(k, "code"),
+                    label(k, "subresource")
+                )
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// API server requests for the exported kinds (`secrets`, `services`, `endpointslices`) of
 /// these verbs.
 fn export_requests(apiserver: &str, verbs: &[&str]) -> f64 {
@@ -635,6 +680,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             export_requests(&api_metrics1, &writes) - export_requests(&api_metrics0, &writes),
             export_requests(&api_metrics1, &reads) - export_requests(&api_metrics0, &reads),
         );
+        for line in export_request_breakdown(&api_metrics0, &api_metrics1) {
+            println!("    {line}");
+        }
     }
     println!(
         "  operator CPU: {:.1} µs per instance per interval; API server CPU: {:.2} s",
@@ -664,5 +712,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     op.stop();
     cp.stop();
+    // BENCH_LOG=PATH keeps the operator's log there.
+    if let Ok(path) = std::env::var("BENCH_LOG") {
+        std::fs::copy(&log, &path)?;
+        println!("operator log: {path}");
+    }
     Ok(())
 }
