@@ -3,9 +3,10 @@
 //! it, and the `Exported` condition says how that went.
 //!
 //! Writes happen only when the content changes: the step remembers a digest of what it last
-//! found current per PpioInstance, and reads the objects again only when the content differs
-//! or the last check is older than [`VERIFY_EVERY`] (an object deleted or edited by hand is put
-//! back then). The operator never writes an object it does not own (an ownerReference with
+//! tried per PpioInstance, and reads the objects again only when the content differs or the
+//! part is due: [`VERIFY_EVERY`] after it was found current (an object deleted or edited by
+//! hand is put back then), or after a doubling wait from [`RETRY_EVERY`] when it could not be
+//! written. The operator never writes an object it does not own (an ownerReference with
 //! `controller: true` to this PpioInstance).
 //!
 //! The connection Secret needs the instance's passwords, which only a GET carries: it is
@@ -60,8 +61,8 @@ enum Outcome {
 struct Part {
     /// The object's name.
     name: String,
-    /// The digest of the content found current (`None`: not current).
-    digest: Option<u64>,
+    /// The digest of the content last tried (`None`: nothing was tried).
+    tried: Option<u64>,
     /// When it is to be read (and written if needed) again.
     next: Instant,
     /// How the last try ended (`None`: it failed before saying, e.g. the API server did not
@@ -77,13 +78,14 @@ impl Part {
     /// A try's result; `before` is the part before it (for the count of failed tries).
     fn new(
         name: &str,
-        digest: Option<u64>,
+        tried: Option<u64>,
+        current: bool,
         outcome: Option<Outcome>,
         before: Option<&Part>,
     ) -> Part {
-        let failures = match digest {
-            Some(_) => 0,
-            None => before.map_or(0, |b| b.failures).saturating_add(1),
+        let failures = match current {
+            true => 0,
+            false => before.map_or(0, |b| b.failures).saturating_add(1),
         };
         let wait = match failures {
             0 => VERIFY_EVERY,
@@ -93,7 +95,7 @@ impl Part {
         };
         Part {
             name: name.into(),
-            digest,
+            tried,
             next: Instant::now() + wait,
             outcome,
             data: None,
@@ -444,6 +446,21 @@ impl Target<'_> {
             .inc();
     }
 
+    /// A write, counted in `ppio_export_writes_total` when it succeeds.
+    async fn write<T>(
+        &self,
+        kind: &str,
+        op: &str,
+        what: &str,
+        fut: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<(), CallError> {
+        let r = call(what, fut).await;
+        if r.is_ok() {
+            self.count(kind, op);
+        }
+        r.map(|_| ())
+    }
+
     fn disabled(&self, what: &str, value: &str) -> Outcome {
         Outcome::Failed(
             reason::EXPORTS_DISABLED,
@@ -466,6 +483,7 @@ impl Target<'_> {
             return Some(Part::new(
                 name,
                 None,
+                false,
                 Some(self.disabled("Secrets", "exports.connectionSecrets.enabled")),
                 old,
             ));
@@ -480,8 +498,9 @@ impl Target<'_> {
             .ctx
             .exports
             .digest((self.uid, name, self.instance.name_any(), &data.0));
+        // Tried before and not due: as it was (current, or waiting for its next try).
         if let Some(o) = old
-            && o.digest == Some(digest)
+            && o.tried == Some(digest)
             && !o.due(Instant::now())
         {
             return Some(o.clone());
@@ -496,14 +515,20 @@ impl Target<'_> {
                 );
                 return Some(Part {
                     data: Some(data),
-                    ..Part::new(name, None, old.and_then(|o| o.outcome.clone()), old)
+                    ..Part::new(
+                        name,
+                        Some(digest),
+                        false,
+                        old.and_then(|o| o.outcome.clone()),
+                        old,
+                    )
                 });
             }
         };
         let current = matches!(outcome, Outcome::Current(_));
         Some(Part {
             data: Some(data),
-            ..Part::new(name, current.then_some(digest), Some(outcome), old)
+            ..Part::new(name, Some(digest), current, Some(outcome), old)
         })
     }
 
@@ -537,15 +562,13 @@ impl Target<'_> {
                     data: Some(bytes),
                     ..Secret::default()
                 };
-                let r = call(
+                self.write(
+                    "Secret",
+                    "create",
                     "creating the connection Secret",
                     api.create(&PostParams::default(), &secret),
                 )
-                .await;
-                if r.is_ok() {
-                    self.count("Secret", "create");
-                }
-                r.map(|_| ())
+                .await
             }
             Some(s) if !owned(&s.metadata, self.uid) => return Ok(conflict),
             Some(s)
@@ -560,15 +583,13 @@ impl Target<'_> {
                 s.string_data = None;
                 s.labels_mut()
                     .insert(INSTANCE_LABEL.into(), self.instance.name_any());
-                let r = call(
+                self.write(
+                    "Secret",
+                    "update",
                     "updating the connection Secret",
                     api.replace(name, &PostParams::default(), &s),
                 )
-                .await;
-                if r.is_ok() {
-                    self.count("Secret", "update");
-                }
-                r.map(|_| ())
+                .await
             }
         };
         match result {
@@ -615,12 +636,14 @@ impl Target<'_> {
     /// The Service and its EndpointSlices: their part after this observation.
     async fn service(&self, name: &str, plan: &ServicePlan, old: Option<&Part>) -> Option<Part> {
         let old = old.filter(|o| o.name == name);
-        let part =
-            |outcome: Outcome, digest: Option<u64>| Part::new(name, digest, Some(outcome), old);
+        let part = |outcome: Outcome, tried: Option<u64>, current: bool| {
+            Part::new(name, tried, current, Some(outcome), old)
+        };
         if !self.ctx.settings.exports.services {
             return Some(part(
                 self.disabled("Services and EndpointSlices", "exports.services.enabled"),
                 None,
+                false,
             ));
         }
         if !valid_service_name(name) {
@@ -632,6 +655,7 @@ impl Target<'_> {
                     ),
                 ),
                 None,
+                false,
             ));
         }
         let digest = self
@@ -639,7 +663,7 @@ impl Target<'_> {
             .exports
             .digest((self.uid, name, self.instance.name_any(), plan));
         if let Some(o) = old
-            && o.digest == Some(digest)
+            && o.tried == Some(digest)
             && !o.due(Instant::now())
         {
             return Some(o.clone());
@@ -650,7 +674,7 @@ impl Target<'_> {
                     outcome,
                     Outcome::Failed(reason::SERVICE_CONFLICT | reason::EXPORTS_DISABLED, _)
                 );
-                Some(part(outcome, current.then_some(digest)))
+                Some(part(outcome, Some(digest), current))
             }
             Err(Transient(message)) => {
                 warn!(
@@ -660,7 +684,8 @@ impl Target<'_> {
                 );
                 Some(Part::new(
                     name,
-                    None,
+                    Some(digest),
+                    false,
                     old.and_then(|o| o.outcome.clone()),
                     old,
                 ))
@@ -718,15 +743,13 @@ impl Target<'_> {
                     }),
                     ..Service::default()
                 };
-                let r = call(
+                self.write(
+                    "Service",
+                    "create",
                     "creating the Service",
                     services.create(&PostParams::default(), &service),
                 )
-                .await;
-                if r.is_ok() {
-                    self.count("Service", "create");
-                }
-                r.map(|_| ())
+                .await
             }
             Some(s)
                 if ports.is_empty()
@@ -743,15 +766,13 @@ impl Target<'_> {
                 spec.ports = Some(ports.clone());
                 s.labels_mut()
                     .insert(INSTANCE_LABEL.into(), self.instance.name_any());
-                let r = call(
+                self.write(
+                    "Service",
+                    "update",
                     "updating the Service",
                     services.replace(name, &PostParams::default(), &s),
                 )
-                .await;
-                if r.is_ok() {
-                    self.count("Service", "update");
-                }
-                r.map(|_| ())
+                .await
             }
         };
         match written {
@@ -820,37 +841,43 @@ impl Target<'_> {
                 Some(s) if slice_view(&s) == slice_view(&want) => {
                     continue;
                 }
-                Some(s) if s.address_type != want.address_type => {
-                    // The address type cannot change: a new slice in its place.
-                    self.delete(&slices, "EndpointSlice", &slice_name, s.metadata.uid)
-                        .await;
-                    let r = call(
+                Some(s) => {
+                    if s.address_type == want.address_type {
+                        let mut next = want.clone();
+                        next.metadata = s.metadata;
+                        next.metadata.labels = want.metadata.labels.clone();
+                        self.write(
+                            "EndpointSlice",
+                            "update",
+                            "updating an EndpointSlice",
+                            slices.replace(&slice_name, &PostParams::default(), &next),
+                        )
+                        .await
+                    } else {
+                        // The address type cannot change: a new slice in its place.
+                        self.delete(&slices, "EndpointSlice", &slice_name, s.metadata.uid)
+                            .await;
+                        self.write(
+                            "EndpointSlice",
+                            "create",
+                            "creating an EndpointSlice",
+                            slices.create(&PostParams::default(), &want),
+                        )
+                        .await
+                    }
+                }
+                None => {
+                    self.write(
+                        "EndpointSlice",
+                        "create",
                         "creating an EndpointSlice",
                         slices.create(&PostParams::default(), &want),
                     )
-                    .await;
-                    r.map(|_| "create")
-                }
-                None => call(
-                    "creating an EndpointSlice",
-                    slices.create(&PostParams::default(), &want),
-                )
-                .await
-                .map(|_| "create"),
-                Some(s) => {
-                    let mut next = want.clone();
-                    next.metadata = s.metadata;
-                    next.metadata.labels = want.metadata.labels.clone();
-                    call(
-                        "updating an EndpointSlice",
-                        slices.replace(&slice_name, &PostParams::default(), &next),
-                    )
                     .await
-                    .map(|_| "update")
                 }
             };
             match r {
-                Ok(op) => self.count("EndpointSlice", op),
+                Ok(()) => {}
                 Err(CallError::Forbidden) => return Ok(disabled()),
                 Err(CallError::Exists) => return Ok(conflict("EndpointSlice", &slice_name)),
                 Err(CallError::Other(m)) => return Err(Transient(m)),
@@ -924,14 +951,14 @@ mod tests {
     async fn a_failing_export_is_tried_again_ever_later_and_a_current_one_checked_every_ten_minutes()
      {
         let now = Instant::now();
-        let mut part = Part::new("s", None, None, None);
+        let mut part = Part::new("s", Some(1), false, None, None);
         let mut waits = Vec::new();
         for _ in 0..7 {
             waits.push((part.next - now).as_secs());
-            part = Part::new("s", None, None, Some(&part));
+            part = Part::new("s", Some(1), false, None, Some(&part));
         }
         assert_eq!(waits, [30, 60, 120, 240, 480, 600, 600]);
-        let current = Part::new("s", Some(1), None, Some(&part));
+        let current = Part::new("s", Some(1), true, None, Some(&part));
         assert_eq!(current.failures, 0);
         assert_eq!((current.next - now).as_secs(), 600);
         assert!(!current.due(now) && current.due(now + VERIFY_EVERY));

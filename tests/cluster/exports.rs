@@ -70,6 +70,20 @@ fn slice_view(s: &EndpointSlice) -> (Option<bool>, Vec<String>, Vec<(String, i32
     )
 }
 
+/// Waits until the PpioInstance's `Exported` condition has this status and reason; its
+/// message.
+async fn exported(api: &Api<PpioInstance>, name: &str, status: &str, reason: &str) -> String {
+    let obj = wait_for(api, name, &format!("Exported={status} {reason}"), |o| {
+        has(o, "Exported", status, reason)
+    })
+    .await;
+    obj.status
+        .as_ref()
+        .and_then(|s| s.condition("Exported"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
 async fn wait_slice(
     slices: &Api<EndpointSlice>,
     name: &str,
@@ -292,16 +306,7 @@ async fn the_connection_secret_and_the_service_follow_the_instance_and_are_writt
             {"port": 80, "protocol": "tcp", "endpoint": "http://node.example.com:80"}
         ]})
     ));
-    let refused = wait_for(&api, "trainer-a", "Exported=False AddressRefused", |o| {
-        has(o, "Exported", "False", "AddressRefused")
-    })
-    .await;
-    let message = refused
-        .status
-        .as_ref()
-        .and_then(|s| s.condition("Exported"))
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let message = exported(&api, "trainer-a", "False", "AddressRefused").await;
     for part in [
         "127.0.0.1 is a loopback address",
         "10.96.0.0/12",
@@ -362,10 +367,7 @@ async fn the_connection_secret_and_the_service_follow_the_instance_and_are_writt
         .then_some(())
     })
     .await;
-    let obj = wait_for(&api, "trainer-a", "Exported=True (the Secret alone)", |o| {
-        has(o, "Exported", "True", "Exported")
-    })
-    .await;
+    exported(&api, "trainer-a", "True", "Exported").await;
     assert!(
         secrets
             .get_opt("trainer-a-connection")
@@ -373,7 +375,6 @@ async fn the_connection_secret_and_the_service_follow_the_instance_and_are_writt
             .expect("get")
             .is_some()
     );
-    drop(obj);
 }
 
 #[ppio_test_macros::test]
@@ -417,14 +418,8 @@ async fn an_object_of_that_name_that_is_not_ours_is_never_touched() {
         "b",
         "instanceId: ca338f12f3\nrefreshInterval: 10s\nservice:\n  name: taken-svc",
     );
-    wait_for(&api, "a", "Exported=False SecretConflict", |o| {
-        has(o, "Exported", "False", "SecretConflict")
-    })
-    .await;
-    wait_for(&api, "b", "Exported=False ServiceConflict", |o| {
-        has(o, "Exported", "False", "ServiceConflict")
-    })
-    .await;
+    exported(&api, "a", "False", "SecretConflict").await;
+    exported(&api, "b", "False", "ServiceConflict").await;
     assert!(
         warning_event_objects(&ns, "SecretConflict")
             .await
@@ -458,10 +453,7 @@ async fn an_object_of_that_name_that_is_not_ours_is_never_touched() {
         .delete("taken-svc", &DeleteParams::default())
         .await
         .expect("delete");
-    wait_for(&api, "b", "Exported=True", |o| {
-        has(o, "Exported", "True", "Exported")
-    })
-    .await;
+    exported(&api, "b", "True", "Exported").await;
     assert!(slices.get_opt("taken-svc").await.expect("get").is_some());
 }
 
@@ -480,16 +472,8 @@ async fn without_the_export_flags_a_request_reads_exports_disabled_and_nothing_i
         "a",
         "instanceId: ca338f12f3\nrefreshInterval: 10s\nconnectionSecret:\n  name: a-conn\nservice: {}",
     );
-    let obj = wait_for(&api, "a", "Exported=False ExportsDisabled", |o| {
-        has(o, "Exported", "False", "ExportsDisabled")
-    })
-    .await;
-    let message = obj
-        .status
-        .as_ref()
-        .and_then(|s| s.condition("Exported"))
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
+    let message = exported(&api, "a", "False", "ExportsDisabled").await;
+    let obj = api.get("a").await.expect("get");
     assert!(
         message.contains("exports.connectionSecrets.enabled"),
         "{message}"
@@ -569,10 +553,7 @@ async fn the_charts_export_rbac_is_what_the_operator_needs_and_without_it_export
         "a",
         "instanceId: ca338f12f3\nrefreshInterval: 10s\nconnectionSecret:\n  name: a-conn\nservice: {}",
     );
-    wait_for(&api, "a", "Exported=True with the chart's RBAC", |o| {
-        has(o, "Exported", "True", "Exported")
-    })
-    .await;
+    exported(&api, "a", "True", "Exported").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     assert!(secrets.get_opt("a-conn").await.expect("get").is_some());
 
@@ -584,10 +565,8 @@ async fn the_charts_export_rbac_is_what_the_operator_needs_and_without_it_export
         "b",
         "instanceId: b7e2c91d04\nrefreshInterval: 10s\nconnectionSecret:\n  name: b-conn\nservice: {}",
     );
-    let b = wait_for(&api, "b", "Exported=False ExportsDisabled", |o| {
-        has(o, "Exported", "False", "ExportsDisabled")
-    })
-    .await;
+    exported(&api, "b", "False", "ExportsDisabled").await;
+    let b = api.get("b").await.expect("get");
     assert!(
         has(&b, "Synced", "True", "Observed"),
         "the observation goes on"

@@ -1121,6 +1121,23 @@ async fn assert_one_writer(pods: &[(String, Ipv4Addr)], leader: &str) {
     }
 }
 
+/// `helm upgrade --reuse-values` of the release with these `--set` values.
+fn upgrade_with(s: &Scene, sets: &[&str]) {
+    let chart = Path::new(REPO).join("charts/ppio-operator");
+    let mut args = vec![
+        "upgrade",
+        RELEASE,
+        chart.to_str().expect("path"),
+        "--namespace",
+        RELEASE_NS,
+        "--reuse-values",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    s.helm(&args);
+}
+
 /// Waits until the release's Deployment has rolled out: every replica updated and available.
 async fn deployment_rolled_out(s: &Scene) {
     eventually("the Deployment rolled out", 180, || {
@@ -1137,21 +1154,14 @@ async fn deployment_rolled_out(s: &Scene) {
 }
 
 async fn leader_election(s: &mut Scene) {
-    let chart = Path::new(REPO).join("charts/ppio-operator");
-    s.helm(&[
-        "upgrade",
-        RELEASE,
-        chart.to_str().expect("path"),
-        "--namespace",
-        RELEASE_NS,
-        "--reuse-values",
-        "--set",
-        "replicaCount=2",
-        "--set",
-        "leaderElection.enabled=true",
-        "--set",
-        &format!("leaderElection.leaseDuration={LEASE_SECONDS}s"),
-    ]);
+    upgrade_with(
+        s,
+        &[
+            "replicaCount=2",
+            "leaderElection.enabled=true",
+            &format!("leaderElection.leaseDuration={LEASE_SECONDS}s"),
+        ],
+    );
     deployment_rolled_out(s).await;
     let pods = ready_operator_pods(s, 2).await;
     // The pod from before (without leader election) may still run while it terminates: it
@@ -1290,19 +1300,13 @@ async fn exports(s: &mut Scene) {
     );
 
     // The chart with both exports on: the operator's RBAC is the chart's.
-    let chart = Path::new(REPO).join("charts/ppio-operator");
-    s.helm(&[
-        "upgrade",
-        RELEASE,
-        chart.to_str().expect("path"),
-        "--namespace",
-        RELEASE_NS,
-        "--reuse-values",
-        "--set",
-        "exports.connectionSecrets.enabled=true",
-        "--set",
-        "exports.services.enabled=true",
-    ]);
+    upgrade_with(
+        s,
+        &[
+            "exports.connectionSecrets.enabled=true",
+            "exports.services.enabled=true",
+        ],
+    );
     deployment_rolled_out(s).await;
     let manifest = json!({
         "apiVersion": "gpus.ppio.com/v1alpha1",
