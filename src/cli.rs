@@ -23,6 +23,7 @@ use crate::operator::{DEFAULT_CONCURRENCY, RunConfig};
 use crate::ppio::{
     ApiKey, DEFAULT_BASE_URL, DEFAULT_REQUEST_TIMEOUT, HttpClient, HttpClientConfig,
 };
+use crate::server::MetricsAuth;
 use crate::telemetry::{self, LogFormat, LogLevel};
 
 /// Mirrors PPIO GPU instances into PpioInstance resources.
@@ -82,6 +83,12 @@ pub struct RunArgs {
     /// port of their own.
     #[arg(long, env = "HEALTH_ADDR")]
     pub health_addr: Option<SocketAddr>,
+
+    /// Who may read /metrics: `none`, anyone who reaches the port; `kubernetes`, a bearer
+    /// token that Kubernetes authenticates (TokenReview) of a user allowed `get` on the
+    /// non-resource URL /metrics (SubjectAccessReview). The probes are never guarded.
+    #[arg(long, env = "METRICS_AUTH", value_enum, default_value = "none")]
+    pub metrics_auth: MetricsAuth,
 
     /// PPIO requests per second allowed per API key, shared by every PpioInstance using that
     /// key (0: unlimited).
@@ -377,6 +384,7 @@ impl RunArgs {
             concurrency: self.max_concurrent_reconciles,
             http_addr: self.http_addr,
             health_addr: self.health_addr,
+            metrics_auth: self.metrics_auth,
         })
     }
 }

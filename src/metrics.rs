@@ -97,6 +97,8 @@ pub struct Metrics {
     pub instances: InstanceMetrics,
     /// Per API key: its account's balance and runway (`ppio_account_*`).
     pub account: AccountMetrics,
+    /// The `/metrics` endpoint itself (`ppio_metrics_*`).
+    pub serving: ServingMetrics,
 }
 
 impl Default for Metrics {
@@ -116,12 +118,15 @@ impl Metrics {
         instances.register(registry.sub_registry_with_prefix("instance"));
         let account = AccountMetrics::default();
         account.register(registry.sub_registry_with_prefix("account"));
+        let serving = ServingMetrics::default();
+        serving.register(registry.sub_registry_with_prefix("metrics"));
         Metrics {
             registry,
             controller,
             api,
             instances,
             account,
+            serving,
         }
     }
 
@@ -132,6 +137,50 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// The `/metrics` endpoint: scrapes by result, and the reviews its tokens cost.
+#[derive(Default)]
+pub struct ServingMetrics {
+    scrapes: Family<ResultLabels, Counter>,
+    reviews: Family<KindLabels, Counter>,
+}
+
+/// A kind of Kubernetes object.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+impl ServingMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "scrapes",
+            "Requests for /metrics by result (served, unauthenticated, forbidden, unavailable, busy)",
+            self.scrapes.clone(),
+        );
+        r.register(
+            "reviews",
+            "TokenReviews and SubjectAccessReviews made to check /metrics tokens, by kind",
+            self.reviews.clone(),
+        );
+    }
+
+    /// Counts a request for `/metrics`.
+    pub fn scraped(&self, result: &str) {
+        self.scrapes
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a review made.
+    pub fn reviewed(&self, kind: &str) {
+        self.reviews
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
     }
 }
 

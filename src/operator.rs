@@ -18,12 +18,13 @@ use kube::{Api, Client};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::controller::cached::keep_own;
 use crate::controller::{CachedInstance, Context, Settings, Waker, error_policy, reconcile};
 use crate::crd::{CRD_NAME, CRD_PATH, PpioInstance};
 use crate::leader::{Elector, LeaderConfig};
 use crate::metrics::Metrics;
 use crate::ppio::PpioApi;
-use crate::server::{self, Health, Routes};
+use crate::server::{self, Authorizer, Health, MetricsAuth, Routes, Serving};
 
 /// What `run` needs besides the Kubernetes client.
 #[derive(Clone)]
@@ -38,6 +39,8 @@ pub struct RunConfig {
     pub http_addr: SocketAddr,
     /// Where `/livez` and `/readyz` are also served, alone.
     pub health_addr: Option<SocketAddr>,
+    /// How `/metrics` is guarded.
+    pub metrics_auth: MetricsAuth,
     /// Leader election; `None`: this replica always reconciles. A replica that loses the
     /// lease (another took it, or it could not renew within the renew deadline) stops
     /// reconciling at once and stands by again; it does not exit.
@@ -132,14 +135,17 @@ pub async fn run_with(
         let _ = stop_tx.send(true);
     });
     let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
+    let mut serving = Serving::open(health.clone(), metrics.clone());
+    if config.metrics_auth == MetricsAuth::Kubernetes {
+        serving.authorizer = Some(Arc::new(Authorizer::new(client.clone(), metrics.clone())));
+    }
     let servers: Vec<_> = listeners
         .into_iter()
         .map(|(listener, routes)| {
             tokio::spawn(server::serve(
                 listener,
                 routes,
-                health.clone(),
-                metrics.clone(),
+                serving.clone(),
                 stopped(http_stop_rx.clone()),
             ))
         })
@@ -241,20 +247,14 @@ where
     }
 }
 
-/// Drops from a cached PpioInstance what the controller never reads.
+/// Drops from a cached PpioInstance what the controller never reads. A valid object was
+/// already decoded without it ([`crate::controller::cached`]); this covers the metadata kept
+/// of an object that failed to decode.
 fn slim(object: &mut DeserializeGuard<CachedInstance>) {
-    let meta = match &mut object.0 {
-        Ok(instance) => &mut instance.metadata,
-        Err(invalid) => &mut invalid.metadata,
-    };
-    meta.managed_fields = None;
-    if let Some(annotations) = &mut meta.annotations {
-        annotations.remove(LAST_APPLIED);
+    if let Err(invalid) = &mut object.0 {
+        keep_own(&mut invalid.metadata);
     }
 }
-
-/// The annotation in which `kubectl apply` keeps a copy of the whole object.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Resolves once the stop flag is set.
 async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
@@ -341,8 +341,8 @@ async fn reconcile_until(
             .with_waker(waker)
             .with_concurrency(config.concurrency),
     );
-    // The cache holds each PpioInstance without what the operator never reads (managedFields
-    // and kubectl's last-applied copy), which would otherwise double its memory.
+    // The cache holds each PpioInstance without what the operator never reads (managedFields,
+    // others' labels and annotations: kubectl's last-applied copy, a tenant's large ones).
     let (store, writer) = reflector::store();
     // Deleted PpioInstances are forgotten as the watch reports them; a relist (after which
     // deletions meanwhile show only as absence) is followed by a pass over everything kept.

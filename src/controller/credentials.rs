@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 
@@ -51,42 +52,45 @@ pub(super) async fn resolve_key(
             sref.name
         ))
     };
-    let Some(secret) = ctx.secrets.get(&ctx.client, &ns, &sref.name).await? else {
-        return Ok(Err(refused()));
-    };
-    let marked = secret
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(CREDENTIALS_LABEL))
-        .is_some_and(|v| v == "true");
-    if !marked {
-        return Ok(Err(refused()));
-    }
-    Ok(secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key_name))
-        .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
-        .and_then(ApiKey::new)
+    Ok(ctx
+        .secrets
+        .key(&ctx.client, &ns, &sref.name, key_name)
+        .await?
         .ok_or_else(refused))
 }
 
-/// How long a read Secret is used before it is read again: a rotated key takes effect within
-/// this time (and at once after a 401, see [`SecretCache::forget`]).
-pub const SECRET_TTL: Duration = Duration::from_secs(30);
+/// How long a Secret's label and version are believed before they are looked at again (one
+/// metadata read per referenced Secret per minute, however many PpioInstances use it). A
+/// rotated key takes effect within this time, and at once after a 401 (see
+/// [`SecretCache::forget`]).
+pub const SECRET_TTL: Duration = Duration::from_secs(60);
 
-/// A Secret's namespace and name.
-type SecretName = (String, String);
-/// When a Secret was read, and what was read (`None`: absent or not readable).
-type Cached = (Instant, Option<Arc<Secret>>);
+/// What was learnt of a Secret no PpioInstance asked for in this long is forgotten.
+const FORGET_UNUSED: Duration = Duration::from_secs(600);
 
-/// The credentials Secrets read lately, by namespace and name: Secret reads stay at most one
-/// per referenced Secret per [`SECRET_TTL`], however many PpioInstances reference it. Only
-/// `get` on Secrets is needed (no list or watch of a namespace's Secrets).
+/// A Secret's namespace, name and the key asked for.
+type SecretKey = (String, String, String);
+
+/// What was last learnt of one key of a Secret.
+struct Entry {
+    checked: Instant,
+    /// The Secret's `resourceVersion` when its data was read; the data is read again only
+    /// when a metadata read shows another.
+    version: Option<String>,
+    /// The API key; `None`: the Secret is absent, unreadable, unmarked, or lacks the key.
+    key: Option<ApiKey>,
+}
+
+/// The credentials Secrets in use, by namespace, name and key.
+///
+/// A Secret is first read as metadata only (`get` with `as=PartialObjectMetadata`), and its
+/// data is read only when it carries the credentials label and its `resourceVersion` differs
+/// from the one read before: an unmarked Secret's values never reach the operator, and only the
+/// one key asked for is kept. PpioInstances that ask at once for the same Secret share one
+/// read. Only `get` on Secrets is needed (no list or watch of a namespace's Secrets).
 #[derive(Default)]
 pub struct SecretCache {
-    entries: Mutex<HashMap<SecretName, Cached>>,
+    entries: Mutex<HashMap<SecretKey, Arc<tokio::sync::Mutex<Option<Entry>>>>>,
     ttl: Option<Duration>,
 }
 
@@ -99,40 +103,99 @@ impl SecretCache {
         }
     }
 
-    /// The Secret (`None`: absent, or the operator may not read it), from the cache while it
-    /// is fresh.
-    async fn get(
+    /// The API key under `key` of the marked Secret `ns/name` (`None`: it cannot serve), from
+    /// what was read before while it is fresh.
+    async fn key(
         &self,
         client: &Client,
         ns: &str,
         name: &str,
-    ) -> Result<Option<Arc<Secret>>, Error> {
-        let key = (ns.to_string(), name.to_string());
+        key: &str,
+    ) -> Result<Option<ApiKey>, Error> {
         let ttl = self.ttl.unwrap_or(SECRET_TTL);
         let now = Instant::now();
-        if let Some((at, secret)) = lock(&self.entries).get(&key)
-            && now.saturating_duration_since(*at) < ttl
+        let slot = {
+            let mut entries = lock(&self.entries);
+            // Forget what was not used for a while (a lock held elsewhere is in use).
+            let unused = (ttl * 2).max(FORGET_UNUSED);
+            entries.retain(|_, slot| {
+                slot.try_lock().map_or(true, |e| {
+                    e.as_ref()
+                        .is_some_and(|e| now.saturating_duration_since(e.checked) < unused)
+                })
+            });
+            entries
+                .entry((ns.to_string(), name.to_string(), key.to_string()))
+                .or_default()
+                .clone()
+        };
+        let mut entry = slot.lock().await;
+        if let Some(e) = &*entry
+            && now.saturating_duration_since(e.checked) < ttl
         {
-            return Ok(secret.clone());
+            return Ok(e.key.clone());
         }
         let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-        let read = tokio::time::timeout(KUBE_CALL_TIMEOUT, api.get_opt(name))
-            .await
-            .map_err(|_| Error::Timeout("reading the credentials Secret"))?;
-        let secret = match read {
-            Ok(s) => s.map(Arc::new),
-            Err(kube::Error::Api(ae)) if ae.code == 403 => None,
-            Err(e) => return Err(Error::ReadSecret(e)),
+        let meta = read(api.get_metadata_opt(name)).await?;
+        let fresh = match meta {
+            Some(m) if marked(&m.metadata) => {
+                let version = m.metadata.resource_version;
+                match entry.take() {
+                    Some(e) if e.version.is_some() && e.version == version => {
+                        Entry { checked: now, ..e }
+                    }
+                    _ => {
+                        let secret = read(api.get_opt(name)).await?;
+                        let key = secret
+                            .as_ref()
+                            .filter(|s| marked(&s.metadata))
+                            .and_then(|s| s.data.as_ref()?.get(key))
+                            .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
+                            .and_then(ApiKey::new);
+                        Entry {
+                            checked: now,
+                            version: secret.and_then(|s| s.metadata.resource_version),
+                            key,
+                        }
+                    }
+                }
+            }
+            _ => Entry {
+                checked: now,
+                version: None,
+                key: None,
+            },
         };
-        let mut entries = lock(&self.entries);
-        entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
-        entries.insert(key, (now, secret.clone()));
-        Ok(secret)
+        let key = fresh.key.clone();
+        *entry = Some(fresh);
+        Ok(key)
     }
 
     /// Drops a Secret from the cache, so that the next poll reads it again (after PPIO refused
     /// its key: it may just have been rotated).
     pub fn forget(&self, ns: &str, name: &str) {
-        lock(&self.entries).remove(&(ns.to_string(), name.to_string()));
+        lock(&self.entries).retain(|(n, s, _), _| !(n == ns && s == name));
+    }
+}
+
+/// Whether a Secret carries the credentials label.
+fn marked(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(CREDENTIALS_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
+/// A read of a Secret: `None` when it is absent or the operator may not read it.
+async fn read<T>(
+    call: impl std::future::Future<Output = Result<Option<T>, kube::Error>>,
+) -> Result<Option<T>, Error> {
+    match tokio::time::timeout(KUBE_CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| Error::Timeout("reading the credentials Secret"))?
+    {
+        Ok(found) => Ok(found),
+        Err(kube::Error::Api(ae)) if ae.code == 403 => Ok(None),
+        Err(e) => Err(Error::ReadSecret(e)),
     }
 }

@@ -280,6 +280,83 @@ fn exports_are_granted_only_when_enabled_and_only_what_they_use() {
 }
 
 #[test]
+fn metrics_are_guarded_by_default_and_the_monitors_scrape_with_a_reader_token() {
+    for monitor in ["serviceMonitor", "podMonitor"] {
+        let on = format!("metrics.{monitor}.enabled=true");
+        let d = docs(&render(&[&on]));
+        let kind = if monitor == "serviceMonitor" {
+            "ServiceMonitor"
+        } else {
+            "PodMonitor"
+        };
+        let endpoint = if monitor == "serviceMonitor" {
+            "endpoints"
+        } else {
+            "podMetricsEndpoints"
+        };
+        let m = find(&d, kind);
+        let auth = &m["spec"][endpoint][0]["authorization"];
+        assert_eq!(auth["type"], "Bearer", "{m}");
+        assert_eq!(
+            auth["credentials"]["name"],
+            "rel-ppio-operator-metrics-scraper"
+        );
+        // That Secret is the token of a ServiceAccount bound to the reader role.
+        let token = d
+            .iter()
+            .find(|o| {
+                o["kind"] == "Secret"
+                    && o["metadata"]["name"] == "rel-ppio-operator-metrics-scraper"
+            })
+            .expect("the scraper's token Secret");
+        assert_eq!(token["type"], "kubernetes.io/service-account-token");
+        let binding = d
+            .iter()
+            .find(|o| {
+                o["kind"] == "ClusterRoleBinding"
+                    && o["metadata"]["name"] == "rel-ppio-operator-metrics-scraper"
+            })
+            .expect("the scraper's binding");
+        assert_eq!(
+            binding["roleRef"]["name"],
+            "rel-ppio-operator-metrics-reader"
+        );
+        assert_eq!(
+            binding["subjects"][0]["name"],
+            "rel-ppio-operator-metrics-scraper"
+        );
+    }
+    // metrics.auth=none: open /metrics, no review permission, no scraper, no token.
+    let d = docs(&render(&[
+        "metrics.auth=none",
+        "metrics.serviceMonitor.enabled=true",
+    ]));
+    let dep = find(&d, "Deployment");
+    let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--metrics-auth=none"), "{args}");
+    assert!(
+        !d.iter().any(|o| o["kind"] == "ClusterRoleBinding"
+            && o["roleRef"]["name"] == "system:auth-delegator"),
+        "no review permission"
+    );
+    assert!(find(&d, "ServiceMonitor")["spec"]["endpoints"][0]["authorization"].is_null());
+    // Readers bound on request.
+    let d = docs(&render(&[
+        "metrics.readers[0].kind=ServiceAccount",
+        "metrics.readers[0].name=prometheus-k8s",
+        "metrics.readers[0].namespace=monitoring",
+    ]));
+    let readers = d
+        .iter()
+        .find(|o| {
+            o["kind"] == "ClusterRoleBinding"
+                && o["metadata"]["name"] == "rel-ppio-operator-metrics-reader"
+        })
+        .expect("the readers' binding");
+    assert_eq!(readers["subjects"][0]["name"], "prometheus-k8s");
+}
+
+#[test]
 fn rbac_is_least_privilege_without_wildcards() {
     for sets in [vec![], ALL_FEATURES.to_vec()] {
         let d = operator_rbac(docs(&render(&sets)));
@@ -331,14 +408,42 @@ fn rbac_is_least_privilege_without_wildcards() {
         .expect("status rule");
     assert_eq!(status.1["verbs"], serde_json::json!(["patch"]));
 
-    // Namespaced mode: no ClusterRole or ClusterRoleBinding at all; Secrets in the watched
-    // namespace only; the Lease by name in the release namespace.
-    let d = docs(&render(ALL_FEATURES));
-    let k = kinds(&d);
+    // Namespaced mode: cluster-wide only what /metrics needs (metrics.auth=kubernetes): the
+    // built-in system:auth-delegator (TokenReview, SubjectAccessReview) for the operator, and
+    // a reader role of the one non-resource URL; with metrics.auth=none nothing cluster-wide.
+    let namespaced_none: Vec<&str> = ALL_FEATURES
+        .iter()
+        .copied()
+        .chain(["metrics.auth=none"])
+        .collect();
+    let k = kinds(&docs(&render(&namespaced_none)));
     assert!(
         !k.contains(&"ClusterRole".to_string()) && !k.contains(&"ClusterRoleBinding".to_string()),
         "{k:?}"
     );
+    let d = docs(&render(ALL_FEATURES));
+    let cluster_wide: Vec<&Value> = d
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
+        .collect();
+    for o in &cluster_wide {
+        if o["kind"] == "ClusterRole" {
+            assert_eq!(
+                o["rules"],
+                serde_json::json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]),
+                "{o}"
+            );
+        } else {
+            let role = o["roleRef"]["name"].as_str().unwrap_or_default();
+            assert!(
+                role == "system:auth-delegator" || role == "rel-ppio-operator-metrics-reader",
+                "{o}"
+            );
+        }
+    }
+    // The operator's binding to system:auth-delegator, the reader role, and the binding of
+    // the ServiceMonitor's scraper to it.
+    assert_eq!(cluster_wide.len(), 3, "{cluster_wide:?}");
     for (ns, r) in rules(&d, "Role") {
         if ["secrets", "services", "endpointslices"]
             .contains(&r["resources"][0].as_str().unwrap_or_default())
@@ -400,6 +505,7 @@ fn the_deployment_is_hardened_and_configured_from_values() {
         "--billing-refresh-interval=30m",
         "--catalogue-refresh-interval=6h",
         "--prepaid-expiry-horizon=72h",
+        "--metrics-auth=kubernetes",
     ] {
         assert!(args.contains(&want), "{want} missing from {args:?}");
     }
@@ -770,6 +876,65 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
         serde_json::json!({"type": "Recreate"})
     );
 
+    // A chart-managed key: its pods' annotation is salted per install (the salt kept in the
+    // Secret), stays while the key does, and changes with the key.
+    let annotated = |sets: &[&str]| {
+        let mut args = vec![
+            "upgrade",
+            "rel",
+            chart,
+            "-n",
+            "ppio-system",
+            "--reuse-values",
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        helm_ok_at(&kc, &args);
+        let dep: Value = serde_json::from_str(&k_ok(
+            &[
+                "get",
+                "deployment",
+                "rel-ppio-operator",
+                "-n",
+                "ppio-system",
+                "-o",
+                "json",
+            ],
+            None,
+        ))
+        .expect("json");
+        let secret: Value = serde_json::from_str(&k_ok(
+            &[
+                "get",
+                "secret",
+                "rel-ppio-operator-api-key",
+                "-n",
+                "ppio-system",
+                "-o",
+                "json",
+            ],
+            None,
+        ))
+        .expect("json");
+        (
+            dep["spec"]["template"]["metadata"]["annotations"]["checksum/api-key"]
+                .as_str()
+                .expect("the annotation")
+                .to_string(),
+            secret["data"]["salt"].as_str().expect("a salt").to_string(),
+        )
+    };
+    let (first, salt) = annotated(&["apiKey.existingSecret=", "apiKey.value=sk-chart-a"]);
+    assert_eq!(
+        annotated(&["defaultRefreshInterval=45s"]),
+        (first.clone(), salt.clone())
+    );
+    let (changed, kept) = annotated(&["apiKey.value=sk-chart-b"]);
+    assert_ne!(changed, first, "a new key rolls the pods");
+    assert_eq!(kept, salt, "the salt stays with the install");
+    assert_ne!(first, sha256_hex("sk-chart-a"));
+
     // Uninstall: the operator goes, the CRD and the PpioInstances stay.
     helm_ok_at(&kc, &["uninstall", "rel", "-n", "ppio-system"]);
     let out = k(
@@ -815,31 +980,38 @@ fn sha256_hex(data: &str) -> String {
 
 #[test]
 fn the_pod_annotation_is_not_a_hash_of_the_api_key() {
-    let annotation = |key: &str| {
-        let d = docs(&render(&[&format!("apiKey.value={key}")]));
-        find(&d, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/api-key"]
+    let rendered = |key: &str| render(&[&format!("apiKey.value={key}")]);
+    let annotation = |text: &str| {
+        find(&docs(text), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+            ["checksum/api-key"]
             .as_str()
             .expect("checksum/api-key annotation")
             .to_string()
     };
     let key = "sk-chart-test";
-    let value = annotation(key);
+    let text = rendered(key);
+    let value = annotation(&text);
     let plain = sha256_hex(key);
     assert_ne!(value, plain);
-    assert!(!plain.starts_with(&value), "a truncated hash of the key");
-    let rendered = render(&[&format!("apiKey.value={key}")]);
-    assert!(
-        !rendered.contains(&plain[..16]),
-        "the key's hash is published"
-    );
-    // It is the hash of the rendered Secret, so the pods still roll when the key changes.
-    let secret = rendered
+    assert!(!text.contains(&plain[..16]), "the key's hash is published");
+    assert_eq!(value.len(), 64, "{value}");
+    // It is the hash of the rendered Secret, which holds a random salt: the same key gives
+    // another annotation in another install, so it cannot be tested against a guess.
+    let secret = text
         .split("\n---")
         .find(|doc| doc.contains("# Source: ppio-operator/templates/secret.yaml"))
         .expect("the Secret");
-    assert!(secret.contains("kind: Secret"));
-    assert_ne!(annotation("sk-another-key"), value);
-    assert_eq!(value.len(), 64, "{value}");
+    let body = secret
+        .split_once("# Source: ppio-operator/templates/secret.yaml\n")
+        .expect("source line")
+        .1;
+    assert_eq!(
+        sha256_hex(body),
+        value,
+        "the hash of the Secret as rendered"
+    );
+    assert!(body.contains("salt: "), "{body}");
+    assert_ne!(annotation(&rendered(key)), value, "salted per install");
     // No chart-managed Secret: no annotation.
     let d = docs(&render(&["apiKey.existingSecret=ppio-credentials"]));
     assert!(
@@ -1105,4 +1277,39 @@ fn the_helm_test_pod_checks_the_operator_with_its_own_image() {
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     let d = docs(&render(&["tests.enabled=false"]));
     assert!(!d.iter().any(|o| o["kind"] == "Pod"));
+}
+
+/// A kubeconfig of the test cluster that acts as `user` (impersonation: the admin may).
+pub(super) fn kubeconfig_as(user: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(kubeconfig()).expect("kubeconfig");
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+    for u in kc["users"].as_sequence_mut().expect("users") {
+        u["user"]["as"] = serde_yaml::Value::from(user);
+    }
+    let path = dir.join("kubeconfig-as");
+    std::fs::write(&path, serde_yaml::to_string(&kc).expect("yaml")).expect("write");
+    path
+}
+
+/// The user the chart's operator runs as (release `rel` in ppio-system).
+pub(super) const CHART_OPERATOR: &str = "system:serviceaccount:ppio-system:rel-ppio-operator";
+
+/// Applies the RBAC a namespaced install of the chart (watchNamespace=`ns`, release `rel` in
+/// ppio-system) renders with `sets`: its Role and RoleBinding in `ns`, and its cluster-wide
+/// roles and bindings (those of /metrics).
+pub(super) fn apply_rbac(ns: &str, sets: &[&str]) {
+    let watch = format!("watchNamespace={ns}");
+    let mut all = vec![watch.as_str()];
+    all.extend(sets);
+    for d in docs(&render(&all)) {
+        let kind = d["kind"].as_str().unwrap_or_default();
+        let ours = match kind {
+            "Role" | "RoleBinding" => d["metadata"]["namespace"] == ns,
+            "ClusterRole" | "ClusterRoleBinding" => true,
+            _ => false,
+        };
+        if ours {
+            kubectl_ok(&["apply", "-f", "-"], Some(&d.to_string()));
+        }
+    }
 }

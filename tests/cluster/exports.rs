@@ -492,41 +492,13 @@ async fn without_the_export_flags_a_request_reads_exports_disabled_and_nothing_i
     assert_eq!(condition(plain.status.as_ref(), "Exported"), None);
 }
 
-/// A kubeconfig of the test cluster that acts as `user` (impersonation: the admin may).
-fn kubeconfig_as(user: &str, dir: &std::path::Path) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(kubeconfig()).expect("kubeconfig");
-    let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
-    for u in kc["users"].as_sequence_mut().expect("users") {
-        u["user"]["as"] = serde_yaml::Value::from(user);
-    }
-    let path = dir.join("kubeconfig-as");
-    std::fs::write(&path, serde_yaml::to_string(&kc).expect("yaml")).expect("write");
-    path
-}
-
-/// Applies the Role and RoleBinding a namespaced install of the chart (watchNamespace=`ns`,
-/// release `rel` in ppio-system) renders with `sets`.
-fn apply_chart_role(ns: &str, sets: &[&str]) {
-    let watch = format!("watchNamespace={ns}");
-    let mut all = vec![watch.as_str()];
-    all.extend(sets);
-    let rendered = super::chart::docs(&super::chart::render(&all));
-    for d in rendered {
-        if ["Role", "RoleBinding"].contains(&d["kind"].as_str().unwrap_or_default())
-            && d["metadata"]["namespace"] == ns
-        {
-            kubectl_ok(&["apply", "-f", "-"], Some(&d.to_string()));
-        }
-    }
-}
-
 #[ppio_test_macros::test]
 async fn the_charts_export_rbac_is_what_the_operator_needs_and_without_it_exports_are_disabled() {
     let client = client().await;
     let ns = namespace(&client, "export-rbac").await;
     let (_sim, sim_addr) = simulator(&["key-rbac"]).await;
     // The operator as the chart's ServiceAccount, with the chart's Role (exports on).
-    apply_chart_role(
+    super::chart::apply_rbac(
         &ns,
         &[
             "exports.connectionSecrets.enabled=true",
@@ -534,7 +506,7 @@ async fn the_charts_export_rbac_is_what_the_operator_needs_and_without_it_export
         ],
     );
     let dir = tempfile::tempdir().expect("tmp");
-    let kc = kubeconfig_as(
+    let kc = super::chart::kubeconfig_as(
         "system:serviceaccount:ppio-system:rel-ppio-operator",
         dir.path(),
     );
@@ -559,7 +531,7 @@ async fn the_charts_export_rbac_is_what_the_operator_needs_and_without_it_export
 
     // The chart's Role without the export values: the API server refuses the writes, and
     // the operator says so.
-    apply_chart_role(&ns, &[]);
+    super::chart::apply_rbac(&ns, &[]);
     apply_instance(
         &ns,
         "b",

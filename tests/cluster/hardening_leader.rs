@@ -89,6 +89,7 @@ async fn start(client: Client, ns: &str, sim: SocketAddr, identity: &str) -> Rep
         // Replaced by run_in_process's port.
         http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         health_addr: None,
+        metrics_auth: ppio_operator::server::MetricsAuth::None,
         leader: Some(LeaderConfig::new(
             ns.to_string(),
             "ppio-operator".into(),

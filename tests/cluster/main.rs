@@ -13,6 +13,7 @@ mod exports;
 mod gitops;
 mod hardening_leader;
 mod import;
+mod metrics_auth;
 mod money;
 mod monitoring;
 mod operations;

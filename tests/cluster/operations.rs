@@ -506,6 +506,7 @@ async fn readyz_waits_for_the_first_watch_sync_while_livez_stays_up() {
         // Replaced by run_in_process's port.
         http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         health_addr: None,
+        metrics_auth: ppio_operator::server::MetricsAuth::None,
         leader: None,
         identity: "readyz-test".into(),
     };

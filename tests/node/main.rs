@@ -248,6 +248,26 @@ async fn sim_state(s: &Scene, id: &str, state: &str) {
     assert!(code < 300, "{code} {body}");
 }
 
+/// The token of the ServiceAccount `scraper` of the release namespace, which the chart binds
+/// to its metrics-reader role (`metrics.readers`); set once the release is installed.
+static SCRAPER_TOKEN: OnceLock<String> = OnceLock::new();
+
+/// A GET of an operator's /metrics, with the scraper's token once there is one.
+async fn scrape(addr: SocketAddr) -> Option<(u16, String)> {
+    match SCRAPER_TOKEN.get() {
+        Some(token) => http_get_bearer(addr, "/metrics", token).await,
+        None => http_get(addr, "/metrics").await,
+    }
+}
+
+/// The body of a 200 answer to [`scrape`].
+async fn scrape_ok(addr: SocketAddr) -> String {
+    match scrape(addr).await {
+        Some((200, body)) => body,
+        other => panic!("GET http://{addr}/metrics: {other:?}"),
+    }
+}
+
 async fn http_ok(addr: SocketAddr, path: &str) -> String {
     match http_get(addr, path).await {
         Some((200, body)) => body,
@@ -744,6 +764,8 @@ fn helm_install(s: &Scene, release: &str, ns: &str, extra: &[(&str, &str)]) {
         "defaultRefreshInterval": "10s",
         // The simulator speaks plain HTTP on the pod network.
         "extraEnv": [{"name": "PPIO_ALLOW_INSECURE_HTTP", "value": "true"}],
+        // The tests' scraper may read /metrics.
+        "metrics": {"readers": [{"kind": "ServiceAccount", "name": "scraper", "namespace": RELEASE_NS}]},
     });
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("values.yaml");
@@ -823,6 +845,14 @@ async fn install(s: &mut Scene) {
         ("get", "secrets", "", true),
         ("list", "secrets", "", false),
         ("create", "pods", "", false),
+        // /metrics checks its scrapers' tokens (metrics.auth=kubernetes, the default).
+        ("create", "tokenreviews.authentication.k8s.io", "", true),
+        (
+            "create",
+            "subjectaccessreviews.authorization.k8s.io",
+            "",
+            true,
+        ),
     ] {
         let subresource = format!("--subresource={subresource}");
         let out = s.kubectl(
@@ -893,7 +923,33 @@ async fn install(s: &mut Scene) {
         RELEASE_NS,
     ]);
     let metrics_addr = SocketAddr::from((ip_of(&svc["spec"]["clusterIP"]), 8080));
-    let text = http_ok(metrics_addr, "/metrics").await;
+    // The chart's default guards it: no token, or one of a user not bound to the reader
+    // role, is refused; the scraper bound through metrics.readers reads it.
+    let (code, body) = http_get(metrics_addr, "/metrics").await.expect("an answer");
+    assert_eq!(code, 401, "{body}");
+    s.kubectl_ok(
+        &["create", "serviceaccount", "scraper", "-n", RELEASE_NS],
+        None,
+    );
+    s.kubectl_ok(
+        &["create", "serviceaccount", "stranger", "-n", RELEASE_NS],
+        None,
+    );
+    let token = |sa: &str| {
+        s.kubectl_ok(
+            &["create", "token", sa, "-n", RELEASE_NS, "--duration=2h"],
+            None,
+        )
+        .trim()
+        .to_string()
+    };
+    let stranger = token("stranger");
+    let (code, body) = http_get_bearer(metrics_addr, "/metrics", &stranger)
+        .await
+        .expect("an answer");
+    assert_eq!(code, 403, "{body}");
+    let _ = SCRAPER_TOKEN.set(token("scraper"));
+    let text = scrape_ok(metrics_addr).await;
     assert!(metric(&text, "ppio_status_writes_total") >= 2.0, "{text}");
     assert!(text.contains("trainer-a"), "per-instance metrics: {text}");
 
@@ -1089,7 +1145,7 @@ async fn assert_one_writer(pods: &[(String, Ipv4Addr)], leader: &str) {
     loop {
         let mut texts = Vec::new();
         for (pod, ip) in pods {
-            let text = http_ok(SocketAddr::from((*ip, 8080)), "/metrics").await;
+            let text = scrape_ok(SocketAddr::from((*ip, 8080))).await;
             let leading = metric(&text, "ppio_leader");
             let writes = metric(&text, "ppio_status_writes_total");
             texts.push((pod.clone(), leading, writes, text));
@@ -1534,9 +1590,7 @@ impl Writers {
             let ip: Ipv4Addr = p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
             let addr = SocketAddr::from((ip, 8080));
             Some(async move {
-                let answer =
-                    tokio::time::timeout(Duration::from_millis(500), http_get(addr, "/metrics"))
-                        .await;
+                let answer = tokio::time::timeout(Duration::from_millis(500), scrape(addr)).await;
                 (name, answer.ok().flatten())
             })
         });
@@ -1940,6 +1994,8 @@ async fn namespaced(s: &mut Scene) {
             ("crds.install", "false"),
             ("leaderElection.enabled", "true"),
             ("leaderElection.leaseDuration", "10s"),
+            // /metrics open (behind the NetworkPolicy a team would add): nothing cluster-wide.
+            ("metrics.auth", "none"),
         ],
     );
     let sel = selector(TEAM_RELEASE);

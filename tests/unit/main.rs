@@ -10,6 +10,7 @@ mod docs;
 mod fuzz_corpus;
 mod layout;
 mod reconcile;
+mod serving;
 mod simulator;
 mod simulator_money;
 mod startup;

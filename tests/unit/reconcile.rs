@@ -373,6 +373,12 @@ async fn only_a_marked_secret_serves_as_credentials_and_every_refusal_reads_the_
     assert!(!p.requested, "an unmarked Secret's value is never sent");
     assert_eq!(h.sim.counts().keys.values().sum::<u64>(), 0);
     let unmarked = message(&h);
+    assert_eq!(
+        h.api.secret_reads(),
+        0,
+        "an absent or unmarked Secret is read as metadata only, never its data"
+    );
+    assert_eq!(h.api.secret_metadata_reads(), 2);
     // Marked, but without the key.
     h.api.put_secret("ml", "db", "other", KEY);
     poll(&i, &h.ctx, REFRESH, 0).await.expect("poll");
@@ -645,18 +651,21 @@ async fn secret_reads_do_not_grow_with_the_instances_that_use_the_secret() {
         settings,
         h.ctx.metrics.clone(),
     );
-    for n in 0..50 {
+    // 50 PpioInstances polled at once (a bulk apply, a restart): one read serves them all.
+    let polls = (0..50).map(|n| {
         let mut i = instance(&format!("i{n}"), None);
         i.spec.credentials_secret_ref = Some(SecretKeyRef {
             name: "shared".into(),
             key: None,
         });
-        let p = poll(&i, &ctx, REFRESH, 0).await.expect("poll");
-        assert!(p.requested);
-    }
+        let ctx = &ctx;
+        async move { poll(&i, ctx, REFRESH, 0).await.expect("poll").requested }
+    });
+    let requested = futures::future::join_all(polls).await;
+    assert!(requested.iter().all(|r| *r));
     assert_eq!(
-        h.api.secret_reads(),
-        1,
+        (h.api.secret_metadata_reads(), h.api.secret_reads()),
+        (1, 1),
         "one read serves every PpioInstance"
     );
     assert_eq!(
@@ -694,6 +703,41 @@ async fn secret_reads_do_not_grow_with_the_instances_that_use_the_secret() {
         condition(&h.api.last_status(), "Synced"),
         ("True".into(), "Observed".into())
     );
+}
+
+#[ppio_test_macros::test]
+async fn a_secrets_data_is_read_again_only_when_it_changed() {
+    // The harness looks at Secrets at every poll: each poll reads its metadata.
+    let h = harness(None).await;
+    h.api.put_secret("ml", "creds", "apiKey", KEY);
+    let mut i = instance("a", None);
+    i.spec.credentials_secret_ref = Some(SecretKeyRef {
+        name: "creds".into(),
+        key: None,
+    });
+    for _ in 0..3 {
+        assert!(poll(&i, &h.ctx, REFRESH, 0).await.expect("poll").requested);
+    }
+    assert_eq!(
+        (h.api.secret_metadata_reads(), h.api.secret_reads()),
+        (3, 1),
+        "the data is read once while the Secret is unchanged"
+    );
+    // Changed (a new resourceVersion): read again, and its new key used.
+    h.api.put_secret("ml", "creds", "apiKey", "sk-other");
+    h.sim.set_keys(vec!["sk-other".into()]);
+    poll(&i, &h.ctx, REFRESH, 0).await.expect("poll");
+    assert_eq!(h.api.secret_reads(), 2);
+    assert_eq!(
+        condition(&h.api.last_status(), "Synced"),
+        ("True".into(), "Observed".into())
+    );
+    // Unmarked since: refused, without reading its data.
+    h.api
+        .put_secret_marked("ml", "creds", "apiKey", "sk-other", false);
+    let p = poll(&i, &h.ctx, REFRESH, 0).await.expect("poll");
+    assert!(!p.requested);
+    assert_eq!(h.api.secret_reads(), 2);
 }
 
 /// PpioInstances `q0`, `q1`... each naming an instance of its own, whose GETs answer faster

@@ -108,3 +108,29 @@ without this chart's defaults.
 {{- define "ppio-operator.healthPort" -}}
 {{- (.Values.health | default dict).port | default 8081 | int }}
 {{- end }}
+
+{{/*
+Who may read /metrics ("kubernetes" or "none"); "kubernetes" also when the values lack it
+(`helm upgrade --reuse-values` from a chart without metrics.auth).
+*/}}
+{{- define "ppio-operator.metricsAuth" -}}
+{{- (.Values.metrics | default dict).auth | default "kubernetes" }}
+{{- end }}
+
+{{/*
+A per-install salt for the pod annotation that rolls the pods when the chart-managed key
+changes: kept in that Secret (read back with lookup on upgrades), new on a first install, and
+the same for every template of one render. Without it the annotation would be a hash of the
+key and public inputs, which anyone who may read the Deployment could test guesses against.
+*/}}
+{{- define "ppio-operator.apiKeySalt" -}}
+{{- if not (hasKey .Values "_apiKeySalt") }}
+{{- $salt := randAlphaNum 32 }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (printf "%s-api-key" (include "ppio-operator.fullname" .)) }}
+{{- if and $existing $existing.data (hasKey $existing.data "salt") }}
+{{- $salt = index $existing.data "salt" | b64dec }}
+{{- end }}
+{{- $_ := set .Values "_apiKeySalt" $salt }}
+{{- end }}
+{{- .Values._apiKeySalt }}
+{{- end }}

@@ -506,11 +506,33 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     http_request(addr, "GET", path, None).await
 }
 
+/// A minimal HTTP/1.1 GET with `Authorization: Bearer <token>`: status, body.
+pub async fn http_get_bearer(addr: SocketAddr, path: &str, token: &str) -> Option<(u16, String)> {
+    send(
+        addr,
+        "GET",
+        path,
+        &format!("Authorization: Bearer {token}\r\n"),
+        None,
+    )
+    .await
+}
+
 /// A minimal HTTP/1.1 request, with a JSON merge patch as its body if any: status, body.
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
+    merge_patch: Option<&str>,
+) -> Option<(u16, String)> {
+    send(addr, method, path, "", merge_patch).await
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
     merge_patch: Option<&str>,
 ) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -526,7 +548,7 @@ pub async fn http_request(
         None => "\r\n".into(),
     };
     s.write_all(
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{body}")
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}{body}")
             .as_bytes(),
     )
     .await

@@ -225,6 +225,7 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         concurrency: 8,
         http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, http_port)),
         health_addr: None,
+        metrics_auth: ppio_operator::server::MetricsAuth::None,
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let operator = tokio::spawn(run_with(client.clone(), config, async move {

@@ -38,6 +38,9 @@ pub struct MockApi {
     hang_events: Arc<std::sync::atomic::AtomicBool>,
     events: Arc<Mutex<Vec<Value>>>,
     secret_reads: Arc<std::sync::atomic::AtomicU64>,
+    secret_metadata_reads: Arc<std::sync::atomic::AtomicU64>,
+    /// The last resourceVersion given to a Secret.
+    secret_versions: Arc<std::sync::atomic::AtomicU64>,
     /// Every accepted status write: the object (`namespace/name`), when, and the status.
     writes: Arc<Mutex<Vec<(String, tokio::time::Instant, Value)>>>,
 }
@@ -65,18 +68,33 @@ impl MockApi {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        let accept = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let body = req.into_body().collect_bytes().await.expect("body");
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, parts.as_slice()) {
             (Method::GET, ["api", "v1", "namespaces", ns, "secrets", name]) => {
-                self.secret_reads
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let metadata_only = accept.contains("as=PartialObjectMetadata");
+                let counter = if metadata_only {
+                    &self.secret_metadata_reads
+                } else {
+                    &self.secret_reads
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 match self
                     .secrets
                     .lock()
                     .expect("lock")
                     .get(&format!("{ns}/{name}"))
                 {
+                    Some(s) if metadata_only => json_response(
+                        StatusCode::OK,
+                        &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": s.metadata}),
+                    ),
                     Some(s) => {
                         json_response(StatusCode::OK, &serde_json::to_value(s).expect("json"))
                     }
@@ -152,9 +170,15 @@ impl MockApi {
             .store(hang, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// How many times a Secret was read.
+    /// How many times a Secret's data was read (a whole Secret).
     pub fn secret_reads(&self) -> u64 {
         self.secret_reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many times a Secret was read as metadata only.
+    pub fn secret_metadata_reads(&self) -> u64 {
+        self.secret_metadata_reads
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The Events received.
@@ -209,10 +233,14 @@ impl MockApi {
             )]
             .into()
         });
+        let version = self
+            .secret_versions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let s = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some(ns.into()),
+                resource_version: Some(format!("{}", version + 1)),
                 labels,
                 ..Default::default()
             },

@@ -14,6 +14,12 @@
 //! Service (the operator runs with both exports allowed); the steady state then also prints
 //! the writes of exported objects (the operator's count and the API server's) and the reads
 //! the operator's periodic checks make.
+//!
+//! With `BENCH_ANNOTATION_KIB=K` each PpioInstance carries a foreign annotation of K KiB
+//! (what a tenant may put on its objects; the operator's cache should not hold it).
+//!
+//! With `BENCH_SLOW_SCRAPERS=S`, after the steady state S clients ask for /metrics and never
+//! read it: the operator's RSS and the slowest /readyz meanwhile are printed.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -53,6 +59,53 @@ fn cpu_seconds(pid: u32) -> f64 {
     };
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// `BENCH_SLOW_SCRAPERS=S`: S clients ask for /metrics and never read (a 4 KiB receive
+/// buffer each) for 20 s; prints the operator's RSS before and at most during, and the
+/// slowest /readyz answer meanwhile.
+async fn slow_scrapers(op: SocketAddr, pid: u32, scrapers: usize) {
+    use tokio::io::AsyncWriteExt;
+    let size = http_get(op, "/metrics")
+        .await
+        .map(|(_, t)| t.len())
+        .unwrap_or(0);
+    let before = rss_mib(pid);
+    let mut held = Vec::new();
+    for _ in 0..scrapers {
+        let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+            continue;
+        };
+        let _ = socket.set_recv_buffer_size(4096);
+        if let Ok(mut stream) = socket.connect(op).await {
+            let _ = stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: operator\r\n\r\n")
+                .await;
+            held.push(stream);
+        }
+    }
+    let mut peak = before;
+    let mut slowest = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let asked = Instant::now();
+        let ok = http_get(op, "/readyz").await.is_some_and(|(c, _)| c == 200);
+        slowest = slowest.max(if ok { asked.elapsed() } else { Duration::MAX });
+        peak = peak.max(rss_mib(pid));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(held);
+    println!(
+        "{} scrapers that never read a {:.1} MB /metrics for 20 s: operator RSS {before:.0} MiB before, {peak:.0} MiB at most during (+{:.0}); slowest /readyz {}",
+        scrapers,
+        size as f64 / 1e6,
+        peak - before,
+        if slowest == Duration::MAX {
+            "unanswered".to_string()
+        } else {
+            format!("{} ms", slowest.as_millis())
+        }
+    );
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -495,10 +548,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         created_at,
         [op_pid, apiserver_pid, pid_of(&cp_dir, "etcd")],
     ));
+    // BENCH_ANNOTATION_KIB=K: each PpioInstance carries a foreign annotation of K KiB.
+    let blob = env_number("BENCH_ANNOTATION_KIB").map(|k| "x".repeat(k * 1024));
+    if let Some(b) = &blob {
+        println!(
+            "  each carries an annotation of {} KiB (example.com/notes)",
+            b.len() / 1024
+        );
+    }
     futures::stream::iter(0..n)
         .for_each_concurrent(32, |i| {
             let progress = progress.clone();
-            let (ns, name, o) = scene.object(i, account);
+            let (ns, name, mut o) = scene.object(i, account);
+            if let Some(blob) = &blob {
+                o.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert("example.com/notes".into(), blob.clone());
+            }
             let api: Api<PpioInstance> = Api::namespaced(client.clone(), &ns);
             async move {
                 let sent = Instant::now();
@@ -709,6 +776,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             per_key.last().copied().unwrap_or(f64::NAN),
             n / keys
         );
+    }
+    if let Some(scrapers) = env_number("BENCH_SLOW_SCRAPERS") {
+        slow_scrapers(op_addr, op_pid, scrapers).await;
     }
     op.stop();
     cp.stop();

@@ -1,0 +1,183 @@
+//! Connection limits for the operator's HTTP listeners: at most so many connections at once,
+//! and a connection that stalls (a client that stops reading its answer, or sends nothing)
+//! is closed, so a slow or hostile client holds neither memory nor a scrape slot for long.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// The limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once; further clients wait in the kernel's accept queue.
+    pub connections: usize,
+    /// A write that makes no progress for this long closes the connection.
+    pub write_stall: Duration,
+    /// A connection that sends nothing for this long (between requests too) is closed.
+    pub read_idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 128,
+            write_stall: Duration::from_secs(10),
+            read_idle: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A TCP listener that applies [`Limits`] to each connection it accepts.
+pub struct Limited {
+    listener: TcpListener,
+    open: Arc<Semaphore>,
+    limits: Limits,
+}
+
+impl Limited {
+    pub fn new(listener: TcpListener, limits: Limits) -> Limited {
+        Limited {
+            listener,
+            open: Arc::new(Semaphore::new(limits.connections.max(1))),
+            limits,
+        }
+    }
+}
+
+impl axum::serve::Listener for Limited {
+    type Io = Stalling;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Stalling, std::net::SocketAddr) {
+        // The semaphore is never closed, so this wait ends only with a permit.
+        let permit = loop {
+            if let Ok(permit) = self.open.clone().acquire_owned().await {
+                break permit;
+            }
+        };
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+        let _ = stream.set_nodelay(true);
+        (Stalling::new(stream, self.limits, permit), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection that fails with `TimedOut` once a write stalls or reads stay idle too long.
+pub struct Stalling {
+    stream: TcpStream,
+    limits: Limits,
+    write_timer: Option<Pin<Box<Sleep>>>,
+    read_timer: Pin<Box<Sleep>>,
+    _open: OwnedSemaphorePermit,
+}
+
+impl Stalling {
+    fn new(stream: TcpStream, limits: Limits, open: OwnedSemaphorePermit) -> Stalling {
+        Stalling {
+            stream,
+            limits,
+            write_timer: None,
+            read_timer: Box::pin(tokio::time::sleep(limits.read_idle)),
+            _open: open,
+        }
+    }
+
+    /// A pending write: arms the stall timer on the first pending poll, fails once it fires.
+    fn write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let stall = self.limits.write_stall;
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn wrote<T>(
+        &mut self,
+        result: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        match result {
+            Poll::Pending => self.write_pending(cx).map(Err),
+            ready => {
+                self.write_timer = None;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stalling {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Pending => match this.read_timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client sent nothing for too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            ready => {
+                let idle = this.limits.read_idle;
+                this.read_timer.as_mut().reset(Instant::now() + idle);
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Stalling {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.wrote(result, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.wrote(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.stream).poll_flush(cx);
+        this.wrote(result, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
