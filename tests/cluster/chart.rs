@@ -1005,8 +1005,9 @@ fn the_pod_annotation_is_not_a_hash_of_the_api_key() {
         .split_once("# Source: ppio-operator/templates/secret.yaml\n")
         .expect("source line")
         .1;
+    // (The template's text, which begins and ends with a newline.)
     assert_eq!(
-        sha256_hex(body),
+        sha256_hex(&format!("\n{body}\n")),
         value,
         "the hash of the Secret as rendered"
     );

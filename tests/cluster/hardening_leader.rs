@@ -163,9 +163,12 @@ async fn a_leader_whose_lease_calls_hang_steps_down_before_a_standby_takes_over(
     apply_instance(&ns, "a", "instanceId: ca338f12f3\nrefreshInterval: 10s");
     wait_observed(&api, "a").await;
     wait("replica-a ready", async || ready(&a).await == Some(200)).await;
-    assert!(metrics(&a).await.contains(&format!(
-        "ppio_instance_ready{{namespace=\"{ns}\",name=\"a\"}}"
-    )));
+    // (/metrics may be up to a second old: it is rendered at most once a second.)
+    let series = format!("ppio_instance_ready{{namespace=\"{ns}\",name=\"a\"}}");
+    wait("replica-a exports the instance", async || {
+        metrics(&a).await.contains(&series)
+    })
+    .await;
 
     // The standby's PpioInstance watch cannot sync until we say so: as a standby it is ready
     // all the same.

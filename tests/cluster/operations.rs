@@ -371,7 +371,11 @@ async fn only_the_leader_writes_and_a_standby_takes_over_after_a_crash() {
     };
     assert!(!is_leader(standby).await, "two leaders");
     assert_eq!(writes(standby).await, 0.0, "the standby wrote");
-    assert!(writes(lead).await >= 1.0);
+    // (/metrics may be up to a second old: it is rendered at most once a second.)
+    wait_until("the leader's write in its metrics", WAIT, async || {
+        (writes(lead).await >= 1.0).then_some(())
+    })
+    .await;
     assert!(
         http_get(standby.http, "/readyz")
             .await
