@@ -59,9 +59,14 @@ pub struct ImportArgs {
     pub credentials_key: Option<String>,
 
     /// Write one file per instance (NAME.yaml) into this folder instead of one YAML stream to
-    /// standard output.
+    /// standard output. A symlink in the folder is replaced, never followed.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
+
+    /// With --output-dir: remove the files an earlier import wrote there for instances that
+    /// are no longer listed (only files that begin with the import's marker line).
+    #[arg(long, requires = "output_dir")]
+    pub prune: bool,
 
     /// Instances per LIST request (1..1000).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -89,6 +94,8 @@ pub struct ImportConfig {
     pub namespace: String,
     pub credentials: Option<SecretKeyRef>,
     pub output_dir: Option<PathBuf>,
+    /// Remove files of instances no longer listed from `output_dir`.
+    pub prune: bool,
 }
 
 impl ImportArgs {
@@ -125,6 +132,7 @@ impl ImportArgs {
                 key: self.credentials_key,
             }),
             output_dir: self.output_dir,
+            prune: self.prune,
         })
     }
 }
@@ -179,8 +187,17 @@ pub async fn run(config: ImportConfig) -> Result<(), ImportError> {
                 source,
             };
             std::fs::create_dir_all(dir).map_err(fail)?;
-            for (name, yaml) in &manifests {
-                std::fs::write(dir.join(format!("{name}.yaml")), yaml).map_err(fail)?;
+            let mut written = BTreeSet::new();
+            for (l, (name, yaml)) in listed.iter().zip(&manifests) {
+                let file = format!("{name}.yaml");
+                write_new(dir, &file, &format!("{MARKER}{}\n{yaml}", l.id)).map_err(fail)?;
+                written.insert(file);
+            }
+            if config.prune {
+                let pruned = prune(dir, &written).map_err(fail)?;
+                if pruned > 0 {
+                    eprintln!("removed {pruned} file(s) of instances no longer listed");
+                }
             }
         }
     }
@@ -194,6 +211,50 @@ pub async fn run(config: ImportConfig) -> Result<(), ImportError> {
         }
     );
     Ok(())
+}
+
+/// The first line of every file `import` writes into `--output-dir`: `--prune` removes only
+/// files that begin with it.
+pub const MARKER: &str = "# written by ppio-operator import for instance ";
+
+/// Writes `dir/file` without following a symlink there: the text goes to a new file of its
+/// own (created exclusively), which then replaces `file` by a rename (which replaces a
+/// symlink itself, never its target).
+fn write_new(dir: &std::path::Path, file: &str, text: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, dir.join(file)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes the files of `dir` that an import wrote ([`MARKER`]) and that are not in `keep`;
+/// symlinks and other files are left alone. Returns how many it removed.
+fn prune(dir: &std::path::Path, keep: &BTreeSet<String>) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".yaml") || keep.contains(&name) || !entry.file_type()?.is_file() {
+            continue;
+        }
+        let mut head = vec![0; MARKER.len()];
+        let ours = std::fs::File::open(entry.path())
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok_and(|()| head == MARKER.as_bytes());
+        if ours {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Walks every page: the instances (each id once), the number of pages, and the number of
@@ -288,34 +349,48 @@ pub fn slug(text: &str, max: usize) -> String {
     }
 }
 
-/// The manifest name of every instance, in the order given: the slug of its name; where two
-/// instances share a slug, each gets the slug of its id appended; a name still taken gets a
-/// number. Depends only on the set of instances, so a second run gives the same names.
+/// The manifest name of one instance, from that instance alone (never from the others, so a
+/// re-import after instances come and go renames nothing, and GitOps prunes nothing that
+/// stays): the slug of its name, then the slug of its id. When the id's slug loses part of it
+/// (upper case, `.`, `_`), a short digest of the id follows, so that ids differing only there
+/// still get different names. An instance without a usable name is `instance-<id>`.
+pub fn name_of(l: &Listed) -> String {
+    let exact = slug(&l.id, MAX_NAME);
+    let id = if exact == l.id {
+        exact
+    } else {
+        let digest = ring::digest::digest(&ring::digest::SHA256, l.id.as_bytes());
+        let short: String = digest.as_ref()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{}-{short}", slug(&l.id, MAX_NAME - short.len() - 1))
+    };
+    let room = MAX_NAME.saturating_sub(id.len() + 1);
+    if room == 0 {
+        id
+    } else {
+        format!("{}-{id}", slug(&l.name, room))
+    }
+}
+
+/// The manifest name of every instance, in the order given ([`name_of`]); should two still
+/// be equal (a digest collision), the later ones get a number.
 pub fn names(listed: &[Listed]) -> Vec<String> {
-    let base: Vec<String> = listed.iter().map(|l| slug(&l.name, MAX_NAME)).collect();
-    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
-    for b in &base {
-        *count.entry(b.as_str()).or_default() += 1;
-    }
     let mut taken = BTreeSet::new();
-    let mut out = Vec::with_capacity(listed.len());
-    for (l, b) in listed.iter().zip(&base) {
-        let mut name = if count.get(b.as_str()) == Some(&1) {
-            b.clone()
-        } else {
-            let id = slug(&l.id, MAX_NAME);
-            let room = MAX_NAME.saturating_sub(id.len() + 1).max(1);
-            format!("{}-{id}", slug(b, room))
-        };
-        let mut n = 2;
-        while !taken.insert(name.clone()) {
-            let suffix = format!("-{n}");
-            name = format!("{}{suffix}", slug(&name, MAX_NAME - suffix.len()));
-            n += 1;
-        }
-        out.push(name);
-    }
-    out
+    listed
+        .iter()
+        .map(|l| {
+            let mut name = name_of(l);
+            let mut n = 2;
+            while !taken.insert(name.clone()) {
+                let suffix = format!("-{n}");
+                name = format!("{}{suffix}", slug(&name, MAX_NAME - suffix.len()));
+                n += 1;
+            }
+            name
+        })
+        .collect()
 }
 
 /// (name, YAML) of every manifest, sorted by instance id.
@@ -469,7 +544,7 @@ mod tests {
     }
 
     #[test]
-    fn clashing_names_take_the_id_and_every_name_is_unique() {
+    fn a_name_depends_on_its_instance_alone_and_every_name_is_unique() {
         let listed = [
             l("ca338f12f3", "trainer"),
             l("b7e2c91d04", "Trainer"),
@@ -479,18 +554,29 @@ mod tests {
             l("f00", "trainer-b7e2c91d04"),
             l("AbC", &"x".repeat(80)),
             l("abc", &"x".repeat(80)),
+            l("a.b_c", "dots"),
         ];
         let names = names(&listed);
         assert_eq!(names[0], "trainer-ca338f12f3");
         assert_eq!(names[1], "trainer-b7e2c91d04");
-        assert_eq!(names[2], "notebook");
+        assert_eq!(names[2], "notebook-c0ffee1234");
         assert_eq!(names[3], "instance-d00");
         assert_eq!(names[4], "instance-e00");
-        // Its own slug is free of clashes among the bases, but taken by an id-suffixed name.
-        assert_eq!(names[5], "trainer-b7e2c91d04-2");
+        assert_eq!(names[5], "trainer-b7e2c91d04-f00");
+        assert!(
+            names[6].starts_with("xxx") && names[6].contains("-abc-"),
+            "{}",
+            names[6]
+        );
+        assert!(names[7].ends_with("-abc"), "{}", names[7]);
+        assert!(names[8].starts_with("dots-a-b-c-"), "{}", names[8]);
         let unique: BTreeSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         assert!(names.iter().all(|n| is_dns_label(n)), "{names:?}");
+        // Each name is the same whichever other instances there are.
+        for (one, name) in listed.iter().zip(&names) {
+            assert_eq!(&super::names(std::slice::from_ref(one))[0], name);
+        }
     }
 
     #[test]
@@ -548,10 +634,10 @@ mod tests {
             key: None,
         };
         let m = manifests(&[l("ca338f12f3", "Trainer A")], "ml", Some(&creds)).expect("renders");
-        assert_eq!(m[0].0, "trainer-a");
+        assert_eq!(m[0].0, "trainer-a-ca338f12f3");
         assert_eq!(
             m[0].1,
-            "apiVersion: gpus.ppio.com/v1alpha1\nkind: PpioInstance\nmetadata:\n  annotations:\n    gpus.ppio.com/instance-name: Trainer A\n    gpus.ppio.com/region: cn-south-1\n  name: trainer-a\n  namespace: ml\nspec:\n  instanceId: ca338f12f3\n  credentialsSecretRef:\n    name: ppio-credentials\n"
+            "apiVersion: gpus.ppio.com/v1alpha1\nkind: PpioInstance\nmetadata:\n  annotations:\n    gpus.ppio.com/instance-name: Trainer A\n    gpus.ppio.com/region: cn-south-1\n  name: trainer-a-ca338f12f3\n  namespace: ml\nspec:\n  instanceId: ca338f12f3\n  credentialsSecretRef:\n    name: ppio-credentials\n"
         );
     }
 

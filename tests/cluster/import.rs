@@ -144,10 +144,16 @@ async fn import_walks_every_page_and_the_operator_observes_every_manifest() {
     assert_eq!(written.len(), 250);
     let mut from_files = String::new();
     for n in &names {
-        from_files.push_str("---\n");
-        from_files.push_str(
-            &std::fs::read_to_string(out_dir.join(format!("{n}.yaml"))).expect("file per name"),
+        let text =
+            std::fs::read_to_string(out_dir.join(format!("{n}.yaml"))).expect("file per name");
+        // The import's marker line, then the manifest.
+        let (marker, manifest) = text.split_once('\n').expect("lines");
+        assert!(
+            marker.starts_with("# written by ppio-operator import for instance imp"),
+            "{marker}"
         );
+        from_files.push_str("---\n");
+        from_files.push_str(manifest);
     }
     let mut sorted_stream: Vec<(String, String)> = stream
         .split("---\n")
@@ -357,4 +363,103 @@ async fn names_from_yaml_1_1_vocabulary_import_and_apply() {
         .collect();
     let want: BTreeSet<String> = words.iter().map(|w| w.to_string()).collect();
     assert_eq!(names, want, "{stream}");
+}
+
+/// The names `import --output-dir DIR [--prune]` writes, without their `.yaml`.
+fn run_into(addr: std::net::SocketAddr, dir: &std::path::Path, prune: bool) -> BTreeSet<String> {
+    let url = format!("http://{addr}");
+    let dir_s = dir.display().to_string();
+    let mut args = vec![
+        "--namespace",
+        "ml",
+        "--ppio-base-url",
+        &url,
+        "--output-dir",
+        &dir_s,
+    ];
+    if prune {
+        args.push("--prune");
+    }
+    let out = import(&args, Some(KEY));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter_map(|n| n.strip_suffix(".yaml").map(str::to_string))
+        .collect()
+}
+
+#[ppio_test_macros::test]
+async fn output_dir_names_stay_put_symlinks_are_not_followed_and_prune_removes_only_its_own() {
+    let all = instances(12);
+    let (_twelve, twelve) = simulator_with(all.clone(), &[KEY]).await;
+    // The same account later: two instances gone (one of them with a clashing name), and one
+    // new that clashes with a name kept.
+    let mut later: Vec<Value> = all[..10]
+        .iter()
+        .filter(|v| v["id"] != "imp0000x")
+        .cloned()
+        .collect();
+    let mut newcomer = all[3].clone();
+    newcomer["id"] = json!("imp0100x");
+    later.push(newcomer);
+    let (_later, later_addr) = simulator_with(later, &[KEY]).await;
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("ppio");
+    let before = run_into(twelve, &dir, false);
+    assert_eq!(before.len(), 12);
+
+    // A file of someone else's, and a symlink where the import will write, pointing outside.
+    std::fs::write(dir.join("notes.yaml"), "kept: true\n").expect("write");
+    let outside = tmp.path().join("outside.txt");
+    std::fs::write(&outside, "not the import's\n").expect("write");
+    let victim = before
+        .iter()
+        .find(|n| n.ends_with("imp0001x"))
+        .expect("imp0001x")
+        .clone();
+    let victim_path = dir.join(format!("{victim}.yaml"));
+    std::fs::remove_file(&victim_path).expect("rm");
+    std::os::unix::fs::symlink(&outside, &victim_path).expect("symlink");
+
+    let after = run_into(later_addr, &dir, true);
+    // The symlink was replaced by the manifest, its target untouched.
+    assert_eq!(
+        std::fs::read_to_string(&outside).expect("read"),
+        "not the import's\n"
+    );
+    let meta = std::fs::symlink_metadata(&victim_path).expect("meta");
+    assert!(meta.file_type().is_file(), "a regular file now");
+    // Instances that stayed keep their file names, whatever came and went.
+    let kept: BTreeSet<String> = before
+        .iter()
+        .filter(|n| {
+            !n.ends_with("imp0000x") && !n.ends_with("imp0010x") && !n.ends_with("imp0011x")
+        })
+        .cloned()
+        .collect();
+    assert!(kept.is_subset(&after), "{kept:?} not in {after:?}");
+    // Pruned: the files of the gone instances; kept: the other file.
+    for gone in ["imp0000x", "imp0010x", "imp0011x"] {
+        assert!(
+            !after.iter().any(|n| n.ends_with(gone)),
+            "{gone} not pruned: {after:?}"
+        );
+    }
+    assert!(after.contains("notes"), "another file was removed");
+    assert!(after.iter().any(|n| n.ends_with("imp0100x")));
+    assert_eq!(after.len(), 9 + 1 + 1, "{after:?}");
+    // No temporary file left behind.
+    let hidden = std::fs::read_dir(&dir)
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(hidden, 0);
 }
