@@ -1,5 +1,6 @@
-# The operator's image: a static ppio-operator, the CA bundle and a non-root user (65532), on
-# scratch (no shell, no package manager, no libc). tools/image.sh builds the same files without
+# The operator's image: a static ppio-operator and a non-root user (65532), on scratch (no
+# shell, no package manager, no libc, no CA bundle: the binary carries the Mozilla roots, and
+# --ppio-ca-file adds more). tools/image.sh builds the same files without
 # a daemon, as an OCI archive.
 #
 #   docker build -t registry.example.com/ppio-operator:0.1.0 .
@@ -25,13 +26,11 @@ LABEL org.opencontainers.image.title="ppio-operator" \
       org.opencontainers.image.description="Mirrors PPIO GPU instances into PpioInstance resources" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="0.1.0"
-# Debian's CA bundle (package ca-certificates), the user 65532 and the binary: nothing else.
-COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+# The user 65532 and the binary: nothing else.
 COPY tools/image/passwd /etc/passwd
 COPY tools/image/group /etc/group
 COPY --from=build /ppio-operator /usr/local/bin/ppio-operator
-ENV PATH=/usr/local/bin \
-    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+ENV PATH=/usr/local/bin
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/ppio-operator"]

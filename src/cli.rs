@@ -289,15 +289,28 @@ pub struct PpioArgs {
     /// Timeout of one PPIO API request (1s..60s).
     #[arg(long, env = "PPIO_REQUEST_TIMEOUT", default_value_t = Human(DEFAULT_REQUEST_TIMEOUT), value_parser = parse_timeout, value_name = "DURATION")]
     pub ppio_request_timeout: Human,
+
+    /// A PEM file of certificate authorities to trust for the PPIO API besides the built-in
+    /// (Mozilla) roots, e.g. a corporate TLS proxy's.
+    #[arg(long, env = "PPIO_CA_FILE", value_name = "PATH")]
+    pub ppio_ca_file: Option<std::path::PathBuf>,
 }
 
 impl PpioArgs {
     /// The PPIO client these options describe.
     pub fn client(&self) -> Result<HttpClient, ConfigError> {
+        let extra_roots = match &self.ppio_ca_file {
+            None => Vec::new(),
+            Some(path) => read_roots(path).map_err(|message| ConfigError {
+                flag: "--ppio-ca-file",
+                message,
+            })?,
+        };
         HttpClient::new(&HttpClientConfig {
             base_url: self.ppio_base_url.clone(),
             timeout: self.ppio_request_timeout.0,
             allow_insecure_http: self.ppio_allow_insecure_http,
+            extra_roots,
             ..Default::default()
         })
         .map_err(|e| ConfigError {
@@ -305,6 +318,17 @@ impl PpioArgs {
             message: e.to_string(),
         })
     }
+}
+
+/// The certificates of a PEM bundle; at least one, or why not.
+fn read_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|_| format!("{} is not a PEM bundle of certificates", path.display()))?;
+    if roots.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(roots)
 }
 
 /// `--ppio-observe`.

@@ -147,6 +147,7 @@ impl PpioError {
     pub fn class(&self) -> Class {
         match self {
             PpioError::Connect
+            | PpioError::Tls
             | PpioError::Timeout
             | PpioError::Server { .. }
             | PpioError::NotFoundWithoutPpioBody => Class::ApiUnavailable,
@@ -172,6 +173,7 @@ impl PpioError {
     pub fn request_class(&self) -> &'static str {
         match self {
             PpioError::Connect
+            | PpioError::Tls
             | PpioError::Timeout
             | PpioError::InvalidApiKey
             | PpioError::InvalidInstanceId => "error",

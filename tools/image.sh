@@ -11,9 +11,9 @@
 #                  target dir being ./target unless CARGO_TARGET_DIR says otherwise)
 #   --binary FILE  package this static binary instead of building it
 #
-# The image holds nothing but the static binary (/usr/local/bin/ppio-operator), the CA bundle
-# (/etc/ssl/certs/ca-certificates.crt, from Debian's ca-certificates) and /etc/passwd and
-# /etc/group naming the non-root user 65532 (tools/image/); no shell, no libc. It runs as
+# The image holds nothing but the static binary (/usr/local/bin/ppio-operator) and /etc/passwd
+# and /etc/group naming the non-root user 65532 (tools/image/); no shell, no libc, no CA bundle
+# (the binary carries the Mozilla roots; more are added with --ppio-ca-file). It runs as
 # 65532:65532 with entrypoint ppio-operator and command `run`, like the Dockerfile's image.
 #
 # The binary is a static glibc build, checked with `file` and `ldd`:
@@ -43,10 +43,8 @@ version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
 [[ -n $version ]] || { echo "tools/image.sh: no version in Cargo.toml" >&2; exit 1; }
 name=${name:-ppio-operator:$version}
 target=x86_64-unknown-linux-gnu
-cacerts=/etc/ssl/certs/ca-certificates.crt
 
 command -v file >/dev/null || { echo "tools/image.sh: 'file' is required (apt-get install file)" >&2; exit 1; }
-[[ -f $cacerts ]] || { echo "tools/image.sh: $cacerts is missing; install Debian's ca-certificates" >&2; exit 1; }
 
 if [[ -z $binary ]]; then
   echo "==> building a static ppio-operator ($target, release)" >&2
@@ -71,16 +69,15 @@ fi
 
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT
-mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc/ssl/certs"
+mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc"
 install -m 0755 "$binary" "$rootfs/usr/local/bin/ppio-operator"
-install -m 0644 "$cacerts" "$rootfs/etc/ssl/certs/ca-certificates.crt"
 install -m 0644 tools/image/passwd "$rootfs/etc/passwd"
 install -m 0644 tools/image/group "$rootfs/etc/group"
 find "$rootfs" -type d -exec chmod 0755 {} +
 
 digest=$(tools/oci-archive.sh --rootfs "$rootfs" --name "$name" --output "$output" \
   --user 65532:65532 --entrypoint /usr/local/bin/ppio-operator --cmd run \
-  --env PATH=/usr/local/bin --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+  --env PATH=/usr/local/bin \
   --port 8080/tcp \
   --label org.opencontainers.image.title=ppio-operator \
   --label "org.opencontainers.image.description=Mirrors PPIO GPU instances into PpioInstance resources" \

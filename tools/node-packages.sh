@@ -2,7 +2,7 @@
 # Installs the Debian packages the test node (crates/testenv/src/node.rs, tests/node/) and
 # the image build need, only those that are missing: containerd and runc (the container
 # runtime), containernetworking-plugins (the CNI bridge), iptables and conntrack (kube-proxy),
-# gcc and libc6-dev (the static pause image), file and ca-certificates (tools/image.sh).
+# gcc and libc6-dev (the static pause image), file (tools/image.sh) and ca-certificates (HTTPS downloads).
 # Needs root and apt (Debian 12 or Ubuntu); .ci/run runs it on a fresh machine.
 set -euo pipefail
 packages=(containerd runc containernetworking-plugins iptables conntrack iproute2 util-linux gcc libc6-dev file ca-certificates)

@@ -43,6 +43,9 @@ pub struct HttpClientConfig {
     /// network unencrypted, so this is off by default (`--ppio-allow-insecure-http`); `http://`
     /// to 127.0.0.0/8, `::1` or `localhost` (a local simulator or proxy) is always accepted.
     pub allow_insecure_http: bool,
+    /// Certificate authorities trusted besides the built-in (Mozilla) roots, e.g. a corporate
+    /// TLS proxy's (`--ppio-ca-file`).
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl Default for HttpClientConfig {
@@ -53,6 +56,7 @@ impl Default for HttpClientConfig {
             max_body_bytes: 1024 * 1024,
             max_bill_bytes: BILL_BODY_CAP,
             allow_insecure_http: false,
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -148,7 +152,11 @@ impl HttpClient {
         if url.scheme() == "http" && !config.allow_insecure_http && !is_loopback_host(&url) {
             return Err(bad(BaseUrlProblem::InsecureHttp));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for root in &config.extra_roots {
+            builder = builder.add_root_certificate(root.clone());
+        }
+        let http = builder
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             // The key travels in a header; never follow a redirect with it.
@@ -436,12 +444,12 @@ async fn read_error_body(response: &mut reqwest::Response) -> Vec<u8> {
 fn transport_error(e: reqwest::Error) -> PpioError {
     // A connection refused, reset or closed mid-body is an outage, like a 5xx. The message is
     // one per class; what exactly failed goes to the debug log, without the URL.
-    tracing::debug!(
-        cause = transport_cause(&e),
-        "a PPIO API request failed before an answer"
-    );
+    let cause = transport_cause(&e);
+    tracing::debug!(cause, "a PPIO API request failed before an answer");
     if e.is_timeout() {
         PpioError::Timeout
+    } else if cause == "tls" {
+        PpioError::Tls
     } else {
         PpioError::Connect
     }
@@ -1004,8 +1012,13 @@ mod tests {
                 .get_instance(&key(), "id-marker")
                 .await
                 .expect_err("fails");
-            assert_eq!(e, PpioError::Connect);
-            assert_eq!(e.to_string(), "could not connect to the PPIO API");
+            if cause == "tls" {
+                assert_eq!(e, PpioError::Tls);
+                assert!(e.to_string().contains("--ppio-ca-file"), "{e}");
+            } else {
+                assert_eq!(e, PpioError::Connect);
+                assert_eq!(e.to_string(), "could not connect to the PPIO API");
+            }
             let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
             assert!(logs.contains(&format!("cause=\"{cause}\"")), "{logs}");
             assert!(!logs.contains("id-marker"), "the URL in the log: {logs}");

@@ -51,6 +51,12 @@ impl fmt::Debug for ApiKey {
 pub enum PpioError {
     #[error("could not connect to the PPIO API")]
     Connect,
+    /// The TLS handshake failed: most often a certificate no trusted authority signed (a
+    /// corporate TLS proxy: trust its CA with `--ppio-ca-file`).
+    #[error(
+        "could not connect to the PPIO API: the TLS handshake failed (is its certificate signed by a trusted authority? see --ppio-ca-file)"
+    )]
+    Tls,
     #[error("the PPIO API did not answer within the request timeout")]
     Timeout,
     /// The key is not a valid HTTP header value (a control or non-ASCII character): nothing

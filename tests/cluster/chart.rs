@@ -357,6 +357,61 @@ fn metrics_are_guarded_by_default_and_the_monitors_scrape_with_a_reader_token() 
 }
 
 #[test]
+fn a_ca_bundle_for_the_ppio_api_is_mounted_from_a_config_map_or_a_secret() {
+    for (source, field, name) in [
+        ("configMap", "configMap", "name"),
+        ("secret", "secret", "secretName"),
+    ] {
+        let d = docs(&render(&[
+            &format!("ppio.caBundle.{source}=corp-ca"),
+            "ppio.caBundle.key=bundle.pem",
+        ]));
+        let pod = &find(&d, "Deployment")["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert!(
+            c["args"]
+                .to_string()
+                .contains("--ppio-ca-file=/etc/ppio-ca/ca.crt"),
+            "{}",
+            c["args"]
+        );
+        assert_eq!(
+            c["volumeMounts"][0],
+            serde_json::json!({"name": "ppio-ca", "mountPath": "/etc/ppio-ca", "readOnly": true})
+        );
+        let volume = &pod["volumes"][0];
+        assert_eq!(volume["name"], "ppio-ca");
+        assert_eq!(volume[field][name], "corp-ca");
+        assert_eq!(
+            volume[field]["items"],
+            serde_json::json!([{"key": "bundle.pem", "path": "ca.crt"}])
+        );
+    }
+    // Without it: no flag, no volume.
+    let d = docs(&render(&[]));
+    let pod = &find(&d, "Deployment")["spec"]["template"]["spec"];
+    assert!(
+        !pod["containers"][0]["args"]
+            .to_string()
+            .contains("--ppio-ca-file")
+    );
+    assert!(pod["volumes"].is_null());
+    // Both: refused, naming the value.
+    let chart = chart();
+    let out = helm(&[
+        "template",
+        "rel",
+        chart.to_str().expect("path"),
+        "--set",
+        "ppio.caBundle.configMap=a",
+        "--set",
+        "ppio.caBundle.secret=b",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ppio.caBundle"));
+}
+
+#[test]
 fn rbac_is_least_privilege_without_wildcards() {
     for sets in [vec![], ALL_FEATURES.to_vec()] {
         let d = operator_rbac(docs(&render(&sets)));
@@ -692,6 +747,7 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
             "metrics.podMonitor.enabled=true",
             "metrics.prometheusRule.enabled=true",
             "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "ppio.caBundle.configMap=corp-ca",
         ],
         vec![
             "leaderElection.enabled=true",

@@ -463,3 +463,51 @@ async fn output_dir_names_stay_put_symlinks_are_not_followed_and_prune_removes_o
         .count();
     assert_eq!(hidden, 0);
 }
+
+#[ppio_test_macros::test]
+async fn a_ca_file_is_trusted_for_the_ppio_api_and_a_bad_one_is_refused_by_name() {
+    // A TLS server with a private CA: the test cluster's API server, asked for PPIO's path.
+    let _ = client().await;
+    let kc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).expect("kubeconfig"))
+            .expect("yaml");
+    let cluster = &kc["clusters"][0]["cluster"];
+    let server = cluster["server"].as_str().expect("server").to_string();
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(cluster["certificate-authority-data"].as_str().expect("ca"))
+        .expect("base64");
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).expect("write");
+    let ca_s = ca_file.display().to_string();
+    let base = ["--namespace", "ml", "--ppio-base-url", server.as_str()];
+
+    // Without it, the server's certificate is not trusted.
+    let out = import(&base, Some(KEY));
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("tls") || err.contains("certificate"), "{err}");
+    // With it, the connection is made and the answer (the API server refusing the key) is
+    // what fails.
+    let mut with_ca = base.to_vec();
+    with_ca.extend(["--ppio-ca-file", ca_s.as_str()]);
+    let out = import(&with_ca, Some(KEY));
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        !err.contains("tls") && !err.contains("certificate"),
+        "{err}"
+    );
+    assert!(err.contains("401"), "{err}");
+    // A file that is not a PEM bundle: refused before anything is sent, naming the flag.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").expect("write");
+    let junk_s = junk.display().to_string();
+    let mut with_junk = base.to_vec();
+    with_junk.extend(["--ppio-ca-file", junk_s.as_str()]);
+    let out = import(&with_junk, Some(KEY));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--ppio-ca-file"), "{err}");
+}

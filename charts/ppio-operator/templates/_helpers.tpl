@@ -134,3 +134,16 @@ key and public inputs, which anyone who may read the Deployment could test guess
 {{- end }}
 {{- .Values._apiKeySalt }}
 {{- end }}
+
+{{/*
+Whether a CA bundle for the PPIO API is mounted ("true" or empty): ppio.caBundle names a
+ConfigMap or a Secret of the release namespace (not both). Safe with --reuse-values from a
+chart without it.
+*/}}
+{{- define "ppio-operator.caBundle" -}}
+{{- $b := ((.Values.ppio | default dict).caBundle | default dict) }}
+{{- if and $b.configMap $b.secret }}
+{{- fail "ppio.caBundle: set configMap or secret, not both" }}
+{{- end }}
+{{- if or $b.configMap $b.secret }}true{{- end }}
+{{- end }}
