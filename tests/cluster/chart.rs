@@ -55,10 +55,15 @@ fn helm_ok_at(kc: &Path, args: &[&str]) -> String {
 }
 
 pub(super) fn render(sets: &[&str]) -> String {
+    render_release("rel", sets)
+}
+
+/// [`render`] as the release `release`.
+pub(super) fn render_release(release: &str, sets: &[&str]) -> String {
     let chart = chart();
     let mut args = vec![
         "template",
-        "rel",
+        release,
         chart.to_str().expect("path"),
         "--namespace",
         "ppio-system",
@@ -409,6 +414,62 @@ fn a_ca_bundle_for_the_ppio_api_is_mounted_from_a_config_map_or_a_secret() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ppio.caBundle"));
+}
+
+#[test]
+fn credentials_namespaces_replace_the_cluster_wide_secret_read_by_roles() {
+    let d = operator_rbac(docs(&render(&["credentialsNamespaces={ml,team-b}"])));
+    let cluster = rules(&d, "ClusterRole");
+    assert!(
+        !cluster.iter().any(|(_, r)| r["resources"][0] == "secrets"),
+        "no cluster-wide Secret read: {cluster:?}"
+    );
+    let mut roles: Vec<(String, Value)> = rules(&d, "Role")
+        .into_iter()
+        .filter(|(_, r)| r["resources"][0] == "secrets")
+        .map(|(ns, r)| (ns, r))
+        .collect();
+    roles.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        roles,
+        [
+            (
+                "ml".to_string(),
+                serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
+            ),
+            (
+                "team-b".to_string(),
+                serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
+            ),
+        ]
+    );
+    // Connection Secrets then read their own through the export rule.
+    let d = operator_rbac(docs(&render(&[
+        "credentialsNamespaces={ml}",
+        "exports.connectionSecrets.enabled=true",
+    ])));
+    let secrets: Vec<Value> = rules(&d, "ClusterRole")
+        .into_iter()
+        .filter(|(_, r)| r["resources"][0] == "secrets")
+        .map(|(_, r)| r["verbs"].clone())
+        .collect();
+    assert_eq!(
+        secrets,
+        [serde_json::json!(["get", "create", "update", "delete"])]
+    );
+    // Not with watchNamespace.
+    let chart = chart();
+    let out = helm(&[
+        "template",
+        "rel",
+        chart.to_str().expect("path"),
+        "--set",
+        "watchNamespace=ml",
+        "--set",
+        "credentialsNamespaces={ml}",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("credentialsNamespaces"));
 }
 
 #[test]

@@ -193,3 +193,50 @@ async fn without_the_review_permissions_metrics_are_unavailable_and_the_operator
     assert!(log.contains("TokenReview"), "names the review");
     assert!(!log.contains(token.as_str()), "no token in the log");
 }
+
+#[ppio_test_macros::test]
+async fn with_credentials_namespaces_the_operator_reads_secrets_of_those_namespaces_only() {
+    let client = client().await;
+    let listed = namespace(&client, "creds-listed").await;
+    let other = namespace(&client, "creds-other").await;
+    let (_sim, sim_addr) = simulator(&["key-listed", "key-other"]).await;
+    // A cluster-wide install of its own release, Secrets readable in `listed` only.
+    let release = format!("r{}", &listed[listed.len() - 5..]);
+    let sets = format!("credentialsNamespaces={{{listed}}}");
+    for d in super::chart::docs(&super::chart::render_release(&release, &[&sets])) {
+        let kind = d["kind"].as_str().unwrap_or_default();
+        let ours = matches!(kind, "ClusterRole" | "ClusterRoleBinding")
+            && d["metadata"]["name"] == format!("{release}-ppio-operator")
+            || matches!(kind, "Role" | "RoleBinding")
+                && d["metadata"]["namespace"] == listed.as_str();
+        if ours {
+            kubectl_ok(&["apply", "-f", "-"], Some(&d.to_string()));
+        }
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let kc = super::chart::kubeconfig_as(
+        &format!("system:serviceaccount:ppio-system:{release}-ppio-operator"),
+        dir.path(),
+    );
+    let mut ops = Vec::new();
+    for (ns, key) in [(&listed, "key-listed"), (&other, "key-other")] {
+        secret(&client, ns, "ppio-credentials", "apiKey", key).await;
+        ops.push(
+            Operator::start_as(ns, sim_addr, None, &[], "ppio_operator=debug,warn", &kc).await,
+        );
+        apply_instance(
+            ns,
+            "a",
+            "instanceId: ca338f12f3\nrefreshInterval: 10s\ncredentialsSecretRef:\n  name: ppio-credentials",
+        );
+    }
+    let listed_api: Api<PpioInstance> = Api::namespaced(client.clone(), &listed);
+    let other_api: Api<PpioInstance> = Api::namespaced(client.clone(), &other);
+    wait_observed(&listed_api, "a").await;
+    let refused = wait_until("the other namespace's Secret refused", WAIT, async || {
+        let o = other_api.get("a").await.ok()?;
+        has(&o, "Synced", "False", "CredentialsMissing").then_some(o)
+    })
+    .await;
+    assert!(has(&refused, "Stalled", "True", "CredentialsMissing"));
+}

@@ -63,18 +63,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["gpus.ppio.com"]
   resources: ["ppioinstances/status"]
   verbs: ["patch"]
+{{- if not .Values.credentialsNamespaces }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+{{- end }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- if include "ppio-operator.exportSecrets" . }}
 # Connection Secrets (exports.connectionSecrets.enabled): written only when owned by a
-# PpioInstance; reading them is the "get" above.
+# PpioInstance; reading them is the "get" above (here, with credentialsNamespaces).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["create", "update", "delete"]
+  verbs: [{{ if .Values.credentialsNamespaces }}"get", {{ end }}"create", "update", "delete"]
 {{- end }}
 {{- if include "ppio-operator.exportServices" . }}
 # Services and EndpointSlices (exports.services.enabled): written only when owned by a
