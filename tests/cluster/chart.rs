@@ -427,7 +427,6 @@ fn credentials_namespaces_replace_the_cluster_wide_secret_read_by_roles() {
     let mut roles: Vec<(String, Value)> = rules(&d, "Role")
         .into_iter()
         .filter(|(_, r)| r["resources"][0] == "secrets")
-        .map(|(ns, r)| (ns, r))
         .collect();
     roles.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
