@@ -54,7 +54,7 @@ async fn secrets_never_reach_status_errors_or_logs() {
     fixture["envs"] = json!([{"key": "TOKEN", "value": "LEAK-env-value"}]);
     fixture["command"] = json!("run --token LEAK-command");
     fixture["entrypoint"] = json!("LEAK-entrypoint");
-    h.sim.put_instance("ca338f12f3", fixture);
+    h.sim.put_instance("ca338f12f3", fixture.clone());
     h.sim.set_keys(vec!["LEAK-api-key".into()]);
     h.api.put_secret("ml", "ppio", "apiKey", "LEAK-api-key");
 
@@ -89,10 +89,26 @@ async fn secrets_never_reach_status_errors_or_logs() {
         .collect();
     let key_debug = format!("{:?}", ApiKey::new("LEAK-api-key"));
 
+    // LIST mode: a bulk of PpioInstances observed through the key's walks (items carry the
+    // env values and the command too), then their GETs.
+    let ids: Vec<String> = (0..5).map(|n| format!("leak{n}")).collect();
+    for id in &ids {
+        let mut leaky = fixture.clone();
+        leaky["id"] = json!(id);
+        h.sim.put_instance(id, leaky);
+    }
+    h.sim.set_keys(vec!["LEAK-api-key".into()]);
+    statuses.extend(list_mode(&h, &ids).await);
+
     let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
     assert!(
         logs.contains("instance state changed") && logs.contains("sync failing"),
         "logs were captured: {logs}"
+    );
+    assert!(
+        h.sim.counts().list >= 3,
+        "the PpioInstances were walked: {} LIST pages",
+        h.sim.counts().list
     );
     let patches = serde_json::to_string(&h.api.patches()).expect("json");
     for m in markers {
@@ -119,4 +135,52 @@ async fn secrets_never_reach_status_errors_or_logs() {
         patches.contains("root@proxy"),
         "the ssh command (not its password) is shown"
     );
+}
+
+/// Reconciles PpioInstances of `ids` (one Secret-held key) in LIST mode, together, for a few
+/// seconds; their last statuses.
+async fn list_mode(h: &Harness, ids: &[String]) -> Vec<ppio_operator::crd::PpioInstanceStatus> {
+    use kube::core::DeserializeGuard;
+    use ppio_operator::controller::{CachedInstance, Context, Observe, Settings, reconcile};
+    let ctx = Arc::new(Context::new(
+        h.api.client(),
+        h.ctx.ppio.clone(),
+        Settings {
+            observe: Observe::List {
+                page_size: 2,
+                full_refresh_intervals: 30,
+            },
+            ..h.ctx.settings.clone()
+        },
+        Arc::new(ppio_operator::metrics::Metrics::new()),
+    ));
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(6);
+    let tasks = ids.iter().enumerate().map(|(n, id)| {
+        let ctx = ctx.clone();
+        let mut object = instance(&format!("list-{n}"), None);
+        object.spec.instance_id = id.clone();
+        object.spec.credentials_secret_ref = Some(SecretKeyRef {
+            name: "ppio".into(),
+            key: None,
+        });
+        let key = format!("ml/list-{n}");
+        async move {
+            while tokio::time::Instant::now() < until {
+                if let Some((_, status)) = h.api.writes_of(&key).pop() {
+                    object.status = Some(status);
+                }
+                let cached = CachedInstance::new(object.clone()).expect("cached");
+                let _ = reconcile(Arc::new(DeserializeGuard(Ok(cached))), ctx.clone()).await;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            object.status
+        }
+    });
+    let last: Vec<_> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(last.len(), ids.len(), "every one observed");
+    last
 }
