@@ -51,13 +51,16 @@ pub struct Reservation {
     /// The key's displacement at that time.
     pub shift: Duration,
     /// Taken ahead of the waiting GETs, in line with the walks ([`Buckets::reserve_ahead`]):
-    /// nothing moves it.
+    /// only walk pages move it.
     pub ahead: bool,
+    /// Taken in a namespace's fair share ([`Buckets::reserve_fair`]): ahead of the routine
+    /// GETs, behind the urgent ones.
+    pub fair: bool,
 }
 
 impl Reservation {
-    /// Whether this slot serves a GET that is `urgent`: a routine slot does not (the GET
-    /// became urgent while it waited behind the routine ones), any other does.
+    /// Whether this slot serves a GET that is `urgent`: a routine or fair slot does not (the
+    /// GET became urgent while it waited behind the urgent ones), an urgent one does.
     pub fn serves(&self, urgent: bool) -> bool {
         self.ahead || !urgent
     }
@@ -69,10 +72,13 @@ impl Reservation {
 #[derive(Debug, Clone, Copy)]
 struct Slots {
     next: Instant,
+    fair_next: Instant,
     urgent_next: Instant,
     sweep_next: Instant,
-    /// How far pages and urgent GETs pushed the routine GETs.
+    /// How far pages, urgent and fair GETs pushed the routine GETs.
     shift: Duration,
+    /// How far pages and urgent GETs pushed the fair GETs.
+    fair_shift: Duration,
     /// How far pages pushed the urgent GETs.
     urgent_shift: Duration,
 }
@@ -86,6 +92,15 @@ impl Slots {
         }
         self.next = self.next.max(floor) + interval;
     }
+
+    /// A request that goes before the fair GETs (a walk page, an urgent GET) moves them too.
+    fn go_before_fair(&mut self, now: Instant, floor: Instant, interval: Duration) {
+        if self.fair_next > now {
+            self.fair_shift += interval;
+        }
+        self.fair_next = self.fair_next.max(floor) + interval;
+        self.go_before_routine(now, floor, interval);
+    }
 }
 
 impl From<Instant> for Slots {
@@ -93,18 +108,59 @@ impl From<Instant> for Slots {
     fn from(floor: Instant) -> Slots {
         Slots {
             next: floor,
+            fair_next: floor,
             urgent_next: floor,
             sweep_next: floor,
             shift: Duration::ZERO,
+            fair_shift: Duration::ZERO,
             urgent_shift: Duration::ZERO,
         }
     }
 }
 
-/// Per-key leaky buckets: the virtual time of each key's next request slot.
+/// Per-key leaky buckets: the virtual time of each key's next request slot, and how much of
+/// each key each namespace has asked for lately.
 #[derive(Debug, Default)]
 pub struct Buckets {
     keys: Mutex<HashMap<u64, Slots>>,
+    shares: Mutex<HashMap<u64, Shares>>,
+}
+
+/// How long a namespace's routine GETs count towards its recent use of a key: the time
+/// constant of its decaying count.
+pub const SHARE_MEMORY: Duration = Duration::from_secs(120);
+
+/// The routine GETs each namespace asked of one key lately (counts decaying with
+/// [`SHARE_MEMORY`]), for the fair share between namespaces.
+#[derive(Debug, Default)]
+struct Shares {
+    /// By namespace: the decayed count and when it was last brought up to date.
+    by_namespace: HashMap<String, (f64, Instant)>,
+}
+
+impl Shares {
+    /// Counts one routine GET of `namespace`; whether the namespace is within its fair share:
+    /// it asked less lately than the average namespace using the key (a key used by one
+    /// namespace alone has no share to keep).
+    fn ask(&mut self, namespace: &str, now: Instant) -> bool {
+        let decay = |(count, at): (f64, Instant)| {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
+            count * (-dt / SHARE_MEMORY.as_secs_f64()).exp()
+        };
+        // Bring every count to now; forget namespaces that asked nothing for a long while.
+        self.by_namespace.retain(|_, entry| {
+            *entry = (decay(*entry), now);
+            entry.0 >= 0.01
+        });
+        let own = self
+            .by_namespace
+            .entry(namespace.to_string())
+            .or_insert((0.0, now));
+        own.0 += 1.0;
+        let own = own.0;
+        let total: f64 = self.by_namespace.values().map(|(c, _)| c).sum();
+        own < total / self.by_namespace.len() as f64
+    }
 }
 
 impl Buckets {
@@ -124,6 +180,7 @@ impl Buckets {
                 slot: now,
                 shift: Duration::ZERO,
                 ahead: false,
+                fair: false,
             };
         };
         let mut keys = lock(&self.keys);
@@ -134,6 +191,7 @@ impl Buckets {
             slot,
             shift: slots.shift,
             ahead: false,
+            fair: false,
         }
     }
 
@@ -149,7 +207,7 @@ impl Buckets {
         let slot = slots.sweep_next.max(floor);
         slots.sweep_next = slot + interval;
         // GETs wait for slots ahead: each of them moves one request later.
-        slots.go_before_routine(now, floor, interval);
+        slots.go_before_fair(now, floor, interval);
         if slots.urgent_next > now {
             slots.urgent_shift += interval;
         }
@@ -167,23 +225,63 @@ impl Buckets {
                 slot: now,
                 shift: Duration::ZERO,
                 ahead: true,
+                fair: false,
             };
         };
         let mut keys = lock(&self.keys);
         let slots = slots_of(&mut keys, key, now, floor);
         let slot = slots.urgent_next.max(floor);
         slots.urgent_next = slot + interval;
-        slots.go_before_routine(now, floor, interval);
+        slots.go_before_fair(now, floor, interval);
         Reservation {
             slot,
             shift: slots.urgent_shift,
             ahead: true,
+            fair: false,
+        }
+    }
+
+    /// A slot for a routine GET of a PpioInstance in `namespace`. While the key's routine
+    /// GETs queue, a namespace that asked the key for no more than the average namespace
+    /// lately goes ahead of them (behind the urgent GETs): one namespace's backlog (a bulk
+    /// apply, thousands of PpioInstances) cannot stretch the intervals of another's few.
+    /// Otherwise, or when nothing queues, the routine line ([`Buckets::reserve_slot`]).
+    pub fn reserve_fair(
+        &self,
+        budget: Budget,
+        key: u64,
+        namespace: &str,
+        now: Instant,
+    ) -> Reservation {
+        let within_share = lock(&self.shares)
+            .entry(key)
+            .or_default()
+            .ask(namespace, now);
+        let Some((interval, floor)) = pacing(budget, now) else {
+            return self.reserve_slot(budget, key, now);
+        };
+        let mut keys = lock(&self.keys);
+        let slots = slots_of(&mut keys, key, now, floor);
+        let queued = slots.next.max(floor) > now;
+        if !(within_share && queued) {
+            drop(keys);
+            return self.reserve_slot(budget, key, now);
+        }
+        let slot = slots.fair_next.max(floor);
+        slots.fair_next = slot + interval;
+        slots.go_before_routine(now, floor, interval);
+        Reservation {
+            slot,
+            shift: slots.fair_shift,
+            ahead: false,
+            fair: true,
         }
     }
 
     /// Forgets a key no longer in use.
     pub fn forget(&self, key: u64) {
         lock(&self.keys).remove(&key);
+        lock(&self.shares).remove(&key);
     }
 
     /// A reservation, moved by the sweeps that went ahead of it since it was made. `Ok`: its
@@ -192,6 +290,8 @@ impl Buckets {
         let shift = lock(&self.keys).get(&key).map_or(r.shift, |slots| {
             if r.ahead {
                 slots.urgent_shift
+            } else if r.fair {
+                slots.fair_shift
             } else {
                 slots.shift
             }
@@ -221,7 +321,9 @@ fn slots_of(keys: &mut HashMap<u64, Slots>, key: u64, now: Instant, floor: Insta
 /// Drops the keys idle for [`KEY_IDLE`].
 fn prune_idle(keys: &mut HashMap<u64, Slots>, now: Instant) {
     if let Some(idle_since) = now.checked_sub(KEY_IDLE) {
-        keys.retain(|_, s| s.next.max(s.sweep_next).max(s.urgent_next) > idle_since);
+        keys.retain(|_, s| {
+            s.next.max(s.sweep_next).max(s.urgent_next).max(s.fair_next) > idle_since
+        });
     }
 }
 
@@ -320,5 +422,42 @@ mod tests {
             .redeem(1, last, last.slot)
             .expect_err("moved behind the urgent GETs and the page");
         assert_eq!(moved.slot, t0 + Duration::from_secs(7));
+    }
+
+    #[test]
+    fn a_namespace_under_its_share_goes_ahead_of_a_busier_ones_queue() {
+        let buckets = Buckets::default();
+        let budget = Budget {
+            per_second: Some(1.0),
+            burst: 1,
+        };
+        let t0 = Instant::now();
+        // One namespace alone: the routine line, however much it asks.
+        let alone: Vec<Reservation> = (0..10)
+            .map(|_| buckets.reserve_fair(budget, 1, "big", t0))
+            .collect();
+        assert!(alone.iter().all(|r| !r.fair));
+        assert_eq!(alone[9].slot, t0 + Duration::from_secs(9));
+        // A second namespace, under its share, goes ahead of the queue (behind nothing urgent).
+        let small = buckets.reserve_fair(budget, 1, "small", t0);
+        assert!(small.fair && !small.ahead);
+        assert_eq!(small.slot, t0);
+        // And moves the routine GETs waiting one request later.
+        let moved = buckets
+            .redeem(1, alone[9], alone[9].slot)
+            .expect_err("moved behind the fair GET");
+        assert_eq!(moved.slot, t0 + Duration::from_secs(10));
+        // The busier namespace stays in the routine line.
+        assert!(!buckets.reserve_fair(budget, 1, "big", t0).fair);
+        // An urgent GET goes ahead of the fair one and moves it.
+        let urgent = buckets.reserve_ahead(budget, 1, t0);
+        assert!(urgent.ahead);
+        let small_moved = buckets
+            .redeem(1, small, t0)
+            .expect_err("behind the urgent GET");
+        assert_eq!(small_moved.slot, t0 + Duration::from_secs(1));
+        // Nothing queued: the routine line, whoever asks.
+        let later = t0 + Duration::from_secs(3600);
+        assert!(!buckets.reserve_fair(budget, 1, "small", later).fair);
     }
 }

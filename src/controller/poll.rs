@@ -323,7 +323,7 @@ pub async fn poll(
             let slot = match reserved {
                 Some(r) if r.serves(is_urgent) => Some(r),
                 _ if ctx.key_pause(&api_key).is_none() => {
-                    Some(reserve_get(ctx, fingerprint, now, is_urgent))
+                    Some(reserve_get(ctx, instance, fingerprint, now, is_urgent))
                 }
                 _ => None,
             };
@@ -364,7 +364,7 @@ pub async fn poll(
     let is_urgent = urgent(instance, &seen, forced, gone_suspected);
     let slot = match reserved {
         Some(r) if r.serves(is_urgent) => r,
-        _ => reserve_get(ctx, fingerprint, now, is_urgent),
+        _ => reserve_get(ctx, instance, fingerprint, now, is_urgent),
     };
     if let Err(moved) = ctx.buckets.redeem(fingerprint, slot, now) {
         let wait = slot_wait(ctx, fingerprint, moved, now);
@@ -658,14 +658,22 @@ fn slot_wait(ctx: &Context, fingerprint: u64, r: Reservation, now: Instant) -> D
         .slot_wait(fingerprint, r.slot.saturating_duration_since(now))
 }
 
-/// A slot of the key's budget for a GET: ahead of the routine ones when `urgent`.
-fn reserve_get(ctx: &Context, fingerprint: u64, now: Instant, urgent: bool) -> Reservation {
+/// A slot of the key's budget for a GET: ahead of the routine ones when `urgent`, else in
+/// the namespace's fair share of the routine ones.
+fn reserve_get(
+    ctx: &Context,
+    instance: &PpioInstance,
+    fingerprint: u64,
+    now: Instant,
+    urgent: bool,
+) -> Reservation {
     if urgent {
         ctx.buckets
             .reserve_ahead(ctx.settings.budget, fingerprint, now)
     } else {
+        let namespace = instance.metadata.namespace.as_deref().unwrap_or_default();
         ctx.buckets
-            .reserve_slot(ctx.settings.budget, fingerprint, now)
+            .reserve_fair(ctx.settings.budget, fingerprint, namespace, now)
     }
 }
 

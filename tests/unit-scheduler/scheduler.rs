@@ -333,7 +333,11 @@ pub(crate) async fn run(
         let ctx = ctx.clone();
         let slots = slots.clone();
         let api = api.clone();
-        let key = format!("ml/{}", object.metadata.name.clone().unwrap_or_default());
+        let key = format!(
+            "{}/{}",
+            object.metadata.namespace.clone().unwrap_or_default(),
+            object.metadata.name.clone().unwrap_or_default()
+        );
         let wake = wakes.of(&object.metadata.name.clone().unwrap_or_default());
         let wakes = wakes.clone();
         tasks.spawn(async move {
@@ -533,6 +537,55 @@ async fn a_saturated_key_does_not_delay_another_keys_instances() {
             times[0] - start
         );
     }
+}
+
+#[ppio_test_macros::test(start_paused = true)]
+async fn one_namespaces_backlog_on_a_shared_key_does_not_stretch_another_namespaces_intervals() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    let (ctx, wakes) = context(&api, ppio.clone(), 1.0, 1, Observe::Get);
+    // One key, one budget (1/s): namespace "big" has 300 PpioInstances at 60s (5/s asked),
+    // namespace "small" has 5.
+    let mut all = objects("big", 300, None);
+    for o in &mut all {
+        o.metadata.namespace = Some("big".into());
+    }
+    let mut small = objects("small", 5, None);
+    for o in &mut small {
+        o.metadata.namespace = Some("small".into());
+    }
+    all.extend(small);
+    let start = Instant::now();
+    run(ctx, &api, wakes, all, 16, Duration::from_secs(1200)).await;
+    let by_id = ppio.by_id();
+    for i in 0..5 {
+        let times = &by_id[&format!("small{i}")];
+        // Every PpioInstance's first poll is urgent, in arrival order: the small namespace's
+        // come after the big one's, about 300s in. From then on it keeps its interval.
+        assert!(
+            times[0] - start <= Duration::from_secs(320),
+            "{:?}",
+            times[0] - start
+        );
+        assert!(
+            times.len() >= 14,
+            "small{i} polled {} times in 1200s at a 60s interval",
+            times.len()
+        );
+        for gap in times.windows(2).map(|w| w[1] - w[0]) {
+            assert!(
+                gap <= Duration::from_secs(70),
+                "small{i}: {gap:?} between polls while namespace big saturates the key"
+            );
+        }
+    }
+    // The big namespace still gets the rest of the budget.
+    let big: usize = by_id
+        .iter()
+        .filter(|(id, _)| id.starts_with("big"))
+        .map(|(_, t)| t.len())
+        .sum();
+    assert!(big >= 1000, "{big} polls of namespace big in 1200s at 1/s");
 }
 
 /// Sweeps at the defaults: pages of 100, a full GET every 30 intervals.
