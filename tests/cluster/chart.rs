@@ -74,6 +74,17 @@ pub(super) fn render_release(release: &str, sets: &[&str]) -> String {
     helm_ok(&args)
 }
 
+/// `helm template` with `args` (after the release and chart) fails, saying `why`.
+fn render_refused(args: &[&str], why: &str) {
+    let chart = chart();
+    let mut all = vec!["template", "rel", chart.to_str().expect("path")];
+    all.extend(args);
+    let out = helm(&all);
+    assert!(!out.status.success(), "{args:?} rendered");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(why), "{args:?}: {err}");
+}
+
 pub(super) fn docs(yaml: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(yaml)
         .filter_map(|d| Value::deserialize(d).ok())
@@ -402,18 +413,15 @@ fn a_ca_bundle_for_the_ppio_api_is_mounted_from_a_config_map_or_a_secret() {
     );
     assert!(pod["volumes"].is_null());
     // Both: refused, naming the value.
-    let chart = chart();
-    let out = helm(&[
-        "template",
-        "rel",
-        chart.to_str().expect("path"),
-        "--set",
-        "ppio.caBundle.configMap=a",
-        "--set",
-        "ppio.caBundle.secret=b",
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ppio.caBundle"));
+    render_refused(
+        &[
+            "--set",
+            "ppio.caBundle.configMap=a",
+            "--set",
+            "ppio.caBundle.secret=b",
+        ],
+        "ppio.caBundle",
+    );
 }
 
 #[test]
@@ -457,18 +465,15 @@ fn credentials_namespaces_replace_the_cluster_wide_secret_read_by_roles() {
         [serde_json::json!(["get", "create", "update", "delete"])]
     );
     // Not with watchNamespace.
-    let chart = chart();
-    let out = helm(&[
-        "template",
-        "rel",
-        chart.to_str().expect("path"),
-        "--set",
-        "watchNamespace=ml",
-        "--set",
-        "credentialsNamespaces={ml}",
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("credentialsNamespaces"));
+    render_refused(
+        &[
+            "--set",
+            "watchNamespace=ml",
+            "--set",
+            "credentialsNamespaces={ml}",
+        ],
+        "credentialsNamespaces",
+    );
 }
 
 #[test]
@@ -1215,18 +1220,15 @@ fn the_service_monitor_keeps_the_instance_namespace_and_takes_relabelings() {
     assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
     assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["honorLabels"], true);
     assert!(!d.iter().any(|o| o["kind"] == "ServiceMonitor"));
-    let chart = chart();
-    let out = helm(&[
-        "template",
-        "rel",
-        chart.to_str().expect("path"),
-        "--set",
-        "metrics.podMonitor.enabled=true",
-        "--set",
-        "metrics.serviceMonitor.enabled=true",
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("scrape the operator twice"));
+    render_refused(
+        &[
+            "--set",
+            "metrics.podMonitor.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+        ],
+        "scrape the operator twice",
+    );
 }
 
 #[test]
@@ -1359,16 +1361,7 @@ fn the_chart_fits_as_a_subchart_and_takes_the_usual_values() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Kubernetes older than the CRD's CEL validation needs is refused.
-    let chart = chart();
-    let out = helm(&[
-        "template",
-        "rel",
-        chart.to_str().expect("path"),
-        "--kube-version",
-        "1.29.0",
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("kubeVersion"));
+    render_refused(&["--kube-version", "1.29.0"], "kubeVersion");
 }
 
 #[test]
