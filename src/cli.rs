@@ -75,6 +75,12 @@ pub struct RunArgs {
     #[arg(long, env = "PPIO_DEFAULT_KEY_NAMESPACES", value_delimiter = ',', value_parser = parse_namespace, value_name = "NAMESPACES")]
     pub default_key_namespaces: Option<Vec<String>>,
 
+    /// Namespaces whose credentials Secrets (spec.credentialsSecretRef) may be used, comma
+    /// separated; unset: every namespace. A PpioInstance elsewhere that names a Secret reports
+    /// CredentialsMissing (the chart sets it with credentialsNamespaces).
+    #[arg(long, env = "PPIO_CREDENTIALS_NAMESPACES", value_delimiter = ',', value_parser = parse_namespace, value_name = "NAMESPACES")]
+    pub credentials_namespaces: Option<Vec<String>>,
+
     /// Address of the HTTP server for /metrics, /livez and /readyz.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -388,6 +394,9 @@ impl RunArgs {
                 default_key,
                 default_key_namespaces: self
                     .default_key_namespaces
+                    .map(|list| list.into_iter().collect()),
+                credentials_namespaces: self
+                    .credentials_namespaces
                     .map(|list| list.into_iter().collect()),
                 budget: Budget {
                     per_second: (self.ppio_requests_per_second > 0.0)

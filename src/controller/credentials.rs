@@ -45,6 +45,16 @@ pub(super) async fn resolve_key(
             Some(k) => Ok(k.clone()),
         });
     };
+    if ctx
+        .settings
+        .credentials_namespaces
+        .as_ref()
+        .is_some_and(|set| !set.contains(&ns))
+    {
+        return Ok(Err(Failure::credentials_missing(format!(
+            "The operator does not use credentials Secrets of namespace {ns:?} (--credentials-namespaces)."
+        ))));
+    }
     let key_name = sref.key_or_default();
     let refused = || {
         Failure::credentials_missing(format!(

@@ -102,6 +102,8 @@ pub struct Settings {
     /// The namespaces whose PpioInstances may use `default_key`; `None`: every watched
     /// namespace.
     pub default_key_namespaces: Option<BTreeSet<String>>,
+    /// The namespaces whose credentials Secrets may be used; `None`: every namespace.
+    pub credentials_namespaces: Option<BTreeSet<String>>,
     /// The request budget shared by every PpioInstance that uses the same API key.
     pub budget: Budget,
     /// How instances are observed: sweeps of each key's LIST (the default), or one GET per

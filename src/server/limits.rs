@@ -1,10 +1,12 @@
 //! Connection limits for the operator's HTTP listeners: at most so many connections at once,
-//! and a connection that stalls (a client that stops reading its answer, or sends nothing)
+//! and from one address, and a connection that stalls (a client that stops reading its answer, or sends nothing)
 //! is closed, so a slow or hostile client holds neither memory nor a scrape slot for long.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +20,10 @@ use tokio::time::{Instant, Sleep};
 pub struct Limits {
     /// Connections open at once; further clients wait in the kernel's accept queue.
     pub connections: usize,
+    /// Connections open at once from one address; a further one is closed at once, so one
+    /// client cannot take the whole of `connections` (the kubelet's probes come from the node's
+    /// address).
+    pub per_peer: usize,
     /// A write that makes no progress for this long closes the connection.
     pub write_stall: Duration,
     /// A connection that sends nothing for this long (between requests too) is closed.
@@ -28,6 +34,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             connections: 128,
+            per_peer: 16,
             write_stall: Duration::from_secs(10),
             read_idle: Duration::from_secs(120),
         }
@@ -38,15 +45,54 @@ impl Default for Limits {
 pub struct Limited {
     listener: TcpListener,
     open: Arc<Semaphore>,
+    peers: Peers,
     limits: Limits,
 }
+
+/// Connections open by peer address.
+type Peers = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
 impl Limited {
     pub fn new(listener: TcpListener, limits: Limits) -> Limited {
         Limited {
             listener,
             open: Arc::new(Semaphore::new(limits.connections.max(1))),
+            peers: Peers::default(),
             limits,
+        }
+    }
+}
+
+/// One open connection of a peer; counted down when dropped.
+struct PeerSlot {
+    peers: Peers,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    /// A slot for `ip`, or `None` when it has `max` connections open already.
+    fn take(peers: &Peers, ip: IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut open = crate::lock(peers);
+        let n = open.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: peers.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = crate::lock(&self.peers);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
         }
     }
 }
@@ -62,9 +108,15 @@ impl axum::serve::Listener for Limited {
                 break permit;
             }
         };
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
-        let _ = stream.set_nodelay(true);
-        (Stalling::new(stream, self.limits, permit), addr)
+        loop {
+            let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+            // A peer at its limit: closed at once (dropping the stream).
+            let Some(peer) = PeerSlot::take(&self.peers, addr.ip(), self.limits.per_peer) else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            return (Stalling::new(stream, self.limits, permit, peer), addr);
+        }
     }
 
     fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
@@ -79,16 +131,23 @@ pub struct Stalling {
     write_timer: Option<Pin<Box<Sleep>>>,
     read_timer: Pin<Box<Sleep>>,
     _open: OwnedSemaphorePermit,
+    _peer: PeerSlot,
 }
 
 impl Stalling {
-    fn new(stream: TcpStream, limits: Limits, open: OwnedSemaphorePermit) -> Stalling {
+    fn new(
+        stream: TcpStream,
+        limits: Limits,
+        open: OwnedSemaphorePermit,
+        peer: PeerSlot,
+    ) -> Stalling {
         Stalling {
             stream,
             limits,
             write_timer: None,
             read_timer: Box::pin(tokio::time::sleep(limits.read_idle)),
             _open: open,
+            _peer: peer,
         }
     }
 

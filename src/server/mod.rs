@@ -234,8 +234,17 @@ pub async fn serve(
     serving: Serving,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // The probes' listener has no overall cap, only the per-peer one: clients elsewhere cannot
+    // crowd out the kubelet.
+    let limits = match routes {
+        Routes::All => serving.limits,
+        Routes::Health => Limits {
+            connections: tokio::sync::Semaphore::MAX_PERMITS,
+            ..serving.limits
+        },
+    };
     axum::serve(
-        limits::Limited::new(listener, serving.limits),
+        limits::Limited::new(listener, limits),
         router(routes, &serving),
     )
     .with_graceful_shutdown(shutdown)

@@ -426,7 +426,15 @@ fn a_ca_bundle_for_the_ppio_api_is_mounted_from_a_config_map_or_a_secret() {
 
 #[test]
 fn credentials_namespaces_replace_the_cluster_wide_secret_read_by_roles() {
-    let d = operator_rbac(docs(&render(&["credentialsNamespaces={ml,team-b}"])));
+    let all = docs(&render(&["credentialsNamespaces={ml,team-b}"]));
+    // The operator enforces it too (exports may need a cluster-wide get on Secrets).
+    let args =
+        find(&all, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--credentials-namespaces=ml,team-b"),
+        "{args}"
+    );
+    let d = operator_rbac(all);
     let cluster = rules(&d, "ClusterRole");
     assert!(
         !cluster.iter().any(|(_, r)| r["resources"][0] == "secrets"),

@@ -79,6 +79,7 @@ async fn start(client: Client, ns: &str, sim: SocketAddr, identity: &str) -> Rep
             default_refresh: Duration::from_secs(10),
             default_key: ApiKey::new("key-hl"),
             default_key_namespaces: None,
+            credentials_namespaces: None,
             budget: ppio_operator::controller::Budget::default(),
             observe: ppio_operator::controller::Observe::default(),
             money: ppio_operator::controller::MoneySettings::off(),

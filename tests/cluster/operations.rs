@@ -500,6 +500,7 @@ async fn readyz_waits_for_the_first_watch_sync_while_livez_stays_up() {
             default_refresh: Duration::from_secs(10),
             default_key: ApiKey::new("key-r"),
             default_key_namespaces: None,
+            credentials_namespaces: None,
             budget: ppio_operator::controller::Budget::default(),
             observe: ppio_operator::controller::Observe::default(),
             money: ppio_operator::controller::MoneySettings::off(),

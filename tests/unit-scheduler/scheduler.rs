@@ -434,6 +434,7 @@ pub(crate) fn context_with(
             default_refresh: Duration::from_secs(60),
             default_key: ApiKey::new("key-a"),
             default_key_namespaces: None,
+            credentials_namespaces: None,
             budget: Budget {
                 per_second: Some(per_second),
                 burst,

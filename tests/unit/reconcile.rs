@@ -706,6 +706,39 @@ async fn secret_reads_do_not_grow_with_the_instances_that_use_the_secret() {
 }
 
 #[ppio_test_macros::test]
+async fn secrets_outside_the_credentials_namespaces_are_never_read() {
+    let h = harness(None).await;
+    h.api.put_secret("ml", "creds", "apiKey", KEY);
+    let mut settings = h.ctx.settings.clone();
+    settings.credentials_namespaces = Some(["team-b".to_string()].into());
+    let ctx = ppio_operator::controller::Context::new(
+        h.api.client(),
+        h.ctx.ppio.clone(),
+        settings,
+        h.ctx.metrics.clone(),
+    );
+    let mut i = instance("a", None);
+    i.spec.credentials_secret_ref = Some(SecretKeyRef {
+        name: "creds".into(),
+        key: None,
+    });
+    let p = poll(&i, &ctx, REFRESH, 0).await.expect("poll");
+    assert!(!p.requested, "nothing sent to PPIO");
+    assert_eq!(
+        (h.api.secret_metadata_reads(), h.api.secret_reads()),
+        (0, 0)
+    );
+    let status = h.api.last_status();
+    let synced = status.condition("Synced").expect("synced");
+    assert_eq!(synced.reason, "CredentialsMissing");
+    assert!(
+        synced.message.contains("--credentials-namespaces"),
+        "{}",
+        synced.message
+    );
+}
+
+#[ppio_test_macros::test]
 async fn a_secrets_data_is_read_again_only_when_it_changed() {
     // The harness looks at Secrets at every poll: each poll reads its metadata.
     let h = harness(None).await;

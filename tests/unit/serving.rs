@@ -57,6 +57,8 @@ async fn scrapers_that_never_read_hold_no_slot_for_long_and_never_delay_the_prob
     // Longer than a scrape waits for a slot, so the first SCRAPES hold theirs throughout.
     serving.limits = Limits {
         write_stall: Duration::from_secs(8),
+        // All 40 come from 127.0.0.1.
+        per_peer: 64,
         ..Limits::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -120,4 +122,38 @@ async fn scrapers_that_never_read_hold_no_slot_for_long_and_never_delay_the_prob
         }
     }
     assert_eq!(cut, SCRAPES);
+}
+
+#[ppio_test_macros::test]
+async fn one_address_cannot_take_every_connection() {
+    let health = Arc::new(Health::default());
+    health.ready.store(true, Ordering::Relaxed);
+    let mut serving = Serving::open(health, Arc::new(Metrics::new()));
+    serving.limits = Limits {
+        per_peer: 4,
+        ..Limits::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(server::serve(
+        listener,
+        Routes::Health,
+        serving,
+        std::future::pending(),
+    ));
+    // Four connections that send nothing hold the address's share.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // A fifth from the same address is closed at once, unanswered.
+    let refused = http_get(addr, "/readyz").await;
+    assert_eq!(refused, None, "a fifth connection was served");
+    // Once one of the four goes, the address is served again.
+    drop(idle.pop());
+    let (code, _) = wait_until("served again", WAIT, async || {
+        http_get(addr, "/readyz").await
+    })
+    .await;
+    assert_eq!(code, 200);
 }

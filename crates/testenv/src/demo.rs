@@ -207,6 +207,7 @@ async fn demo(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
             default_refresh: Duration::from_secs(30),
             default_key: ApiKey::new(DEMO_KEY),
             default_key_namespaces: None,
+            credentials_namespaces: None,
             budget: ppio_operator::controller::Budget::default(),
             observe: ppio_operator::controller::Observe::default(),
             // The simulator plays PPIO's own host, which bills in CNY.

@@ -334,6 +334,7 @@ pub async fn harness_with(
                 default_refresh: REFRESH,
                 default_key: default_key.and_then(ApiKey::new),
                 default_key_namespaces: None,
+                credentials_namespaces: None,
                 budget,
                 // These tests pin what one poll does: one GET each.
                 observe: ppio_operator::controller::Observe::Get,
