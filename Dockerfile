@@ -9,9 +9,12 @@
 #   docker build -t registry.example.com/ppio-operator:0.1.0 .
 #   docker push registry.example.com/ppio-operator:0.1.0
 #
-# Another target: --build-arg BINARY=target/<target>/release/ppio-operator.
+# Another target: --build-arg BINARY=target/<target>/release/ppio-operator and the platform
+# it runs on, e.g. --build-arg PLATFORM=linux/arm64 (the image says the binary's platform,
+# not the build host's).
 
-FROM scratch
+ARG PLATFORM=linux/amd64
+FROM --platform=${PLATFORM} scratch
 ARG BINARY=target/x86_64-unknown-linux-gnu/release/ppio-operator
 LABEL org.opencontainers.image.title="ppio-operator" \
       org.opencontainers.image.description="Mirrors PPIO GPU instances into PpioInstance resources" \

@@ -154,6 +154,10 @@ pub enum ImportError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "no instance was listed: --prune would remove every file an import wrote; check the key and the filters (nothing was changed)"
+    )]
+    PruneEverything,
     #[error("cannot write the manifests: {0}")]
     Stdout(#[source] std::io::Error),
     #[error("cannot render a manifest: {0}")]
@@ -193,6 +197,10 @@ pub async fn run(config: ImportConfig) -> Result<(), ImportError> {
                 write_new(dir, &file, &format!("{MARKER}{}\n{yaml}", l.id)).map_err(fail)?;
                 written.insert(file);
             }
+            if config.prune && listed.is_empty() {
+                return Err(ImportError::PruneEverything);
+            }
+            warn_duplicates(dir, &listed, &written);
             if config.prune {
                 let pruned = prune(dir, &written).map_err(fail)?;
                 if pruned > 0 {
@@ -232,6 +240,39 @@ fn write_new(dir: &std::path::Path, file: &str, text: &str) -> std::io::Result<(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Says which files of `dir` without the import's marker (written by hand, or by an import
+/// before names held the id) declare an instance this import just wrote under another name:
+/// GitOps would create two PpioInstances for it. They are left for a person to remove.
+fn warn_duplicates(dir: &std::path::Path, listed: &[Listed], written: &BTreeSet<String>) {
+    use std::io::Read;
+    let ids: BTreeSet<&str> = listed.iter().map(|l| l.id.as_str()).collect();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".yaml") || written.contains(&name) {
+            continue;
+        }
+        let mut text = String::new();
+        let read = std::fs::File::open(entry.path())
+            .and_then(|f| f.take(64 * 1024).read_to_string(&mut text));
+        if read.is_err() || text.starts_with(MARKER) {
+            continue;
+        }
+        let id = text.lines().find_map(|l| {
+            l.trim_start()
+                .strip_prefix("instanceId:")
+                .map(|v| v.trim().trim_matches('"').to_string())
+        });
+        if let Some(id) = id.filter(|id| ids.contains(id.as_str())) {
+            eprintln!(
+                "warning: {name} also declares instance {id}, written now to another file; remove it (GitOps would create two PpioInstances)"
+            );
+        }
+    }
 }
 
 /// Removes the files of `dir` that an import wrote ([`MARKER`]) and that are not in `keep`;
@@ -352,11 +393,12 @@ pub fn slug(text: &str, max: usize) -> String {
 /// The manifest name of one instance, from that instance alone (never from the others, so a
 /// re-import after instances come and go renames nothing, and GitOps prunes nothing that
 /// stays): the slug of its name, then the slug of its id. When the id's slug loses part of it
-/// (upper case, `.`, `_`), a short digest of the id follows, so that ids differing only there
-/// still get different names. An instance without a usable name is `instance-<id>`.
+/// (upper case, `.`, `_`) or holds a `-` (where a name could end the same way), a short
+/// digest of the id follows, so that no two instances share a name. An instance without a usable name is `instance-<id>`.
 pub fn name_of(l: &Listed) -> String {
     let exact = slug(&l.id, MAX_NAME);
-    let id = if exact == l.id {
+    // An id with `-` could end like another instance's name: its digest keeps them apart.
+    let id = if exact == l.id && !l.id.contains('-') {
         exact
     } else {
         let digest = ring::digest::digest(&ring::digest::SHA256, l.id.as_bytes());
@@ -573,6 +615,10 @@ mod tests {
         let unique: BTreeSet<&String> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         assert!(names.iter().all(|n| is_dns_label(n)), "{names:?}");
+        // An id with `-` cannot end like another instance's name.
+        let dashed = super::names(&[l("c", "a-b"), l("b-c", "a")]);
+        assert_ne!(dashed[0], dashed[1]);
+        assert!(dashed[1].starts_with("a-b-c-"), "{dashed:?}");
         // Each name is the same whichever other instances there are.
         for (one, name) in listed.iter().zip(&names) {
             assert_eq!(&super::names(std::slice::from_ref(one))[0], name);

@@ -253,10 +253,19 @@ impl Buckets {
         namespace: &str,
         now: Instant,
     ) -> Reservation {
-        let within_share = lock(&self.shares)
-            .entry(key)
-            .or_default()
-            .ask(namespace, now);
+        let within_share = {
+            let mut shares = lock(&self.shares);
+            if !shares.contains_key(&key) {
+                // A new key: drop the keys that asked nothing for a long while.
+                let quiet = SHARE_MEMORY * 10;
+                shares.retain(|_, s| {
+                    s.by_namespace
+                        .values()
+                        .any(|(_, at)| now.saturating_duration_since(*at) < quiet)
+                });
+            }
+            shares.entry(key).or_default().ask(namespace, now)
+        };
         let Some((interval, floor)) = pacing(budget, now) else {
             return self.reserve_slot(budget, key, now);
         };

@@ -448,7 +448,7 @@ fn transport_error(e: reqwest::Error) -> PpioError {
     tracing::debug!(cause, "a PPIO API request failed before an answer");
     if e.is_timeout() {
         PpioError::Timeout
-    } else if cause == "tls" {
+    } else if cause == "tls" && e.is_connect() {
         PpioError::Tls
     } else {
         PpioError::Connect

@@ -114,9 +114,14 @@ impl Authorizer {
         let now = Instant::now();
         let mut verdicts = lock(&self.verdicts);
         if verdicts.len() >= KEPT {
+            // Expired ones go first, then refusals: a flood of bad tokens never evicts the
+            // scrapers that are allowed.
             verdicts.retain(|_, (until, _)| *until > now);
             if verdicts.len() >= KEPT {
-                verdicts.clear();
+                verdicts.retain(|_, (_, v)| *v == Verdict::Allowed);
+            }
+            if verdicts.len() >= KEPT && verdict != Verdict::Allowed {
+                return;
             }
         }
         verdicts.insert(digest, (now + keep, verdict));

@@ -1142,6 +1142,16 @@ fn the_pod_annotation_is_not_a_hash_of_the_api_key() {
     );
     assert!(body.contains("salt: "), "{body}");
     assert_ne!(annotation(&rendered(key)), value, "salted per install");
+    // A fixed salt (rendered without a cluster: Argo CD, helm template) gives the same
+    // annotation every render, and another with another key.
+    let fixed = |key: &str| {
+        annotation(&render(&[
+            &format!("apiKey.value={key}"),
+            "apiKey.checksumSalt=s3cret-salt",
+        ]))
+    };
+    assert_eq!(fixed(key), fixed(key));
+    assert_ne!(fixed(key), fixed("sk-another-key"));
     // No chart-managed Secret: no annotation.
     let d = docs(&render(&["apiKey.existingSecret=ppio-credentials"]));
     assert!(

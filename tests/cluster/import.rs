@@ -455,6 +455,56 @@ async fn output_dir_names_stay_put_symlinks_are_not_followed_and_prune_removes_o
     assert!(after.contains("notes"), "another file was removed");
     assert!(after.iter().any(|n| n.ends_with("imp0100x")));
     assert_eq!(after.len(), 9 + 1 + 1, "{after:?}");
+    // A file written by hand (or by an older import, without the marker) for an instance
+    // written now under another name is named on standard error, and left alone.
+    std::fs::write(
+        dir.join("old-name.yaml"),
+        "apiVersion: gpus.ppio.com/v1alpha1\nkind: PpioInstance\nmetadata:\n  name: old-name\nspec:\n  instanceId: imp0002x\n",
+    )
+    .expect("write");
+    let url = format!("http://{later_addr}");
+    let dir_s = dir.display().to_string();
+    let out = import(
+        &[
+            "--namespace",
+            "ml",
+            "--ppio-base-url",
+            &url,
+            "--output-dir",
+            &dir_s,
+            "--prune",
+        ],
+        Some(KEY),
+    );
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("old-name.yaml also declares instance imp0002x"),
+        "{err}"
+    );
+    assert!(dir.join("old-name.yaml").exists());
+    // An account that lists nothing (a wrong key, a filter): --prune refuses, nothing goes.
+    let (_empty, empty_addr) = simulator_with(Vec::new(), &[KEY]).await;
+    let empty_url = format!("http://{empty_addr}");
+    let before_refusal = std::fs::read_dir(&dir).expect("dir").count();
+    let out = import(
+        &[
+            "--namespace",
+            "ml",
+            "--ppio-base-url",
+            &empty_url,
+            "--output-dir",
+            &dir_s,
+            "--prune",
+        ],
+        Some(KEY),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--prune would remove every file"));
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("dir").count(),
+        before_refusal
+    );
     // No temporary file left behind.
     let hidden = std::fs::read_dir(&dir)
         .expect("dir")

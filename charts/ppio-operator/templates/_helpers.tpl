@@ -127,9 +127,9 @@ key and public inputs, which anyone who may read the Deployment could test guess
 */}}
 {{- define "ppio-operator.apiKeySalt" -}}
 {{- if not (hasKey .Values "_apiKeySalt") }}
-{{- $salt := randAlphaNum 32 }}
+{{- $salt := ((.Values.apiKey | default dict).checksumSalt | default (randAlphaNum 32)) }}
 {{- $existing := lookup "v1" "Secret" .Release.Namespace (printf "%s-api-key" (include "ppio-operator.fullname" .)) }}
-{{- if and $existing $existing.data (hasKey $existing.data "salt") }}
+{{- if and (not (.Values.apiKey | default dict).checksumSalt) $existing $existing.data (hasKey $existing.data "salt") }}
 {{- $salt = index $existing.data "salt" | b64dec }}
 {{- end }}
 {{- $_ := set .Values "_apiKeySalt" $salt }}
