@@ -24,8 +24,15 @@ pub struct Limits {
     /// client cannot take the whole of `connections` (the kubelet's probes come from the node's
     /// address).
     pub per_peer: usize,
-    /// A write that makes no progress for this long closes the connection.
+    /// While an answer is being written, each window of this long must carry at least
+    /// `min_progress` bytes, or the connection is closed (a client that stopped reading, or
+    /// reads a few bytes now and then).
     pub write_stall: Duration,
+    /// Bytes a client must take per `write_stall` while an answer waits for it.
+    pub min_progress: usize,
+    /// The kernel's send buffer of each connection (it counts towards the pod's memory, and
+    /// a larger one would take a whole answer from a client that never reads it).
+    pub send_buffer: usize,
     /// A connection that sends nothing for this long (between requests too) is closed.
     pub read_idle: Duration,
 }
@@ -36,6 +43,8 @@ impl Default for Limits {
             connections: 128,
             per_peer: 16,
             write_stall: Duration::from_secs(10),
+            min_progress: 256 * 1024,
+            send_buffer: 256 * 1024,
             read_idle: Duration::from_secs(120),
         }
     }
@@ -115,6 +124,7 @@ impl axum::serve::Listener for Limited {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(self.limits.send_buffer);
             return (Stalling::new(stream, self.limits, permit, peer), addr);
         }
     }
@@ -124,11 +134,15 @@ impl axum::serve::Listener for Limited {
     }
 }
 
-/// A connection that fails with `TimedOut` once a write stalls or reads stay idle too long.
+/// A connection that fails with `TimedOut` once its client takes an answer too slowly, or
+/// sends nothing for too long.
 pub struct Stalling {
     stream: TcpStream,
     limits: Limits,
+    /// Armed when a write first waits for the client, until the client's next request.
     write_timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes written in the current window of the write timer.
+    window_bytes: usize,
     read_timer: Pin<Box<Sleep>>,
     _open: OwnedSemaphorePermit,
     _peer: PeerSlot,
@@ -145,38 +159,52 @@ impl Stalling {
             stream,
             limits,
             write_timer: None,
+            window_bytes: 0,
             read_timer: Box::pin(tokio::time::sleep(limits.read_idle)),
             _open: open,
             _peer: peer,
         }
     }
 
-    /// A pending write: arms the stall timer on the first pending poll, fails once it fires.
+    /// A pending write: arms the window timer on the first pending poll; when a window ends
+    /// with too little written, fails, else starts the next window.
     fn write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let stall = self.limits.write_stall;
+        if self.write_timer.is_none() {
+            self.window_bytes = 0;
+        }
         let timer = self
             .write_timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client stopped reading",
-            )),
-            Poll::Pending => Poll::Pending,
+        loop {
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if self.window_bytes < self.limits.min_progress => {
+                    return Poll::Ready(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client reads too slowly or not at all",
+                    ));
+                }
+                Poll::Ready(()) => {
+                    self.window_bytes = 0;
+                    timer.as_mut().reset(Instant::now() + stall);
+                }
+            }
         }
     }
 
-    fn wrote<T>(
+    fn wrote(
         &mut self,
-        result: Poll<io::Result<T>>,
+        result: Poll<io::Result<usize>>,
         cx: &mut Context<'_>,
-    ) -> Poll<io::Result<T>> {
+    ) -> Poll<io::Result<usize>> {
         match result {
             Poll::Pending => self.write_pending(cx).map(Err),
-            ready => {
-                self.write_timer = None;
-                ready
+            Poll::Ready(Ok(n)) => {
+                self.window_bytes = self.window_bytes.saturating_add(n);
+                Poll::Ready(Ok(n))
             }
+            failed => failed,
         }
     }
 }
@@ -199,6 +227,8 @@ impl AsyncRead for Stalling {
             ready => {
                 let idle = this.limits.read_idle;
                 this.read_timer.as_mut().reset(Instant::now() + idle);
+                // The client asked again (or closed): the answer before is done.
+                this.write_timer = None;
                 ready
             }
         }
@@ -231,9 +261,7 @@ impl AsyncWrite for Stalling {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let result = Pin::new(&mut this.stream).poll_flush(cx);
-        this.wrote(result, cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

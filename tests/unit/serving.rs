@@ -157,3 +157,40 @@ async fn one_address_cannot_take_every_connection() {
     .await;
     assert_eq!(code, 200);
 }
+
+#[ppio_test_macros::test]
+async fn a_scraper_that_reads_a_few_bytes_now_and_then_is_cut_off() {
+    let metrics = large_metrics();
+    let size = metrics.encode().len();
+    let health = Arc::new(Health::default());
+    let mut serving = Serving::open(health, metrics);
+    serving.limits = Limits {
+        write_stall: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(server::serve(
+        listener,
+        Routes::All,
+        serving,
+        std::future::pending(),
+    ));
+    // 4 KiB every 200 ms: about 20 KB/s, far below the 256 KiB per 2 s asked for.
+    let mut s = stalled_scraper(addr).await;
+    let mut got = 0;
+    let mut buf = vec![0; 4096];
+    let mut closed = false;
+    for _ in 0..200 {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => got += n,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(closed, "still served after 40 s ({got} of {size} bytes)");
+    assert!(got < size, "{got} of {size} bytes");
+}
