@@ -100,9 +100,20 @@ struct Entry {
 /// read. Only `get` on Secrets is needed (no list or watch of a namespace's Secrets).
 #[derive(Default)]
 pub struct SecretCache {
-    entries: Mutex<HashMap<SecretKey, Arc<tokio::sync::Mutex<Option<Entry>>>>>,
+    entries: Mutex<HashMap<SecretKey, Arc<tokio::sync::Mutex<Slot>>>>,
     ttl: Option<Duration>,
 }
+
+/// What is known of one key of a Secret, behind the lock its readers share.
+#[derive(Default)]
+struct Slot {
+    entry: Option<Entry>,
+    /// When a read last failed: the PpioInstances waiting meanwhile do not each try again.
+    failed: Option<Instant>,
+}
+
+/// How long a failed read is not tried again by the PpioInstances that waited for it.
+const FAILED_FOR: Duration = Duration::from_secs(5);
 
 impl SecretCache {
     /// A cache whose entries live `ttl` (default [`SECRET_TTL`]).
@@ -129,8 +140,9 @@ impl SecretCache {
             // Forget what was not used for a while (a lock held elsewhere is in use).
             let unused = (ttl * 2).max(FORGET_UNUSED);
             entries.retain(|_, slot| {
-                slot.try_lock().map_or(true, |e| {
-                    e.as_ref()
+                slot.try_lock().map_or(true, |s| {
+                    s.entry
+                        .as_ref()
                         .is_some_and(|e| now.saturating_duration_since(e.checked) < unused)
                 })
             });
@@ -139,46 +151,30 @@ impl SecretCache {
                 .or_default()
                 .clone()
         };
-        let mut entry = slot.lock().await;
-        if let Some(e) = &*entry
+        let mut slot = slot.lock().await;
+        if let Some(e) = &slot.entry
             && now.saturating_duration_since(e.checked) < ttl
         {
             return Ok(e.key.clone());
         }
-        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-        let meta = read(api.get_metadata_opt(name)).await?;
-        let fresh = match meta {
-            Some(m) if marked(&m.metadata) => {
-                let version = m.metadata.resource_version;
-                match entry.take() {
-                    Some(e) if e.version.is_some() && e.version == version => {
-                        Entry { checked: now, ..e }
-                    }
-                    _ => {
-                        let secret = read(api.get_opt(name)).await?;
-                        let key = secret
-                            .as_ref()
-                            .filter(|s| marked(&s.metadata))
-                            .and_then(|s| s.data.as_ref()?.get(key))
-                            .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
-                            .and_then(ApiKey::new);
-                        Entry {
-                            checked: now,
-                            version: secret.and_then(|s| s.metadata.resource_version),
-                            key,
-                        }
-                    }
-                }
+        if slot
+            .failed
+            .is_some_and(|at| Instant::now().saturating_duration_since(at) < FAILED_FOR)
+        {
+            return Err(Error::ReadSecretFailedLately);
+        }
+        match read_key(client, ns, name, key, slot.entry.as_ref(), now).await {
+            Ok(fresh) => {
+                let found = fresh.key.clone();
+                slot.entry = Some(fresh);
+                slot.failed = None;
+                Ok(found)
             }
-            _ => Entry {
-                checked: now,
-                version: None,
-                key: None,
-            },
-        };
-        let key = fresh.key.clone();
-        *entry = Some(fresh);
-        Ok(key)
+            Err(e) => {
+                slot.failed = Some(Instant::now());
+                Err(e)
+            }
+        }
     }
 
     /// Drops a Secret from the cache, so that the next poll reads it again (after PPIO refused
@@ -186,6 +182,50 @@ impl SecretCache {
     pub fn forget(&self, ns: &str, name: &str) {
         lock(&self.entries).retain(|(n, s, _), _| !(n == ns && s == name));
     }
+}
+
+/// Reads `key` of the Secret `ns/name`: its metadata, and its data only when it is marked and
+/// its `resourceVersion` differs from `before`'s.
+async fn read_key(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+    before: Option<&Entry>,
+    now: Instant,
+) -> Result<Entry, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let unusable = Entry {
+        checked: now,
+        version: None,
+        key: None,
+    };
+    let Some(meta) = read(api.get_metadata_opt(name)).await? else {
+        return Ok(unusable);
+    };
+    if !marked(&meta.metadata) {
+        return Ok(unusable);
+    }
+    let version = meta.metadata.resource_version;
+    if let Some(e) = before.filter(|e| e.version.is_some() && e.version == version) {
+        return Ok(Entry {
+            checked: now,
+            version: e.version.clone(),
+            key: e.key.clone(),
+        });
+    }
+    let secret = read(api.get_opt(name)).await?;
+    let found = secret
+        .as_ref()
+        .filter(|s| marked(&s.metadata))
+        .and_then(|s| s.data.as_ref()?.get(key))
+        .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
+        .and_then(ApiKey::new);
+    Ok(Entry {
+        checked: now,
+        version: secret.and_then(|s| s.metadata.resource_version),
+        key: found,
+    })
 }
 
 /// Whether a Secret carries the credentials label.

@@ -470,6 +470,9 @@ pub enum Error {
     WriteStatus(#[source] kube::Error),
     #[error("reading the credentials Secret failed: {0}")]
     ReadSecret(#[source] kube::Error),
+    /// Another PpioInstance's read of the same Secret failed moments ago: not asked again yet.
+    #[error("reading the credentials Secret failed moments ago; it is read again shortly")]
+    ReadSecretFailedLately,
     #[error("{0} did not finish within {KUBE_CALL_TIMEOUT:?}")]
     Timeout(&'static str),
 }

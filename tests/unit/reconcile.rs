@@ -739,6 +739,42 @@ async fn secrets_outside_the_credentials_namespaces_are_never_read() {
 }
 
 #[ppio_test_macros::test]
+async fn a_failing_secret_read_is_not_repeated_by_every_ppioinstance_waiting_for_it() {
+    let h = harness(None).await;
+    h.api.put_secret("ml", "shared", "apiKey", KEY);
+    h.api.fail_secret_reads(true);
+    let polls = (0..20).map(|n| {
+        let mut i = instance(&format!("i{n}"), None);
+        i.spec.credentials_secret_ref = Some(SecretKeyRef {
+            name: "shared".into(),
+            key: None,
+        });
+        let ctx = &h.ctx;
+        async move { poll(&i, ctx, REFRESH, 0).await.is_err() }
+    });
+    let failed = futures::future::join_all(polls).await;
+    assert!(
+        failed.iter().all(|f| *f),
+        "every poll fails and is retried later"
+    );
+    assert_eq!(
+        h.api.secret_metadata_reads(),
+        1,
+        "one read for the 20 waiting"
+    );
+    // Read again once the failure is old enough, and used.
+    h.api.fail_secret_reads(false);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut i = instance("i0", None);
+    i.spec.credentials_secret_ref = Some(SecretKeyRef {
+        name: "shared".into(),
+        key: None,
+    });
+    assert!(poll(&i, &h.ctx, REFRESH, 0).await.expect("poll").requested);
+    assert_eq!(h.api.secret_metadata_reads(), 2);
+}
+
+#[ppio_test_macros::test]
 async fn a_secrets_data_is_read_again_only_when_it_changed() {
     // The harness looks at Secrets at every poll: each poll reads its metadata.
     let h = harness(None).await;

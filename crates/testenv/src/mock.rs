@@ -39,6 +39,8 @@ pub struct MockApi {
     events: Arc<Mutex<Vec<Value>>>,
     secret_reads: Arc<std::sync::atomic::AtomicU64>,
     secret_metadata_reads: Arc<std::sync::atomic::AtomicU64>,
+    /// Secret reads fail with 500 while set.
+    fail_secret_reads: Arc<std::sync::atomic::AtomicBool>,
     /// The last resourceVersion given to a Secret.
     secret_versions: Arc<std::sync::atomic::AtomicU64>,
     /// Every accepted status write: the object (`namespace/name`), when, and the status.
@@ -85,6 +87,15 @@ impl MockApi {
                     &self.secret_reads
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if self
+                    .fail_secret_reads
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    return json_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcd is down"}),
+                    );
+                }
                 match self
                     .secrets
                     .lock()
@@ -156,6 +167,12 @@ impl MockApi {
             }
             (m, p) => panic!("unexpected request to the Kubernetes API: {m} {p:?}"),
         }
+    }
+
+    /// Makes Secret reads fail (HTTP 500) or succeed again.
+    pub fn fail_secret_reads(&self, fail: bool) {
+        self.fail_secret_reads
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Makes status writes fail (HTTP 500) or succeed again.
