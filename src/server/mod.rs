@@ -48,7 +48,9 @@ const PIECE: usize = 64 * 1024;
 /// The rendered metrics text, shared between scrapers.
 pub struct Exposition {
     metrics: Arc<Metrics>,
-    last: tokio::sync::Mutex<Option<(Instant, Bytes)>>,
+    /// The last rendering, kept for [`RENDER_EVERY`] only (at 10,000 PpioInstances it is
+    /// several MB, which an idle operator should not hold).
+    last: Arc<tokio::sync::Mutex<Option<(Instant, Bytes)>>>,
     sending: Arc<Semaphore>,
 }
 
@@ -56,7 +58,7 @@ impl Exposition {
     pub fn new(metrics: Arc<Metrics>) -> Exposition {
         Exposition {
             metrics,
-            last: tokio::sync::Mutex::new(None),
+            last: Arc::new(tokio::sync::Mutex::new(None)),
             sending: Arc::new(Semaphore::new(SCRAPES)),
         }
     }
@@ -74,8 +76,25 @@ impl Exposition {
         let text = tokio::task::spawn_blocking(move || Bytes::from(metrics.encode()))
             .await
             .unwrap_or_default();
-        *last = Some((Instant::now(), text.clone()));
+        let rendered = Instant::now();
+        *last = Some((rendered, text.clone()));
+        // Let go of it once it is too old to be shared (the scrapes sending it keep their own
+        // references until they are done).
+        let kept = self.last.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RENDER_EVERY).await;
+            let mut last = kept.lock().await;
+            if last.as_ref().is_some_and(|(at, _)| *at == rendered) {
+                *last = None;
+            }
+        });
         text
+    }
+
+    /// Whether a rendering is held.
+    #[cfg(test)]
+    async fn holds_text(&self) -> bool {
+        self.last.lock().await.is_some()
     }
 
     /// The answer to a scrape that may read the metrics.
@@ -249,4 +268,24 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rendering_is_shared_for_a_moment_and_then_let_go() {
+        let exposition = Exposition::new(Arc::new(Metrics::new()));
+        let first = exposition.text().await;
+        assert!(exposition.holds_text().await);
+        // Within the moment: the same buffer.
+        let again = exposition.text().await;
+        assert_eq!(first.as_ptr(), again.as_ptr());
+        tokio::time::sleep(RENDER_EVERY * 2).await;
+        assert!(
+            !exposition.holds_text().await,
+            "an idle operator holds no rendering"
+        );
+    }
 }
