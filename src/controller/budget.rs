@@ -93,6 +93,18 @@ impl Slots {
         self.next = self.next.max(floor) + interval;
     }
 
+    /// The next routine slot, taken.
+    fn routine(&mut self, floor: Instant, interval: Duration) -> Reservation {
+        let slot = self.next.max(floor);
+        self.next = slot + interval;
+        Reservation {
+            slot,
+            shift: self.shift,
+            ahead: false,
+            fair: false,
+        }
+    }
+
     /// A request that goes before the fair GETs (a walk page, an urgent GET) moves them too.
     fn go_before_fair(&mut self, now: Instant, floor: Instant, interval: Duration) {
         if self.fair_next > now {
@@ -152,10 +164,14 @@ impl Shares {
             *entry = (decay(*entry), now);
             entry.0 >= 0.01
         });
-        let own = self
-            .by_namespace
-            .entry(namespace.to_string())
-            .or_insert((0.0, now));
+        // A namespace already counted is found without a copy of its name.
+        let own = match self.by_namespace.get_mut(namespace) {
+            Some(entry) => entry,
+            None => self
+                .by_namespace
+                .entry(namespace.to_string())
+                .or_insert((0.0, now)),
+        };
         own.0 += 1.0;
         let own = own.0;
         let total: f64 = self.by_namespace.values().map(|(c, _)| c).sum();
@@ -184,15 +200,7 @@ impl Buckets {
             };
         };
         let mut keys = lock(&self.keys);
-        let slots = slots_of(&mut keys, key, now, floor);
-        let slot = slots.next.max(floor);
-        slots.next = slot + interval;
-        Reservation {
-            slot,
-            shift: slots.shift,
-            ahead: false,
-            fair: false,
-        }
+        slots_of(&mut keys, key, now, floor).routine(floor, interval)
     }
 
     /// A slot for a page of a sweep: ahead of every GET waiting for the key's budget (their
@@ -273,8 +281,7 @@ impl Buckets {
         let slots = slots_of(&mut keys, key, now, floor);
         let queued = slots.next.max(floor) > now;
         if !(within_share && queued) {
-            drop(keys);
-            return self.reserve_slot(budget, key, now);
+            return slots.routine(floor, interval);
         }
         let slot = slots.fair_next.max(floor);
         slots.fair_next = slot + interval;
