@@ -795,6 +795,14 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
     let kc = cp.kubeconfig.clone();
     let k = |args: &[&str], stdin: Option<&str>| kubectl_at(&kc, args, stdin);
     let k_ok = |args: &[&str], stdin: Option<&str>| kubectl_at_ok(&kc, args, stdin);
+    // An object of the release namespace, as JSON.
+    let released = |kind: &str, name: &str| -> Value {
+        serde_json::from_str(&k_ok(
+            &["get", kind, name, "-n", "ppio-system", "-o", "json"],
+            None,
+        ))
+        .expect("json")
+    };
     // What the optional features need in the cluster: the Prometheus Operator's kinds
     // (reduced to their names) and the namespaces.
     k_ok(&["apply", "-f", "-"], Some(&monitoring_crds()));
@@ -913,19 +921,7 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
             "defaultRefreshInterval=30s",
         ],
     );
-    let dep: Value = serde_json::from_str(&k_ok(
-        &[
-            "get",
-            "deployment",
-            "rel-ppio-operator",
-            "-n",
-            "ppio-system",
-            "-o",
-            "json",
-        ],
-        None,
-    ))
-    .expect("json");
+    let dep = released("deployment", "rel-ppio-operator");
     assert_eq!(dep["spec"]["replicas"], 2);
     assert_eq!(dep["spec"]["strategy"]["type"], "RollingUpdate");
     assert_eq!(
@@ -987,19 +983,7 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
             "leaderElection.enabled=false",
         ],
     );
-    let dep: Value = serde_json::from_str(&k_ok(
-        &[
-            "get",
-            "deployment",
-            "rel-ppio-operator",
-            "-n",
-            "ppio-system",
-            "-o",
-            "json",
-        ],
-        None,
-    ))
-    .expect("json");
+    let dep = released("deployment", "rel-ppio-operator");
     assert_eq!(
         dep["spec"]["strategy"],
         serde_json::json!({"type": "Recreate"})
@@ -1020,32 +1004,8 @@ async fn every_rendering_validates_server_side_and_install_upgrade_uninstall_wor
             args.extend(["--set", s]);
         }
         helm_ok_at(&kc, &args);
-        let dep: Value = serde_json::from_str(&k_ok(
-            &[
-                "get",
-                "deployment",
-                "rel-ppio-operator",
-                "-n",
-                "ppio-system",
-                "-o",
-                "json",
-            ],
-            None,
-        ))
-        .expect("json");
-        let secret: Value = serde_json::from_str(&k_ok(
-            &[
-                "get",
-                "secret",
-                "rel-ppio-operator-api-key",
-                "-n",
-                "ppio-system",
-                "-o",
-                "json",
-            ],
-            None,
-        ))
-        .expect("json");
+        let dep = released("deployment", "rel-ppio-operator");
+        let secret = released("secret", "rel-ppio-operator-api-key");
         (
             dep["spec"]["template"]["metadata"]["annotations"]["checksum/api-key"]
                 .as_str()

@@ -365,8 +365,8 @@ async fn names_from_yaml_1_1_vocabulary_import_and_apply() {
     assert_eq!(names, want, "{stream}");
 }
 
-/// The names `import --output-dir DIR [--prune]` writes, without their `.yaml`.
-fn run_into(addr: std::net::SocketAddr, dir: &std::path::Path, prune: bool) -> BTreeSet<String> {
+/// `import --output-dir DIR [--prune]` against the simulator at `addr`.
+fn import_into(addr: std::net::SocketAddr, dir: &std::path::Path, prune: bool) -> Output {
     let url = format!("http://{addr}");
     let dir_s = dir.display().to_string();
     let mut args = vec![
@@ -380,7 +380,12 @@ fn run_into(addr: std::net::SocketAddr, dir: &std::path::Path, prune: bool) -> B
     if prune {
         args.push("--prune");
     }
-    let out = import(&args, Some(KEY));
+    import(&args, Some(KEY))
+}
+
+/// The names [`import_into`] writes (it succeeds), without their `.yaml`.
+fn run_into(addr: std::net::SocketAddr, dir: &std::path::Path, prune: bool) -> BTreeSet<String> {
+    let out = import_into(addr, dir, prune);
     assert!(
         out.status.success(),
         "{}",
@@ -462,20 +467,7 @@ async fn output_dir_names_stay_put_symlinks_are_not_followed_and_prune_removes_o
         "apiVersion: gpus.ppio.com/v1alpha1\nkind: PpioInstance\nmetadata:\n  name: old-name\nspec:\n  instanceId: imp0002x\n",
     )
     .expect("write");
-    let url = format!("http://{later_addr}");
-    let dir_s = dir.display().to_string();
-    let out = import(
-        &[
-            "--namespace",
-            "ml",
-            "--ppio-base-url",
-            &url,
-            "--output-dir",
-            &dir_s,
-            "--prune",
-        ],
-        Some(KEY),
-    );
+    let out = import_into(later_addr, &dir, true);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -485,20 +477,8 @@ async fn output_dir_names_stay_put_symlinks_are_not_followed_and_prune_removes_o
     assert!(dir.join("old-name.yaml").exists());
     // An account that lists nothing (a wrong key, a filter): --prune refuses, nothing goes.
     let (_empty, empty_addr) = simulator_with(Vec::new(), &[KEY]).await;
-    let empty_url = format!("http://{empty_addr}");
     let before_refusal = std::fs::read_dir(&dir).expect("dir").count();
-    let out = import(
-        &[
-            "--namespace",
-            "ml",
-            "--ppio-base-url",
-            &empty_url,
-            "--output-dir",
-            &dir_s,
-            "--prune",
-        ],
-        Some(KEY),
-    );
+    let out = import_into(empty_addr, &dir, true);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--prune would remove every file"));
     assert_eq!(

@@ -1168,7 +1168,7 @@ async fn assert_one_writer(pods: &[(String, Ipv4Addr)], leader: &str) {
 
 /// `helm upgrade --reuse-values` of the release with these `--set` values.
 fn upgrade_with(s: &Scene, sets: &[&str]) {
-    let chart = Path::new(REPO).join("charts/ppio-operator");
+    let chart = chart();
     let mut args = vec![
         "upgrade",
         RELEASE,

@@ -24,6 +24,19 @@ fn large_metrics() -> Arc<Metrics> {
     metrics
 }
 
+/// The operator's server with `serving` on a port of 127.0.0.1, until the test ends.
+async fn serve(serving: Serving, routes: Routes) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(server::serve(
+        listener,
+        routes,
+        serving,
+        std::future::pending(),
+    ));
+    addr
+}
+
 /// A client that asks for /metrics with a tiny receive buffer and then reads nothing.
 async fn stalled_scraper(addr: std::net::SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
@@ -61,14 +74,7 @@ async fn scrapers_that_never_read_hold_no_slot_for_long_and_never_delay_the_prob
         per_peer: 64,
         ..Limits::default()
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::serve(
-        listener,
-        Routes::All,
-        serving,
-        std::future::pending(),
-    ));
+    let addr = serve(serving, Routes::All).await;
 
     // 40 scrapers that never read: SCRAPES of them are sent the text, the others wait for a
     // slot and are told to come back.
@@ -133,14 +139,7 @@ async fn one_address_cannot_take_every_connection() {
         per_peer: 4,
         ..Limits::default()
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::serve(
-        listener,
-        Routes::Health,
-        serving,
-        std::future::pending(),
-    ));
+    let addr = serve(serving, Routes::Health).await;
     // Four connections that send nothing hold the address's share.
     let mut idle = Vec::new();
     for _ in 0..4 {
@@ -168,14 +167,7 @@ async fn a_scraper_that_reads_a_few_bytes_now_and_then_is_cut_off() {
         write_stall: Duration::from_secs(2),
         ..Limits::default()
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(server::serve(
-        listener,
-        Routes::All,
-        serving,
-        std::future::pending(),
-    ));
+    let addr = serve(serving, Routes::All).await;
     // 4 KiB every 200 ms: about 20 KB/s, far below the 256 KiB per 2 s asked for.
     let mut s = stalled_scraper(addr).await;
     let mut got = 0;
