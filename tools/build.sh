@@ -6,23 +6,29 @@
 # clone; for the test node (crates/testenv/src/node.rs) also the kubelet,
 # kube-controller-manager, kube-scheduler and kube-proxy (tools/kubernetes-node, the same
 # Kubernetes version) and the pod sandbox image (`pause`: tools/node/pause.c, gcc -static,
-# packed by tools/oci-archive.sh into pause.oci.tar); and, when asked, the operator's image
-# (`image`: tools/image.sh, into target/image/ppio-operator.oci.tar).
+# packed by tools/oci-archive.sh into pause.oci.tar); for the release (tools/release.sh) and
+# its test the CNCF distribution registry, crane and cosign (Go modules under tools/), zig
+# (the ziglang wheel from PyPI) and the cargo subcommands cargo-auditable, cargo-zigbuild,
+# cargo-about and cargo-cyclonedx, and cargo-deny for CI's dependency policy (crates.io, each
+# with its own Cargo.lock); and, when asked, the operator's image (`image`: tools/image.sh, into
+# target/image/ppio-operator.oci.tar).
 #
 #   tools/build.sh [kube-apiserver|kubectl|etcd|helm|health|prometheus|promtool|kubelet|
-#                   kube-controller-manager|kube-scheduler|kube-proxy|pause|image ...]
-#                   (default: all but image)
+#                   kube-controller-manager|kube-scheduler|kube-proxy|pause|registry|crane|
+#                   cosign|zig|cargo-auditable|cargo-zigbuild|cargo-about|cargo-cyclonedx|
+#                   cargo-deny|image ...]   (default: all but image)
 #
 # A program is rebuilt only when it is missing or when its pinned module (tools/*/go.mod or
-# go.sum) changed; ppio-health also when tools/health/main.go is newer than its last build;
-# the pause image when its source changed. The image is always rebuilt (cargo is incremental).
+# go.sum) or version changed; ppio-health also when tools/health/main.go is newer than its last
+# build; the pause image when its source changed. The image is always rebuilt (cargo is
+# incremental).
 # The output folder is $PPIO_TOOLS_BIN (default: ~/.cache/ppio-operator/bin, outside the clone,
 # so every clone on the machine reuses it). Each build is kept under
-# ~/.cache/ppio-operator/store/NAME-KEY, KEY a hash of its pinned module and the Go version, and
-# linked into the output folder: clones pinning different versions do not rebuild each other's
-# programs. The system packages the
-# test node needs (containerd, runc, CNI plugins, iptables, conntrack) come from apt:
-# tools/node-packages.sh.
+# ~/.cache/ppio-operator/store/NAME-KEY, KEY a hash of its pinned module and the Go version (of
+# the version and rustc's, for the cargo subcommands), and linked into the output folder:
+# clones pinning different versions do not rebuild each other's programs. The system packages
+# the test node needs (containerd, runc, CNI plugins, iptables, conntrack, qemu-user-static)
+# come from apt: tools/node-packages.sh.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -92,9 +98,51 @@ build_pause() {
   ln -sfn "$kept" "$bin/pause.oci.tar"
 }
 
+# build_crate NAME VERSION [FEATURES]: a cargo subcommand the release (tools/release.sh) or CI
+# runs, from crates.io with its own Cargo.lock (--locked), kept per version and rustc version.
+build_crate() {
+  local name=$1 version=$2 features=${3:-} want kept
+  want=$(echo "$name $version $features $(rustc --version)" | sha256sum | cut -c1-16)
+  kept=$store/$name-$want
+  if [[ ! -x $kept/bin/$name ]]; then
+    echo "==> building $name $version into $kept; a cold build takes a few minutes" >&2
+    local start=$SECONDS
+    rm -rf "$kept.tmp"
+    cargo install --quiet --locked --version "=$version" --root "$kept.tmp" \
+      ${features:+--features "$features"} "$name"
+    [[ -x $kept.tmp/bin/$name ]] || { echo "tools/build.sh: cargo install $name wrote no $name" >&2; exit 1; }
+    rm -rf "$kept"
+    mv "$kept.tmp" "$kept"
+    echo "==> built $name in $((SECONDS - start))s" >&2
+  fi
+  ln -sfn "$kept/bin/$name" "$bin/$name"
+}
+
+# Zig, the C compiler and linker of the release's cross builds (cargo-zigbuild), from its
+# PyPI wheel (which carries the whole toolchain; Python is not needed to run it).
+zig_version=0.15.2
+build_zig() {
+  local kept=$store/zig-$zig_version
+  if [[ ! -x $kept/ziglang/zig ]]; then
+    echo "==> fetching zig $zig_version (the ziglang wheel) into $kept" >&2
+    local work
+    work=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux_2_12_x86_64 \
+      --dest "$work" "ziglang==$zig_version"
+    rm -rf "$kept.tmp"
+    mkdir -p "$kept.tmp"
+    python3 -m zipfile -e "$work"/ziglang-*.whl "$kept.tmp"
+    chmod +x "$kept.tmp/ziglang/zig"
+    rm -rf "$work" "$kept"
+    mv "$kept.tmp" "$kept"
+  fi
+  ln -sfn "$kept/ziglang/zig" "$bin/zig"
+}
+
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(etcd kube-apiserver kubectl helm health prometheus promtool
-  kubelet kube-controller-manager kube-scheduler kube-proxy pause)
+  kubelet kube-controller-manager kube-scheduler kube-proxy pause registry crane cosign
+  zig cargo-auditable cargo-zigbuild cargo-about cargo-cyclonedx cargo-deny)
 for t in "${targets[@]}"; do
   case $t in
     kube-apiserver) build kube-apiserver kubernetes k8s.io/kubernetes/cmd/kube-apiserver selinux,notest "$(k8s_ldflags)" ;;
@@ -115,8 +163,25 @@ for t in "${targets[@]}"; do
       # Static scrape targets only: no service discovery plugins (a much smaller build).
       build "$t" prometheus "github.com/prometheus/prometheus/cmd/$t" remove_all_sd \
         "-s -w -X github.com/prometheus/common/version.Version=3.16.0" ;;
+    registry)
+      # The CNCF distribution registry the release test pushes to (tools/release.sh).
+      build registry registry github.com/distribution/distribution/v3/cmd/registry "" \
+        "-s -w -X github.com/distribution/distribution/v3/version.version=v3.1.2" ;;
+    crane)
+      # Pushes the multi-arch image index (an OCI image layout) to a registry.
+      build crane crane github.com/google/go-containerregistry/cmd/crane "" "-s -w" ;;
+    cosign)
+      # Signs and verifies the release's image and chart with a key, offline.
+      build cosign cosign github.com/sigstore/cosign/v2/cmd/cosign "" \
+        "-s -w -X sigs.k8s.io/release-utils/version.gitVersion=v2.6.5" ;;
+    cargo-auditable) build_crate cargo-auditable 0.7.7 ;;
+    cargo-zigbuild) build_crate cargo-zigbuild 0.24.1 ;;
+    cargo-cyclonedx) build_crate cargo-cyclonedx 0.5.9 ;;
+    cargo-about) build_crate cargo-about 0.9.3 cli ;;
+    cargo-deny) build_crate cargo-deny 0.20.2 ;;
+    zig) build_zig ;;
     pause) build_pause ;;
     image) "$root/tools/image.sh" >/dev/null ;;
-    *) echo "tools/build.sh: unknown program '$t' (expected kube-apiserver, kubectl, etcd, helm, health, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, prometheus, promtool, pause or image)" >&2; exit 2 ;;
+    *) echo "tools/build.sh: unknown program '$t' (expected kube-apiserver, kubectl, etcd, helm, health, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, prometheus, promtool, registry, crane, cosign, cargo-auditable, cargo-zigbuild, cargo-cyclonedx, cargo-about, cargo-deny, zig, pause or image)" >&2; exit 2 ;;
   esac
 done

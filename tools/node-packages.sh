@@ -2,10 +2,12 @@
 # Installs the Debian packages the test node (crates/testenv/src/node.rs, tests/node/) and
 # the image build need, only those that are missing: containerd and runc (the container
 # runtime), containernetworking-plugins (the CNI bridge), iptables and conntrack (kube-proxy),
-# gcc and libc6-dev (the static pause image), file (tools/image.sh) and ca-certificates (HTTPS downloads).
+# gcc and libc6-dev (the static pause image), file (tools/image.sh, tools/release.sh),
+# qemu-user-static (runs the release's arm64 binary) and ca-certificates (HTTPS downloads).
 # Needs root and apt (Debian 12 or Ubuntu); .ci/run runs it on a fresh machine.
 set -euo pipefail
-packages=(containerd runc containernetworking-plugins iptables conntrack iproute2 util-linux gcc libc6-dev file ca-certificates)
+packages=(containerd runc containernetworking-plugins iptables conntrack iproute2 util-linux gcc libc6-dev file
+  qemu-user-static ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")

@@ -4,14 +4,15 @@
 #            Kubernetes API, the CRD, the status, the simulator, the fuzz corpus, the command line
 #   cluster  a real etcd + kube-apiserver on 127.0.0.1, the real kubectl and helm, the real
 #            health evaluators (kstatus, Argo CD's Lua, Flux's CEL), the PPIO simulator
-#   node     the image and the chart on a real kubelet node (containerd, runc, kube-proxy, CNI);
+#   node     the release published to a real registry, then its image and chart on a real
+#            kubelet node (containerd pulling from the registry, runc, kube-proxy, CNI);
 #            needs root
 #
 #   tools/test.sh [unit|cluster|node|all ...] [--no-node] [-- ARGS for the test binaries]
 #
 # Default: all. It does its own set-up: the Debian packages of the test node
 # (tools/node-packages.sh, when missing and root), the pinned upstream programs
-# (tools/build.sh, kept in ~/.cache/ppio-operator) and the operator's image, each only for the
+# (tools/build.sh, kept in ~/.cache/ppio-operator) and the release (tools/release.sh --no-push), each only for the
 # tiers asked. Without root the node tier cannot run: the command stops before building
 # anything and says what to run, unless the node tier is left out (--no-node, or naming the
 # tiers). Under CI=true nothing may be left out.
@@ -25,7 +26,7 @@ cd "$root"
 export PPIO_TOOLS_BIN=${PPIO_TOOLS_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/ppio-operator/bin}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "tools/test.sh: $*" >&2; exit 2; }
 
 want_unit=0 want_cluster=0 want_node=0 no_node=0 named=0
@@ -77,15 +78,19 @@ fi
 # The upstream programs, and the image (built beside the Go programs: the two overlap).
 programs=()
 [[ $want_cluster -eq 0 && $want_node -eq 0 ]] || programs+=(etcd kube-apiserver kubectl helm health prometheus promtool)
-[[ $want_node -eq 0 ]] || programs+=(kubelet kube-controller-manager kube-scheduler kube-proxy pause)
+[[ $want_node -eq 0 ]] || programs+=(kubelet kube-controller-manager kube-scheduler kube-proxy pause
+  registry crane cosign)
 image_pid=""
 image_log=$(mktemp)
 log=$(mktemp)
 go_log=$(mktemp)
 trap 'rm -f "$log" "$go_log" "$image_log"; [[ -z $image_pid ]] || kill "$image_pid" 2>/dev/null || true' EXIT
 if [[ $want_node -eq 1 ]]; then
-  echo "==> building the operator's image (tools/image.sh) beside the upstream programs" >&2
-  tools/image.sh >"$image_log" 2>&1 &
+  # The release's binaries, licences, SBOMs and image layout; the node tier publishes them to
+  # a registry of its own (tools/release.sh again, which then finds them built).
+  version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+  echo "==> building the release (tools/release.sh $version --no-push) beside the upstream programs" >&2
+  tools/release.sh "$version" --no-push >"$image_log" 2>&1 &
   image_pid=$!
 fi
 [[ ${#programs[@]} -eq 0 ]] || tools/build.sh "${programs[@]}"
@@ -93,7 +98,7 @@ if [[ -n $image_pid ]]; then
   if ! wait "$image_pid"; then
     image_pid=""
     cat "$image_log" >&2
-    die "the image did not build (tools/image.sh)"
+    die "the release did not build (tools/release.sh --no-push)"
   fi
   image_pid=""
 fi

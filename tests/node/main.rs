@@ -43,6 +43,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use ppio_operator::crd::PpioInstance;
 use ppio_testenv::node::{Node, NodeError, NodeOptions};
+use ppio_testenv::registry::Registry;
 use serde_json::{Value, json};
 use support::*;
 
@@ -57,21 +58,59 @@ const WATCHED_NS: &str = "ml";
 /// The chart's leader election lease, shortened for the test (the chart allows 5s..120s).
 const LEASE_SECONDS: u64 = 10;
 
-/// The image archive under test: `$PPIO_IMAGE_ARCHIVE`, else what `tools/image.sh` writes
-/// (`image/` in the target dir this test was built in).
-fn image_archive() -> PathBuf {
-    std::env::var_os("PPIO_IMAGE_ARCHIVE")
+/// The release under test, as `tools/release.sh VERSION --no-push` built it before the tests
+/// (`tools/test.sh` does): `$PPIO_RELEASE_DIR`, else `release/VERSION` in the target dir this
+/// test was built in. Its `image/` is the OCI image layout of both platforms.
+fn release_dir() -> PathBuf {
+    std::env::var_os("PPIO_RELEASE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-            tmp.parent()
-                .unwrap_or(tmp)
-                .join("image/ppio-operator.oci.tar")
+            tmp.parent().unwrap_or(tmp).join("release").join(VERSION)
         })
 }
 
+/// What the release step published to the node's registry; every later step installs and
+/// runs it from there.
+struct Published {
+    /// The registry's `ip:port` and the path the release was given (`REGISTRY`).
+    registry: String,
+    /// The registry's CA certificate (helm `--ca-file`, `SSL_CERT_FILE`).
+    ca: PathBuf,
+}
+
+static PUBLISHED: OnceLock<Published> = OnceLock::new();
+
+fn published() -> &'static Published {
+    PUBLISHED
+        .get()
+        .expect("the release step published the image and the chart")
+}
+
+/// The released image, as pods and the chart name it.
 fn image() -> String {
-    format!("ppio-operator:{VERSION}")
+    format!("{}/ppio-operator:{VERSION}", published().registry)
+}
+
+/// The released chart, as `helm install` and `helm upgrade` take it.
+fn chart_args() -> Vec<String> {
+    let p = published();
+    vec![
+        format!("oci://{}/charts/ppio-operator", p.registry),
+        "--version".into(),
+        VERSION.into(),
+        "--ca-file".into(),
+        p.ca.display().to_string(),
+    ]
+}
+
+/// A pinned program of `tools/build.sh` (crane, cosign), trusting the registry's CA.
+fn tool(name: &str) -> Command {
+    let mut c = Command::new(tools_dir().join(name));
+    if let Some(p) = PUBLISHED.get() {
+        c.env("SSL_CERT_FILE", &p.ca);
+    }
+    c
 }
 
 fn is_root() -> bool {
@@ -122,6 +161,8 @@ struct Scene {
     api: Api<PpioInstance>,
     /// The simulator's Service (ClusterIP:port).
     sim: Option<SocketAddr>,
+    /// The registry the release step published to (stopped when the scene ends).
+    registry: Option<Registry>,
 }
 
 impl Scene {
@@ -315,127 +356,276 @@ fn proc_status(pid: u32, field: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// The image itself (no node needed).
+// The release itself (no node needed).
 
-/// A blob of the image archive, by digest.
-fn blob(archive: &Path, digest: &str) -> Vec<u8> {
-    let path = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
-    let out = Command::new("tar")
-        .arg("-xOf")
-        .arg(archive)
-        .arg(&path)
-        .output()
-        .expect("tar runs");
-    assert!(
-        out.status.success(),
-        "{path} is not in {}",
-        archive.display()
-    );
-    out.stdout
+/// A blob of an OCI image layout, by digest.
+fn blob(layout: &Path, digest: &str) -> Vec<u8> {
+    let path = layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// The crates of the shipped binary's normal dependency tree for `target`, as `name version`,
+/// without the operator itself: `cargo tree -e normal,no-proc-macro`, the crates linked into
+/// the binary. (A procedural macro's own dependencies are built for the build host, not
+/// linked: with them, `pest_derive` would bring `stacker`, which the musl binary does not hold.)
+fn normal_dependencies(target: &str) -> BTreeSet<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(REPO)
+        .args([
+            "tree",
+            "--locked",
+            "--offline",
+            "-e",
+            "normal,no-proc-macro",
+            "--target",
+            target,
+            "-p",
+            "ppio-operator",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .output()
+        .expect("cargo tree runs");
+    let text = ok(out, "cargo tree");
+    let deps: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?;
+            let version = words.next()?.trim_start_matches('v');
+            (name != "ppio-operator").then(|| format!("{name} {version}"))
+        })
+        .collect();
+    assert!(deps.len() > 100, "cargo tree listed {} crates", deps.len());
+    deps
+}
+
+/// The crates `THIRD-PARTY-LICENSES.txt` lists (its "Crates:" section), as `name version`.
+fn licensed_crates(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .skip_while(|l| *l != "Crates:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.trim().split(':').next().map(str::to_string))
+        .collect()
+}
+
+/// The components of a CycloneDX SBOM, as `name version`.
+fn sbom_components(sbom: &Value) -> BTreeSet<String> {
+    sbom["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .filter_map(|c| {
+            Some(format!(
+                "{} {}",
+                c["name"].as_str()?,
+                c["version"].as_str()?
+            ))
+        })
+        .collect()
+}
+
+fn missing_from(want: &BTreeSet<String>, have: &BTreeSet<String>) -> Vec<String> {
+    want.difference(have).cloned().collect()
+}
+
+const RUST_TARGETS: [(&str, &str); 2] = [
+    ("amd64", "x86_64-unknown-linux-musl"),
+    ("arm64", "aarch64-unknown-linux-musl"),
+];
 
 #[test]
-fn the_image_holds_only_the_binary_and_the_user() {
-    let archive = image_archive();
+fn the_image_holds_both_platforms_with_only_the_binary_the_user_and_the_licences() {
+    let release = release_dir();
+    let layout = release.join("image");
     assert!(
-        archive.is_file(),
-        "{} is missing: build it with tools/image.sh",
-        archive.display()
+        layout.join("index.json").is_file(),
+        "{} is missing: build it with tools/release.sh {VERSION} --no-push (tools/test.sh does)",
+        layout.display()
     );
-    let index: Value = serde_json::from_slice(&blob_file(&archive, "index.json")).expect("index");
-    let entry = &index["manifests"][0];
+    let top: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("index");
+    let entry = &top["manifests"][0];
     assert_eq!(
-        entry["annotations"]["io.containerd.image.name"],
-        format!("docker.io/library/{}", image()),
+        entry["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{top}"
+    );
+    let index: Value =
+        serde_json::from_slice(&blob(&layout, entry["digest"].as_str().expect("digest")))
+            .expect("index");
+    let platforms: Vec<(String, String)> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| {
+            (
+                m["platform"]["os"].as_str().unwrap_or("").to_string(),
+                m["platform"]["architecture"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        platforms,
+        [
+            ("linux".into(), "amd64".into()),
+            ("linux".into(), "arm64".into())
+        ],
         "{index}"
     );
-    let manifest: Value =
-        serde_json::from_slice(&blob(&archive, entry["digest"].as_str().expect("digest")))
-            .expect("manifest");
-    let config: Value = serde_json::from_slice(&blob(
-        &archive,
-        manifest["config"]["digest"].as_str().expect("config"),
-    ))
-    .expect("config");
-    assert_eq!(config["config"]["User"], "65532:65532");
-    assert_eq!(
-        config["config"]["Entrypoint"],
-        json!(["/usr/local/bin/ppio-operator"])
-    );
-    assert_eq!(config["config"]["Cmd"], json!(["run"]));
-    let layers = manifest["layers"].as_array().expect("layers");
-    assert_eq!(layers.len(), 1, "one layer: {manifest}");
-    let dir = tempfile::tempdir().expect("tmp");
-    let layer = dir.path().join("layer.tar.gz");
-    std::fs::write(
-        &layer,
-        blob(&archive, layers[0]["digest"].as_str().expect("digest")),
-    )
-    .expect("write layer");
-    let listing = Command::new("tar")
-        .arg("-tzf")
-        .arg(&layer)
-        .output()
-        .expect("tar runs");
-    let mut files: Vec<String> = String::from_utf8_lossy(&listing.stdout)
-        .lines()
-        .filter(|l| !l.ends_with('/'))
-        .map(str::to_string)
-        .collect();
-    files.sort();
-    assert_eq!(
-        files,
-        ["etc/group", "etc/passwd", "usr/local/bin/ppio-operator"],
-        "nothing but the binary and the user (no shell, no CA bundle it would not read)"
-    );
-    let root = dir.path().join("root");
-    std::fs::create_dir_all(&root).expect("root");
-    let x = Command::new("tar")
-        .arg("-xzf")
-        .arg(&layer)
-        .arg("-C")
-        .arg(&root)
-        .status()
-        .expect("tar runs");
-    assert!(x.success());
-    let passwd = std::fs::read_to_string(root.join("etc/passwd")).expect("passwd");
-    assert!(passwd.contains(":65532:65532:"), "{passwd}");
-    let group = std::fs::read_to_string(root.join("etc/group")).expect("group");
-    assert!(group.contains(":65532:"), "{group}");
-    // Static: runs with no loader and no libc, prints the version.
-    let file = Command::new("file")
-        .arg(root.join("usr/local/bin/ppio-operator"))
-        .output()
-        .expect("file runs");
-    let file = String::from_utf8_lossy(&file.stdout);
-    assert!(
-        file.contains("statically linked") || file.contains("static-pie linked"),
-        "{file}"
-    );
-    let version = Command::new(root.join("usr/local/bin/ppio-operator"))
-        .arg("--version")
-        .output()
-        .expect("runs");
-    assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
-        format!("ppio-operator {VERSION}")
-    );
-}
+    for (m, (arch, target)) in index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .zip(RUST_TARGETS)
+    {
+        let manifest: Value =
+            serde_json::from_slice(&blob(&layout, m["digest"].as_str().expect("digest")))
+                .expect("manifest");
+        let config: Value = serde_json::from_slice(&blob(
+            &layout,
+            manifest["config"]["digest"].as_str().expect("config"),
+        ))
+        .expect("config");
+        assert_eq!(config["architecture"], arch);
+        assert_eq!(config["config"]["User"], "65532:65532");
+        assert_eq!(
+            config["config"]["Entrypoint"],
+            json!(["/usr/local/bin/ppio-operator"])
+        );
+        assert_eq!(config["config"]["Cmd"], json!(["run"]));
+        assert_eq!(
+            config["config"]["Labels"]["org.opencontainers.image.licenses"],
+            "Apache-2.0"
+        );
+        let layers = manifest["layers"].as_array().expect("layers");
+        assert_eq!(layers.len(), 1, "one layer: {manifest}");
+        let dir = tempfile::tempdir().expect("tmp");
+        let layer = dir.path().join("layer.tar.gz");
+        std::fs::write(
+            &layer,
+            blob(&layout, layers[0]["digest"].as_str().expect("digest")),
+        )
+        .expect("write layer");
+        let listing = Command::new("tar")
+            .arg("-tzf")
+            .arg(&layer)
+            .output()
+            .expect("tar runs");
+        let mut files: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .filter(|l| !l.ends_with('/'))
+            .map(str::to_string)
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                "etc/group",
+                "etc/passwd",
+                "usr/local/bin/ppio-operator",
+                "usr/share/doc/ppio-operator/LICENSE",
+                "usr/share/doc/ppio-operator/THIRD-PARTY-LICENSES.txt",
+            ],
+            "{arch}: nothing but the binary, the user and the licences (no shell, no CA bundle)"
+        );
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).expect("root");
+        let x = Command::new("tar")
+            .arg("-xzf")
+            .arg(&layer)
+            .arg("-C")
+            .arg(&root)
+            .status()
+            .expect("tar runs");
+        assert!(x.success());
+        let passwd = std::fs::read_to_string(root.join("etc/passwd")).expect("passwd");
+        assert!(passwd.contains(":65532:65532:"), "{passwd}");
+        let group = std::fs::read_to_string(root.join("etc/group")).expect("group");
+        assert!(group.contains(":65532:"), "{group}");
+        let license = std::fs::read_to_string(root.join("usr/share/doc/ppio-operator/LICENSE"))
+            .expect("LICENSE");
+        assert!(license.contains("Apache License"), "the project's licence");
 
-/// A file at the top of the archive (index.json, oci-layout).
-fn blob_file(archive: &Path, name: &str) -> Vec<u8> {
-    let out = Command::new("tar")
-        .arg("-xOf")
-        .arg(archive)
-        .arg(name)
-        .output()
-        .expect("tar runs");
-    assert!(
-        out.status.success(),
-        "{name} is not in {}",
-        archive.display()
-    );
-    out.stdout
+        // The licence texts name every crate of this platform's normal dependency tree, and
+        // hold the texts of the licences they use.
+        let licences = std::fs::read_to_string(
+            root.join("usr/share/doc/ppio-operator/THIRD-PARTY-LICENSES.txt"),
+        )
+        .expect("THIRD-PARTY-LICENSES.txt");
+        let deps = normal_dependencies(target);
+        let missing = missing_from(&deps, &licensed_crates(&licences));
+        assert!(missing.is_empty(), "{arch}: no licence for {missing:?}");
+        for text in [
+            "Permission is hereby granted, free of charge",
+            "Apache License",
+            "Version 2.0, January 2004",
+        ] {
+            assert!(
+                licences.contains(text),
+                "{arch}: the licence texts hold {text:?}"
+            );
+        }
+        // The release's SBOM of this platform lists the same crates.
+        let sbom: Value = serde_json::from_slice(
+            &std::fs::read(release.join(format!("sbom-linux-{arch}.cdx.json"))).expect("sbom"),
+        )
+        .expect("CycloneDX JSON");
+        assert_eq!(sbom["bomFormat"], "CycloneDX");
+        let missing = missing_from(&deps, &sbom_components(&sbom));
+        assert!(missing.is_empty(), "{arch}: the SBOM lacks {missing:?}");
+
+        // Static, for this architecture, with its dependency list embedded (cargo auditable),
+        // and it runs: natively, or the arm64 build under qemu-user.
+        let binary = root.join("usr/local/bin/ppio-operator");
+        let file = ok(
+            Command::new("file")
+                .arg(&binary)
+                .output()
+                .expect("file runs"),
+            "file",
+        );
+        assert!(
+            file.contains("statically linked") || file.contains("static-pie linked"),
+            "{file}"
+        );
+        let machine = if arch == "amd64" {
+            "x86-64"
+        } else {
+            "ARM aarch64"
+        };
+        assert!(file.contains(machine), "{arch}: {file}");
+        let elf = std::fs::read(&binary).expect("binary");
+        assert!(
+            elf.windows(b".dep-v0".len()).any(|w| w == b".dep-v0"),
+            "{arch}: the binary carries cargo auditable's .dep-v0 section"
+        );
+        let version = if arch == "amd64" {
+            Command::new(&binary).arg("--version").output()
+        } else {
+            Command::new("qemu-aarch64-static")
+                .arg(&binary)
+                .arg("--version")
+                .output()
+        }
+        .unwrap_or_else(|e| {
+            panic!("{arch}: running the binary: {e} (qemu-user-static: tools/node-packages.sh)")
+        });
+        assert_eq!(
+            ok(version, "ppio-operator --version").trim(),
+            format!("ppio-operator {VERSION}"),
+            "{arch}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -448,18 +638,12 @@ async fn the_image_and_the_chart_on_a_real_node() {
         "the node tier needs root (it runs the kubelet and containerd): run it as root, or \
          leave it out with tools/test.sh --no-node"
     );
-    let archive = image_archive();
-    assert!(
-        archive.is_file(),
-        "{} is missing: build it with tools/image.sh (tools/test.sh does)",
-        archive.display()
-    );
-    warn_if_stale(&archive);
     let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-logs");
     let _ = std::fs::remove_dir_all(&logs);
     let options = NodeOptions {
         tools: tools_dir(),
-        images: vec![archive],
+        // Every image comes from the release step's registry, pulled by containerd.
+        images: Vec::new(),
         logs: logs.clone(),
     };
     let node = match Node::up(&options).await {
@@ -474,6 +658,7 @@ async fn the_image_and_the_chart_on_a_real_node() {
         client,
         node,
         sim: None,
+        registry: None,
     };
     let mut timings = Vec::new();
     let mut memory = 0;
@@ -521,36 +706,13 @@ async fn the_image_and_the_chart_on_a_real_node() {
     );
 }
 
-/// Warns when a source file is newer than the image (run tools/image.sh again).
-fn warn_if_stale(archive: &Path) {
-    let built = std::fs::metadata(archive).and_then(|m| m.modified()).ok();
-    let newest = walk_newest(&Path::new(REPO).join("src"));
-    if let (Some(built), Some(newest)) = (built, newest)
-        && newest > built
-    {
-        eprintln!(
-            "warning: src/ changed after {} was built; tools/image.sh rebuilds it",
-            archive.display()
-        );
-    }
-}
-
-fn walk_newest(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let t = if e.path().is_dir() {
-            walk_newest(&e.path())
-        } else {
-            e.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(t);
-    }
-    newest
-}
-
 type Step = for<'a> fn(&'a mut Scene) -> BoxFuture<'a, ()>;
 
 const STEPS: &[(&str, Step)] = &[
+    (
+        "tools/release.sh publishes to a registry on the node: both platforms, SBOMs, signatures",
+        step_release,
+    ),
     ("the image's binary starts in a container", step_binary),
     (
         "the simulator runs from the image behind a Service",
@@ -587,6 +749,9 @@ const STEPS: &[(&str, Step)] = &[
     ),
 ];
 
+fn step_release(s: &mut Scene) -> BoxFuture<'_, ()> {
+    release(s).boxed()
+}
 fn step_binary(s: &mut Scene) -> BoxFuture<'_, ()> {
     binary_starts(s).boxed()
 }
@@ -623,7 +788,7 @@ fn image_pod(ns: &str, name: &str, command: Option<&[&str]>, args: &[&str]) -> S
     let mut container = json!({
         "name": name,
         "image": image(),
-        "imagePullPolicy": "Never",
+        "imagePullPolicy": "IfNotPresent",
         "args": args,
         "securityContext": {
             "allowPrivilegeEscalation": false,
@@ -646,6 +811,236 @@ fn image_pod(ns: &str, name: &str, command: Option<&[&str]>, args: &[&str]) -> S
         }
     })
     .to_string()
+}
+
+/// `KEY=value` lines of the release's `release.env`.
+fn release_env(dir: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(dir.join("release.env")).expect("release.env");
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `cosign verify` of `reference` with the public key `key`, offline (no transparency log).
+fn cosign_verify(key: &Path, reference: &str) -> Output {
+    let mut c = tool("cosign");
+    c.arg("verify").arg("--key").arg(key).args([
+        "--insecure-ignore-tlog=true",
+        "--output",
+        "json",
+        reference,
+    ]);
+    run(c, None)
+}
+
+/// The release command run as a user runs it, against a real registry on the node (HTTPS,
+/// a throwaway CA that containerd trusts through hosts.toml), with a signing key; then what a
+/// platform team checks before installing: the index has both platforms, each platform's
+/// SBOM is attached and lists every crate of the normal dependency tree, image and chart
+/// signatures verify with the public key (not with another key, not for altered content), and
+/// the image digest is the one the earlier build of the same commit gave.
+async fn release(s: &mut Scene) {
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-release");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("work dir");
+    let registry = Registry::start(&tools_dir(), s.node.ip, &work.join("registry"))
+        .unwrap_or_else(|e| panic!("the registry: {e}"));
+    s.node
+        .trust_registry(&registry.host, &registry.ca)
+        .expect("containerd trusts the registry");
+    let target = format!("{}/ppio", registry.host);
+    let _ = PUBLISHED.set(Published {
+        registry: target.clone(),
+        ca: registry.ca.clone(),
+    });
+    s.registry = Some(registry);
+    let ca = published().ca.clone();
+
+    // A key pair, as `cosign generate-key-pair` makes it (empty password).
+    let keys = work.join("keys");
+    std::fs::create_dir_all(&keys).expect("keys");
+    let mut c = tool("cosign");
+    c.current_dir(&keys)
+        .arg("generate-key-pair")
+        .env("COSIGN_PASSWORD", "");
+    ok(run(c, None), "cosign generate-key-pair");
+    let mut c = tool("cosign");
+    std::fs::create_dir_all(keys.join("other")).expect("other");
+    c.current_dir(keys.join("other"))
+        .arg("generate-key-pair")
+        .env("COSIGN_PASSWORD", "");
+    ok(run(c, None), "cosign generate-key-pair (a stranger's)");
+
+    let out_dir = work.join("out");
+    let mut c = Command::new(Path::new(REPO).join("tools/release.sh"));
+    c.args([VERSION, &target, "--key"])
+        .arg(keys.join("cosign.key"))
+        .arg("--ca-file")
+        .arg(&ca)
+        .arg("--out")
+        .arg(&out_dir)
+        .env("COSIGN_PASSWORD", "")
+        .env("PPIO_TOOLS_BIN", tools_dir());
+    let start = Instant::now();
+    let said = run(c, None);
+    let stderr = String::from_utf8_lossy(&said.stderr).into_owned();
+    ok(said, "tools/release.sh");
+    eprintln!(
+        "tools/release.sh {VERSION} {target}: {:.1?}",
+        start.elapsed()
+    );
+    assert!(
+        stderr.contains("cosign verify --key cosign.pub --insecure-ignore-tlog=true"),
+        "the release says how to verify it: {stderr}"
+    );
+    let env = release_env(&out_dir);
+    let index_digest = env["IMAGE_INDEX_DIGEST"].clone();
+    assert_eq!(env["SIGNED"], "true");
+
+    // The same commit, built twice (here and by tools/test.sh before the tests), gives the
+    // same image digest.
+    let before = release_dir();
+    if before.join("release.env").is_file() {
+        assert_eq!(
+            release_env(&before)["IMAGE_INDEX_DIGEST"],
+            index_digest,
+            "two builds of the same commit give the same image index"
+        );
+    } else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{} is missing: tools/test.sh builds the release before the tests",
+            before.display()
+        );
+    }
+
+    // The registry serves the index, with both platforms.
+    let mut c = tool("crane");
+    c.args(["digest", &image()]);
+    assert_eq!(ok(run(c, None), "crane digest").trim(), index_digest);
+    let mut c = tool("crane");
+    c.args(["manifest", &image()]);
+    let index: Value = serde_json::from_str(&ok(run(c, None), "crane manifest")).expect("index");
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let mut archs: Vec<&str> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .filter_map(|m| m["platform"]["architecture"].as_str())
+        .collect();
+    archs.sort();
+    assert_eq!(archs, ["amd64", "arm64"], "{index}");
+
+    // Each platform's SBOM, attached in the registry, lists its normal dependency tree.
+    for (arch, rust_target) in RUST_TARGETS {
+        let digest = env[&format!("IMAGE_DIGEST_LINUX_{}", arch.to_uppercase())].clone();
+        let mut c = tool("cosign");
+        c.args([
+            "download",
+            "sbom",
+            &format!("{target}/ppio-operator@{digest}"),
+        ]);
+        let sbom: Value =
+            serde_json::from_str(&ok(run(c, None), "cosign download sbom")).expect("SBOM JSON");
+        let missing = missing_from(&normal_dependencies(rust_target), &sbom_components(&sbom));
+        assert!(
+            missing.is_empty(),
+            "{arch}: the attached SBOM lacks {missing:?}"
+        );
+    }
+
+    // Signatures: image and chart verify with the release's public key...
+    let public = keys.join("cosign.pub");
+    let chart_ref = format!("{target}/charts/ppio-operator:{VERSION}");
+    for reference in [image(), chart_ref.clone()] {
+        let out = cosign_verify(&public, &reference);
+        ok(out, &format!("cosign verify {reference}"));
+    }
+    // ...not with another key...
+    let out = cosign_verify(&keys.join("other/cosign.pub"), &image());
+    assert!(!out.status.success(), "a stranger's key verifies the image");
+    // ...and not once the content under the signed name changed: a copy with its signatures
+    // verifies until its tag is pointed at other content (one platform's image alone).
+    let copy = format!("{target}/mirror/ppio-operator:{VERSION}");
+    let mut c = tool("cosign");
+    c.args(["copy", "--force", &image(), &copy]);
+    ok(run(c, None), "cosign copy");
+    ok(cosign_verify(&public, &copy), "cosign verify of the copy");
+    let mut c = tool("crane");
+    c.args([
+        "copy",
+        &format!("{target}/ppio-operator@{}", env["IMAGE_DIGEST_LINUX_AMD64"]),
+        &copy,
+    ]);
+    ok(run(c, None), "crane copy");
+    let out = cosign_verify(&public, &copy);
+    assert!(
+        !out.status.success(),
+        "a tampered image verifies: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The chart likewise: another chart pushed under the signed chart's name fails.
+    let chart_copy = format!("{target}/mirror/charts/ppio-operator:{VERSION}");
+    let mut c = tool("cosign");
+    c.args(["copy", "--force", &chart_ref, &chart_copy]);
+    ok(run(c, None), "cosign copy (chart)");
+    ok(
+        cosign_verify(&public, &chart_copy),
+        "cosign verify of the chart copy",
+    );
+    let altered = work.join("altered");
+    std::fs::create_dir_all(&altered).expect("altered");
+    let tgz = out_file(&out_dir, &format!("ppio-operator-{VERSION}.tgz"));
+    let x = Command::new("tar")
+        .arg("-xzf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&altered)
+        .status()
+        .expect("tar");
+    assert!(x.success());
+    let values = altered.join("ppio-operator/values.yaml");
+    let text = std::fs::read_to_string(&values).expect("values");
+    std::fs::write(&values, text.replace("replicaCount: 1", "replicaCount: 3")).expect("values");
+    let packaged = s.helm(&[
+        "package",
+        altered.join("ppio-operator").to_str().expect("path"),
+        "--destination",
+        altered.to_str().expect("path"),
+    ]);
+    assert!(packaged.contains("Successfully packaged"), "{packaged}");
+    s.helm(&[
+        "push",
+        altered
+            .join(format!("ppio-operator-{VERSION}.tgz"))
+            .to_str()
+            .expect("path"),
+        &format!("oci://{target}/mirror/charts"),
+        "--ca-file",
+        ca.to_str().expect("path"),
+    ]);
+    let out = cosign_verify(&public, &chart_copy);
+    assert!(!out.status.success(), "a tampered chart verifies");
+
+    // The chart from the registry names the registry's image.
+    let mut args = vec!["show", "values"];
+    let chart = chart_args();
+    args.extend(chart.iter().map(String::as_str));
+    let values = s.helm(&args);
+    assert!(
+        values.contains(&format!("repository: {target}/ppio-operator")),
+        "{values}"
+    );
+}
+
+fn out_file(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} is missing", path.display());
+    path
 }
 
 async fn binary_starts(s: &mut Scene) {
@@ -742,12 +1137,13 @@ async fn simulator(s: &mut Scene) {
     s.sim = Some(addr);
 }
 
-/// `helm install` of the chart with the test's values (the simulator, its key, the image
-/// without pulling) and `extra` values.
+/// `helm install` of the released chart from the registry with the test's values (the
+/// simulator, its key; the image is the chart's own, pulled from the registry) and `extra`
+/// values.
 fn helm_install(s: &Scene, release: &str, ns: &str, extra: &[(&str, &str)]) {
     let sim = s.sim.expect("the simulator runs");
     let values = json!({
-        "image": {"repository": "ppio-operator", "pullPolicy": "Never"},
+        "image": {"pullPolicy": "IfNotPresent"},
         "apiKey": {"value": KEY},
         "ppio": {"baseUrl": format!("http://{sim}")},
         "defaultRefreshInterval": "10s",
@@ -759,26 +1155,21 @@ fn helm_install(s: &Scene, release: &str, ns: &str, extra: &[(&str, &str)]) {
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("values.yaml");
     std::fs::write(&file, values.to_string()).expect("values");
-    let chart = chart();
-    let mut args = vec![
-        "install",
-        release,
-        chart.to_str().expect("path"),
+    let chart = chart_args();
+    let mut args = vec!["install", release];
+    args.extend(chart.iter().map(String::as_str));
+    args.extend([
         "--namespace",
         ns,
         "--create-namespace",
         "--values",
         file.to_str().expect("path"),
-    ];
+    ]);
     let sets: Vec<String> = extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
     for set in &sets {
         args.extend(["--set", set.as_str()]);
     }
     s.helm(&args);
-}
-
-fn chart() -> PathBuf {
-    Path::new(REPO).join("charts/ppio-operator")
 }
 
 async fn install(s: &mut Scene) {
@@ -1168,15 +1559,10 @@ async fn assert_one_writer(pods: &[(String, Ipv4Addr)], leader: &str) {
 
 /// `helm upgrade --reuse-values` of the release with these `--set` values.
 fn upgrade_with(s: &Scene, sets: &[&str]) {
-    let chart = chart();
-    let mut args = vec![
-        "upgrade",
-        RELEASE,
-        chart.to_str().expect("path"),
-        "--namespace",
-        RELEASE_NS,
-        "--reuse-values",
-    ];
+    let chart = chart_args();
+    let mut args = vec!["upgrade", RELEASE];
+    args.extend(chart.iter().map(String::as_str));
+    args.extend(["--namespace", RELEASE_NS, "--reuse-values"]);
     for set in sets {
         args.extend(["--set", set]);
     }
@@ -1751,17 +2137,13 @@ async fn rolled_out(s: &Scene, image: &str) -> Option<Vec<(String, Ipv4Addr)>> {
     (done && pods.len() == want as usize && ready.len() == want as usize).then_some(ready)
 }
 
-/// The image archive's image under another tag (as a registry would serve a new version).
-fn tag_image(s: &Scene, tag: &str) -> String {
-    let mut c = s.node.ctr();
-    c.args([
-        "images",
-        "tag",
-        &format!("docker.io/library/{}", image()),
-        &format!("docker.io/library/ppio-operator:{tag}"),
-    ]);
-    ok(run(c, None), "ctr images tag");
-    format!("ppio-operator:{tag}")
+/// The released image under another tag in the registry (a new version, as a user would
+/// push it): `crane tag`.
+fn tag_image(_s: &Scene, tag: &str) -> String {
+    let mut c = tool("crane");
+    c.args(["tag", &image(), tag]);
+    ok(run(c, None), "crane tag");
+    format!("{}/ppio-operator:{tag}", published().registry)
 }
 
 /// `helm upgrade --reuse-values --set image.tag=<tag>` while [`Writers`] watches, until the
@@ -1789,19 +2171,13 @@ async fn upgrade_to(s: &Scene, tag: &str, leader_election: bool) {
         .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
         .collect();
     let mut w = Writers::start(s, leader_election).await;
-    let chart = chart();
     let set = format!("image.tag={tag}");
+    let chart = chart_args();
+    let mut args = vec!["upgrade", RELEASE];
+    args.extend(chart.iter().map(String::as_str));
+    args.extend(["--namespace", RELEASE_NS, "--reuse-values", "--set", &set]);
     let mut helm = s
-        .helm_command(&[
-            "upgrade",
-            RELEASE,
-            chart.to_str().expect("path"),
-            "--namespace",
-            RELEASE_NS,
-            "--reuse-values",
-            "--set",
-            &set,
-        ])
+        .helm_command(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1850,9 +2226,8 @@ async fn upgrade_to(s: &Scene, tag: &str, leader_election: bool) {
     if leader_election {
         assert_one_writer(&pods, &leader).await;
     }
-    // The new tag names the same image (the archive imported once, tagged again): the pods'
-    // spec names the new tag (checked above), while the runtime reports the image by the name
-    // it was imported under.
+    // The new tag names the same image (one digest, two tags): the pods' spec names the new
+    // tag (checked above); the runtime reports the image by one of its names.
     let images: Vec<String> = pods
         .iter()
         .map(|(p, _)| {

@@ -10,6 +10,7 @@ mod docs;
 mod fuzz_corpus;
 mod layout;
 mod reconcile;
+mod release;
 mod serving;
 mod simulator;
 mod simulator_money;

@@ -17,6 +17,7 @@ pub mod controlplane;
 pub mod demo;
 pub mod mock;
 pub mod node;
+pub mod registry;
 
 pub use controlplane::{
     ApiServerOptions, ControlPlane, EnvError, Guarded, client_for, free_port, install_crds,

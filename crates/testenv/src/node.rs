@@ -282,6 +282,24 @@ impl Node {
         c
     }
 
+    /// Makes containerd pull from the registry at `host` (`ip:port`) over HTTPS, trusting the
+    /// CA certificate `ca` (PEM): a `hosts.toml` under the node's state folder, read at each
+    /// pull, so it applies at once.
+    pub fn trust_registry(&self, host: &str, ca: &Path) -> Result<(), NodeError> {
+        let dir = Path::new(STATE_DIR).join("containerd/certs.d").join(host);
+        fs::create_dir_all(&dir)?;
+        let ca_copy = dir.join("ca.crt");
+        fs::copy(ca, &ca_copy)?;
+        fs::write(
+            dir.join("hosts.toml"),
+            format!(
+                "server = \"https://{host}\"\n\n[host.\"https://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"{}\"\n",
+                ca_copy.display()
+            ),
+        )?;
+        Ok(())
+    }
+
     /// `ctr` on the node's containerd, in the kubelet's namespace (`k8s.io`).
     pub fn ctr(&self) -> Command {
         ctr(&self.containerd_socket)
@@ -757,6 +775,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
         Root = "{runc_root}"
+
+  # Registries: one folder per host with its hosts.toml (Node::trust_registry).
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs_d}"
 "#,
             root = containerd_dir.join("root").display(),
             cstate = containerd_dir.join("state").display(),
@@ -764,6 +786,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             cni_bin = cni_bin.display(),
             cni_conf = cni_conf.display(),
             runc_root = state.join("runc").display(),
+            certs_d = containerd_dir.join("certs.d").display(),
         ),
     )?;
     let mut processes = Vec::new();
