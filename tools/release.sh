@@ -128,7 +128,9 @@ cargo_home=${CARGO_HOME:-$HOME/.cargo}
 remap="--remap-path-prefix=$root=/build/ppio-operator --remap-path-prefix=$cargo_home=/cargo"
 export RELEASE_TARGET_DIR=${RELEASE_TARGET_DIR:-$cache/release-target}
 
-# 1. The binaries.
+# 1. The binaries. What a calling cargo (a test) sets for its own children is not passed on:
+# build scripts that read it would make this build differ from one started from a shell.
+while read -r v; do unset "$v"; done < <(compgen -e | grep -E '^(CARGO_(MANIFEST_|PKG_|CRATE_|PRIMARY_|BIN_|TARGET_TMPDIR)|OUT_DIR$|RUSTC_WRAPPER$|RUSTC_WORKSPACE_WRAPPER$|__CARGO)')
 step "building ppio-operator $version for linux/amd64 and linux/arm64 (static, musl, cargo auditable)"
 start=$SECONDS
 prefix_map="-ffile-prefix-map=$root=/build/ppio-operator -ffile-prefix-map=$cargo_home=/cargo"
