@@ -51,6 +51,11 @@ export PATH=$PPIO_TOOLS_BIN:$PATH
 usage() { sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "tools/release.sh: $*" >&2; exit 2; }
 step() { echo "==> $*" >&2; }
+# quiet CMD...: runs CMD, showing its output only when it fails (cosign is chatty).
+quiet() {
+  local said
+  said=$("$@" 2>&1) || { echo "$said" >&2; echo "tools/release.sh: failed: $*" >&2; exit 1; }
+}
 
 version="" registry="" key="" ca_file="" plain_http=0 out="" push=1
 positional=()
@@ -259,8 +264,8 @@ pushed=$(crane digest "${crane_flags[@]}" "$image_ref:$version")
 for arch in amd64 arm64; do
   digest=$(crane digest "${crane_flags[@]}" --platform "linux/$arch" "$image_ref:$version")
   step "attaching the linux/$arch SBOM to $image_ref@$digest"
-  cosign attach sbom "${cosign_flags[@]}" --sbom "$out/sbom-linux-$arch.cdx.json" --type cyclonedx \
-    --input-format json "$image_ref@$digest" 2>/dev/null
+  quiet cosign attach sbom "${cosign_flags[@]}" --sbom "$out/sbom-linux-$arch.cdx.json" \
+    --type cyclonedx --input-format json "$image_ref@$digest"
   echo "IMAGE_DIGEST_LINUX_${arch^^}=$digest" >>"$out/release.env"
 done
 
@@ -273,8 +278,8 @@ chart_digest=$(sed -n 's/^Digest: *//p' <<<"$chart_out")
 if [[ -n $key ]]; then
   step "signing the image and the chart (cosign, key $key, no transparency log)"
   for ref in "$image_ref@$index_digest" "$registry/charts/ppio-operator@$chart_digest"; do
-    COSIGN_PASSWORD=${COSIGN_PASSWORD-} cosign sign "${cosign_flags[@]}" --key "$key" \
-      --tlog-upload=false --yes "$ref" 2>/dev/null
+    COSIGN_PASSWORD=${COSIGN_PASSWORD-} quiet cosign sign "${cosign_flags[@]}" --key "$key" \
+      --tlog-upload=false --yes "$ref"
   done
 fi
 

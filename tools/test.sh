@@ -89,19 +89,11 @@ if [[ $want_node -eq 1 ]]; then
   # The release's binaries, licences, SBOMs and image layout; the node tier publishes them to
   # a registry of its own (tools/release.sh again, which then finds them built).
   version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
-  echo "==> building the release (tools/release.sh $version --no-push) beside the upstream programs" >&2
+  echo "==> building the release (tools/release.sh $version --no-push) beside the upstream programs and the tests" >&2
   tools/release.sh "$version" --no-push >"$image_log" 2>&1 &
   image_pid=$!
 fi
 [[ ${#programs[@]} -eq 0 ]] || tools/build.sh "${programs[@]}"
-if [[ -n $image_pid ]]; then
-  if ! wait "$image_pid"; then
-    image_pid=""
-    cat "$image_log" >&2
-    die "the release did not build (tools/release.sh --no-push)"
-  fi
-  image_pid=""
-fi
 
 # The test binaries of the tiers asked.
 targets=()
@@ -136,6 +128,17 @@ not_run=()
 [[ $want_node -eq 1 ]] || not_run+=(--test node)
 left_out_tests=0
 [[ ${#not_run[@]} -eq 0 ]] || left_out_tests=$(list_tests "${not_run[@]}")
+
+# The node tier publishes the release built beside the tests' build.
+if [[ -n $image_pid ]]; then
+  if ! wait "$image_pid"; then
+    image_pid=""
+    cat "$image_log" >&2
+    die "the release did not build (tools/release.sh --no-push)"
+  fi
+  image_pid=""
+  grep -E '^==> (built|image index)' "$image_log" >&2 || true
+fi
 
 set +e
 rc=0

@@ -1,10 +1,18 @@
-//! The operator's image and Helm chart on a real node, the way users run them: kubelet,
-//! containerd and runc, kube-proxy, the CNI bridge (`ppio_testenv::node`), the image from
-//! `tools/image.sh` imported into containerd and used with `imagePullPolicy: Never`, and the
-//! chart installed with the real helm.
+//! The operator's release, image and Helm chart on a real node, the way users run them:
+//! kubelet, containerd and runc, kube-proxy, the CNI bridge (`ppio_testenv::node`), a real
+//! registry on the node (`ppio_testenv::registry`, TLS from a throwaway CA containerd trusts),
+//! `tools/release.sh` publishing to it, containerd pulling the image, and the chart installed
+//! from the registry with the real helm.
+//!
+//! A first test reads the release's image layout (`tools/release.sh VERSION --no-push`): both
+//! platforms, only the binary, the user and the licence texts, which with the SBOMs cover
+//! every crate linked into the binary; the arm64 binary runs under qemu-user.
 //!
 //! One node for this binary and one test that walks through the steps in order (each needs
-//! the one before): the image's binary starts in a container (and the image has no shell),
+//! the one before): the release is published and checked (both platforms in the registry, the
+//! SBOMs attached, the signatures of image and chart, refused for a stranger's key and for
+//! altered content, the same digest as the earlier build); the image's binary starts in a
+//! container (and the image has no shell),
 //! the simulator runs from the same image as a pod behind a Service, `helm install` makes an
 //! Available Deployment whose pod runs as 65532 with a read-only root filesystem, no
 //! capabilities, no privilege escalation and seccomp, passes its probes, reads the CRD with
@@ -21,7 +29,7 @@
 //! of it is left on the machine.
 //!
 //! It needs root, the node's programs (`tools/build.sh`, `tools/node-packages.sh`) and the
-//! image (`tools/image.sh`); `tools/test.sh` builds them. Without root it fails, saying so:
+//! release (`tools/release.sh VERSION --no-push`); `tools/test.sh` builds them. Without root it fails, saying so:
 //! `tools/test.sh` runs this tier only as root, or leaves it out when asked (`--no-node`).
 
 #[path = "../support/mod.rs"]
@@ -80,6 +88,8 @@ struct Published {
 }
 
 static PUBLISHED: OnceLock<Published> = OnceLock::new();
+/// The image index digest `tools/release.sh` pushed.
+static INDEX_DIGEST: OnceLock<String> = OnceLock::new();
 
 fn published() -> &'static Published {
     PUBLISHED
@@ -896,6 +906,7 @@ async fn release(s: &mut Scene) {
     );
     let env = release_env(&out_dir);
     let index_digest = env["IMAGE_INDEX_DIGEST"].clone();
+    let _ = INDEX_DIGEST.set(index_digest.clone());
     assert_eq!(env["SIGNED"], "true");
 
     // The same commit, built twice (here and by tools/test.sh before the tests), gives the
@@ -1192,6 +1203,18 @@ async fn install(s: &mut Scene) {
     let pod_name = pod["metadata"]["name"].as_str().expect("name").to_string();
     let status = &pod["status"]["containerStatuses"][0];
     assert_eq!(status["ready"], true, "{status}");
+    // The chart from the registry names the registry's image, which containerd pulled: the
+    // runtime reports the index digest the release pushed.
+    assert_eq!(status["image"], image(), "{status}");
+    assert_eq!(
+        status["imageID"],
+        format!(
+            "{}/ppio-operator@{}",
+            published().registry,
+            INDEX_DIGEST.get().expect("the release step ran")
+        ),
+        "{status}"
+    );
 
     // The runtime, not only the spec: uid/gid 65532, no capabilities, no privilege
     // escalation, seccomp, and a read-only root filesystem.
