@@ -118,15 +118,16 @@ for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
   rustup target list --installed 2>/dev/null | grep -qx "$t" || rustup target add "$t"
 done
 
-# Reproducible: the commit's time is the image's time, and no path of this machine is kept.
+# Reproducible: the commit's time is the image's time (not the binaries': they hold none, and
+# cargo would rebuild them for every commit), and no path of this machine is kept.
 if git rev-parse --git-dir >/dev/null 2>&1; then
-  export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
+  epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
   revision=$(git rev-parse HEAD)
   [[ -z $(git status --porcelain --untracked-files=no) ]] || {
     echo "tools/release.sh: warning: the work tree has uncommitted changes; the image is labelled $revision all the same" >&2
   }
 else
-  export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0}
+  epoch=${SOURCE_DATE_EPOCH:-0}
   revision=unknown
 fi
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
@@ -144,7 +145,7 @@ CARGO_TARGET_DIR=$RELEASE_TARGET_DIR \
   RUSTFLAGS="$remap -C target-feature=+crt-static" \
   CFLAGS_x86_64_unknown_linux_musl="$prefix_map" CFLAGS_aarch64_unknown_linux_musl="$prefix_map" \
   JEMALLOC_SYS_WITH_LG_PAGE=16 \
-  cargo auditable zigbuild --release --locked --bin ppio-operator \
+  env -u SOURCE_DATE_EPOCH cargo auditable zigbuild --release --locked --bin ppio-operator \
   --target x86_64-unknown-linux-musl --target aarch64-unknown-linux-musl
 step "built in $((SECONDS - start))s"
 
@@ -207,7 +208,7 @@ for arch in amd64 arm64; do
   find "$r" -type d -exec chmod 0755 {} +
 done
 image_name=${registry:+$registry/}ppio-operator:$version
-index_digest=$(tools/oci-archive.sh --rootfs "amd64=$rootfs/amd64" --rootfs "arm64=$rootfs/arm64" \
+index_digest=$(SOURCE_DATE_EPOCH=$epoch tools/oci-archive.sh --rootfs "amd64=$rootfs/amd64" --rootfs "arm64=$rootfs/arm64" \
   --name "$image_name" --layout "$out/image" \
   --user 65532:65532 --entrypoint /usr/local/bin/ppio-operator --cmd run \
   --env PATH=/usr/local/bin --port 8080/tcp \
@@ -228,7 +229,7 @@ if [[ -n $registry ]]; then
   grep -q "^  repository: $registry/ppio-operator$" "$chart_src/ppio-operator/values.yaml" ||
     { echo "tools/release.sh: could not set image.repository in the chart's values.yaml" >&2; exit 1; }
 fi
-helm package "$chart_src/ppio-operator" --destination "$out" >/dev/null
+SOURCE_DATE_EPOCH=$epoch helm package "$chart_src/ppio-operator" --destination "$out" >/dev/null
 chart=$out/ppio-operator-$version.tgz
 [[ -f $chart ]] || { echo "tools/release.sh: helm package wrote no $chart" >&2; exit 1; }
 
