@@ -531,6 +531,18 @@ impl ControlPlane {
     }
 }
 
+/// A self-signed CA made for one test run: its certificate and key.
+pub(crate) fn throwaway_ca(
+    common_name: &str,
+) -> Result<(rcgen::Certificate, KeyPair), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, common_name);
+    let cert = ca.self_signed(&key)?;
+    Ok((cert, key))
+}
+
 struct Certs {
     ca_cert: rcgen::Certificate,
     ca_key: KeyPair,
@@ -546,12 +558,7 @@ struct Certs {
 impl Certs {
     /// `node_ip`: also serve the node at this address (see [`ApiServerOptions::node_ip`]).
     fn generate(node_ip: Option<Ipv4Addr>) -> Result<Certs, rcgen::Error> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "ppio-testenv-ca");
-        let ca_cert = ca.self_signed(&ca_key)?;
+        let (ca_cert, ca_key) = throwaway_ca("ppio-testenv-ca")?;
 
         let serving_key = KeyPair::generate()?;
         let mut serving = CertificateParams::new(vec!["localhost".to_string()])?;

@@ -10,9 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
 
-use crate::controlplane::{EnvError, Guarded, free_port};
+use crate::controlplane::{EnvError, Guarded, free_port, throwaway_ca};
 
 /// A running registry.
 pub struct Registry {
@@ -87,12 +87,7 @@ impl Registry {
 
 /// (CA certificate, serving certificate for `ip`, serving key), PEM.
 fn certificates(ip: Ipv4Addr) -> Result<(String, String, String), rcgen::Error> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "ppio-testenv-registry-ca");
-    let ca_cert = ca.self_signed(&ca_key)?;
+    let (ca_cert, ca_key) = throwaway_ca("ppio-testenv-registry-ca")?;
     let key = KeyPair::generate()?;
     let mut serving = CertificateParams::new(vec!["localhost".to_string()])?;
     serving
