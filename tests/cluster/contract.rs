@@ -258,14 +258,7 @@ fn check(args: &[&str]) -> (i32, String) {
         .env("KUBECONFIG", kubeconfig())
         .output()
         .expect("check runs");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    code_and_output(&out)
 }
 
 #[ppio_test_macros::test]

@@ -19,6 +19,19 @@ pub use ppio_testenv::{Guarded, free_port, tools_dir};
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 pub const OPERATOR: &str = env!("CARGO_BIN_EXE_ppio-operator");
 
+/// A finished command's exit code (-1 when a signal ended it) and what it printed: stdout,
+/// then stderr.
+pub fn code_and_output(out: &std::process::Output) -> (i32, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// The operator, run as its own process the way a user runs it.
 pub struct Operator {
     pub process: Guarded,

@@ -8,6 +8,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::code_and_output;
+
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -101,14 +103,7 @@ fn release_sh(args: &[&str]) -> (i32, String) {
         .args(args)
         .output()
         .expect("tools/release.sh runs");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    code_and_output(&out)
 }
 
 #[test]

@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::code_and_output;
+
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Runs `tools/test.sh args` as user id `uid` (a stand-in `id` on PATH), with `ci` as CI.
@@ -29,14 +31,7 @@ fn test_sh(args: &[&str], uid: u32, ci: Option<&str>) -> (i32, String) {
         cmd.env("CI", ci);
     }
     let out = cmd.output().expect("tools/test.sh runs");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    code_and_output(&out)
 }
 
 #[test]
