@@ -36,7 +36,9 @@ done
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
 [[ -n $version ]] || { echo "tools/image.sh: no version in Cargo.toml" >&2; exit 1; }
 name=${name:-ppio-operator:$version}
-[[ $name != *@* ]] || { echo "tools/image.sh: --name takes NAME[:TAG], not a digest" >&2; exit 2; }
+# The name as containerd and the kubelet spell it (refused now if it is not NAME[:TAG]).
+full=$(tools/oci-archive.sh --qualify "$name")
+tag=${full##*:}
 
 release=$target_dir/release/$version
 tools/release.sh "$version" --no-push --out "$release" >&2
@@ -46,15 +48,6 @@ layout=$release/image
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -r "$layout" "$work/oci"
-first=${name%%/*}
-full=$name
-[[ $full == *:* && ${full##*:} != */* ]] || full=$full:latest
-if [[ $full != */* ]]; then
-  full=docker.io/library/$full
-elif [[ $first != *.* && $first != *:* && $first != localhost ]]; then
-  full=docker.io/$full
-fi
-tag=${full##*:}
 sed -i -E "s#(\"io.containerd.image.name\":)\"[^\"]*\"#\1\"$full\"#; s#(\"org.opencontainers.image.ref.name\":)\"[^\"]*\"#\1\"$tag\"#" "$work/oci/index.json"
 epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 mkdir -p "$(dirname "$output")"

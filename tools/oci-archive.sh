@@ -7,6 +7,7 @@
 #   tools/oci-archive.sh --rootfs [ARCH=]DIR... --name REF (--output FILE | --layout DIR)
 #       [--user UID:GID] [--entrypoint PATH] [--cmd ARG]... [--env K=V]... [--label K=V]...
 #       [--port 8080/tcp]
+#   tools/oci-archive.sh --qualify REF    # prints REF as the layout would name it
 #
 # One --rootfs gives a one-layer image for linux/ARCH (default amd64); several give one image
 # per platform under an image index (e.g. --rootfs amd64=DIR1 --rootfs arm64=DIR2), each with
@@ -17,7 +18,7 @@
 # image (its manifest, or its index when there are several platforms).
 set -euo pipefail
 
-name="" output="" layout="" user="" entrypoint=""
+name="" output="" layout="" user="" entrypoint="" qualify_only=""
 rootfs=() cmd=() envs=() labels=() ports=()
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -25,6 +26,7 @@ while [[ $# -gt 0 ]]; do
     --name) name=${2:?}; shift 2 ;;
     --output) output=${2:?}; shift 2 ;;
     --layout) layout=${2:?}; shift 2 ;;
+    --qualify) qualify_only=${2:?}; shift 2 ;;
     --user) user=${2:?}; shift 2 ;;
     --entrypoint) entrypoint=${2:?}; shift 2 ;;
     --cmd) cmd+=("${2:?}"); shift 2 ;;
@@ -34,7 +36,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "tools/oci-archive.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
-[[ ${#rootfs[@]} -gt 0 && -n $name && ( -n $output || -n $layout ) ]] || {
+[[ -n $qualify_only || ( ${#rootfs[@]} -gt 0 && -n $name && ( -n $output || -n $layout ) ) ]] || {
   echo "tools/oci-archive.sh: --rootfs DIR, --name REF and --output FILE or --layout DIR are required" >&2
   exit 2
 }
@@ -63,6 +65,10 @@ qualify() {
   fi
   echo "$ref"
 }
+if [[ -n $qualify_only ]]; then
+  qualify "$qualify_only"
+  exit 0
+fi
 fullname=$(qualify "$name")
 tag=${fullname##*:}
 
