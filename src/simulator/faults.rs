@@ -59,6 +59,11 @@ pub struct Fault {
     /// LIST only (`_list`): the LIST does not end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endless: Option<Endless>,
+    /// The error status answers only this share (0 to 1) of the requests it applies to,
+    /// chosen by the request's number: the same requests fail run after run (1% of LIST
+    /// pages failing is `{"status": 503, "share": 0.01}`). Absent: every one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
 }
 
 /// A LIST that does not end: past its last item, `has_more` stays true behind ever new
@@ -173,6 +178,28 @@ impl Fault {
         self
     }
 
+    /// The error status answers only `share` (0 to 1) of the requests, chosen by request
+    /// number.
+    #[must_use]
+    pub fn with_share(mut self, share: f64) -> Fault {
+        self.share = Some(share);
+        self
+    }
+
+    /// Whether the error applies to the request numbered `seq` ([`Fault::share`]): a fixed
+    /// mix of the number, so the same requests fail run after run.
+    pub(super) fn strikes(&self, seq: u64) -> bool {
+        let Some(share) = self.share else {
+            return true;
+        };
+        // SplitMix64's finaliser: consecutive numbers spread over the whole range.
+        let mut z = seq.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        ((z >> 11) as f64 / (1u64 << 53) as f64) < share
+    }
+
     /// Waits the fault's latency, if any.
     pub(super) async fn delay(&self) {
         if let Some(ms) = self.latency_ms {
@@ -193,7 +220,7 @@ impl Fault {
             );
             return Some(r);
         }
-        let status = self.status?;
+        let status = self.status.filter(|_| self.strikes(seq))?;
         let mut r = vendor_error(status, self.reason.as_deref(), seq);
         if let Some(ra) = self
             .retry_after
@@ -347,6 +374,21 @@ mod tests {
             let back: Fault = serde_json::from_value(wire).expect("deserialize");
             assert_eq!(back, built);
         }
+    }
+
+    #[test]
+    fn a_share_fails_about_that_many_requests_and_the_same_ones_every_time() {
+        let fault = Fault::status(503).with_share(0.01);
+        let struck: Vec<u64> = (0..100_000).filter(|seq| fault.strikes(*seq)).collect();
+        assert!((900..=1100).contains(&struck.len()), "{}", struck.len());
+        let again: Vec<u64> = (0..100_000).filter(|seq| fault.strikes(*seq)).collect();
+        assert_eq!(struck, again);
+        assert!((0..1000).all(|seq| Fault::status(503).strikes(seq)));
+        assert!((0..1000).all(|seq| !Fault::status(503).with_share(0.0).strikes(seq)));
+        assert_eq!(
+            to_json(&Fault::status(503).with_share(0.25)),
+            serde_json::json!({"status": 503, "share": 0.25})
+        );
     }
 
     #[test]

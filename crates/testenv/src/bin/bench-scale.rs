@@ -20,6 +20,12 @@
 //!
 //! With `BENCH_SLOW_SCRAPERS=S`, after the steady state S clients ask for /metrics and never
 //! read it: the operator's RSS and the slowest /readyz meanwhile are printed.
+//!
+//! With `BENCH_CHURN_EVERY=S` (one key only) the steady window is the "churn" scenario: a new
+//! PpioInstance every S seconds (of instances the account holds besides the N), and with
+//! `BENCH_LIST_FAILURES=F` that share of LIST pages failing (503, the same pages every run).
+//! It prints the oldest observation, sampled every 5 s, as the maximum, the LIST pages and
+//! walks meanwhile, and how long the newcomers took to show Synced.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -419,6 +425,139 @@ async fn timeline(
     }
 }
 
+/// The churn scenario (`BENCH_CHURN_EVERY`, `BENCH_LIST_FAILURES`).
+struct Churn {
+    /// A new PpioInstance this often.
+    every: Duration,
+    /// The share of LIST pages that fail.
+    list_failures: Option<f64>,
+}
+
+impl Churn {
+    fn from_env() -> Result<Option<Churn>, Box<dyn std::error::Error>> {
+        let Ok(every) = std::env::var("BENCH_CHURN_EVERY") else {
+            return Ok(None);
+        };
+        let every: u64 = every
+            .parse()
+            .map_err(|_| format!("BENCH_CHURN_EVERY={every}: not a number of seconds"))?;
+        let list_failures = match std::env::var("BENCH_LIST_FAILURES") {
+            Ok(v) => Some(
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|f| (0.0..=1.0).contains(f))
+                    .ok_or(format!("BENCH_LIST_FAILURES={v}: not a share from 0 to 1"))?,
+            ),
+            Err(_) => None,
+        };
+        Ok(Some(Churn {
+            every: Duration::from_secs(every.max(1)),
+            list_failures,
+        }))
+    }
+
+    /// The PpioInstances it adds in `steady` seconds.
+    fn newcomers(&self, steady: u64) -> usize {
+        usize::try_from(steady / self.every.as_secs()).unwrap_or(0) + 1
+    }
+}
+
+/// Seconds since the oldest `ppio_instance_last_success_timestamp_seconds` of `metrics`.
+fn oldest_observation(metrics: &str) -> f64 {
+    metric_min(metrics, "ppio_instance_last_success_timestamp_seconds")
+        .map(|t| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+                - t
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// The steady window of the churn scenario: PpioInstances `n..` created one every
+/// `churn.every`, LIST pages failing meanwhile; the oldest observation sampled every 5 s.
+/// Prints what it saw.
+async fn churn_window(
+    churn: &Churn,
+    (sim, op_addr): (&Simulator, SocketAddr),
+    (scene, client): (&Scene, &Client),
+    (n, account): (usize, usize),
+    steady: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use ppio_operator::simulator::{Fault, LIST_FAULT};
+    if let Some(share) = churn.list_failures {
+        sim.set_fault(LIST_FAULT, Fault::status(503).with_share(share));
+    }
+    let metrics = || async {
+        http_get(op_addr, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    };
+    let before = metrics().await;
+    let list0 = sim.counts().list;
+    let start = Instant::now();
+    let mut oldest: f64 = 0.0;
+    let mut created = Vec::new();
+    let mut next_new = start;
+    while start.elapsed() < steady {
+        if Instant::now() >= next_new {
+            let (ns, name, o) = scene.object(n + created.len(), account);
+            Api::<PpioInstance>::namespaced(client.clone(), &ns)
+                .create(&PostParams::default(), &o)
+                .await?;
+            created.push(name);
+            next_new += churn.every;
+        }
+        oldest = oldest.max(oldest_observation(&metrics().await));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    sim.clear_fault(LIST_FAULT);
+    let after = metrics().await;
+    let walks = |result: &str| {
+        let with = format!("result=\"{result}\"");
+        metric_sum(&after, "ppio_api_sweeps_total", &[&with])
+            - metric_sum(&before, "ppio_api_sweeps_total", &[&with])
+    };
+    let pages = sim.counts().list - list0;
+    let api: Api<PpioInstance> = Api::namespaced(client.clone(), NS);
+    let mut synced = Vec::new();
+    for name in &created {
+        let o = api.get(name).await?;
+        let shown = o.status.as_ref().and_then(|s| s.condition("Synced"));
+        if let (Some(c), Some(at)) = (shown, &o.metadata.creation_timestamp) {
+            synced.push((c.last_transition_time.0.as_second() - at.0.as_second()) as f64);
+        }
+    }
+    synced.sort_by(f64::total_cmp);
+    println!(
+        "churn: {} new PpioInstances (one every {} s){}",
+        created.len(),
+        churn.every.as_secs(),
+        churn
+            .list_failures
+            .map(|f| format!(", {:.1}% of LIST pages failing (503)", f * 100.0))
+            .unwrap_or_default()
+    );
+    println!("  oldest observation, sampled every 5 s: at most {oldest:.0} s old (interval 60 s)");
+    println!(
+        "  LIST pages: {pages} in {:.0} s; walks: {:.0} ended, {:.0} truncated, {:.0} failed",
+        start.elapsed().as_secs_f64(),
+        walks("ok"),
+        walks("truncated"),
+        walks("error"),
+    );
+    println!(
+        "  newcomers create -> Synced (as the objects record it): {} of {} Synced, p50 {:.0} s, max {:.0} s",
+        synced.len(),
+        created.len(),
+        percentile(&synced, 0.5),
+        synced.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -459,6 +598,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(n)
         .max(n.div_ceil(keys));
     let exports = env_number("BENCH_EXPORTS").unwrap_or(0).min(n);
+    let churn = Churn::from_env()?;
+    if churn.is_some() && keys > 1 {
+        return Err("BENCH_CHURN_EVERY runs with one key (no BENCH_KEYS)".into());
+    }
+    // The churn scenario's newcomers track instances the account holds besides the N.
+    let account = account + churn.as_ref().map_or(0, |c| c.newcomers(steady));
     let scene = Scene::new(keys, n, exports);
     // The simulator: ACCOUNT copies of the first sample (running), billed by the hour so that
     // they have bills that grow every settled hour, each with its own id.
@@ -681,7 +826,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let api_metrics0 = apiserver_metrics(&client).await;
     let (op_cpu0, api_cpu0) = (cpu_seconds(op_pid), cpu_seconds(apiserver_pid));
     let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(steady)).await;
+    match &churn {
+        Some(churn) => {
+            churn_window(
+                churn,
+                (&sim, op_addr),
+                (&scene, &client),
+                (n, account),
+                Duration::from_secs(steady),
+            )
+            .await?
+        }
+        None => tokio::time::sleep(Duration::from_secs(steady)).await,
+    }
     let secs = t0.elapsed().as_secs_f64();
     let counts1 = sim.counts();
     let op_metrics1 = http_get(op_addr, "/metrics")
@@ -696,15 +853,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let per = |x: f64| x / n as f64 / intervals;
     let writes = metric_sum(&op_metrics1, "ppio_status_writes_total", &[])
         - metric_sum(&op_metrics0, "ppio_status_writes_total", &[]);
-    let oldest = metric_min(&op_metrics1, "ppio_instance_last_success_timestamp_seconds")
-        .map(|t| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0)
-                - t
-        })
-        .unwrap_or(f64::NAN);
+    let oldest = oldest_observation(&op_metrics1);
     println!("steady state over {secs:.0} s:");
     println!(
         "  PPIO requests per instance per interval: {:.4} ({:.4} GET, {:.4} LIST)",
