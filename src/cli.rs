@@ -123,7 +123,8 @@ pub struct RunArgs {
     pub ppio_full_refresh_intervals: u32,
 
     /// At most this many PpioInstances are reconciled at the same time; they start in the
-    /// order they were asked for.
+    /// order they were asked for, and the PpioInstances of one credentials Secret (or of the
+    /// default key) hold at most seven eighths of them.
     #[arg(long, env = "PPIO_MAX_CONCURRENT_RECONCILES", default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_concurrent_reconciles: u16,
 

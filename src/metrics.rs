@@ -277,6 +277,9 @@ pub struct ApiMetrics {
     /// Per API key fingerprint: 1 while its LIST is unavailable and its instances are
     /// observed by GETs alone.
     pub list_unavailable: Family<KeyLabels, Gauge>,
+    /// Per API key fingerprint: how many times longer than configured its full GETs are
+    /// apart (1: as configured).
+    pub full_refresh_stretch: Family<KeyLabels, Gauge<f64, AtomicU64>>,
     /// Walks over the LIST of a key by result (`ok`, `truncated`, `error`, `unavailable`).
     pub sweeps: Family<ResultLabels, Counter>,
     /// API keys whose walks and budget the operator holds state for.
@@ -308,6 +311,7 @@ impl Default for ApiMetrics {
             request_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             key_lateness: Family::default(),
             list_unavailable: Family::default(),
+            full_refresh_stretch: Family::default(),
             sweeps: Family::default(),
             keys: Gauge::default(),
             key_restarts: Counter::default(),
@@ -339,6 +343,11 @@ impl ApiMetrics {
             self.list_unavailable.clone(),
         );
         r.register(
+            "full_refresh_stretch_ratio",
+            "How many times longer than --ppio-full-refresh-intervals intervals the full GETs of the PpioInstances using this API key (label key: a fingerprint, never the key) are apart, because the key's request budget cannot cover them besides its walks (1: as configured)",
+            self.full_refresh_stretch.clone(),
+        );
+        r.register(
             "sweeps",
             "Walks over the paged LIST of an API key by result (ok, truncated, error, unavailable)",
             self.sweeps.clone(),
@@ -365,6 +374,14 @@ impl ApiMetrics {
         let labels = KeyLabels { key: key.into() };
         self.list_unavailable.remove(&labels);
         self.key_lateness.remove(&labels);
+        self.full_refresh_stretch.remove(&labels);
+    }
+
+    /// Sets how many times longer than configured a key's full GETs are apart.
+    pub fn set_full_refresh_stretch(&self, key: &str, stretch: f64) {
+        self.full_refresh_stretch
+            .get_or_create(&KeyLabels { key: key.into() })
+            .set(stretch);
     }
 
     /// Sets whether a money call is served for a key (fingerprint label): a series only while

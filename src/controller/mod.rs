@@ -1,29 +1,29 @@
-//! The reconcile loop, step by step:
+//! The controller, in two rooms:
 //!
-//! - [`schedule`]: when to poll (the timing policies: intervals, transitions, backoff,
-//!   jitter);
-//! - [`budget`]: each API key's request budget;
-//! - [`credentials`]: the API key of a PpioInstance;
-//! - [`sweep`]: observation by walks over each key's LIST;
-//! - [`poll`]: one poll of PPIO and what it decides;
-//! - [`apply`]: the status write, only when the status changed;
-//! - [`events`]: a log line and an Event per transition;
-//! - [`cached`]: a PpioInstance as the watch cache keeps it.
+//! - [`keys`]: what each API key owns, shared by its PpioInstances: its budget, its walks over
+//!   the LIST (and their plan), its books, the wakes its walks send, and the reconcile
+//!   permits shared between keys;
+//! - the per-object side, one reconcile step by step: [`schedule`] (when to poll: intervals,
+//!   transitions, backoff, jitter), [`credentials`] (the API key of a PpioInstance), [`poll`]
+//!   (one poll of PPIO and what it decides), [`apply`] (the status write, only when the status
+//!   changed), [`events`] (a log line and an Event per transition), [`export`] (connection
+//!   Secrets and Services), [`cached`] (a PpioInstance as the watch cache keeps it).
 //!
 //! This module holds the controller's shared state and the entry points kube's `Controller`
-//! calls.
+//! calls. The per-object side asks the keys; the keys never call back into it.
 
 pub mod apply;
-pub mod budget;
 pub mod cached;
 pub mod credentials;
 pub mod events;
 pub mod export;
-pub mod ledger;
+pub mod keys;
 pub mod poll;
 pub mod schedule;
-pub mod sweep;
-pub mod wakes;
+
+pub use keys::{LATENESS_REPORT_GAP, LATENESS_WARNING};
+pub use keys::{budget, ledger, permits, sweep, wakes};
+use keys::{key_label, worth_saying};
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
@@ -46,26 +46,6 @@ use crate::ppio::{ApiKey, PpioApi};
 use crate::vocabulary::condition;
 pub use cached::CachedInstance;
 
-/// A key's polls that run this much later than due (and later than a tenth of their
-/// interval) are reported, at most once per [`LATENESS_REPORT_GAP`] per key.
-pub const LATENESS_WARNING: Duration = Duration::from_secs(10);
-/// The shortest gap between two lateness warnings of one key.
-pub const LATENESS_REPORT_GAP: Duration = Duration::from_secs(300);
-
-/// Whether a key's lateness of `late`, for PpioInstances refreshed every `refresh`, is worth
-/// a log line now: late by more than [`LATENESS_WARNING`] and a tenth of the interval, and
-/// the last line (`said`) longer than [`LATENESS_REPORT_GAP`] ago. Records the line.
-fn worth_saying(late: Duration, refresh: Duration, said: &mut Option<Instant>) -> bool {
-    let now = Instant::now();
-    if late < LATENESS_WARNING.max(refresh / 10)
-        || said.is_some_and(|at| now.saturating_duration_since(at) < LATENESS_REPORT_GAP)
-    {
-        return false;
-    }
-    *said = Some(now);
-    true
-}
-
 pub use budget::{Buckets, Budget, DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND, Reservation};
 pub use events::{Transition, transitions};
 pub use ledger::MoneySettings;
@@ -78,11 +58,6 @@ pub use sweep::{DEFAULT_FULL_REFRESH_INTERVALS, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 pub use wakes::{Wake, Waker};
 
 use schedule::{Decision, far_future};
-
-/// An API key as logs and metrics name it (label `key`): its fingerprint, never the key.
-fn key_label(fingerprint: u64) -> String {
-    format!("{fingerprint:016x}")
-}
 
 /// The wall-clock time of the instant `at` (in the past).
 fn wall_time(at: Instant) -> std::time::SystemTime {
@@ -161,8 +136,9 @@ pub struct Context {
     ledger: ledger::Ledger,
     /// Each PpioInstance's exports, as last written.
     exports: export::Exports,
-    /// Reconciles at work at once, started in the order asked; `None`: no limit.
-    permits: Option<Arc<tokio::sync::Semaphore>>,
+    /// Reconciles at work at once, shared between credentials sources and started in the
+    /// order asked within each; `None`: no limit.
+    permits: Option<Arc<permits::Permits>>,
     /// The credentials Secrets read lately.
     secrets: credentials::SecretCache,
     /// Per API key (by fingerprint): when its lateness was last reported.
@@ -218,10 +194,11 @@ impl Context {
     }
 
     /// At most `n` reconciles at work at once (0: no limit), started in the order the
-    /// controller asks for them. kube's own limit starts what waits in no particular order,
-    /// so that under load some PpioInstances wait far longer than others.
+    /// controller asks for them within each credentials source, the sources in turn, and
+    /// none holding the last eighth ([`permits`]). kube's own limit starts what waits in no
+    /// particular order, so that under load some PpioInstances wait far longer than others.
     pub fn with_concurrency(mut self, n: u16) -> Context {
-        self.permits = (n > 0).then(|| Arc::new(tokio::sync::Semaphore::new(usize::from(n))));
+        self.permits = (n > 0).then(|| permits::Permits::new(usize::from(n)));
         self
     }
 
@@ -292,6 +269,14 @@ impl Context {
 
     fn fingerprint(&self, key: &ApiKey) -> u64 {
         self.key_hasher.hash_one(key)
+    }
+
+    /// The period of a PpioInstance's full GETs: `intervals` of its `refresh` interval,
+    /// stretched when its key's budget cannot cover them ([`sweep::Sweeps`]).
+    fn full_refresh_period(&self, fingerprint: u64, refresh: Duration, intervals: u32) -> Duration {
+        refresh
+            .saturating_mul(intervals)
+            .mul_f64(self.sweeps.full_refresh_stretch(fingerprint))
     }
 
     /// When the next full GET of `instance` is due: its own slot of the full-refresh
@@ -435,6 +420,13 @@ fn sweeps(
             Observe::List { page_size, .. } => page_size,
             Observe::Get => DEFAULT_PAGE_SIZE,
         },
+        full_refresh_intervals: match settings.observe {
+            Observe::List {
+                full_refresh_intervals,
+                ..
+            } => full_refresh_intervals,
+            Observe::Get => 0,
+        },
         paused: paused.clone(),
         waker,
         digests: RandomState::new(),
@@ -481,22 +473,34 @@ pub enum Error {
 pub const KUBE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The reconcile entry point for [`kube::runtime::Controller`]. With a concurrency limit
-/// ([`Context::with_concurrency`]), reconciles start in the order the controller asked for
-/// them, at most that many at once; one that waits holds only its place in line.
+/// ([`Context::with_concurrency`]), at most that many reconciles run at once, shared between
+/// the sources of API keys ([`permits`]) and started in the order the controller asked for
+/// them within each; one that waits holds only its place in line.
 pub async fn reconcile(
     obj: Arc<DeserializeGuard<CachedInstance>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let _permit = match &ctx.permits {
-        Some(permits) => match permits.clone().acquire_owned().await {
-            Ok(permit) => Some(permit),
+        Some(permits) => match permits.acquire(lane(&obj)).await {
+            Some(permit) => Some(permit),
             // Stopping: what still waits does not start.
-            Err(_closed) => return Ok(Action::await_change()),
+            None => return Ok(Action::await_change()),
         },
         None => None,
     };
     // Boxed: a reconcile waiting above takes a few words, not a whole reconcile's state.
     Box::pin(reconcile_admitted(obj, ctx)).await
+}
+
+/// Where a PpioInstance's API key comes from: its credentials Secret, or the default key
+/// (also for an object that does not decode: its reconcile makes no call).
+fn lane(obj: &DeserializeGuard<CachedInstance>) -> permits::Lane {
+    let instance = obj.0.as_ref().ok()?;
+    let secret = instance.spec.credentials_secret_ref.as_ref()?;
+    Some((
+        instance.metadata.namespace.clone().unwrap_or_default(),
+        secret.name.clone(),
+    ))
 }
 
 /// A reconcile that may start now.
@@ -811,29 +815,4 @@ fn already_observed(instance: &PpioInstance) -> bool {
             && s.instance_id.as_deref() == Some(instance.spec.instance_id.as_str())
             && s.condition(condition::SYNCED).is_some()
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn lateness_is_said_when_large_and_at_most_once_per_gap() {
-        let minute = Duration::from_secs(60);
-        let mut said = None;
-        // Under both LATENESS_WARNING and a tenth of the interval: not worth a line.
-        assert!(!worth_saying(Duration::from_secs(5), minute, &mut said));
-        // A tenth of a long interval is the bar when it is higher.
-        assert!(!worth_saying(
-            Duration::from_secs(30),
-            Duration::from_secs(600),
-            &mut said
-        ));
-        assert!(worth_saying(Duration::from_secs(11), minute, &mut said));
-        assert!(!worth_saying(Duration::from_secs(100), minute, &mut said));
-        tokio::time::advance(LATENESS_REPORT_GAP - Duration::from_secs(1)).await;
-        assert!(!worth_saying(Duration::from_secs(100), minute, &mut said));
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(worth_saying(Duration::from_secs(100), minute, &mut said));
-    }
 }

@@ -1,6 +1,7 @@
 //! One poll: resolve the key, respect the key's pause and budget, observe the instance (from
 //! the key's sweeps, or by a GET), record the outcome in status, and decide when to look again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -20,7 +21,7 @@ use kube::ResourceExt;
 
 use crate::crd::PpioInstance;
 use crate::outcome::Retry;
-use crate::ppio::{Instance, PpioError};
+use crate::ppio::{ApiKey, Instance, PpioError};
 use crate::status::{Failure, Observation};
 use crate::vocabulary::state;
 
@@ -114,30 +115,18 @@ impl From<u32> for History {
 /// sweeps, or by a GET), write the status if it changed, and decide the delay to the next
 /// poll. `history`: what earlier polls left (a plain number is the count of consecutive
 /// failures).
+///
+/// The steps: a suspended PpioInstance or one without a usable key is answered at once;
+/// with sweeps, the key's LIST item is applied and decides whether a GET is wanted
+/// ([`Step::by_sweeps`]); a GET waits for the key's pause and budget ([`Step::take_slot`]);
+/// its answer is applied ([`Step::fetched`]) or recorded as a failure ([`failed`]).
 pub async fn poll(
     instance: &PpioInstance,
     ctx: &Context,
     refresh: Duration,
     history: impl Into<History>,
 ) -> Result<Polled, Error> {
-    let History {
-        failures,
-        gone_suspected,
-        reserved,
-        due,
-        forced,
-        mut seen,
-    } = history.into();
-    let waiting = |next: Duration, reserved: Option<Reservation>, wrote: bool, seen: Seen| Polled {
-        next: Some(next),
-        failures,
-        wrote,
-        requested: false,
-        gone_suspected,
-        reserved,
-        seen,
-        poll_on_wake: false,
-    };
+    let history = history.into();
     if instance.spec.suspend == Some(true) {
         forget_sweeps(instance, ctx);
         let wrote = write_status(instance, ctx, Observation::Suspended, None).await?;
@@ -152,154 +141,296 @@ pub async fn poll(
             poll_on_wake: false,
         });
     }
-
     let api_key = match resolve_key(instance, ctx).await? {
         Ok(k) => k,
-        Err(failure) => {
-            forget_sweeps(instance, ctx);
-            let wrote = write_status(instance, ctx, Observation::Failed(&failure), None).await?;
-            let failures = failures + 1;
-            // Checked again at least every SECRET_TTL: a Secret created or marked later is
-            // used within about a minute, whatever the backoff has grown to.
-            return Ok(Polled {
-                next: Some(backoff(failures).min(SECRET_TTL)),
-                failures,
-                wrote,
-                requested: false,
-                gone_suspected: false,
-                reserved: None,
-                seen,
-                poll_on_wake: false,
-            });
-        }
+        Err(failure) => return without_key(instance, ctx, &failure, history).await,
     };
-
-    let now = Instant::now();
-    let fingerprint = ctx.fingerprint(&api_key);
-    ctx.ledger.note(
-        &api_key,
-        fingerprint,
-        (
-            &instance.namespace().unwrap_or_default(),
-            &instance.name_any(),
-        ),
-        &instance.spec.instance_id,
-    );
-
-    // By sweeps: the key's LIST answers for most polls; a GET only when one is wanted.
-    let mut wrote = false;
-    let mut get_now = forced || gone_suspected;
-    let mut listed_next = None;
-    let mut poll_on_wake = false;
-    // The key's walks list the instance and keep its observation current.
-    let mut walks_list_it = false;
+    let mut step = Step::new(instance, ctx, refresh, history, api_key);
     if let Observe::List {
         full_refresh_intervals,
         ..
     } = ctx.settings.observe
-        && !get_now
+        && !step.get_now
+        && let Some(done) = step.by_sweeps(full_refresh_intervals).await?
     {
-        let ns = instance.namespace().unwrap_or_default();
-        let name = instance.name_any();
-        // The LIST item the stored status shows, while it still shows it.
-        let applied = seen.listed.filter(|_| {
-            instance.status.as_ref().is_some_and(|s| {
-                s.observed_generation == instance.meta().generation
-                    && s.state.is_some()
-                    && s.state == seen.state
-            })
-        });
-        let lookup = ctx.sweeps.lookup(
+        return Ok(done);
+    }
+    if let Some(waiting) = step.take_slot() {
+        return Ok(waiting);
+    }
+    match step.fetch().await {
+        Ok(observed) => step.fetched(observed).await,
+        Err(e) => {
+            failed(
+                instance,
+                ctx,
+                &step.api_key,
+                e,
+                step.failures,
+                step.gone_suspected,
+                refresh,
+                step.seen,
+            )
+            .await
+        }
+    }
+}
+
+/// No usable key: the failure is shown, and the key looked up again at least every
+/// [`SECRET_TTL`] (a Secret created or marked later is used within about a minute, whatever
+/// the backoff has grown to).
+async fn without_key(
+    instance: &PpioInstance,
+    ctx: &Context,
+    failure: &Failure,
+    history: History,
+) -> Result<Polled, Error> {
+    forget_sweeps(instance, ctx);
+    let wrote = write_status(instance, ctx, Observation::Failed(failure), None).await?;
+    let failures = history.failures + 1;
+    Ok(Polled {
+        next: Some(backoff(failures).min(SECRET_TTL)),
+        failures,
+        wrote,
+        requested: false,
+        gone_suspected: false,
+        reserved: None,
+        seen: history.seen,
+        poll_on_wake: false,
+    })
+}
+
+/// One poll on its way, once its key is known: what the steps share.
+struct Step<'a> {
+    instance: &'a PpioInstance,
+    ctx: &'a Context,
+    refresh: Duration,
+    api_key: ApiKey,
+    fingerprint: u64,
+    now: Instant,
+    failures: u32,
+    gone_suspected: bool,
+    reserved: Option<Reservation>,
+    due: Option<Instant>,
+    forced: bool,
+    seen: Seen,
+    /// A GET is to be sent in this poll.
+    get_now: bool,
+    /// The status was written (from a LIST item).
+    wrote: bool,
+    /// When a listed PpioInstance looks again at its item.
+    listed_next: Option<Duration>,
+    /// The next reconcile polls, however early it comes ([`Polled::poll_on_wake`]).
+    poll_on_wake: bool,
+    /// The key's walks list the instance and keep its observation current.
+    walks_list_it: bool,
+}
+
+impl<'a> Step<'a> {
+    fn new(
+        instance: &'a PpioInstance,
+        ctx: &'a Context,
+        refresh: Duration,
+        history: History,
+        api_key: ApiKey,
+    ) -> Step<'a> {
+        let fingerprint = ctx.fingerprint(&api_key);
+        ctx.ledger.note(
             &api_key,
             fingerprint,
+            (
+                &instance.namespace().unwrap_or_default(),
+                &instance.name_any(),
+            ),
             &instance.spec.instance_id,
-            (&ns, &name),
-            refresh,
-            applied,
-            seen.fetched || fetched_before(instance),
         );
-        // Nothing fresh while a 429 pauses the key: the pause is this instance's answer.
-        let lookup = match lookup {
-            Lookup::Wait if ctx.key_pause(&api_key).is_some() => {
-                Lookup::Failed(PpioError::RateLimited { retry_after: None })
-            }
-            other => other,
-        };
-        match lookup {
+        Step {
+            instance,
+            ctx,
+            refresh,
+            api_key,
+            fingerprint,
+            now: Instant::now(),
+            failures: history.failures,
+            gone_suspected: history.gone_suspected,
+            reserved: history.reserved,
+            due: history.due,
+            forced: history.forced,
+            seen: history.seen,
+            get_now: history.forced || history.gone_suspected,
+            wrote: false,
+            listed_next: None,
+            poll_on_wake: false,
+            walks_list_it: false,
+        }
+    }
+
+    /// A poll that sends nothing now: back after `next`, keeping `reserved`.
+    fn waiting(&mut self, next: Duration, reserved: Option<Reservation>) -> Polled {
+        Polled {
+            next: Some(next),
+            failures: self.failures,
+            wrote: self.wrote,
+            requested: false,
+            gone_suspected: self.gone_suspected,
+            reserved,
+            seen: std::mem::take(&mut self.seen),
+            poll_on_wake: self.poll_on_wake,
+        }
+    }
+
+    /// By sweeps: the key's LIST answers for most polls; a GET only when one is wanted.
+    /// `Some`: the poll is done (no GET now).
+    async fn by_sweeps(&mut self, full_refresh_intervals: u32) -> Result<Option<Polled>, Error> {
+        match self.lookup() {
             Lookup::Listed {
                 item,
                 digest,
                 at,
                 failing,
             } => {
-                if seen.observed_at.is_none_or(|t| at > t) {
-                    wrote = match item {
-                        Some(item) => {
-                            apply_listed(instance, ctx, refresh, &mut seen, &item, digest, at)
-                                .await?
-                        }
-                        None => {
-                            // The item the stored status shows: only its age moves.
-                            ctx.metrics
-                                .instances
-                                .observed_at(&ns, &name, super::wall_time(at));
-                            seen.observed_at = Some(at);
-                            false
-                        }
-                    };
-                }
-                // The key's walks reconcile it when its item changes or goes missing, or
-                // when they fail; otherwise it looks again at its next full GET (with full
-                // GETs off, after LISTED_RECHECK_INTERVALS). While walks fail, it looks
-                // again when its item goes stale, to show why. A full GET already due
-                // waits for its budget slot below, not here.
-                let recheck = listed_recheck(&seen, full_refresh_intervals, refresh, now);
-                walks_list_it = !failing;
-                listed_next = Some(if failing {
-                    recheck.min(
-                        (at + refresh).saturating_duration_since(now)
-                            + jitter_up(Duration::from_secs(1)),
-                    )
-                } else {
-                    recheck
-                });
-                poll_on_wake = true;
+                self.listed(item, digest, at, failing, full_refresh_intervals)
+                    .await?
             }
             Lookup::Wait => {
                 // The walk wakes it (see `sweep`); the interval is only a safety net. A
                 // shorter one would, during a bulk apply, put every waiting PpioInstance in
                 // the controller's queue unordered, ahead of the walk's wakes.
-                listed_next = Some(jitter(refresh));
-                poll_on_wake = true;
+                self.listed_next = Some(jitter(self.refresh));
+                self.poll_on_wake = true;
             }
-            Lookup::Failed(e) => {
-                // The walk's failure is this instance's too (its pause, if any, is already
-                // set by the walk).
-                let failure = Failure::from(&e);
-                let wrote =
-                    write_status(instance, ctx, Observation::Failed(&failure), None).await?;
-                let failures = failures + 1;
-                let pause = ctx.key_pause(&api_key).map(|until| {
-                    until.saturating_duration_since(now) + jitter_up(Duration::from_secs(1))
-                });
-                seen.listed = None;
-                return Ok(Polled {
-                    next: Some(
-                        pause
-                            .unwrap_or_else(|| backoff(failures))
-                            .min(refresh.max(SWEEP_WAIT)),
-                    ),
-                    failures,
-                    wrote,
-                    requested: false,
-                    gone_suspected,
-                    reserved: None,
-                    seen,
-                    poll_on_wake: true,
-                });
-            }
-            Lookup::Missing | Lookup::Unavailable => get_now = true,
+            Lookup::Failed(e) => return self.walk_failed(e).await.map(Some),
+            Lookup::Missing | Lookup::Unavailable => self.get_now = true,
         }
+        self.get_now |= self.get_wanted(full_refresh_intervals);
+        if self.get_now && self.wrote {
+            return Ok(Some(self.back_for_get()));
+        }
+        if !self.get_now {
+            let next = self.listed_next.unwrap_or_else(|| jitter(self.refresh));
+            return Ok(Some(self.waiting(next, None)));
+        }
+        Ok(None)
+    }
+
+    /// What the key's sweeps know of the instance, the key's pause counting as the answer
+    /// while nothing fresh is known.
+    fn lookup(&self) -> Lookup {
+        let (instance, ctx) = (self.instance, self.ctx);
+        let ns = instance.namespace().unwrap_or_default();
+        let name = instance.name_any();
+        // The LIST item the stored status shows, while it still shows it.
+        let applied = self.seen.listed.filter(|_| {
+            instance.status.as_ref().is_some_and(|s| {
+                s.observed_generation == instance.meta().generation
+                    && s.state.is_some()
+                    && s.state == self.seen.state
+            })
+        });
+        let lookup = ctx.sweeps.lookup(
+            &self.api_key,
+            self.fingerprint,
+            &instance.spec.instance_id,
+            (&ns, &name),
+            self.refresh,
+            applied,
+            self.seen.fetched || fetched_before(instance),
+        );
+        match lookup {
+            Lookup::Wait if ctx.key_pause(&self.api_key).is_some() => {
+                Lookup::Failed(PpioError::RateLimited { retry_after: None })
+            }
+            other => other,
+        }
+    }
+
+    /// A LIST item read `at`: applied when newer than the last observation; decides when the
+    /// PpioInstance looks again by itself.
+    async fn listed(
+        &mut self,
+        item: Option<Arc<Instance>>,
+        digest: u64,
+        at: Instant,
+        failing: bool,
+        full_refresh_intervals: u32,
+    ) -> Result<(), Error> {
+        let (instance, ctx) = (self.instance, self.ctx);
+        if self.seen.observed_at.is_none_or(|t| at > t) {
+            self.wrote = match item {
+                Some(item) => {
+                    apply_listed(
+                        instance,
+                        ctx,
+                        self.refresh,
+                        &mut self.seen,
+                        &item,
+                        digest,
+                        at,
+                    )
+                    .await?
+                }
+                None => {
+                    // The item the stored status shows: only its age moves.
+                    ctx.metrics.instances.observed_at(
+                        &instance.namespace().unwrap_or_default(),
+                        &instance.name_any(),
+                        super::wall_time(at),
+                    );
+                    self.seen.observed_at = Some(at);
+                    false
+                }
+            };
+        }
+        // The key's walks reconcile it when its item changes or goes missing, or when they
+        // fail; otherwise it looks again at its next full GET (with full GETs off, after
+        // LISTED_RECHECK_INTERVALS). While walks fail, it looks again when its item goes
+        // stale, to show why. A full GET already due waits for its budget slot, not here.
+        let recheck = listed_recheck(&self.seen, full_refresh_intervals, self.refresh, self.now);
+        self.walks_list_it = !failing;
+        self.listed_next = Some(if failing {
+            recheck.min(
+                (at + self.refresh).saturating_duration_since(self.now)
+                    + jitter_up(Duration::from_secs(1)),
+            )
+        } else {
+            recheck
+        });
+        self.poll_on_wake = true;
+        Ok(())
+    }
+
+    /// The key's walk failed (rate limited): that is this instance's outcome too (its pause,
+    /// if any, is already set by the walk).
+    async fn walk_failed(&mut self, e: PpioError) -> Result<Polled, Error> {
+        let (instance, ctx) = (self.instance, self.ctx);
+        let failure = Failure::from(&e);
+        let wrote = write_status(instance, ctx, Observation::Failed(&failure), None).await?;
+        let failures = self.failures + 1;
+        let pause = ctx.key_pause(&self.api_key).map(|until| {
+            until.saturating_duration_since(self.now) + jitter_up(Duration::from_secs(1))
+        });
+        self.seen.listed = None;
+        Ok(Polled {
+            next: Some(
+                pause
+                    .unwrap_or_else(|| backoff(failures))
+                    .min(self.refresh.max(SWEEP_WAIT)),
+            ),
+            failures,
+            wrote,
+            requested: false,
+            gone_suspected: self.gone_suspected,
+            reserved: None,
+            seen: std::mem::take(&mut self.seen),
+            poll_on_wake: true,
+        })
+    }
+
+    /// Whether a GET is wanted besides what the LIST said: one asked for earlier, a
+    /// transition followed, a full refresh due, a spot instance's interval, a connection
+    /// Secret's passwords.
+    fn get_wanted(&self, full_refresh_intervals: u32) -> bool {
+        let (seen, now) = (&self.seen, self.now);
         let transitional = seen
             .state
             .as_deref()
@@ -308,174 +439,179 @@ pub async fn poll(
         // A spot instance's reclaim notice is in `pricing`, which LIST items lack: a GET
         // every interval sees it within one.
         let spot_due =
-            is_spot(instance) && (!seen.fetched || seen.full_due.is_none_or(|t| t <= now));
+            is_spot(self.instance) && (!seen.fetched || seen.full_due.is_none_or(|t| t <= now));
         // A connection Secret asked for and not written since the start: its passwords come
         // with a GET.
-        let export_due = ctx
+        let export_due = self
+            .ctx
             .exports
-            .wants_fetch(instance, ctx.settings.exports.connection_secrets);
-        get_now |= seen.get_wanted || transitional || full_due || spot_due || export_due;
-        if get_now && wrote {
-            // The GET follows once the watch brings the status just written, at its slot of
-            // the key's budget, taken now: after a bulk apply each PpioInstance comes back
-            // once, at its slot, not once more just to take one.
-            let is_urgent = urgent(instance, &seen, forced, gone_suspected);
-            let slot = match reserved {
-                Some(r) if r.serves(is_urgent) => Some(r),
-                _ if ctx.key_pause(&api_key).is_none() => {
-                    Some(reserve_get(ctx, instance, fingerprint, now, is_urgent))
-                }
-                _ => None,
-            };
-            // Come back when the slot has come, counting the walk pages that go first.
-            let wait = slot.map_or(Duration::ZERO, |r| slot_wait(ctx, fingerprint, r, now));
-            let next = sooner(listed_next, wait).max(Duration::from_secs(1));
+            .wants_fetch(self.instance, self.ctx.settings.exports.connection_secrets);
+        seen.get_wanted || transitional || full_due || spot_due || export_due
+    }
+
+    /// A GET is wanted right after a status write: it follows once the watch brings the
+    /// status just written, at its slot of the key's budget, taken now. After a bulk apply
+    /// each PpioInstance comes back once, at its slot, not once more just to take one.
+    fn back_for_get(&mut self) -> Polled {
+        let ctx = self.ctx;
+        let is_urgent = self.is_urgent();
+        let slot = match self.reserved {
+            Some(r) if r.serves(is_urgent) => Some(r),
+            _ if ctx.key_pause(&self.api_key).is_none() => Some(reserve_get(
+                ctx,
+                self.instance,
+                self.fingerprint,
+                self.now,
+                is_urgent,
+            )),
+            _ => None,
+        };
+        // Come back when the slot has come, counting the walk pages that go first.
+        let wait = slot.map_or(Duration::ZERO, |r| {
+            slot_wait(ctx, self.fingerprint, r, self.now)
+        });
+        let next = sooner(self.listed_next, wait).max(Duration::from_secs(1));
+        self.poll_on_wake = true;
+        self.waiting(next, slot)
+    }
+
+    fn is_urgent(&self) -> bool {
+        urgent(self.instance, &self.seen, self.forced, self.gone_suspected)
+    }
+
+    /// The key's pause and budget: `Some` when the GET must wait for them.
+    ///
+    /// A slot reserved earlier, or the next free one. A poll never waits for its slot inside
+    /// a reconcile (that would hold a reconcile permit): it comes back when the slot is due,
+    /// and keeps it until then. Sweeps of the key's LIST go first: a slot moves later by each
+    /// page they take meanwhile. A routine slot reserved earlier is given up when the GET
+    /// became urgent meanwhile (a transition began while it waited for its full refresh).
+    fn take_slot(&mut self) -> Option<Polled> {
+        let ctx = self.ctx;
+        if let Some(until) = ctx.key_pause(&self.api_key) {
+            // Another object using this key was told to wait (429 Retry-After): so do we. A
+            // listed instance looks again when its item goes stale, to show the pause then.
+            let delay =
+                until.saturating_duration_since(self.now) + jitter_up(Duration::from_secs(1));
+            let next = sooner(self.listed_next, delay);
+            return Some(self.waiting(next, None));
+        }
+        let is_urgent = self.is_urgent();
+        let slot = match self.reserved {
+            Some(r) if r.serves(is_urgent) => r,
+            _ => reserve_get(ctx, self.instance, self.fingerprint, self.now, is_urgent),
+        };
+        if let Err(moved) = ctx.buckets.redeem(self.fingerprint, slot, self.now) {
+            let wait = slot_wait(ctx, self.fingerprint, moved, self.now);
+            let next = sooner(self.listed_next, wait);
+            return Some(self.waiting(next, Some(moved)));
+        }
+        if let Some(due) = self.due
+            && ctx.settings.observe == Observe::Get
+        {
+            ctx.record_lateness(
+                self.fingerprint,
+                self.now.saturating_duration_since(due),
+                self.refresh,
+            );
+        }
+        None
+    }
+
+    /// The GET. A key refused (401) may just have been rotated: the Secret is read again, and
+    /// the GET tried once more when it holds another key.
+    async fn fetch(&self) -> Result<Instance, PpioError> {
+        let (instance, ctx) = (self.instance, self.ctx);
+        let result = get_instance(ctx, &self.api_key, instance).await;
+        if matches!(result, Err(PpioError::Unauthorized))
+            && let Some(sref) = &instance.spec.credentials_secret_ref
+        {
+            ctx.secrets
+                .forget(&instance.namespace().unwrap_or_default(), &sref.name);
+            if let Ok(Ok(fresh)) = resolve_key(instance, ctx).await
+                && fresh != self.api_key
+            {
+                return get_instance(ctx, &fresh, instance).await;
+            }
+        }
+        result
+    }
+
+    /// A GET's answer: the status written, the observation kept, and when to look again.
+    async fn fetched(mut self, observed: Instance) -> Result<Polled, Error> {
+        let (instance, ctx, refresh) = (self.instance, self.ctx, self.refresh);
+        let observed_state = observed.state().unwrap_or_default().to_string();
+        let spot = is_spot(instance)
+            || observed
+                .billing
+                .as_ref()
+                .and_then(|b| b.mode.as_ref())
+                .is_some_and(|m| m.0 == "spot");
+        let at = Instant::now();
+        let wrote = write_status(instance, ctx, Observation::Instance(&observed), Some(at)).await?
+            || self.wrote;
+        let Observe::List {
+            full_refresh_intervals,
+            ..
+        } = ctx.settings.observe
+        else {
+            let next = jitter(poll_interval(refresh, &observed_state));
+            return Ok(Polled::sent(next, 0, wrote, self.seen));
+        };
+        let seen = self.seen_after_get(observed, &observed_state, spot, at, full_refresh_intervals);
+        // The key's walks list a stable instance and keep it current: it looks again by
+        // itself only at its next full GET, and a walk that finds its item changed or
+        // missing reconciles it before that.
+        if self.walks_list_it && state::STABLE.contains(&observed_state.as_str()) && !spot {
+            let next = listed_recheck(&seen, full_refresh_intervals, refresh, at);
             return Ok(Polled {
                 poll_on_wake: true,
-                ..waiting(next, slot, wrote, seen)
+                ..Polled::sent(next, 0, wrote, seen)
             });
         }
-        if !get_now {
-            let next = listed_next.unwrap_or_else(|| jitter(refresh));
-            return Ok(Polled {
-                poll_on_wake,
-                ..waiting(next, None, wrote, seen)
-            });
-        }
+        let next = jitter(poll_interval(refresh, &observed_state));
+        Ok(Polled::sent(next, 0, wrote, seen))
     }
 
-    if let Some(until) = ctx.key_pause(&api_key) {
-        // Another object using this key was told to wait (429 Retry-After): so do we. A
-        // listed instance looks again when its item goes stale, to show the pause then.
-        let delay = until.saturating_duration_since(now) + jitter_up(Duration::from_secs(1));
-        let next = sooner(listed_next, delay);
-        return Ok(Polled {
-            poll_on_wake,
-            ..waiting(next, None, wrote, seen)
+    /// What is kept of a GET's observation `at`, with sweeps: the next full GET at this
+    /// PpioInstance's own slot of the (maybe stretched) full-refresh period, at least half a
+    /// period from now (a spot instance: after an interval, for its reclaim notice).
+    ///
+    /// A LIST item lacks fields the GET has (`tools`, `pricing`, and maybe more): the next
+    /// item is compared with the last item read, not with this GET, and one that differs asks
+    /// for a GET. The status shows that item when the GET, as an item would show it, is the
+    /// same.
+    fn seen_after_get(
+        &mut self,
+        observed: Instance,
+        observed_state: &str,
+        spot: bool,
+        at: Instant,
+        full_refresh_intervals: u32,
+    ) -> Seen {
+        let ctx = self.ctx;
+        let period =
+            ctx.full_refresh_period(self.fingerprint, self.refresh, full_refresh_intervals);
+        let as_item = ctx.sweeps.digest(&Instance {
+            tools: None,
+            pricing: None,
+            ..observed
         });
-    }
-
-    // The key's budget: a slot reserved earlier, or the next free one. A poll never waits for
-    // its slot inside a reconcile (that would hold a concurrency slot and delay every other
-    // key): it comes back when the slot is due, and keeps it until then. Sweeps of the key's
-    // LIST go first: a slot moves later by each page they take meanwhile.
-    // A routine slot reserved earlier is given up when the GET became urgent meanwhile (a
-    // transition began while it waited for its full refresh).
-    let is_urgent = urgent(instance, &seen, forced, gone_suspected);
-    let slot = match reserved {
-        Some(r) if r.serves(is_urgent) => r,
-        _ => reserve_get(ctx, instance, fingerprint, now, is_urgent),
-    };
-    if let Err(moved) = ctx.buckets.redeem(fingerprint, slot, now) {
-        let wait = slot_wait(ctx, fingerprint, moved, now);
-        let next = sooner(listed_next, wait);
-        return Ok(Polled {
-            poll_on_wake,
-            ..waiting(next, Some(moved), wrote, seen)
-        });
-    }
-    if let Some(due) = due
-        && ctx.settings.observe == Observe::Get
-    {
-        ctx.record_lateness(fingerprint, now.saturating_duration_since(due), refresh);
-    }
-    let mut result = get_instance(ctx, &api_key, instance).await;
-    if matches!(result, Err(PpioError::Unauthorized))
-        && let Some(sref) = &instance.spec.credentials_secret_ref
-    {
-        // The key may just have been rotated: read the Secret again now, and try once more
-        // when it holds another key.
-        ctx.secrets
-            .forget(&instance.namespace().unwrap_or_default(), &sref.name);
-        if let Ok(Ok(fresh)) = resolve_key(instance, ctx).await
-            && fresh != api_key
-        {
-            result = get_instance(ctx, &fresh, instance).await;
-        }
-    }
-    match result {
-        Ok(observed) => {
-            let observed_state = observed.state().unwrap_or_default().to_string();
-            let spot = is_spot(instance)
-                || observed
-                    .billing
-                    .as_ref()
-                    .and_then(|b| b.mode.as_ref())
-                    .is_some_and(|m| m.0 == "spot");
-            let at = Instant::now();
-            let wrote = write_status(instance, ctx, Observation::Instance(&observed), Some(at))
-                .await?
-                || wrote;
-            if let Observe::List {
-                full_refresh_intervals,
-                ..
-            } = ctx.settings.observe
-            {
-                // The next full GET: at this PpioInstance's own slot of the full-refresh
-                // period, at least half a period from now.
-                let period = refresh.saturating_mul(full_refresh_intervals);
-                // A LIST item lacks fields the GET has (`tools`, `pricing`, and maybe more): the
-                // next item is compared with the last item read, not with this GET, and one
-                // that differs asks for a GET. The status shows that item when the GET, as
-                // an item would show it, is the same.
-                let as_item = ctx.sweeps.digest(&Instance {
-                    tools: None,
-                    pricing: None,
-                    ..observed
-                });
-                let last_item = ctx
-                    .sweeps
-                    .listed_digest(fingerprint, &instance.spec.instance_id);
-                let listed = last_item.filter(|listed| *listed == as_item);
-                seen = Seen {
-                    observed: last_item,
-                    state: status_state(Some(&observed_state)),
-                    observed_at: Some(at),
-                    listed,
-                    fetched: true,
-                    // A spot instance is fetched again after an interval (its reclaim notice).
-                    full_due: Some(if spot {
-                        at + refresh.mul_f64(0.9)
-                    } else {
-                        ctx.full_refresh_slot(instance, at, period / 2, period)
-                    }),
-                    get_wanted: false,
-                };
-            }
-            match ctx.settings.observe {
-                // The key's walks list a stable instance and keep it current: it looks again
-                // by itself only at its next full GET, and a walk that finds its item
-                // changed or missing reconciles it before that.
-                Observe::List {
-                    full_refresh_intervals,
-                    ..
-                } if walks_list_it && state::STABLE.contains(&observed_state.as_str()) && !spot => {
-                    let next = listed_recheck(&seen, full_refresh_intervals, refresh, at);
-                    Ok(Polled {
-                        poll_on_wake: true,
-                        ..Polled::sent(next, 0, wrote, seen)
-                    })
-                }
-                _ => Ok(Polled::sent(
-                    jitter(poll_interval(refresh, &observed_state)),
-                    0,
-                    wrote,
-                    seen,
-                )),
-            }
-        }
-        Err(e) => {
-            failed(
-                instance,
-                ctx,
-                &api_key,
-                e,
-                failures,
-                gone_suspected,
-                refresh,
-                seen,
-            )
-            .await
+        let last_item = ctx
+            .sweeps
+            .listed_digest(self.fingerprint, &self.instance.spec.instance_id);
+        Seen {
+            observed: last_item,
+            state: status_state(Some(observed_state)),
+            observed_at: Some(at),
+            listed: last_item.filter(|listed| *listed == as_item),
+            fetched: true,
+            full_due: Some(if spot {
+                at + self.refresh.mul_f64(0.9)
+            } else {
+                ctx.full_refresh_slot(self.instance, at, period / 2, period)
+            }),
+            get_wanted: false,
         }
     }
 }

@@ -80,8 +80,8 @@ async fn one_short_interval_is_kept_by_gets_without_changing_the_walks() {
 }
 
 /// A busy key: 1,000 instances (named `prefix0`...) and a full GET of each every interval,
-/// so routine GETs alone ask for 16.7 requests/s of a key that has 10 and queue for their
-/// slots.
+/// so routine GETs alone would ask for 16.7 requests/s of a key that has 10: their period
+/// stretches so that they take what walks leave of four fifths of it.
 fn busy_key(
     prefix: &str,
 ) -> (
@@ -169,4 +169,59 @@ async fn a_refresh_request_on_a_busy_key_is_answered_within_seconds() {
     );
     let (_, last) = api.writes_of("ml/r5").pop().expect("written");
     assert!(last.last_handled_refresh.is_some(), "{last:?}");
+}
+
+#[ppio_test_macros::test(start_paused = true)]
+async fn full_gets_the_budget_cannot_cover_are_spread_further_apart_and_said() {
+    // The busy key: full GETs every interval would take 16.7 requests/s of its 10.
+    let (api, ppio, all, ctx, wakes) = busy_key("f");
+    let start = Instant::now();
+    run(
+        ctx.clone(),
+        &api,
+        wakes,
+        all,
+        64,
+        Duration::from_secs(20 * 60),
+    )
+    .await;
+    // Walks of 10 pages every 48 s take 0.2/s; a fifth of the budget stays free: full GETs
+    // get 7.8/s, so they come about every 2.14 intervals.
+    let stretch = crate::scheduler::metric(&ctx, "ppio_api_full_refresh_stretch_ratio");
+    assert!((stretch - 2.14).abs() < 0.05, "stretch {stretch}");
+    let (from, to) = (
+        start + Duration::from_secs(10 * 60),
+        start + Duration::from_secs(20 * 60),
+    );
+    let by_id = ppio.by_id();
+    let in_window = |times: &Vec<Instant>| -> Vec<Instant> {
+        times
+            .iter()
+            .copied()
+            .filter(|t| *t >= from && *t < to)
+            .collect()
+    };
+    let gets: usize = by_id
+        .iter()
+        .filter(|(id, _)| *id != "LIST")
+        .map(|(_, times)| in_window(times).len())
+        .sum();
+    assert!(
+        gets <= 600 * 85 / 10,
+        "{gets} GETs in 600 s: the key's budget is spent on full GETs"
+    );
+    // Every instance still gets its full GET, at its stretched pace (about 128 s).
+    for i in 0..1000 {
+        let id = format!("f{i}");
+        let times = in_window(by_id.get(&id).unwrap_or(&Vec::new()));
+        let mut last = from;
+        for t in times.into_iter().chain([to]) {
+            assert!(
+                t - last <= Duration::from_secs(200),
+                "{id} went {:?} without a full GET",
+                t - last
+            );
+            last = t;
+        }
+    }
 }

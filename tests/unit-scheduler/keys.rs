@@ -1,11 +1,13 @@
 //! Keys are isolated and their state is bounded: a rotated key's state is freed once its
-//! PpioInstances stop using it, and a key's sweeper that ends unexpectedly is started again.
+//! PpioInstances stop using it, a key's sweeper that ends unexpectedly is started again, and
+//! a key whose calls hang does not hold every reconcile permit.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::scheduler::{FakePpio, LIST, context, ids, metric, objects, run};
 use crate::support::mock::MockApi;
+use ppio_operator::controller::Observe;
 use tokio::time::Instant;
 
 #[ppio_test_macros::test(start_paused = true)]
@@ -101,5 +103,53 @@ async fn a_sweeper_that_ends_unexpectedly_is_started_again() {
     assert!(
         pages_late >= 5,
         "{pages_late} LIST pages in the last 5 minutes"
+    );
+}
+
+#[ppio_test_macros::test(start_paused = true)]
+async fn a_key_whose_calls_hang_does_not_hold_every_reconcile_permit() {
+    let api = MockApi::default();
+    api.put_secret("ml", "key-b", "apiKey", "key-b");
+    let ppio = Arc::new(FakePpio::default());
+    // Key A's account answers every GET after 30 s; key B's at once.
+    *ppio.get_latency.lock().expect("lock") = Some(("a".into(), Duration::from_secs(30)));
+    let (ctx, wakes) = context(&api, ppio.clone(), 100.0, 100, Observe::Get);
+    let ctx = Arc::new(
+        Arc::into_inner(ctx)
+            .expect("the only reference")
+            .with_concurrency(8),
+    );
+    // 40 PpioInstances on A would need about 13 reconciles at work at once (a 30 s call
+    // every 90 s each); 5 on B. Asked for A's first, as a bulk apply would.
+    let mut all = objects("a", 40, None);
+    all.extend(objects("b", 5, Some("key-b")));
+    let start = Instant::now();
+    run(ctx, &api, wakes, all, 64, Duration::from_secs(600)).await;
+    let by_id = ppio.by_id();
+    for i in 0..5 {
+        let times = by_id.get(&format!("b{i}")).expect("b polled");
+        assert!(
+            times[0] <= start + Duration::from_secs(5),
+            "b{i} first polled after {:?}",
+            times[0] - start
+        );
+        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps.iter().all(|g| *g <= Duration::from_secs(75)),
+            "b{i} gaps {gaps:?}"
+        );
+        assert!(
+            times.len() >= 9,
+            "b{i} polled {} times in 10 minutes",
+            times.len()
+        );
+    }
+    // A is served too, with what it may hold.
+    let a_polls: usize = (0..40)
+        .map(|i| by_id.get(&format!("a{i}")).map_or(0, Vec::len))
+        .sum();
+    assert!(
+        a_polls >= 100,
+        "A's PpioInstances were polled {a_polls} times"
     );
 }

@@ -36,6 +36,8 @@ pub(crate) struct FakePpio {
     pub(crate) states: Mutex<BTreeMap<String, String>>,
     pub(crate) list_error: Mutex<Option<PpioError>>,
     pub(crate) get_error: Mutex<Option<PpioError>>,
+    /// GETs of the ids that start with this prefix take this long (a slow account).
+    pub(crate) get_latency: Mutex<Option<(String, Duration)>>,
     /// The error of the page that starts at this offset, every time it is asked for.
     pub(crate) page_errors: Mutex<BTreeMap<usize, PpioError>>,
     /// A share of pages that fail (503), drawn from a seeded source.
@@ -137,7 +139,17 @@ impl PpioApi for FakePpio {
             .push((instance_id.to_string(), Instant::now()));
         let body = self.object(instance_id).to_string();
         let error = self.get_error.lock().expect("lock").clone();
+        let latency = self
+            .get_latency
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .filter(|(prefix, _)| instance_id.starts_with(prefix.as_str()))
+            .map(|(_, latency)| *latency);
         Box::pin(async move {
+            if let Some(latency) = latency {
+                tokio::time::sleep(latency).await;
+            }
             match error {
                 Some(e) => Err(e),
                 None => Ok(Instance::from_slice(body.as_bytes()).expect("fixture")),

@@ -144,7 +144,7 @@ struct Entry {
 }
 
 /// What the key's books read with.
-pub(super) struct Env {
+pub(in crate::controller) struct Env {
     pub ppio: Arc<dyn PpioApi>,
     pub buckets: Arc<Buckets>,
     pub budget: Budget,
@@ -163,7 +163,7 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub(super) fn new(env: Env) -> Ledger {
+    pub(in crate::controller) fn new(env: Env) -> Ledger {
         Ledger {
             env: Arc::new(env),
             books: Arc::default(),
@@ -178,13 +178,19 @@ impl Ledger {
     }
 
     /// The queue its PpioInstances are woken through.
-    pub(super) fn waker(&self) -> Option<Waker> {
+    pub(in crate::controller) fn waker(&self) -> Option<Waker> {
         self.env.waker.clone()
     }
 
     /// A PpioInstance uses `key` for `instance_id`: its books are opened (on first use) and
     /// kept open.
-    pub(super) fn note(&self, key: &ApiKey, fingerprint: u64, object: (&str, &str), id: &str) {
+    pub(in crate::controller) fn note(
+        &self,
+        key: &ApiKey,
+        fingerprint: u64,
+        object: (&str, &str),
+        id: &str,
+    ) {
         {
             let mut entries = lock(&self.entries);
             let entry = entries
@@ -277,7 +283,7 @@ impl Ledger {
     /// Records what a PpioInstance's status was computed from: the books' `version`, when its
     /// `Expiring` condition changes by itself, and its hourly cost while it runs on an
     /// hourly-billed mode (the key's runway sums them).
-    pub(super) fn rendered(
+    pub(in crate::controller) fn rendered(
         &self,
         object: (&str, &str),
         version: u64,

@@ -21,7 +21,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::reflector::ObjectRef;
 use tokio::time::Instant;
 
-use super::CachedInstance;
+use crate::controller::cached::CachedInstance;
 use crate::lock;
 
 /// A PpioInstance as the controller names it.

@@ -32,8 +32,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::budget::{Buckets, Budget};
-use super::schedule::{MAX_KEY_PAUSE, backoff, jitter};
 use super::wakes::{Wake, Waker};
+use crate::controller::schedule::{MAX_KEY_PAUSE, backoff, jitter};
 use crate::lock;
 use crate::metrics::{Metrics, TimestampGauge, unix_seconds};
 use crate::ppio::{ApiKey, Instance, InstancePage, ListQuery, PpioApi, PpioError};
@@ -117,12 +117,14 @@ pub enum Lookup {
 }
 
 /// What a key's sweeper uses.
-pub(super) struct Env {
+pub(in crate::controller) struct Env {
     pub ppio: Arc<dyn PpioApi>,
     pub buckets: Arc<Buckets>,
     pub budget: Budget,
     pub metrics: Arc<Metrics>,
     pub page_size: u32,
+    /// Full GETs every this many refresh intervals (0: none).
+    pub full_refresh_intervals: u32,
     /// Per API key fingerprint: no request before this instant (a 429's Retry-After).
     pub paused: Arc<Mutex<HashMap<u64, Instant>>>,
     pub waker: Option<Waker>,
@@ -141,7 +143,7 @@ pub struct Sweeps {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
-pub(super) struct KeySweep {
+pub(in crate::controller) struct KeySweep {
     key: ApiKey,
     fingerprint: u64,
     /// Hashes item texts (keyed at random: a crafted item cannot collide on purpose).
@@ -205,6 +207,9 @@ struct State {
     /// The refresh interval the walks serve ([`plan`]): PpioInstances refreshed more often
     /// are observed by their own GETs.
     serves: Duration,
+    /// How many times longer than configured full GETs are apart ([`plan`]; 0 before the
+    /// first plan, read as 1).
+    stretch: f64,
     /// GETs cost the key less than walks ([`plan`]): its PpioInstances are observed by GETs,
     /// and LIST is walked again only to measure it (every [`PLAN_MEASURE`]).
     by_gets: bool,
@@ -300,7 +305,7 @@ struct Wanted {
 }
 
 impl Sweeps {
-    pub(super) fn new(env: Env) -> Sweeps {
+    pub(in crate::controller) fn new(env: Env) -> Sweeps {
         Sweeps {
             env: Arc::new(env),
             watching: Mutex::new(HashMap::new()),
@@ -335,10 +340,17 @@ impl Sweeps {
     }
 
     /// The [`Sweeps::digest`] of the LIST item the sweeps of a key last read for `id`.
-    pub(super) fn listed_digest(&self, fingerprint: u64, id: &str) -> Option<u64> {
+    pub(in crate::controller) fn listed_digest(&self, fingerprint: u64, id: &str) -> Option<u64> {
         let sweep = lock(&self.env.keys).get(&fingerprint).cloned()?;
         let st = lock(&sweep.state);
         st.items.get(id).map(|i| i.digest)
+    }
+
+    /// How many times longer than configured the full GETs of the key of `fingerprint` are
+    /// apart (1 when its budget covers them, or it has no sweeps).
+    pub(in crate::controller) fn full_refresh_stretch(&self, fingerprint: u64) -> f64 {
+        let sweep = lock(&self.env.keys).get(&fingerprint).cloned();
+        sweep.map_or(1.0, |s| lock(&s.state).stretch.max(1.0))
     }
 
     /// What tells two observations as LIST items show them apart: a keyed hash of the
@@ -361,14 +373,14 @@ impl Sweeps {
     }
 
     /// A reconcile of `object` started: a walk's wake for it was served.
-    pub(super) fn started(&self, object: &Wake) {
+    pub(in crate::controller) fn started(&self, object: &Wake) {
         if let Some(waker) = &self.env.waker {
             waker.started(object);
         }
     }
 
     /// Forgets a PpioInstance that no longer exists.
-    pub(super) fn forget(&self, namespace: &str, name: &str) {
+    pub(in crate::controller) fn forget(&self, namespace: &str, name: &str) {
         let object = (namespace.to_string(), name.to_string());
         let removed = lock(&self.watching).remove(&object);
         if let Some((fp, id)) = removed {
@@ -386,7 +398,7 @@ impl Sweeps {
     /// [`Lookup::Missing`]: its GET gives a complete first status, for one request instead of
     /// a walk.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn lookup(
+    pub(in crate::controller) fn lookup(
         &self,
         key: &ApiKey,
         fingerprint: u64,
@@ -494,7 +506,7 @@ impl Sweeps {
     /// the walk in progress has yet to read (as many as the last walk read), and the share of
     /// the budget the next walks take while the GET waits. The GET then comes back about
     /// when its slot has come, not once more for each walk it waited through.
-    pub(super) fn slot_wait(&self, fingerprint: u64, wait: Duration) -> Duration {
+    pub(in crate::controller) fn slot_wait(&self, fingerprint: u64, wait: Duration) -> Duration {
         let Some(per_page) = self.env.budget.interval().filter(|_| !wait.is_zero()) else {
             return wait;
         };
@@ -586,6 +598,35 @@ struct Plan {
     /// The refresh interval the walks serve: a PpioInstance refreshed more often is observed
     /// by its own GETs, so one short interval does not set every walk's pace.
     serves: Duration,
+    /// How many times longer than `--ppio-full-refresh-intervals` intervals full GETs are
+    /// apart: 1, unless the budget left by walks and GETs cannot cover them at that pace
+    /// ([`full_refresh_stretch`]).
+    stretch: f64,
+}
+
+/// Full GETs of a walking key take at most this share of its budget, less what its walks and
+/// its GETs by interval take; the rest stays for what cannot wait (transitions, newcomers,
+/// changed items, refresh requests, "gone" to confirm).
+pub const FULL_REFRESH_SHARE: f64 = 0.8;
+/// Full GETs are stretched at most this many times (the budget is then spent on walks and
+/// GETs by interval alone: the lateness metric says so).
+pub const MAX_FULL_REFRESH_STRETCH: f64 = 16.0;
+
+/// How many times longer full GETs must be apart so that `demand` (full GETs per second at
+/// the configured pace) fits in what a budget of `per_second` leaves after `spent` (walks
+/// and GETs by interval, per second): at least 1, at most [`MAX_FULL_REFRESH_STRETCH`].
+fn full_refresh_stretch(per_second: Option<f64>, spent: f64, demand: f64) -> f64 {
+    let Some(rate) = per_second.filter(|r| *r > 0.0) else {
+        return 1.0;
+    };
+    let left = rate * FULL_REFRESH_SHARE - spent;
+    if demand <= 0.0 || demand <= left {
+        return 1.0;
+    }
+    if left <= demand / MAX_FULL_REFRESH_STRETCH {
+        return MAX_FULL_REFRESH_STRETCH;
+    }
+    demand / left
 }
 
 /// A key changes between walking and GETs only when the other costs less by this factor.
@@ -597,12 +638,21 @@ pub const PLAN_MARGIN: f64 = 1.5;
 /// The `r` of least cost is chosen among the intervals in use (walks never take more than
 /// half of the key's budget). `walking`: the current choice, kept unless the other costs
 /// less by [`PLAN_MARGIN`]. Before the first walk the pages are unknown: walk.
-fn plan(st: &State, budget: Budget, walking: bool) -> Plan {
-    plan_for(st, st.complete_pages.max(st.pages), budget, walking)
+///
+/// A walking key's full GETs (one per PpioInstance every `full_refresh` of its intervals)
+/// stretch their period when the budget cannot cover them ([`full_refresh_stretch`]).
+fn plan(st: &State, budget: Budget, walking: bool, full_refresh: u32) -> Plan {
+    plan_for(
+        st,
+        st.complete_pages.max(st.pages),
+        budget,
+        walking,
+        full_refresh,
+    )
 }
 
 /// [`plan`] for a LIST of `pages` pages.
-fn plan_for(st: &State, pages: u32, budget: Budget, walking: bool) -> Plan {
+fn plan_for(st: &State, pages: u32, budget: Budget, walking: bool, full_refresh: u32) -> Plan {
     let by_budget = budget
         .per_second
         .filter(|r| *r > 0.0)
@@ -634,10 +684,21 @@ fn plan_for(st: &State, pages: u32, budget: Budget, walking: bool) -> Plan {
         } else {
             cost * PLAN_MARGIN < gets
         };
+    // Full GETs of the PpioInstances the walks serve (by GETs alone, every GET is full).
+    let full_gets: f64 = if walk && full_refresh > 0 {
+        refreshes
+            .iter()
+            .filter(|r| **r >= serves)
+            .map(|r| per_second(*r) / f64::from(full_refresh))
+            .sum()
+    } else {
+        0.0
+    };
     Plan {
         walk,
         period,
         serves,
+        stretch: full_refresh_stretch(budget.per_second, cost, full_gets),
     }
 }
 
@@ -658,9 +719,10 @@ pub const PLAN_MEASURE: Duration = Duration::from_secs(6 * 3600);
 /// Chooses again between walks and GETs for the key ([`plan`]); says a change in the log, and
 /// wakes every PpioInstance of the key to observe it the new way.
 fn replan(env: &Env, sweep: &KeySweep, st: &mut State) {
-    let chosen = plan(st, env.budget, !st.by_gets);
+    let chosen = plan(st, env.budget, !st.by_gets, env.full_refresh_intervals);
     st.period = chosen.period;
     st.serves = chosen.serves;
+    restretch(env, sweep, st, chosen.stretch);
     if chosen.walk != st.by_gets {
         return;
     }
@@ -682,6 +744,32 @@ fn replan(env: &Env, sweep: &KeySweep, st: &mut State) {
     }
     st.waiters.clear();
     wake(env, sweep.fingerprint, st.watching_objects());
+}
+
+/// Records the key's full-refresh stretch; says in the log when full GETs start or stop being
+/// stretched, or their stretch changes by a quarter.
+fn restretch(env: &Env, sweep: &KeySweep, st: &mut State, stretch: f64) {
+    let was = st.stretch.max(1.0);
+    st.stretch = stretch;
+    env.metrics
+        .api
+        .set_full_refresh_stretch(&sweep.label(), stretch);
+    let label = sweep.label();
+    let intervals = f64::from(env.full_refresh_intervals);
+    if stretch > 1.0 && (was == 1.0 || (stretch / was - 1.0).abs() >= 0.25) {
+        warn!(
+            key = label.as_str(),
+            ppioinstances = st.wanted.len(),
+            every_intervals = format!("{:.1}", intervals * stretch).as_str(),
+            per_second = env.budget.per_second.unwrap_or(0.0),
+            "this API key's request budget cannot cover a full GET of each PpioInstance every {intervals} intervals besides its walks; full GETs are spread further apart (ppio_api_full_refresh_stretch_ratio); raise --ppio-requests-per-second or --ppio-full-refresh-intervals"
+        );
+    } else if stretch == 1.0 && was > 1.0 {
+        info!(
+            key = label.as_str(),
+            "this API key's request budget covers its full GETs again"
+        );
+    }
 }
 
 /// Runs a key's sweeper, and starts it again (after the error backoff) when it panics: the
@@ -1009,7 +1097,7 @@ fn costs_more_than_gets(env: &Env, sweep: &KeySweep, pages: u32) -> bool {
     if f64::from(pages) * PLAN_MARGIN <= st.wanted.len() as f64 {
         return false;
     }
-    !plan_for(&st, pages, env.budget, true).walk
+    !plan_for(&st, pages, env.budget, true, env.full_refresh_intervals).walk
 }
 
 /// The most pages a walk reads: twice the last complete walk's and some (an account grows),
@@ -1358,5 +1446,32 @@ fn wake(env: &Env, fingerprint: u64, objects: Vec<Object>) {
         for (ns, name) in objects {
             waker.wake(ObjectRef::new(&name).within(&ns), fingerprint);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_gets_stretch_only_when_what_walks_leave_cannot_cover_them() {
+        // 10/s: 8 for walks, GETs by interval and full GETs.
+        let budget = Some(10.0);
+        // 10,000 PpioInstances at 60 s, a full GET every 30 intervals (5.6/s), walks of 100
+        // pages every 48 s (2.1/s): covered.
+        assert_eq!(
+            full_refresh_stretch(budget, 100.0 / 48.0, 10_000.0 / 1800.0),
+            1.0
+        );
+        // 13,000: 7.2/s of full GETs with 5.3/s left: 1.36 times further apart.
+        let stretch = full_refresh_stretch(budget, 130.0 / 48.0, 13_000.0 / 1800.0);
+        assert!((stretch - 1.363).abs() < 0.01, "{stretch}");
+        // Nothing left: stretched as far as it goes; no budget set or nothing to fetch: 1.
+        assert_eq!(
+            full_refresh_stretch(budget, 9.0, 1.0),
+            MAX_FULL_REFRESH_STRETCH
+        );
+        assert_eq!(full_refresh_stretch(None, 9.0, 100.0), 1.0);
+        assert_eq!(full_refresh_stretch(budget, 9.0, 0.0), 1.0);
     }
 }
