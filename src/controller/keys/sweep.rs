@@ -746,15 +746,16 @@ fn replan(env: &Env, sweep: &KeySweep, st: &mut State) {
     wake(env, sweep.fingerprint, st.watching_objects());
 }
 
-/// Records the key's full-refresh stretch; says in the log when full GETs start or stop being
-/// stretched, or their stretch changes by a quarter.
+/// Records the key's full-refresh stretch when it changed: in the metric, and in the log when
+/// full GETs start or stop being stretched, or their stretch changes by a quarter.
 fn restretch(env: &Env, sweep: &KeySweep, st: &mut State, stretch: f64) {
+    if st.stretch == stretch {
+        return;
+    }
     let was = st.stretch.max(1.0);
     st.stretch = stretch;
-    env.metrics
-        .api
-        .set_full_refresh_stretch(&sweep.label(), stretch);
     let label = sweep.label();
+    env.metrics.api.set_full_refresh_stretch(&label, stretch);
     let intervals = f64::from(env.full_refresh_intervals);
     if stretch > 1.0 && (was == 1.0 || (stretch / was - 1.0).abs() >= 0.25) {
         warn!(
