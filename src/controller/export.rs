@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use super::{Context, KUBE_CALL_TIMEOUT};
 use crate::crd::{PpioInstance, PpioInstanceStatus};
 use crate::export::{
     ConnectionData, INSTANCE_LABEL, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, SLICE_MANAGER,
-    ServicePlan, connection_data, service_plan, slice_name, valid_service_name,
+    ServicePlan, ServicePort, connection_data, service_plan, slice_name, valid_service_name,
 };
 use crate::lock;
 use crate::metrics::ExportWriteLabels;
@@ -411,6 +412,52 @@ enum CallError {
     Other(String),
 }
 
+/// Why the Service step stopped before its end: an outcome to report (no retry helps), or a
+/// failure worth trying again.
+enum Halt {
+    Report(Outcome),
+    Retry(Transient),
+}
+
+/// A Service or EndpointSlice of that name that is not this PpioInstance's.
+fn conflict(kind: &str, object: &str) -> Outcome {
+    Outcome::Failed(
+        reason::SERVICE_CONFLICT,
+        format!(
+            "A{} {kind} named {object} exists and is not this PpioInstance's; it is left alone. Delete it or choose another spec.service.name.",
+            if kind.starts_with('E') { "n" } else { "" }
+        ),
+    )
+}
+
+/// What the Service step says when it wrote (or found) everything it could.
+fn service_outcome(name: &str, plan: &ServicePlan) -> Outcome {
+    if !plan.refused.is_empty() {
+        Outcome::Failed(
+            reason::ADDRESS_REFUSED,
+            format!(
+                "Not published: {}. The other ports are.",
+                plan.refused.join("; ")
+            ),
+        )
+    } else if plan.ports.is_empty() {
+        Outcome::Current(format!(
+            "Service {name}: the instance has no port to publish yet."
+        ))
+    } else {
+        Outcome::Current(format!(
+            "Service {name} is current ({} port{}, {}).",
+            plan.ports.len(),
+            if plan.ports.len() == 1 { "" } else { "s" },
+            if plan.ready {
+                "ready"
+            } else {
+                "not ready: the instance is not running"
+            }
+        ))
+    }
+}
+
 impl Target<'_> {
     fn owner(&self) -> OwnerReference {
         OwnerReference {
@@ -694,18 +741,6 @@ impl Target<'_> {
     }
 
     async fn write_service(&self, name: &str, plan: &ServicePlan) -> Result<Outcome, Transient> {
-        let disabled = || self.disabled("Services and EndpointSlices", "exports.services.enabled");
-        let conflict = |kind: &str, object: &str| {
-            Outcome::Failed(
-                reason::SERVICE_CONFLICT,
-                format!(
-                    "A{} {kind} named {object} exists and is not this PpioInstance's; it is left alone. Delete it or choose another spec.service.name.",
-                    if kind.starts_with('E') { "n" } else { "" }
-                ),
-            )
-        };
-        let services: Api<Service> = Api::namespaced(self.ctx.client.clone(), self.ns);
-        let slices: Api<EndpointSlice> = Api::namespaced(self.ctx.client.clone(), self.ns);
         let ports: Vec<KubeServicePort> = plan
             .ports
             .iter()
@@ -716,29 +751,56 @@ impl Target<'_> {
                 ..KubeServicePort::default()
             })
             .collect();
+        let done = match self.ensure_service(name, &ports).await {
+            Ok(()) => self.ensure_slices(name, plan).await,
+            stopped => stopped,
+        };
+        match done {
+            Ok(()) => Ok(service_outcome(name, plan)),
+            Err(Halt::Report(outcome)) => Ok(outcome),
+            Err(Halt::Retry(t)) => Err(t),
+        }
+    }
+
+    /// A call's failure as the Service step reports it: refused (the chart's RBAC leaves
+    /// exports out), taken by an object that is not ours, or worth trying again.
+    fn halt(&self, e: CallError, kind: &str, object: &str) -> Halt {
+        match e {
+            CallError::Forbidden => Halt::Report(
+                self.disabled("Services and EndpointSlices", "exports.services.enabled"),
+            ),
+            CallError::Exists => Halt::Report(conflict(kind, object)),
+            CallError::Other(m) => Halt::Retry(Transient(m)),
+        }
+    }
+
+    /// The Service: only with a port to publish (a ClusterIP Service needs one). A Service of
+    /// ours already as wanted is not written.
+    async fn ensure_service(&self, name: &str, ports: &[KubeServicePort]) -> Result<(), Halt> {
+        let services: Api<Service> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let found = match call("reading the Service", services.get_opt(name)).await {
+            Ok(found) => found,
+            Err(CallError::Exists) => None,
+            Err(e) => return Err(self.halt(e, "Service", name)),
+        };
         let same_ports = |have: &[KubeServicePort]| {
             have.len() == ports.len()
                 && have
                     .iter()
-                    .zip(&ports)
+                    .zip(ports)
                     .all(|(a, b)| a.name == b.name && a.port == b.port && a.protocol == b.protocol)
         };
-        // The Service: only with a port to publish (a ClusterIP Service needs one).
-        let found = match call("reading the Service", services.get_opt(name)).await {
-            Ok(found) => found,
-            Err(CallError::Forbidden) => return Ok(disabled()),
-            Err(CallError::Exists) => None,
-            Err(CallError::Other(m)) => return Err(Transient(m)),
-        };
         let written = match found {
-            Some(s) if !owned(&s.metadata, self.uid) => return Ok(conflict("Service", name)),
+            Some(s) if !owned(&s.metadata, self.uid) => {
+                return Err(Halt::Report(conflict("Service", name)));
+            }
             None if ports.is_empty() => Ok(()),
             None => {
                 let service = Service {
                     metadata: self.meta(name, BTreeMap::new()),
                     spec: Some(ServiceSpec {
                         type_: Some("ClusterIP".into()),
-                        ports: Some(ports.clone()),
+                        ports: Some(ports.to_vec()),
                         ..ServiceSpec::default()
                     }),
                     ..Service::default()
@@ -763,7 +825,7 @@ impl Target<'_> {
             Some(mut s) => {
                 let spec = s.spec.get_or_insert_with(ServiceSpec::default);
                 spec.selector = None;
-                spec.ports = Some(ports.clone());
+                spec.ports = Some(ports.to_vec());
                 s.labels_mut()
                     .insert(INSTANCE_LABEL.into(), self.instance.name_any());
                 self.write(
@@ -775,14 +837,13 @@ impl Target<'_> {
                 .await
             }
         };
-        match written {
-            Ok(()) => {}
-            Err(CallError::Forbidden) => return Ok(disabled()),
-            Err(CallError::Exists) => return Ok(conflict("Service", name)),
-            Err(CallError::Other(m)) => return Err(Transient(m)),
-        }
+        written.map_err(|e| self.halt(e, "Service", name))
+    }
 
-        // The EndpointSlices: one per address.
+    /// The EndpointSlices: one per address, each written only when it differs; ours that no
+    /// address wants any more are deleted.
+    async fn ensure_slices(&self, name: &str, plan: &ServicePlan) -> Result<(), Halt> {
+        let slices: Api<EndpointSlice> = Api::namespaced(self.ctx.client.clone(), self.ns);
         let listed = match call(
             "listing the EndpointSlices",
             slices.list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={name}"))),
@@ -790,98 +851,26 @@ impl Target<'_> {
         .await
         {
             Ok(list) => list.items,
-            Err(CallError::Forbidden) => return Ok(disabled()),
             Err(CallError::Exists) => Vec::new(),
-            Err(CallError::Other(m)) => return Err(Transient(m)),
+            Err(e) => return Err(self.halt(e, "EndpointSlice", name)),
         };
         let mut existing: HashMap<String, EndpointSlice> =
             listed.into_iter().map(|s| (s.name_any(), s)).collect();
         for (i, (address, at)) in plan.slices().into_iter().enumerate() {
             let slice_name = slice_name(name, i);
-            let mut labels = BTreeMap::new();
-            labels.insert(SERVICE_NAME_LABEL.to_string(), name.to_string());
-            labels.insert(MANAGED_BY_LABEL.to_string(), SLICE_MANAGER.to_string());
-            let want = EndpointSlice {
-                metadata: self.meta(&slice_name, labels),
-                address_type: if address.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
-                endpoints: Some(vec![Endpoint {
-                    addresses: vec![address.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(plan.ready),
-                        serving: Some(plan.ready),
-                        terminating: Some(false),
-                    }),
-                    ..Endpoint::default()
-                }]),
-                ports: Some(
-                    at.iter()
-                        .map(|p| EndpointPort {
-                            name: Some(p.name.clone()),
-                            port: Some(p.target),
-                            protocol: Some(p.protocol.clone()),
-                            app_protocol: None,
-                        })
-                        .collect(),
-                ),
-            };
+            let want = self.slice(name, &slice_name, address, &at, plan.ready);
             let found = match existing.remove(&slice_name) {
                 Some(s) => Some(s),
                 // Not listed by our label: maybe a slice of that name without it.
                 None => match call("reading an EndpointSlice", slices.get_opt(&slice_name)).await {
                     Ok(found) => found,
-                    Err(CallError::Forbidden) => return Ok(disabled()),
                     Err(CallError::Exists) => None,
-                    Err(CallError::Other(m)) => return Err(Transient(m)),
+                    Err(e) => return Err(self.halt(e, "EndpointSlice", &slice_name)),
                 },
             };
-            let r = match found {
-                Some(s) if !owned(&s.metadata, self.uid) => {
-                    return Ok(conflict("EndpointSlice", &slice_name));
-                }
-                Some(s) if slice_view(&s) == slice_view(&want) => {
-                    continue;
-                }
-                Some(s) => {
-                    if s.address_type == want.address_type {
-                        let mut next = want.clone();
-                        next.metadata = s.metadata;
-                        next.metadata.labels = want.metadata.labels.clone();
-                        self.write(
-                            "EndpointSlice",
-                            "update",
-                            "updating an EndpointSlice",
-                            slices.replace(&slice_name, &PostParams::default(), &next),
-                        )
-                        .await
-                    } else {
-                        // The address type cannot change: a new slice in its place.
-                        self.delete(&slices, "EndpointSlice", &slice_name, s.metadata.uid)
-                            .await;
-                        self.write(
-                            "EndpointSlice",
-                            "create",
-                            "creating an EndpointSlice",
-                            slices.create(&PostParams::default(), &want),
-                        )
-                        .await
-                    }
-                }
-                None => {
-                    self.write(
-                        "EndpointSlice",
-                        "create",
-                        "creating an EndpointSlice",
-                        slices.create(&PostParams::default(), &want),
-                    )
-                    .await
-                }
-            };
-            match r {
-                Ok(()) => {}
-                Err(CallError::Forbidden) => return Ok(disabled()),
-                Err(CallError::Exists) => return Ok(conflict("EndpointSlice", &slice_name)),
-                Err(CallError::Other(m)) => return Err(Transient(m)),
-            }
+            self.ensure_slice(&slices, &slice_name, found, want)
+                .await
+                .map_err(|e| self.halt(e, "EndpointSlice", &slice_name))?;
         }
         // Ours and no longer wanted (an address gone).
         for (slice_name, s) in existing {
@@ -890,30 +879,86 @@ impl Target<'_> {
                     .await;
             }
         }
-        Ok(if !plan.refused.is_empty() {
-            Outcome::Failed(
-                reason::ADDRESS_REFUSED,
-                format!(
-                    "Not published: {}. The other ports are.",
-                    plan.refused.join("; ")
-                ),
+        Ok(())
+    }
+
+    /// The EndpointSlice wanted for one address of the instance.
+    fn slice(
+        &self,
+        service: &str,
+        slice_name: &str,
+        address: IpAddr,
+        at: &[&ServicePort],
+        ready: bool,
+    ) -> EndpointSlice {
+        let mut labels = BTreeMap::new();
+        labels.insert(SERVICE_NAME_LABEL.to_string(), service.to_string());
+        labels.insert(MANAGED_BY_LABEL.to_string(), SLICE_MANAGER.to_string());
+        EndpointSlice {
+            metadata: self.meta(slice_name, labels),
+            address_type: if address.is_ipv4() { "IPv4" } else { "IPv6" }.into(),
+            endpoints: Some(vec![Endpoint {
+                addresses: vec![address.to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(ready),
+                    serving: Some(ready),
+                    terminating: Some(false),
+                }),
+                ..Endpoint::default()
+            }]),
+            ports: Some(
+                at.iter()
+                    .map(|p| EndpointPort {
+                        name: Some(p.name.clone()),
+                        port: Some(p.target),
+                        protocol: Some(p.protocol.clone()),
+                        app_protocol: None,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// One EndpointSlice brought to `want`: created, updated, or (its address type changed,
+    /// which a slice cannot) replaced; nothing written when it already is.
+    async fn ensure_slice(
+        &self,
+        slices: &Api<EndpointSlice>,
+        slice_name: &str,
+        found: Option<EndpointSlice>,
+        want: EndpointSlice,
+    ) -> Result<(), CallError> {
+        let post = PostParams::default();
+        let create = || {
+            self.write(
+                "EndpointSlice",
+                "create",
+                "creating an EndpointSlice",
+                slices.create(&post, &want),
             )
-        } else if plan.ports.is_empty() {
-            Outcome::Current(format!(
-                "Service {name}: the instance has no port to publish yet."
-            ))
-        } else {
-            Outcome::Current(format!(
-                "Service {name} is current ({} port{}, {}).",
-                plan.ports.len(),
-                if plan.ports.len() == 1 { "" } else { "s" },
-                if plan.ready {
-                    "ready"
-                } else {
-                    "not ready: the instance is not running"
-                }
-            ))
-        })
+        };
+        match found {
+            Some(s) if !owned(&s.metadata, self.uid) => Err(CallError::Exists),
+            Some(s) if slice_view(&s) == slice_view(&want) => Ok(()),
+            Some(s) if s.address_type == want.address_type => {
+                let mut next = want.clone();
+                next.metadata = s.metadata;
+                next.metadata.labels = want.metadata.labels.clone();
+                self.write(
+                    "EndpointSlice",
+                    "update",
+                    "updating an EndpointSlice",
+                    slices.replace(slice_name, &post, &next),
+                )
+                .await
+            }
+            Some(s) => {
+                self.delete(slices, "EndpointSlice", slice_name, s.metadata.uid)
+                    .await;
+                create().await
+            }
+            None => create().await,
+        }
     }
 
     /// Deletes a Service no longer asked for, and its EndpointSlices, when they are ours.
