@@ -143,7 +143,12 @@ targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(etcd kube-apiserver kubectl helm health prometheus promtool
   kubelet kube-controller-manager kube-scheduler kube-proxy pause registry crane cosign
   zig cargo-auditable cargo-zigbuild cargo-about cargo-cyclonedx cargo-deny)
+# One build of a program at a time on this machine: a second caller (CI builds the release's
+# tools while this script builds the rest) waits for the first, then finds the program built.
+command -v flock >/dev/null || { echo "tools/build.sh: 'flock' is not on PATH (apt-get install util-linux)" >&2; exit 1; }
 for t in "${targets[@]}"; do
+  exec {lock_fd}>"$store/.lock-$t"
+  flock "$lock_fd"
   case $t in
     kube-apiserver) build kube-apiserver kubernetes k8s.io/kubernetes/cmd/kube-apiserver selinux,notest "$(k8s_ldflags)" ;;
     kubectl) build kubectl kubernetes k8s.io/kubernetes/cmd/kubectl selinux,notest "$(k8s_ldflags)" ;;
@@ -184,4 +189,5 @@ for t in "${targets[@]}"; do
     image) "$root/tools/image.sh" >/dev/null ;;
     *) echo "tools/build.sh: unknown program '$t' (expected kube-apiserver, kubectl, etcd, helm, health, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, prometheus, promtool, registry, crane, cosign, cargo-auditable, cargo-zigbuild, cargo-cyclonedx, cargo-about, cargo-deny, zig, pause or image)" >&2; exit 2 ;;
   esac
+  exec {lock_fd}>&-
 done

@@ -178,6 +178,9 @@ licences_kept=$RELEASE_TARGET_DIR/licences/THIRD-PARTY-LICENSES-$licences_key.tx
 if [[ ! -f $licences_kept ]]; then
   step "the third-party licence texts (cargo about)"
   mkdir -p "${licences_kept%/*}"
+  # cargo about reads the metadata of every crate of Cargo.lock, those of other platforms too,
+  # which no build here downloaded (a fresh CARGO_HOME): fetch them first.
+  cargo fetch --locked --quiet
   cargo about generate --locked --offline --fail -c about.toml tools/release/licenses.hbs \
     -o "$licences_kept.tmp"
   mv "$licences_kept.tmp" "$licences_kept"
@@ -229,9 +232,19 @@ if [[ -n $registry ]]; then
   grep -q "^  repository: $registry/ppio-operator$" "$chart_src/ppio-operator/values.yaml" ||
     { echo "tools/release.sh: could not set image.repository in the chart's values.yaml" >&2; exit 1; }
 fi
-SOURCE_DATE_EPOCH=$epoch helm package "$chart_src/ppio-operator" --destination "$out" >/dev/null
+helm package "$chart_src/ppio-operator" --destination "$out" >/dev/null
 chart=$out/ppio-operator-$version.tgz
 [[ -f $chart ]] || { echo "tools/release.sh: helm package wrote no $chart" >&2; exit 1; }
+# helm stamps each file with the time of packaging: packed again, as helm lays it out (files
+# only, sorted), with the commit's time, owned by root and gzip without a name or time, so the
+# same commit gives the same chart digest too.
+repack=$chart_src/repack
+mkdir -p "$repack"
+tar -xzf "$chart" -C "$repack"
+(cd "$repack" && find . -type f -printf '%P\n' | LC_ALL=C sort |
+  tar --no-recursion --owner=0 --group=0 --numeric-owner --mtime="@$epoch" \
+    --format=ustar -T - -cf -) | gzip -9 -n >"$chart.tmp"
+mv "$chart.tmp" "$chart"
 
 cat >"$out/release.env" <<EOF
 VERSION=$version

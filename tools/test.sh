@@ -17,9 +17,10 @@
 # anything and says what to run, unless the node tier is left out (--no-node, or naming the
 # tiers). Under CI=true nothing may be left out.
 #
-# Every test binary runs even when an earlier one fails (--no-fail-fast), and the closing line
-# counts what did not run: "N passed, N failed, N skipped", where skipped counts tests of the
-# binaries that ran but did not report them (a crash) plus the tests of the tiers left out.
+# The tiers run side by side, each tier's output printed whole when it ends. Every test binary
+# runs even when an earlier one fails (--no-fail-fast), and the closing line counts what did not
+# run: "N passed, N failed, N skipped", where skipped counts tests of the binaries that ran but
+# did not report them (a crash) plus the tests of the tiers left out.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -84,7 +85,9 @@ image_pid=""
 image_log=$(mktemp)
 log=$(mktemp)
 go_log=$(mktemp)
-trap 'rm -f "$log" "$go_log" "$image_log"; [[ -z $image_pid ]] || kill "$image_pid" 2>/dev/null || true' EXIT
+tier_pids=()
+tier_logs=()
+trap 'rm -f "$log" "$go_log" "$image_log" "${tier_logs[@]}"; kill "${tier_pids[@]}" $image_pid 2>/dev/null || true' EXIT
 if [[ $want_node -eq 1 ]]; then
   # The release's binaries, licences, SBOMs and image layout; the node tier publishes them to
   # a registry of its own (tools/release.sh again, which then finds them built).
@@ -95,11 +98,20 @@ if [[ $want_node -eq 1 ]]; then
 fi
 [[ ${#programs[@]} -eq 0 ]] || tools/build.sh "${programs[@]}"
 
-# The test binaries of the tiers asked.
-targets=()
-[[ $want_unit -eq 0 ]] || targets+=(--lib --bins --benches --test unit --test unit-leak --test unit-scheduler)
-[[ $want_cluster -eq 0 ]] || targets+=(--test cluster --test cluster-demo)
-[[ $want_node -eq 0 ]] || targets+=(--test node)
+# The test binaries of the tiers asked (tier_targets TIER: a tier's cargo test targets).
+tier_targets() {
+  case $1 in
+    unit) echo --lib --bins --benches --test unit --test unit-leak --test unit-scheduler ;;
+    cluster) echo --test cluster --test cluster-demo ;;
+    node) echo --test node ;;
+  esac
+}
+targets=() not_run=()
+for tier in unit cluster node; do
+  want=want_$tier
+  read -ra more <<<"$(tier_targets "$tier")"
+  if [[ ${!want} -eq 1 ]]; then targets+=("${more[@]}"); else not_run+=("${more[@]}"); fi
+done
 cargo_test=(cargo test --locked --workspace --no-fail-fast "${targets[@]}")
 
 echo "==> ${cargo_test[*]}" >&2
@@ -122,10 +134,6 @@ for line in sys.stdin:
   echo "$n"
 }
 listed=$(list_tests "${targets[@]}")
-not_run=()
-[[ $want_unit -eq 1 ]] || not_run+=(--lib --bins --benches --test unit --test unit-leak --test unit-scheduler)
-[[ $want_cluster -eq 1 ]] || not_run+=(--test cluster --test cluster-demo)
-[[ $want_node -eq 1 ]] || not_run+=(--test node)
 left_out_tests=0
 [[ ${#not_run[@]} -eq 0 ]] || left_out_tests=$(list_tests "${not_run[@]}")
 
@@ -140,17 +148,50 @@ if [[ -n $image_pid ]]; then
   grep -E '^==> (built|image index)' "$image_log" >&2 || true
 fi
 
+# The tiers run side by side (each has its own servers: the cluster tier's control planes on
+# 127.0.0.1, the node's on the node's address; most of their time is spent waiting on them), so
+# the suite takes about as long as its longest tier. Each tier's output is printed whole when
+# it ends; the summary below counts them all.
+run_tier() {
+  local tier=$1 targets
+  read -ra targets <<<"$(tier_targets "$tier")"
+  # The cluster tier also checks the health evaluators it runs against hand-written objects.
+  if [[ $tier == cluster ]]; then
+    echo "==> (cd tools/health && go test ./...)"
+    (cd tools/health && GOTOOLCHAIN=local GOFLAGS=-mod=mod go test -count=1 -v ./... 2>&1) | tee "$go_log"
+    local go_rc=${PIPESTATUS[0]}
+  fi
+  echo "==> cargo test --locked --workspace --no-fail-fast ${targets[*]}"
+  cargo test --locked --workspace --no-fail-fast "${targets[@]}" -- --test-threads=8 "${extra[@]}" 2>&1
+  local cargo_rc=$?
+  [[ ${go_rc:-0} -eq 0 ]] || return "$go_rc"
+  return "$cargo_rc"
+}
 set +e
 rc=0
-# The cluster tier also checks the health evaluators it runs against hand-written objects.
-if [[ $want_cluster -eq 1 ]]; then
-  echo "==> (cd tools/health && go test ./...)" >&2
-  (cd tools/health && GOTOOLCHAIN=local GOFLAGS=-mod=mod go test -count=1 -v ./... 2>&1) | tee "$go_log"
-  rc=${PIPESTATUS[0]}
-fi
-"${cargo_test[@]}" -- --test-threads=8 "${extra[@]}" 2>&1 | tee "$log"
-cargo_rc=${PIPESTATUS[0]}
-((cargo_rc == 0)) || rc=$cargo_rc
+declare -A tier_of=()
+tiers=()
+for tier in unit cluster node; do
+  want=want_$tier
+  [[ ${!want} -eq 1 ]] || continue
+  tiers+=("$tier")
+  tier_log=$(mktemp)
+  tier_logs+=("$tier_log")
+  run_tier "$tier" >"$tier_log" 2>&1 &
+  tier_of[$!]="$tier $tier_log"
+  tier_pids+=("$!")
+done
+echo "==> running the tiers side by side: ${tiers[*]}; each one's output follows when it ends" >&2
+while [[ ${#tier_of[@]} -gt 0 ]]; do
+  wait -n -p done_pid "${!tier_of[@]}"
+  tier_rc=$?
+  read -r tier tier_log <<<"${tier_of[$done_pid]}"
+  unset "tier_of[$done_pid]"
+  echo "==> the $tier tier ended (exit $tier_rc):"
+  cat "$tier_log"
+  cat "$tier_log" >>"$log"
+  ((tier_rc == 0)) || rc=$tier_rc
+done
 set -e
 
 count() { grep -E '^test result: ' "$log" | grep -Eo "[0-9]+ $1" | awk '{s+=$1} END {print s+0}'; }

@@ -848,8 +848,9 @@ fn cosign_verify(key: &Path, reference: &str) -> Output {
 /// a throwaway CA that containerd trusts through hosts.toml), with a signing key; then what a
 /// platform team checks before installing: the index has both platforms, each platform's
 /// SBOM is attached and lists every crate of the normal dependency tree, image and chart
-/// signatures verify with the public key (not with another key, not for altered content), and
-/// the image digest is the one the earlier build of the same commit gave.
+/// signatures verify with the public key (not with another key, not for altered content), the
+/// image digest is the one the earlier build of the same commit gave, and the chart archive
+/// carries the commit's time.
 async fn release(s: &mut Scene) {
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-release");
     let _ = std::fs::remove_dir_all(&work);
@@ -925,6 +926,35 @@ async fn release(s: &mut Scene) {
             before.display()
         );
     }
+
+    // The chart, like the image, carries the commit's time and not the time it was packaged:
+    // the same commit gives the same chart archive.
+    let commit_time = {
+        let mut c = Command::new("git");
+        c.current_dir(REPO).args(["log", "-1", "--format=%ct"]);
+        ok(run(c, None), "git log").trim().to_string()
+    };
+    let mut c = Command::new("tar");
+    c.args([
+        "--list",
+        "--verbose",
+        "--numeric-owner",
+        "--full-time",
+        "-zf",
+    ])
+    .arg(out_dir.join(format!("ppio-operator-{VERSION}.tgz")))
+    .env("TZ", "UTC");
+    let listing = ok(run(c, None), "tar --list of the chart");
+    let mut c = Command::new("date");
+    c.args(["-u", "-d", &format!("@{commit_time}"), "+%Y-%m-%d %H:%M:%S"]);
+    let stamp = ok(run(c, None), "date").trim().to_string();
+    assert!(
+        listing.lines().count() > 5
+            && listing
+                .lines()
+                .all(|l| l.contains(&format!(" {stamp} ppio-operator/")) && l.contains(" 0/0 ")),
+        "every entry of the chart archive is root's and dated {stamp} (the commit's time):\n{listing}"
+    );
 
     // The registry serves the index, with both platforms.
     let mut c = tool("crane");
