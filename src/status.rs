@@ -88,162 +88,205 @@ pub fn compute_status(
     previous: Option<&PpioInstanceStatus>,
     now: Timestamp,
 ) -> PpioInstanceStatus {
-    // An observation of another instance id (possible only if immutability was bypassed) is
-    // not this instance's: start over.
-    let mut status = previous
-        .filter(|p| p.instance_id.as_deref() == Some(instance_id))
-        .cloned()
-        .unwrap_or_default();
-    let old_conditions = std::mem::take(&mut status.conditions);
-    let old = |t: &str| old_conditions.iter().find(|c| c.type_ == t);
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
-    let cond = |type_: &str, st: &str, reason: &str, message: &str| {
-        make_condition(old(type_), type_, st, reason, message, generation, now)
+    let again = |observation: Observation<'_>| {
+        compute_status(
+            instance_id,
+            generation,
+            refresh_request,
+            observation,
+            previous,
+            now,
+        )
     };
-    let keep_ready = || match old(condition::READY) {
-        Some(c) if c.status == cstatus::TRUE || c.status == cstatus::FALSE => {
-            cond(condition::READY, &c.status, &c.reason, &c.message)
-        }
-        _ => cond(
-            condition::READY,
-            cstatus::UNKNOWN,
-            reason::NOT_OBSERVED,
-            "The instance has not been observed yet.",
-        ),
-    };
-
-    let (ready, synced) = match observation {
-        Observation::ListedFirst(item) => {
-            let mut listed = compute_status(
-                instance_id,
-                generation,
-                refresh_request,
-                Observation::Listed(item),
-                previous,
-                now,
-            );
-            let synced = listed
-                .condition(condition::SYNCED)
-                .is_some_and(|c| c.status == cstatus::TRUE);
-            if let Some(c) = listed
-                .conditions
-                .iter_mut()
-                .filter(|_| synced)
-                .find(|c| c.type_ == condition::RECONCILING)
-            {
-                *c = make_condition(
-                    old(condition::RECONCILING),
-                    condition::RECONCILING,
-                    cstatus::TRUE,
-                    reason::FETCHING_DETAILS,
-                    "The status comes from the instance's LIST item; its endpoints and prices come with its first full GET.",
-                    generation,
-                    now,
-                );
-            }
-            return listed;
-        }
-        Observation::Listed(item) => {
-            let mut listed = compute_status(
-                instance_id,
-                generation,
-                refresh_request,
-                Observation::Instance(item),
-                previous,
-                now,
-            );
-            if let Some(stored) = previous.filter(|p| p.instance_id.as_deref() == Some(instance_id))
-            {
-                keep_unlisted_fields(&mut listed, stored, item);
-            }
-            return listed;
-        }
-        Observation::Instance(instance) => {
-            let observed = observed_fields(instance);
-            if let Some(message) = too_large(&observed) {
-                let failure = Failure {
-                    class: Class::InvalidResponse,
-                    message,
-                };
-                return compute_status(
-                    instance_id,
-                    generation,
-                    refresh_request,
-                    Observation::Failed(&failure),
-                    previous,
-                    now,
-                );
-            }
-            status = observed;
-            let observed = status.state.clone().unwrap_or_default();
-            let ready = if observed == state::RUNNING {
-                cond(
-                    condition::READY,
-                    cstatus::TRUE,
-                    reason::RUNNING,
-                    "The instance is running.",
-                )
-            } else {
-                cond(
-                    condition::READY,
-                    cstatus::FALSE,
-                    reason::NOT_RUNNING,
-                    &format!("The instance is {observed}, not running."),
-                )
-            };
-            let synced = cond(
-                condition::SYNCED,
-                cstatus::TRUE,
-                reason::OBSERVED,
-                "The last poll of the PPIO API succeeded.",
-            );
-            (ready, synced)
-        }
-        Observation::Failed(failure) if failure.class == Class::InstanceNotFound => {
-            status.state = Some(state::NOT_FOUND.to_string());
-            let ready = cond(
-                condition::READY,
-                cstatus::FALSE,
-                reason::INSTANCE_NOT_FOUND,
-                "The instance no longer exists in PPIO.",
-            );
-            let synced = cond(
-                condition::SYNCED,
-                cstatus::FALSE,
-                failure.class.reason(),
-                &failure.message,
-            );
-            (ready, synced)
-        }
-        Observation::Failed(failure) => (
-            keep_ready(),
-            cond(
-                condition::SYNCED,
-                cstatus::FALSE,
-                failure.class.reason(),
-                &failure.message,
-            ),
-        ),
-        Observation::Suspended => (
-            keep_ready(),
-            cond(
-                condition::SYNCED,
-                cstatus::FALSE,
-                reason::SUSPENDED,
-                "Polling is suspended (spec.suspend is true); status shows the last observation.",
-            ),
-        ),
-    };
-    status.last_handled_refresh = match observation {
+    // The refresh request this poll answers, or the one answered before.
+    let handled = match observation {
         Observation::Suspended => None,
         _ => refresh_request.map(refresh_token),
     }
     .or_else(|| previous.and_then(|p| p.last_handled_refresh.clone()));
-    status.observed_generation = generation;
-    status.instance_id = Some(instance_id.to_string());
-    let (reconciling, stalled) = progress_conditions(observation, status.state.as_deref(), &cond);
-    status.conditions = vec![ready, synced, reconciling, stalled];
-    status
+    // An observation of another instance id (possible only if immutability was bypassed) is
+    // not this instance's: start over.
+    let previous = previous.filter(|p| p.instance_id.as_deref() == Some(instance_id));
+    let settle = |status: PpioInstanceStatus| {
+        Settle {
+            instance_id,
+            generation,
+            handled: handled.clone(),
+            previous,
+            now,
+        }
+        .status(status, observation)
+    };
+    match observation {
+        Observation::ListedFirst(item) => {
+            let mut listed = again(Observation::Listed(item));
+            fetching_details(&mut listed, previous, generation, now);
+            listed
+        }
+        Observation::Listed(item) => {
+            let mut listed = again(Observation::Instance(item));
+            if let Some(stored) = previous {
+                keep_unlisted_fields(&mut listed, stored, item);
+            }
+            listed
+        }
+        Observation::Instance(instance) => {
+            let observed = observed_fields(instance);
+            match too_large(&observed) {
+                Some(message) => again(Observation::Failed(&Failure {
+                    class: Class::InvalidResponse,
+                    message,
+                })),
+                None => settle(observed),
+            }
+        }
+        _ => settle(previous.cloned().unwrap_or_default()),
+    }
+}
+
+/// A status from a LIST item whose instance was never fetched in full: while it is synced,
+/// `Reconciling=True FetchingDetails` until the first GET brings its endpoints and prices.
+fn fetching_details(
+    listed: &mut PpioInstanceStatus,
+    previous: Option<&PpioInstanceStatus>,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let synced = listed
+        .condition(condition::SYNCED)
+        .is_some_and(|c| c.status == cstatus::TRUE);
+    let old = previous.and_then(|p| p.condition(condition::RECONCILING));
+    if let Some(c) = listed
+        .conditions
+        .iter_mut()
+        .filter(|_| synced)
+        .find(|c| c.type_ == condition::RECONCILING)
+    {
+        *c = make_condition(
+            old,
+            condition::RECONCILING,
+            cstatus::TRUE,
+            reason::FETCHING_DETAILS,
+            "The status comes from the instance's LIST item; its endpoints and prices come with its first full GET.",
+            generation,
+            now,
+        );
+    }
+}
+
+/// What the status of one observation is settled with.
+struct Settle<'a> {
+    instance_id: &'a str,
+    generation: Option<i64>,
+    /// The refresh request answered (`lastHandledRefresh`).
+    handled: Option<String>,
+    /// The stored status, when it is this instance's.
+    previous: Option<&'a PpioInstanceStatus>,
+    now: Timestamp,
+}
+
+impl Settle<'_> {
+    /// The status of an observation (a GET's answer, a failure, or a suspended poll) on top
+    /// of `status`: the fields observed, or the previous status kept; the conditions follow.
+    fn status(
+        self,
+        mut status: PpioInstanceStatus,
+        observation: Observation<'_>,
+    ) -> PpioInstanceStatus {
+        let Settle {
+            instance_id,
+            generation,
+            handled,
+            previous,
+            now,
+        } = self;
+        status.conditions = Vec::new();
+        let old = |t: &str| previous.and_then(|p| p.condition(t));
+        let cond = |type_: &str, st: &str, reason: &str, message: &str| {
+            make_condition(old(type_), type_, st, reason, message, generation, now)
+        };
+        let keep_ready = || match old(condition::READY) {
+            Some(c) if c.status == cstatus::TRUE || c.status == cstatus::FALSE => {
+                cond(condition::READY, &c.status, &c.reason, &c.message)
+            }
+            _ => cond(
+                condition::READY,
+                cstatus::UNKNOWN,
+                reason::NOT_OBSERVED,
+                "The instance has not been observed yet.",
+            ),
+        };
+        let (ready, synced) = match observation {
+            Observation::Failed(failure) if failure.class == Class::InstanceNotFound => {
+                status.state = Some(state::NOT_FOUND.to_string());
+                let ready = cond(
+                    condition::READY,
+                    cstatus::FALSE,
+                    reason::INSTANCE_NOT_FOUND,
+                    "The instance no longer exists in PPIO.",
+                );
+                let synced = cond(
+                    condition::SYNCED,
+                    cstatus::FALSE,
+                    failure.class.reason(),
+                    &failure.message,
+                );
+                (ready, synced)
+            }
+            Observation::Failed(failure) => (
+                keep_ready(),
+                cond(
+                    condition::SYNCED,
+                    cstatus::FALSE,
+                    failure.class.reason(),
+                    &failure.message,
+                ),
+            ),
+            Observation::Suspended => (
+                keep_ready(),
+                cond(
+                    condition::SYNCED,
+                    cstatus::FALSE,
+                    reason::SUSPENDED,
+                    "Polling is suspended (spec.suspend is true); status shows the last observation.",
+                ),
+            ),
+            // A GET's answer (LIST items come here as one, from compute_status).
+            Observation::Instance(_) | Observation::Listed(_) | Observation::ListedFirst(_) => {
+                let observed = status.state.clone().unwrap_or_default();
+                let ready = if observed == state::RUNNING {
+                    cond(
+                        condition::READY,
+                        cstatus::TRUE,
+                        reason::RUNNING,
+                        "The instance is running.",
+                    )
+                } else {
+                    cond(
+                        condition::READY,
+                        cstatus::FALSE,
+                        reason::NOT_RUNNING,
+                        &format!("The instance is {observed}, not running."),
+                    )
+                };
+                let synced = cond(
+                    condition::SYNCED,
+                    cstatus::TRUE,
+                    reason::OBSERVED,
+                    "The last poll of the PPIO API succeeded.",
+                );
+                (ready, synced)
+            }
+        };
+        status.last_handled_refresh = handled;
+        status.observed_generation = generation;
+        status.instance_id = Some(instance_id.to_string());
+        let (reconciling, stalled) =
+            progress_conditions(observation, status.state.as_deref(), &cond);
+        status.conditions = vec![ready, synced, reconciling, stalled];
+        status
+    }
 }
 
 /// The kstatus conditions `Reconciling` and `Stalled` of an outcome, built by `cond`.
