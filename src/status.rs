@@ -99,12 +99,7 @@ pub fn compute_status(
             now,
         )
     };
-    // The refresh request this poll answers, or the one answered before.
-    let handled = match observation {
-        Observation::Suspended => None,
-        _ => refresh_request.map(refresh_token),
-    }
-    .or_else(|| previous.and_then(|p| p.last_handled_refresh.clone()));
+    let stored = previous;
     // An observation of another instance id (possible only if immutability was bypassed) is
     // not this instance's: start over.
     let previous = previous.filter(|p| p.instance_id.as_deref() == Some(instance_id));
@@ -112,7 +107,8 @@ pub fn compute_status(
         Settle {
             instance_id,
             generation,
-            handled: handled.clone(),
+            refresh_request,
+            stored,
             previous,
             now,
         }
@@ -179,8 +175,9 @@ fn fetching_details(
 struct Settle<'a> {
     instance_id: &'a str,
     generation: Option<i64>,
-    /// The refresh request answered (`lastHandledRefresh`).
-    handled: Option<String>,
+    refresh_request: Option<&'a str>,
+    /// The stored status, whichever instance's (its `lastHandledRefresh` is kept).
+    stored: Option<&'a PpioInstanceStatus>,
     /// The stored status, when it is this instance's.
     previous: Option<&'a PpioInstanceStatus>,
     now: Timestamp,
@@ -197,7 +194,8 @@ impl Settle<'_> {
         let Settle {
             instance_id,
             generation,
-            handled,
+            refresh_request,
+            stored,
             previous,
             now,
         } = self;
@@ -279,7 +277,12 @@ impl Settle<'_> {
                 (ready, synced)
             }
         };
-        status.last_handled_refresh = handled;
+        // The refresh request this poll answers, or the one answered before.
+        status.last_handled_refresh = match observation {
+            Observation::Suspended => None,
+            _ => refresh_request.map(refresh_token),
+        }
+        .or_else(|| stored.and_then(|p| p.last_handled_refresh.clone()));
         status.observed_generation = generation;
         status.instance_id = Some(instance_id.to_string());
         let (reconciling, stalled) =
