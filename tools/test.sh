@@ -85,9 +85,10 @@ image_pid=""
 image_log=$(mktemp)
 log=$(mktemp)
 go_log=$(mktemp)
-tier_pids=()
+# The tiers still running, by pid: "TIER LOG".
+declare -A tier_of=()
 tier_logs=()
-trap 'rm -f "$log" "$go_log" "$image_log" "${tier_logs[@]}"; kill "${tier_pids[@]}" $image_pid 2>/dev/null || true' EXIT
+trap 'rm -f "$log" "$go_log" "$image_log" "${tier_logs[@]}"; kill "${!tier_of[@]}" $image_pid 2>/dev/null || true' EXIT
 if [[ $want_node -eq 1 ]]; then
   # The release's binaries, licences, SBOMs and image layout; the node tier publishes them to
   # a registry of its own (tools/release.sh again, which then finds them built).
@@ -112,7 +113,8 @@ for tier in unit cluster node; do
   read -ra more <<<"$(tier_targets "$tier")"
   if [[ ${!want} -eq 1 ]]; then targets+=("${more[@]}"); else not_run+=("${more[@]}"); fi
 done
-cargo_test=(cargo test --locked --workspace --no-fail-fast "${targets[@]}")
+cargo_test_cmd=(cargo test --locked --workspace --no-fail-fast)
+cargo_test=("${cargo_test_cmd[@]}" "${targets[@]}")
 
 echo "==> ${cargo_test[*]}" >&2
 "${cargo_test[@]}" --no-run
@@ -161,15 +163,14 @@ run_tier() {
     (cd tools/health && GOTOOLCHAIN=local GOFLAGS=-mod=mod go test -count=1 -v ./... 2>&1) | tee "$go_log"
     local go_rc=${PIPESTATUS[0]}
   fi
-  echo "==> cargo test --locked --workspace --no-fail-fast ${targets[*]}"
-  cargo test --locked --workspace --no-fail-fast "${targets[@]}" -- --test-threads=8 "${extra[@]}" 2>&1
+  echo "==> ${cargo_test_cmd[*]} ${targets[*]}"
+  "${cargo_test_cmd[@]}" "${targets[@]}" -- --test-threads=8 "${extra[@]}" 2>&1
   local cargo_rc=$?
   [[ ${go_rc:-0} -eq 0 ]] || return "$go_rc"
   return "$cargo_rc"
 }
 set +e
 rc=0
-declare -A tier_of=()
 tiers=()
 for tier in unit cluster node; do
   want=want_$tier
@@ -179,7 +180,6 @@ for tier in unit cluster node; do
   tier_logs+=("$tier_log")
   run_tier "$tier" >"$tier_log" 2>&1 &
   tier_of[$!]="$tier $tier_log"
-  tier_pids+=("$!")
 done
 echo "==> running the tiers side by side: ${tiers[*]}; each one's output follows when it ends" >&2
 while [[ ${#tier_of[@]} -gt 0 ]]; do
