@@ -140,12 +140,22 @@ while read -r v; do unset "$v"; done < <(compgen -e | grep -E '^(CARGO_(MANIFEST
 step "building ppio-operator $version for linux/amd64 and linux/arm64 (static, musl, cargo auditable)"
 start=$SECONDS
 prefix_map="-ffile-prefix-map=$root=/build/ppio-operator -ffile-prefix-map=$cargo_home=/cargo"
+# cargo auditable: not `cargo auditable zigbuild`, which sets RUSTC_WORKSPACE_WRAPPER to its own
+# absolute path. Cargo hashes that path into the workspace crates' `-C metadata`, hence into
+# their symbol names, how their code is split into codegen units and the code itself: the
+# binary would depend on where the tools are installed (under $HOME). This does what it does
+# (cargo-auditable 0.7.7, src/cargo_auditable.rs) with the wrapper's bare name, found on PATH.
+auditable=$(command -v cargo-auditable) || die "cargo-auditable is not on PATH ($PPIO_TOOLS_BIN)"
+[[ $(readlink -f "$auditable") == "$(readlink -f "$PPIO_TOOLS_BIN/cargo-auditable")" ]] ||
+  die "cargo-auditable on PATH is $auditable, not the pinned $PPIO_TOOLS_BIN/cargo-auditable"
 # jemalloc for arm64 is built for pages of up to 64 KiB: it then runs on 4, 16 and 64 KiB kernels.
 CARGO_TARGET_DIR=$RELEASE_TARGET_DIR \
   RUSTFLAGS="$remap -C target-feature=+crt-static" \
   CFLAGS_x86_64_unknown_linux_musl="$prefix_map" CFLAGS_aarch64_unknown_linux_musl="$prefix_map" \
   JEMALLOC_SYS_WITH_LG_PAGE=16 \
-  env -u SOURCE_DATE_EPOCH cargo auditable zigbuild --release --locked --bin ppio-operator \
+  RUSTC_WORKSPACE_WRAPPER=cargo-auditable \
+  CARGO_AUDITABLE_ORIG_ARGS='{"offline":false,"locked":true,"frozen":false,"config":[]}' \
+  env -u SOURCE_DATE_EPOCH cargo zigbuild --release --locked --bin ppio-operator \
   --target x86_64-unknown-linux-musl --target aarch64-unknown-linux-musl
 step "built in $((SECONDS - start))s"
 
