@@ -103,6 +103,22 @@ pub fn apply_expectation(
         return None;
     }
     // A stable state other than the expected one: drift once it lasted the grace period.
+    drift(status, &set, &observed, &want, grace, now)
+}
+
+/// How a condition is set: type, status, reason, message.
+type SetCondition<'a> = dyn Fn(&mut PpioInstanceStatus, &str, &str, &str, &str) + 'a;
+
+/// An instance in a stable state (`observed`) other than the one expected (`want`): drift
+/// (`Stalled=True`) once that lasted `grace`, else `Reconciling=True` until then (returned).
+fn drift(
+    status: &mut PpioInstanceStatus,
+    set: &SetCondition<'_>,
+    observed: &str,
+    want: &str,
+    grace: Duration,
+    now: Timestamp,
+) -> Option<Timestamp> {
     let since = status
         .condition(condition::READY)
         .map(|c| c.last_transition_time.0)

@@ -303,17 +303,8 @@ fn wake_window(concurrency: u16) -> usize {
     usize::from(concurrency.max(16)) * 16
 }
 
-/// The controller: watches PpioInstances and reconciles them until `shutdown` resolves and
-/// the reconciles in flight are done.
-async fn reconcile_until(
-    client: Client,
-    config: RunConfig,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> Result<(), StartError> {
-    let guarded: Api<DeserializeGuard<CachedInstance>> =
-        scoped(&client, config.namespace.as_deref());
+/// Says in the log what the controller starts with.
+fn say_started(config: &RunConfig) {
     info!(
         namespace = config.namespace.as_deref().unwrap_or("<all>"),
         default_refresh_s = config.settings.default_refresh.as_secs(),
@@ -325,6 +316,63 @@ async fn reconcile_until(
             "PPIO_API_KEY is not set: PpioInstances without spec.credentialsSecretRef will report CredentialsMissing"
         );
     }
+}
+
+/// Beside the controller: says ready once the watch's cache has synced, then forgets what
+/// the controller keeps of PpioInstances that are gone (as `gone` reports them, and in a
+/// slow pass, for a reconcile that finished after its object's deletion).
+async fn housekeep(
+    ctx: Arc<Context>,
+    store: reflector::Store<DeserializeGuard<CachedInstance>>,
+    mut gone: tokio::sync::mpsc::UnboundedReceiver<Gone>,
+    health: Arc<Health>,
+) {
+    // The store's readiness signal wakes only its latest waiter (the controller also waits
+    // on it), so look again every 100ms instead of waiting once.
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(Ok(())) => {
+                health.ready.store(true, Ordering::Relaxed);
+                info!("watch synced; ready");
+                break;
+            }
+            Ok(Err(_)) => return,
+            Err(_elapsed) => {}
+        }
+    }
+    let mut tick = tokio::time::interval(FORGET_PASS);
+    loop {
+        let next = tokio::select! {
+            next = gone.recv() => next,
+            _ = tick.tick() => Some(Gone::Relisted),
+        };
+        match next {
+            Some(Gone::One(ns, name))
+                if store.get(&ObjectRef::new(&name).within(&ns)).is_none() =>
+            {
+                ctx.forget_deleted(&ns, &name);
+            }
+            Some(Gone::One(..)) => {}
+            Some(Gone::Relisted) => {
+                ctx.forget_missing(|ns, name| store.get(&ObjectRef::new(name).within(ns)).is_some())
+            }
+            None => return,
+        }
+    }
+}
+
+/// The controller: watches PpioInstances and reconciles them until `shutdown` resolves and
+/// the reconciles in flight are done.
+async fn reconcile_until(
+    client: Client,
+    config: RunConfig,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), StartError> {
+    let guarded: Api<DeserializeGuard<CachedInstance>> =
+        scoped(&client, config.namespace.as_deref());
+    say_started(&config);
     let recorder = kube::runtime::events::Recorder::new(
         client.clone(),
         kube::runtime::events::Reporter {
@@ -346,7 +394,7 @@ async fn reconcile_until(
     let (store, writer) = reflector::store();
     // Deleted PpioInstances are forgotten as the watch reports them; a relist (after which
     // deletions meanwhile show only as absence) is followed by a pass over everything kept.
-    let (gone_tx, mut gone_rx) = tokio::sync::mpsc::unbounded_channel::<Gone>();
+    let (gone_tx, gone_rx) = tokio::sync::mpsc::unbounded_channel::<Gone>();
     let objects = watcher(guarded, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(slim)
@@ -371,46 +419,7 @@ async fn reconcile_until(
         );
     let controller = Controller::for_stream(objects, store.clone()).reconcile_on(woken);
     // Aborted when this future ends or is dropped (a leader that lost the lease).
-    let housekeeping = AbortOnDrop(tokio::spawn({
-        let ctx = ctx.clone();
-        async move {
-            // The store's readiness signal wakes only its latest waiter (the controller also
-            // waits on it), so look again every 100ms instead of waiting once.
-            loop {
-                match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
-                    .await
-                {
-                    Ok(Ok(())) => {
-                        health.ready.store(true, Ordering::Relaxed);
-                        info!("watch synced; ready");
-                        break;
-                    }
-                    Ok(Err(_)) => return,
-                    Err(_elapsed) => {}
-                }
-            }
-            // Also a slow pass, for a reconcile that finished after its object's deletion.
-            let mut tick = tokio::time::interval(FORGET_PASS);
-            loop {
-                let gone = tokio::select! {
-                    gone = gone_rx.recv() => gone,
-                    _ = tick.tick() => Some(Gone::Relisted),
-                };
-                match gone {
-                    Some(Gone::One(ns, name))
-                        if store.get(&ObjectRef::new(&name).within(&ns)).is_none() =>
-                    {
-                        ctx.forget_deleted(&ns, &name);
-                    }
-                    Some(Gone::One(..)) => {}
-                    Some(Gone::Relisted) => ctx.forget_missing(|ns, name| {
-                        store.get(&ObjectRef::new(name).within(ns)).is_some()
-                    }),
-                    None => return,
-                }
-            }
-        }
-    }));
+    let housekeeping = AbortOnDrop(tokio::spawn(housekeep(ctx.clone(), store, gone_rx, health)));
     controller
         .with_config(
             kube::runtime::controller::Config::default()

@@ -215,68 +215,11 @@ impl Settle<'_> {
                 "The instance has not been observed yet.",
             ),
         };
-        let (ready, synced) = match observation {
-            Observation::Failed(failure) if failure.class == Class::InstanceNotFound => {
-                status.state = Some(state::NOT_FOUND.to_string());
-                let ready = cond(
-                    condition::READY,
-                    cstatus::FALSE,
-                    reason::INSTANCE_NOT_FOUND,
-                    "The instance no longer exists in PPIO.",
-                );
-                let synced = cond(
-                    condition::SYNCED,
-                    cstatus::FALSE,
-                    failure.class.reason(),
-                    &failure.message,
-                );
-                (ready, synced)
-            }
-            Observation::Failed(failure) => (
-                keep_ready(),
-                cond(
-                    condition::SYNCED,
-                    cstatus::FALSE,
-                    failure.class.reason(),
-                    &failure.message,
-                ),
-            ),
-            Observation::Suspended => (
-                keep_ready(),
-                cond(
-                    condition::SYNCED,
-                    cstatus::FALSE,
-                    reason::SUSPENDED,
-                    "Polling is suspended (spec.suspend is true); status shows the last observation.",
-                ),
-            ),
-            // A GET's answer (LIST items come here as one, from compute_status).
-            Observation::Instance(_) | Observation::Listed(_) | Observation::ListedFirst(_) => {
-                let observed = status.state.clone().unwrap_or_default();
-                let ready = if observed == state::RUNNING {
-                    cond(
-                        condition::READY,
-                        cstatus::TRUE,
-                        reason::RUNNING,
-                        "The instance is running.",
-                    )
-                } else {
-                    cond(
-                        condition::READY,
-                        cstatus::FALSE,
-                        reason::NOT_RUNNING,
-                        &format!("The instance is {observed}, not running."),
-                    )
-                };
-                let synced = cond(
-                    condition::SYNCED,
-                    cstatus::TRUE,
-                    reason::OBSERVED,
-                    "The last poll of the PPIO API succeeded.",
-                );
-                (ready, synced)
-            }
-        };
+        if matches!(observation, Observation::Failed(f) if f.class == Class::InstanceNotFound) {
+            status.state = Some(state::NOT_FOUND.to_string());
+        }
+        let (ready, synced) =
+            ready_and_synced(observation, status.state.as_deref(), &cond, &keep_ready);
         // The refresh request this poll answers, or the one answered before.
         status.last_handled_refresh = match observation {
             Observation::Suspended => None,
@@ -289,6 +232,77 @@ impl Settle<'_> {
             progress_conditions(observation, status.state.as_deref(), &cond);
         status.conditions = vec![ready, synced, reconciling, stalled];
         status
+    }
+}
+
+/// The conditions `Ready` and `Synced` of an observation (`observed`: the state the status
+/// shows), built by `cond`; `keep_ready`: `Ready` as it was, for an observation that tells
+/// nothing of the instance's state.
+fn ready_and_synced(
+    observation: Observation<'_>,
+    observed: Option<&str>,
+    cond: &dyn Fn(&str, &str, &str, &str) -> Condition,
+    keep_ready: &dyn Fn() -> Condition,
+) -> (Condition, Condition) {
+    match observation {
+        Observation::Failed(failure) if failure.class == Class::InstanceNotFound => (
+            cond(
+                condition::READY,
+                cstatus::FALSE,
+                reason::INSTANCE_NOT_FOUND,
+                "The instance no longer exists in PPIO.",
+            ),
+            cond(
+                condition::SYNCED,
+                cstatus::FALSE,
+                failure.class.reason(),
+                &failure.message,
+            ),
+        ),
+        Observation::Failed(failure) => (
+            keep_ready(),
+            cond(
+                condition::SYNCED,
+                cstatus::FALSE,
+                failure.class.reason(),
+                &failure.message,
+            ),
+        ),
+        Observation::Suspended => (
+            keep_ready(),
+            cond(
+                condition::SYNCED,
+                cstatus::FALSE,
+                reason::SUSPENDED,
+                "Polling is suspended (spec.suspend is true); status shows the last observation.",
+            ),
+        ),
+        // A GET's answer (LIST items come here as one, from compute_status).
+        Observation::Instance(_) | Observation::Listed(_) | Observation::ListedFirst(_) => {
+            let observed = observed.unwrap_or_default();
+            let ready = if observed == state::RUNNING {
+                cond(
+                    condition::READY,
+                    cstatus::TRUE,
+                    reason::RUNNING,
+                    "The instance is running.",
+                )
+            } else {
+                cond(
+                    condition::READY,
+                    cstatus::FALSE,
+                    reason::NOT_RUNNING,
+                    &format!("The instance is {observed}, not running."),
+                )
+            };
+            let synced = cond(
+                condition::SYNCED,
+                cstatus::TRUE,
+                reason::OBSERVED,
+                "The last poll of the PPIO API succeeded.",
+            );
+            (ready, synced)
+        }
     }
 }
 
@@ -515,7 +529,6 @@ fn fill_absent(into: &mut serde_json::Value, from: &serde_json::Value, top: bool
 
 fn observed_fields(i: &wire::Instance) -> PpioInstanceStatus {
     let state = i.status.as_ref();
-    let tools = i.tools.as_ref();
     PpioInstanceStatus {
         state: state.and_then(|s| text(&s.status)),
         state_error: state.and_then(|s| text(&s.error)),
@@ -558,99 +571,109 @@ fn observed_fields(i: &wire::Instance) -> PpioInstanceStatus {
             })
             .filter(|v| *v != Volume::default())
             .collect(),
-        billing: i.billing.as_ref().and_then(|b| {
-            some_unless_empty(Billing {
-                mode: text(&b.mode),
-                prepaid: b.prepaid.as_ref().and_then(|p| {
-                    some_unless_empty(Prepaid {
-                        months: int(&p.months),
-                        end_time: rfc3339(&p.end_time),
-                        auto_renew: p.auto_renew.as_ref().and_then(|a| {
-                            some_unless_empty(AutoRenew {
-                                enabled: flag(&a.enabled),
-                                months: int(&a.months),
-                                status: text(&a.status),
-                            })
-                        }),
-                    })
-                }),
-            })
-        }),
+        billing: i.billing.as_ref().and_then(billing),
         auto_migrate: i.auto_migrate.as_ref().and_then(|a| {
             some_unless_empty(AutoMigrate {
                 enabled: flag(&a.enabled),
                 include_system_disk: flag(&a.include_system_disk),
             })
         }),
-        endpoints: some_unless_empty(Endpoints {
-            ports: i
-                .ports
-                .iter()
-                .flatten()
-                .map(|p| Port {
-                    port: int(&p.port),
-                    protocol: text(&p.protocol),
-                    endpoint: text(&p.endpoint),
-                })
-                .filter(|p| *p != Port::default())
-                .collect(),
-            jupyter: tools.and_then(|t| t.jupyter.as_ref()).and_then(|j| {
-                some_unless_empty(Jupyter {
-                    endpoint: text(&j.endpoint),
-                    enabled: flag(&j.enabled),
-                    port: int(&j.port),
-                })
-            }),
-            ssh: tools.and_then(|t| t.ssh.as_ref()).and_then(|s| {
-                some_unless_empty(Ssh {
-                    command: text(&s.command),
-                    username: text(&s.username),
-                })
-            }),
-            web_terminal: tools.and_then(|t| t.web_terminal.as_ref()).and_then(|w| {
-                some_unless_empty(WebTerminal {
-                    endpoint: text(&w.endpoint),
-                    enabled: flag(&w.enabled),
-                    username: text(&w.username),
-                })
-            }),
-            log: tools.and_then(|t| t.log.as_ref()).and_then(|l| {
-                some_unless_empty(LogEndpoints {
-                    instance_endpoint: text(&l.instance_endpoint),
-                    system_endpoint: text(&l.system_endpoint),
-                })
-            }),
-        }),
-        pricing: i.pricing.as_ref().and_then(|p| {
-            some_unless_empty(Pricing {
-                instance_price: int(&p.instance_price),
-                instance_base_price: int(&p.instance_base_price),
-                rootfs_storage_price: int(&p.rootfs_storage_price),
-                prepaid: p.prepaid.as_ref().and_then(|pp| {
-                    some_unless_empty(PrepaidPricing {
-                        monthly_price: pp
-                            .monthly_price
-                            .iter()
-                            .flatten()
-                            .map(|m| MonthlyPrice {
-                                month: int(&m.month),
-                                price: int(&m.price),
-                                base_price: int(&m.base_price),
-                                price_precision: int(&m.price_precision),
-                                month_spec_id: text(&m.month_spec_id),
-                            })
-                            .filter(|m| *m != MonthlyPrice::default())
-                            .collect(),
-                    })
-                }),
-                spot: p.spot.as_ref().and_then(|s| {
-                    some_unless_empty(Spot {
-                        status: text(&s.spot_status),
-                        reclaim_time: rfc3339(&s.spot_reclaim_time),
+        endpoints: endpoints(i),
+        pricing: i.pricing.as_ref().and_then(pricing),
+        ..PpioInstanceStatus::default()
+    }
+}
+
+fn billing(b: &wire::Billing) -> Option<Billing> {
+    some_unless_empty(Billing {
+        mode: text(&b.mode),
+        prepaid: b.prepaid.as_ref().and_then(|p| {
+            some_unless_empty(Prepaid {
+                months: int(&p.months),
+                end_time: rfc3339(&p.end_time),
+                auto_renew: p.auto_renew.as_ref().and_then(|a| {
+                    some_unless_empty(AutoRenew {
+                        enabled: flag(&a.enabled),
+                        months: int(&a.months),
+                        status: text(&a.status),
                     })
                 }),
             })
         }),
-        ..PpioInstanceStatus::default()
-    }
+    })
+}
+
+/// The instance's ports and tools; never a password.
+fn endpoints(i: &wire::Instance) -> Option<Endpoints> {
+    let tools = i.tools.as_ref();
+    some_unless_empty(Endpoints {
+        ports: i
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| Port {
+                port: int(&p.port),
+                protocol: text(&p.protocol),
+                endpoint: text(&p.endpoint),
+            })
+            .filter(|p| *p != Port::default())
+            .collect(),
+        jupyter: tools.and_then(|t| t.jupyter.as_ref()).and_then(|j| {
+            some_unless_empty(Jupyter {
+                endpoint: text(&j.endpoint),
+                enabled: flag(&j.enabled),
+                port: int(&j.port),
+            })
+        }),
+        ssh: tools.and_then(|t| t.ssh.as_ref()).and_then(|s| {
+            some_unless_empty(Ssh {
+                command: text(&s.command),
+                username: text(&s.username),
+            })
+        }),
+        web_terminal: tools.and_then(|t| t.web_terminal.as_ref()).and_then(|w| {
+            some_unless_empty(WebTerminal {
+                endpoint: text(&w.endpoint),
+                enabled: flag(&w.enabled),
+                username: text(&w.username),
+            })
+        }),
+        log: tools.and_then(|t| t.log.as_ref()).and_then(|l| {
+            some_unless_empty(LogEndpoints {
+                instance_endpoint: text(&l.instance_endpoint),
+                system_endpoint: text(&l.system_endpoint),
+            })
+        }),
+    })
+}
+
+fn pricing(p: &wire::Pricing) -> Option<Pricing> {
+    some_unless_empty(Pricing {
+        instance_price: int(&p.instance_price),
+        instance_base_price: int(&p.instance_base_price),
+        rootfs_storage_price: int(&p.rootfs_storage_price),
+        prepaid: p.prepaid.as_ref().and_then(|pp| {
+            some_unless_empty(PrepaidPricing {
+                monthly_price: pp
+                    .monthly_price
+                    .iter()
+                    .flatten()
+                    .map(|m| MonthlyPrice {
+                        month: int(&m.month),
+                        price: int(&m.price),
+                        base_price: int(&m.base_price),
+                        price_precision: int(&m.price_precision),
+                        month_spec_id: text(&m.month_spec_id),
+                    })
+                    .filter(|m| *m != MonthlyPrice::default())
+                    .collect(),
+            })
+        }),
+        spot: p.spot.as_ref().and_then(|s| {
+            some_unless_empty(Spot {
+                status: text(&s.spot_status),
+                reclaim_time: rfc3339(&s.spot_reclaim_time),
+            })
+        }),
+    })
 }

@@ -217,48 +217,23 @@ pub(super) async fn export(
         uid: &uid,
     };
 
-    // The connection Secret.
     let want_secret = instance
         .spec
         .connection_secret
         .as_ref()
         .map(|s| s.name.clone());
-    if let Some(old) = old_secret
-        .as_ref()
-        .filter(|o| Some(&o.name) != want_secret.as_ref())
-    {
-        target.remove_secret(&old.name).await;
-    }
-    let secret = match want_secret {
-        None => None,
-        Some(secret_name) => {
-            target
-                .secret(&secret_name, fetched, old_secret.as_ref())
-                .await
-        }
-    };
-
-    // The Service and its EndpointSlices.
+    let secret = target
+        .connection_secret(want_secret, fetched, old_secret.as_ref())
+        .await;
     let want_service = instance
         .spec
         .service
         .as_ref()
         .map(|s| s.name.clone().unwrap_or_else(|| name.clone()));
-    if let Some(old) = old_service
-        .as_ref()
-        .filter(|o| Some(&o.name) != want_service.as_ref())
-    {
-        target.remove_service(&old.name).await;
-    }
-    let service = match want_service {
-        None => None,
-        Some(service_name) => {
-            let plan = service_plan(status, &ctx.settings.exports.deny);
-            target
-                .service(&service_name, &plan, old_service.as_ref())
-                .await
-        }
-    };
+    let plan = service_plan(status, &ctx.settings.exports.deny);
+    let service = target
+        .service_export(want_service, &plan, old_service.as_ref())
+        .await;
 
     {
         let mut memo = lock(&ctx.exports.memo);
@@ -651,6 +626,34 @@ impl Target<'_> {
     }
 
     /// Deletes a connection Secret no longer asked for, when it is ours.
+    /// The connection Secret named `want`, if asked for; the one before (`old`) is removed
+    /// when it has another name.
+    async fn connection_secret(
+        &self,
+        want: Option<String>,
+        fetched: Option<&Instance>,
+        old: Option<&Part>,
+    ) -> Option<Part> {
+        if let Some(old) = old.filter(|o| Some(&o.name) != want.as_ref()) {
+            self.remove_secret(&old.name).await;
+        }
+        self.secret(&want?, fetched, old).await
+    }
+
+    /// The Service named `want` and its EndpointSlices, if asked for, by `plan`; the ones
+    /// before (`old`) are removed when they have another name.
+    async fn service_export(
+        &self,
+        want: Option<String>,
+        plan: &ServicePlan,
+        old: Option<&Part>,
+    ) -> Option<Part> {
+        if let Some(old) = old.filter(|o| Some(&o.name) != want.as_ref()) {
+            self.remove_service(&old.name).await;
+        }
+        self.service(&want?, plan, old).await
+    }
+
     async fn remove_secret(&self, name: &str) {
         let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), self.ns);
         if let Ok(Some(s)) = call("reading the connection Secret", api.get_opt(name)).await

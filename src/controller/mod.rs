@@ -605,6 +605,8 @@ pub(super) fn refresh_interval(instance: &PpioInstance, default: Duration) -> Du
     }
 }
 
+/// One PpioInstance's reconcile: whether a poll is due (and when), the poll, and what the
+/// controller remembers of it for the next reconcile.
 async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Action, Error> {
     let key = object_key(instance);
     if instance.meta().deletion_timestamp.is_some() {
@@ -615,6 +617,7 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
     let refresh = refresh_interval(instance, ctx.settings.default_refresh);
     let now = Instant::now();
     let previous = ctx.tracked(&key);
+    let same_spec = previous.as_ref().filter(|t| t.generation == generation);
     let requested = refresh_request(instance).map(crate::status::refresh_token);
     let requested = requested.as_deref();
     let refresh_now = requested.is_some()
@@ -626,38 +629,20 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
         && requested != previous.as_ref().and_then(|t| t.handled_refresh.as_deref());
     let due = schedule::Due {
         now,
-        next_poll: previous
-            .as_ref()
-            .filter(|t| t.generation == generation)
-            .map(|t| t.next_poll),
+        next_poll: same_spec.map(|t| t.next_poll),
         refresh_requested: refresh_now,
         last_forced: previous.as_ref().and_then(|t| t.last_forced),
         observed_before_start: previous.is_none() && already_observed(instance),
         refresh,
     };
-    // The key's catalogue or bills changed, or the Expiring condition changes by itself now:
-    // the stored observation is shown again with them (no PPIO request).
     let object = (
         instance.namespace().unwrap_or_default(),
         instance.name_any(),
     );
-    if previous
-        .as_ref()
-        .is_some_and(|t| t.generation == generation)
-        && ctx
-            .ledger
-            .stale((&object.0, &object.1), jiff::Timestamp::now())
-    {
-        apply::rerender(instance, ctx).await?;
-    } else if previous
-        .as_ref()
-        .is_some_and(|t| t.generation == generation)
-        && ctx
-            .exports
-            .next_check((&object.0, &object.1))
-            .is_some_and(|t| t <= now)
-    {
-        // An export is to be checked again, or tried again: against the stored status.
+    if same_spec.is_some() && shown_again_is_due(ctx, &object, now) {
+        // The key's catalogue or bills changed, the Expiring condition changes by itself now,
+        // or an export is to be checked (or tried) again: the stored observation is shown
+        // again with them (no PPIO request).
         apply::rerender(instance, ctx).await?;
     }
     match schedule::decide(&due, schedule::random_in(0.0..1.0)) {
@@ -671,100 +656,132 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
         Decision::FirstPoll(at) => {
             // First sight since start-up of an object already observed at this generation:
             // spread the first polls over the first interval instead of polling at once.
-            ctx.set_tracked(
-                &key,
-                Tracked {
-                    generation,
-                    next_poll: at,
-                    failures: 0,
-                    handled_refresh: None,
-                    last_forced: None,
-                    gone_suspected: false,
-                    reserved: None,
-                    due: Some(at),
-                    seen: Seen::default(),
-                },
-            );
+            ctx.set_tracked(&key, Tracked::first_poll(generation, at));
             debug!(
                 delay_ms = (at - now).as_millis() as u64,
                 "first poll scheduled"
             );
             return Ok(Action::requeue(at - now));
         }
-        Decision::Poll => {
-            if refresh_now {
-                debug!("refresh requested");
-            }
-        }
+        Decision::Poll if refresh_now => debug!("refresh requested"),
+        Decision::Poll => {}
     }
-    let same_spec = previous.as_ref().filter(|t| t.generation == generation);
-    let history = History {
-        failures: previous.as_ref().map(|t| t.failures).unwrap_or(0),
-        gone_suspected: previous.as_ref().is_some_and(|t| t.gone_suspected),
-        // A reservation holds for the poll it was made for, and for a refresh request (an
-        // urgent GET) when it is ahead of the routine GETs, as the request's own is: a request
-        // that waits for its slot keeps it, and does not chase a new one at every reconcile.
-        // A spec change reserves anew.
-        reserved: previous
-            .as_ref()
-            .filter(|t| t.generation == generation)
-            .and_then(|t| t.reserved)
-            .filter(|r| r.serves(refresh_now)),
-        due: previous
-            .as_ref()
-            .filter(|t| t.generation == generation && !refresh_now)
-            .and_then(|t| t.due),
-        forced: refresh_now,
-        // What was observed for another spec (another instance id) does not count.
-        seen: same_spec.map(|t| t.seen.clone()).unwrap_or_default(),
-    };
+    let history = history(previous.as_ref(), generation, refresh_now);
     let due_before = history.due;
     let polled = poll(instance, ctx, refresh, history).await?;
-    let last_forced = if refresh_now && polled.requested {
-        Some(now)
-    } else {
-        previous.as_ref().and_then(|t| t.last_forced)
-    };
+    let next = polled.next;
     let handled_refresh = if polled.requested || polled.wrote {
         requested.map(str::to_string)
     } else {
-        previous.and_then(|t| t.handled_refresh)
+        previous.as_ref().and_then(|t| t.handled_refresh.clone())
     };
-    let next_poll = match polled.next {
-        // The walk it waits for reconciles it when it ends: that reconcile polls.
-        Some(_) if polled.poll_on_wake => now,
-        Some(delay) => now + delay,
-        None => far_future(now),
-    };
-    // A poll that waits for its budget slot stays due when it was; any other outcome sets a
-    // new due time.
-    let due = if polled.reserved.is_some() {
-        due_before.or(Some(now))
-    } else {
-        Some(next_poll)
-    };
+    let tracked = Tracked::after_poll(previous, polled, generation, now, refresh_now, due_before);
     ctx.set_tracked(
         &key,
         Tracked {
-            generation,
-            next_poll,
-            failures: polled.failures,
             handled_refresh,
-            last_forced,
-            gone_suspected: polled.gone_suspected,
-            reserved: polled.reserved,
-            due,
-            seen: polled.seen,
+            ..tracked
         },
     );
     // Back when the Expiring condition changes by itself, or an export is to be checked
     // again, if that comes first.
     let money_next = own_change(ctx, &object, now).saturating_duration_since(now);
-    Ok(match polled.next {
+    Ok(match next {
         Some(next) => Action::requeue(next.min(money_next)),
         None if money_next < FAR_MONEY => Action::requeue(money_next),
         None => Action::await_change(),
     })
+}
+
+/// Whether the stored observation is to be shown again now, without a poll: the key's
+/// catalogue or bills changed, the Expiring condition changes by itself, or an export is to
+/// be checked (or tried) again.
+fn shown_again_is_due(ctx: &Context, object: &(String, String), now: Instant) -> bool {
+    ctx.ledger
+        .stale((&object.0, &object.1), jiff::Timestamp::now())
+        || ctx
+            .exports
+            .next_check((&object.0, &object.1))
+            .is_some_and(|t| t <= now)
+}
+
+/// What the poll is told of the ones before it.
+fn history(previous: Option<&Tracked>, generation: Option<i64>, refresh_now: bool) -> History {
+    let same_spec = previous.filter(|t| t.generation == generation);
+    History {
+        failures: previous.map(|t| t.failures).unwrap_or(0),
+        gone_suspected: previous.is_some_and(|t| t.gone_suspected),
+        // A reservation holds for the poll it was made for, and for a refresh request (an
+        // urgent GET) when it is ahead of the routine GETs, as the request's own is: a request
+        // that waits for its slot keeps it, and does not chase a new one at every reconcile.
+        // A spec change reserves anew.
+        reserved: same_spec
+            .and_then(|t| t.reserved)
+            .filter(|r| r.serves(refresh_now)),
+        due: same_spec.filter(|_| !refresh_now).and_then(|t| t.due),
+        forced: refresh_now,
+        // What was observed for another spec (another instance id) does not count.
+        seen: same_spec.map(|t| t.seen.clone()).unwrap_or_default(),
+    }
+}
+
+impl Tracked {
+    /// An object seen first since start-up, already observed at its generation: its first
+    /// poll is at `at`.
+    fn first_poll(generation: Option<i64>, at: Instant) -> Tracked {
+        Tracked {
+            generation,
+            next_poll: at,
+            failures: 0,
+            handled_refresh: None,
+            last_forced: None,
+            gone_suspected: false,
+            reserved: None,
+            due: Some(at),
+            seen: Seen::default(),
+        }
+    }
+
+    /// What is remembered after a poll started at `now` (`due_before`: when it was due by
+    /// its interval). The refresh annotation handled stays the one before.
+    fn after_poll(
+        previous: Option<Tracked>,
+        polled: Polled,
+        generation: Option<i64>,
+        now: Instant,
+        refresh_now: bool,
+        due_before: Option<Instant>,
+    ) -> Tracked {
+        let last_forced = if refresh_now && polled.requested {
+            Some(now)
+        } else {
+            previous.as_ref().and_then(|t| t.last_forced)
+        };
+        let next_poll = match polled.next {
+            // The walk it waits for reconciles it when it ends: that reconcile polls.
+            Some(_) if polled.poll_on_wake => now,
+            Some(delay) => now + delay,
+            None => far_future(now),
+        };
+        // A poll that waits for its budget slot stays due when it was; any other outcome sets
+        // a new due time.
+        let due = if polled.reserved.is_some() {
+            due_before.or(Some(now))
+        } else {
+            Some(next_poll)
+        };
+        Tracked {
+            generation,
+            next_poll,
+            failures: polled.failures,
+            handled_refresh: previous.and_then(|t| t.handled_refresh),
+            last_forced,
+            gone_suspected: polled.gone_suspected,
+            reserved: polled.reserved,
+            due,
+            seen: polled.seen,
+        }
+    }
 }
 
 /// Beyond this, a change of the Expiring condition is left to the next poll.

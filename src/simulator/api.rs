@@ -162,6 +162,64 @@ pub(super) struct ListQuery {
     billing_mode: Option<String>,
 }
 
+impl ListQuery {
+    /// Whether the LIST's filters (name or id, status, regions, billing mode) keep `i`.
+    fn matches(&self, i: &Value) -> bool {
+        let str_at = |path: &[&str]| {
+            path.iter()
+                .try_fold(i, |v, k| v.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        let asked = |f: &Option<String>| f.clone().filter(|v| !v.is_empty());
+        let regions: Vec<String> = self
+            .regions
+            .as_deref()
+            .map(|r| {
+                r.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        asked(&self.name)
+            .is_none_or(|n| str_at(&["name"]).contains(&n) || str_at(&["id"]).contains(&n))
+            && asked(&self.status).is_none_or(|s| str_at(&["status", "status"]) == s)
+            && (regions.is_empty() || regions.contains(&str_at(&["region"])))
+            && asked(&self.billing_mode).is_none_or(|m| str_at(&["billing", "mode"]) == m)
+    }
+}
+
+/// The items of the page from `start` (at most `limit`); past the end, what an endless LIST
+/// serves.
+fn page_items(
+    matching: Vec<&Value>,
+    start: usize,
+    limit: usize,
+    endless: Option<Endless>,
+) -> Vec<Value> {
+    let total = matching.len();
+    match endless {
+        Some(Endless::Repeat) if start >= total => matching
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|i| (*i).clone())
+            .collect(),
+        Some(Endless::Fresh) if start >= total => (start..start + limit)
+            .map(|n| json!({"id": format!("ghost-{n}"), "status": {"status": "running"}}))
+            .collect(),
+        _ => matching
+            .into_iter()
+            .skip(start)
+            .take(limit)
+            .cloned()
+            .collect(),
+    }
+}
+
 /// The fault id that applies to the LIST call alone.
 pub const LIST_FAULT: &str = "_list";
 
@@ -213,65 +271,11 @@ pub(super) async fn list_instances(
         return r;
     }
     let st = lock(&sim.state);
-    let str_at = |v: &Value, path: &[&str]| {
-        path.iter()
-            .try_fold(v, |v, k| v.get(k))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_default()
-    };
-    let regions: Vec<&str> = q
-        .regions
-        .as_deref()
-        .map(|r| {
-            r.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
     // Only the page's items are copied: a walk over many instances reads many pages.
-    let matching: Vec<&Value> =
-        st.instances
-            .values()
-            .filter(|i| {
-                q.name.as_deref().filter(|n| !n.is_empty()).is_none_or(|n| {
-                    str_at(i, &["name"]).contains(n) || str_at(i, &["id"]).contains(n)
-                })
-            })
-            .filter(|i| {
-                q.status
-                    .as_deref()
-                    .filter(|s| !s.is_empty())
-                    .is_none_or(|s| str_at(i, &["status", "status"]) == s)
-            })
-            .filter(|i| regions.is_empty() || regions.contains(&str_at(i, &["region"]).as_str()))
-            .filter(|i| {
-                q.billing_mode
-                    .as_deref()
-                    .filter(|m| !m.is_empty())
-                    .is_none_or(|m| str_at(i, &["billing", "mode"]) == m)
-            })
-            .collect();
+    let matching: Vec<&Value> = st.instances.values().filter(|i| q.matches(i)).collect();
     let limit = page_size;
     let total = matching.len();
-    let sources: Vec<Value> = match fault.endless {
-        Some(Endless::Repeat) if start >= total => matching
-            .iter()
-            .rev()
-            .take(limit)
-            .map(|i| (*i).clone())
-            .collect(),
-        Some(Endless::Fresh) if start >= total => (start..start + limit)
-            .map(|n| json!({"id": format!("ghost-{n}"), "status": {"status": "running"}}))
-            .collect(),
-        _ => matching
-            .into_iter()
-            .skip(start)
-            .take(limit)
-            .cloned()
-            .collect(),
-    };
+    let sources = page_items(matching, start, limit, fault.endless);
     drop(st);
     let page: Vec<Value> = sources
         .into_iter()

@@ -412,31 +412,7 @@ impl Sweeps {
         self.watch(&sweep, id, object);
         let now = Instant::now();
         let mut st = lock(&sweep.state);
-        let mut lone = false;
-        let wanted = match st.wanted.get_mut(id) {
-            Some(w) => {
-                w.touched = now;
-                w.refresh = refresh;
-                *w
-            }
-            None => {
-                let w = Wanted {
-                    since: now,
-                    touched: now,
-                    refresh,
-                };
-                st.wanted.insert(id.to_string(), w);
-                if !fetched {
-                    lone = st.walking.is_none()
-                        && st.asked.is_none()
-                        && st
-                            .last_newcomer
-                            .is_none_or(|t| now.saturating_duration_since(t) >= LONE_GAP);
-                    st.last_newcomer = Some(now);
-                }
-                w
-            }
-        };
+        let (wanted, lone) = st.want(id, refresh, fetched, now);
         if st.unavailable_until.is_some_and(|t| t > now) {
             return Lookup::Unavailable;
         }
@@ -486,15 +462,7 @@ impl Sweeps {
             }
             _ => {}
         }
-        let waiting = st.waiters.entry(id.to_string()).or_default();
-        if !waiting
-            .iter()
-            .any(|((ns, name), _)| ns == object.0 && name == object.1)
-        {
-            waiting.push(((object.0.to_string(), object.1.to_string()), now));
-        }
-        if st.walking.is_none() && st.asked.is_none() {
-            st.asked = Some(now);
+        if st.wait_for_walk(id, object, now) {
             drop(st);
             sweep.wake.notify_one();
         }
@@ -1144,18 +1112,14 @@ fn take_page(
         for text in page.item_texts() {
             let hash = sweep.hasher.hash_one(text);
             // The id of a text met on the last walk is known without decoding it.
-            let (id, mut decoded) = match ids_by_hash.get(&hash) {
+            let (id, decoded) = match ids_by_hash.get(&hash) {
                 Some(known) => (known.clone(), None),
                 None => match Instance::from_item(text) {
                     Some(item) => (usable_id(&item), Some(item)),
                     None => (None, None),
                 },
             };
-            if next_ids.len() < MAX_REMEMBERED_ITEMS {
-                if next_ids.insert(hash, id.clone()).is_none() {
-                    new_items += 1;
-                }
-            } else if !next_ids.contains_key(&hash) {
+            if remember(next_ids, hash, &id) {
                 new_items += 1;
             }
             let Some(id) = id else {
@@ -1164,59 +1128,25 @@ fn take_page(
             let Some(refresh) = wanted.get(&*id).map(|w| w.refresh) else {
                 continue;
             };
-            let wanted_again = !redecode.is_empty() && redecode.remove(&*id);
-            let mut previous = items.get_mut(&*id);
+            let listed = Listed {
+                text,
+                hash,
+                decoded,
+                read_at,
+                refresh,
+                wanted_again: !redecode.is_empty() && redecode.remove(&*id),
+                walk: this_walk,
+            };
+            let previous = items.get_mut(&*id);
             if let Some(old) = &previous {
                 late = late.max(read_at.saturating_duration_since(old.at + refresh));
             }
-            // An item decoded less than an interval ago is still held.
-            let recent = previous
-                .as_ref()
-                .filter(|old| old.item.is_some())
-                .is_some_and(|old| read_at.saturating_duration_since(old.held_since) < refresh);
-            let (item, held_since, digest, changed) = match &previous {
-                // The same text: held while recent, or again when a PpioInstance asked.
-                Some(old) if old.hash == hash => {
-                    let (item, since) = match (&old.item, wanted_again) {
-                        (Some(held), _) if recent => (Some(held.clone()), old.held_since),
-                        (Some(held), true) => (Some(held.clone()), read_at),
-                        (None, true) => (
-                            decoded
-                                .take()
-                                .or_else(|| Instance::from_item(text))
-                                .map(Arc::new),
-                            read_at,
-                        ),
-                        _ => (None, old.held_since),
-                    };
-                    (item, since, old.digest, false)
+            let Some((next, changed)) = listed.item(&env.digests, previous.as_deref()) else {
+                // Listed, though not readable this time: the last item stays.
+                if let Some(old) = previous {
+                    old.walk = this_walk;
                 }
-                _ => {
-                    let Some(item) = decoded.take().or_else(|| Instance::from_item(text)) else {
-                        // Listed, though not readable this time: the last item stays.
-                        if let Some(old) = previous.as_mut() {
-                            old.walk = this_walk;
-                        }
-                        continue;
-                    };
-                    let digest = digest(&env.digests, &item);
-                    let changed = previous.as_ref().is_none_or(|old| old.digest != digest);
-                    let fresh = changed || wanted_again;
-                    let held = (fresh || recent).then(|| Arc::new(item));
-                    let since = match &previous {
-                        Some(old) if !fresh => old.held_since,
-                        _ => read_at,
-                    };
-                    (held, since, digest, changed)
-                }
-            };
-            let next = Item {
-                item,
-                held_since,
-                at: read_at,
-                hash,
-                digest,
-                walk: this_walk,
+                continue;
             };
             match previous {
                 Some(old) => *old = next,
@@ -1231,20 +1161,7 @@ fn take_page(
                 woken.extend(waiting.into_iter().map(|(object, _)| object));
             }
             if let Some(watchers) = watchers.get_mut(&*id) {
-                if changed {
-                    woken.extend(watchers.iter().map(|w| w.object.clone()));
-                } else {
-                    // Unchanged: its PpioInstances' status stays as it is; only the
-                    // time of their last observation moves.
-                    for w in watchers {
-                        let (ns, name) = &w.object;
-                        w.last_success
-                            .get_or_insert_with(|| {
-                                env.metrics.instances.last_success_series(ns, name)
-                            })
-                            .set(read_secs);
-                    }
-                }
+                listed_again(env, watchers, changed, read_secs, &mut woken);
             }
         }
     }
@@ -1252,6 +1169,109 @@ fn take_page(
     // Also when on time: the gauge falls back to 0 once the key catches up.
     report_lateness(env, sweep, late);
     new_items
+}
+
+/// An item listed again for its `watchers`: changed, they are woken; unchanged, their
+/// status stays as it is and only the time of their last observation moves.
+fn listed_again(
+    env: &Env,
+    watchers: &mut [Watcher],
+    changed: bool,
+    read_secs: f64,
+    woken: &mut Vec<Object>,
+) {
+    if changed {
+        woken.extend(watchers.iter().map(|w| w.object.clone()));
+        return;
+    }
+    for w in watchers {
+        let (ns, name) = &w.object;
+        w.last_success
+            .get_or_insert_with(|| env.metrics.instances.last_success_series(ns, name))
+            .set(read_secs);
+    }
+}
+
+/// Notes the id of a text's hash for the next walk (up to [`MAX_REMEMBERED_ITEMS`]);
+/// whether the text is new on this walk.
+fn remember(next_ids: &mut ByHash<Option<Arc<str>>>, hash: u64, id: &Option<Arc<str>>) -> bool {
+    if next_ids.len() < MAX_REMEMBERED_ITEMS {
+        next_ids.insert(hash, id.clone()).is_none()
+    } else {
+        !next_ids.contains_key(&hash)
+    }
+}
+
+/// A wanted instance's LIST item as a page shows it.
+struct Listed<'a> {
+    text: &'a str,
+    /// The hash of `text`.
+    hash: u64,
+    /// The item, when finding its id decoded it already.
+    decoded: Option<Instance>,
+    read_at: Instant,
+    /// The shortest refresh interval of its PpioInstances.
+    refresh: Duration,
+    /// A PpioInstance needs the item again (it was no longer held).
+    wanted_again: bool,
+    /// The number of this walk.
+    walk: u64,
+}
+
+impl Listed<'_> {
+    /// What the sweep keeps of the item, after `previous`, and whether it changed; `None`
+    /// when the text is new and cannot be decoded.
+    fn item(
+        mut self,
+        digests: &std::hash::RandomState,
+        previous: Option<&Item>,
+    ) -> Option<(Item, bool)> {
+        let read_at = self.read_at;
+        // An item decoded less than an interval ago is still held.
+        let recent = previous
+            .filter(|old| old.item.is_some())
+            .is_some_and(|old| read_at.saturating_duration_since(old.held_since) < self.refresh);
+        let (item, held_since, digest, changed) = match previous {
+            // The same text: held while recent, or again when a PpioInstance asked.
+            Some(old) if old.hash == self.hash => {
+                let (item, since) = match (&old.item, self.wanted_again) {
+                    (Some(held), _) if recent => (Some(held.clone()), old.held_since),
+                    (Some(held), true) => (Some(held.clone()), read_at),
+                    (None, true) => (self.decode().map(Arc::new), read_at),
+                    _ => (None, old.held_since),
+                };
+                (item, since, old.digest, false)
+            }
+            _ => {
+                let item = self.decode()?;
+                let digest = digest(digests, &item);
+                let changed = previous.is_none_or(|old| old.digest != digest);
+                let fresh = changed || self.wanted_again;
+                let held = (fresh || recent).then(|| Arc::new(item));
+                let since = match previous {
+                    Some(old) if !fresh => old.held_since,
+                    _ => read_at,
+                };
+                (held, since, digest, changed)
+            }
+        };
+        let next = Item {
+            item,
+            held_since,
+            at: read_at,
+            hash: self.hash,
+            digest,
+            walk: self.walk,
+        };
+        Some((next, changed))
+    }
+
+    /// The item decoded (once).
+    fn decode(&mut self) -> Option<Instance> {
+        self.decoded
+            .take()
+            .or_else(|| Instance::from_item(self.text))
+    }
 }
 
 /// Ends a walk of `pages` pages: items it did not list are dropped, and their PpioInstances
@@ -1321,103 +1341,167 @@ fn list_unavailable(e: &PpioError) -> bool {
 /// Records a walk's end, and wakes the PpioInstances it answers.
 fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
     let label = sweep.label();
-    let mut woken_all = Vec::new();
     let mut st = lock(&sweep.state);
     st.walking = None;
     let now = Instant::now();
-    let error = match outcome {
-        Walked::Ok | Walked::Truncated => {
-            let complete = matches!(outcome, Walked::Ok);
-            env.metrics
-                .api
-                .sweep(if complete { "ok" } else { "truncated" });
-            st.last_ok = Some(now);
-            st.fail_wake = None;
-            let was_failing = std::mem::take(&mut st.list_failing);
-            if std::mem::take(&mut st.fail_woken) || was_failing {
-                // Back from a failure (or from GETs): every watcher shows the observation.
-                woken_all.extend(st.watching_objects());
-            }
-            if st.unavailable_until.take().is_some() || was_failing {
-                info!(
-                    key = label.as_str(),
-                    "the PPIO LIST answers again; observing this key's PpioInstances by sweeps"
-                );
-            }
-            // Every key walked has the series (0 while its LIST is served).
-            env.metrics.api.set_list_unavailable(&label, false);
-            None
-        }
-        Walked::Unavailable | Walked::Endless => {
-            let endless = matches!(outcome, Walked::Endless);
-            env.metrics
-                .api
-                .sweep(if endless { "truncated" } else { "unavailable" });
-            if st.unavailable_until.is_none() {
-                let why = if endless {
-                    "the PPIO LIST did not end within twice the pages of its last complete walk"
-                } else {
-                    "the PPIO LIST call is not available (HTTP 404, 405 or 501)"
-                };
-                warn!(
-                    key = label.as_str(),
-                    retry_in_s = LIST_RETRY.as_secs(),
-                    "{why}; observing this key's PpioInstances by one GET each instead"
-                );
-            }
-            env.metrics.api.set_list_unavailable(&label, true);
-            st.unavailable_until = Some(now + LIST_RETRY);
-            st.list_failing = false;
-            st.items.clear();
-            // Their PpioInstances go over to GETs now.
-            woken_all.extend(st.watching_objects());
-            None
-        }
-        // A 429: the key's pause is every PpioInstance's answer until it ends.
-        Walked::Failed(e @ PpioError::RateLimited { .. }) => {
-            env.metrics.api.sweep("error");
-            debug!(key = label.as_str(), error = %e, "a walk over the PPIO LIST was rate limited");
-            st.arm_fail_wake(now);
-            Some(e)
-        }
+    let (error, woken_all) = match outcome {
+        Walked::Ok => (None, st.listed(env, &label, true, now)),
+        Walked::Truncated => (None, st.listed(env, &label, false, now)),
+        Walked::Unavailable => (None, st.not_usable(env, &label, false, now)),
+        Walked::Endless => (None, st.not_usable(env, &label, true, now)),
         Walked::Failed(e) => {
-            // A LIST error is never an instance's outcome: GETs observe the key's PpioInstances
-            // (each as its LIST item goes stale) until a walk succeeds again.
-            env.metrics.api.sweep("error");
-            if !st.list_failing {
+            st.walk_failed(env, &label, &e, now);
+            (Some(e), Vec::new())
+        }
+    };
+    st.finished = Some((started, error));
+    let woken = st.answer_waiters(started, now);
+    drop(st);
+    wake(env, sweep.fingerprint, woken);
+    wake(env, sweep.fingerprint, woken_all);
+}
+
+/// What a PpioInstance's lookup asks of a key's sweeps.
+impl State {
+    /// Notes that `id` is wanted (`refresh`: how often); whether it is a lone newcomer (not
+    /// `fetched` yet, with no other within [`LONE_GAP`] and no walk under way or asked for).
+    fn want(&mut self, id: &str, refresh: Duration, fetched: bool, now: Instant) -> (Wanted, bool) {
+        if let Some(w) = self.wanted.get_mut(id) {
+            w.touched = now;
+            w.refresh = refresh;
+            return (*w, false);
+        }
+        let w = Wanted {
+            since: now,
+            touched: now,
+            refresh,
+        };
+        self.wanted.insert(id.to_string(), w);
+        if fetched {
+            return (w, false);
+        }
+        let lone = self.walking.is_none()
+            && self.asked.is_none()
+            && self
+                .last_newcomer
+                .is_none_or(|t| now.saturating_duration_since(t) >= LONE_GAP);
+        self.last_newcomer = Some(now);
+        (w, lone)
+    }
+
+    /// `object` waits for the next walk to list `id`; whether that walk is to be asked for
+    /// now (none is under way or asked for).
+    fn wait_for_walk(&mut self, id: &str, object: (&str, &str), now: Instant) -> bool {
+        let waiting = self.waiters.entry(id.to_string()).or_default();
+        if !waiting
+            .iter()
+            .any(|((ns, name), _)| ns == object.0 && name == object.1)
+        {
+            waiting.push(((object.0.to_string(), object.1.to_string()), now));
+        }
+        let ask = self.walking.is_none() && self.asked.is_none();
+        if ask {
+            self.asked = Some(now);
+        }
+        ask
+    }
+}
+
+/// How a walk's end changes a key's sweeps.
+impl State {
+    /// The walk listed the account (`complete`) or what it could before it was cut short:
+    /// who is to show the observation again.
+    fn listed(&mut self, env: &Env, label: &str, complete: bool, now: Instant) -> Vec<Object> {
+        env.metrics
+            .api
+            .sweep(if complete { "ok" } else { "truncated" });
+        self.last_ok = Some(now);
+        self.fail_wake = None;
+        let was_failing = std::mem::take(&mut self.list_failing);
+        // Back from a failure (or from GETs): every watcher shows the observation.
+        let woken = if std::mem::take(&mut self.fail_woken) || was_failing {
+            self.watching_objects()
+        } else {
+            Vec::new()
+        };
+        if self.unavailable_until.take().is_some() || was_failing {
+            info!(
+                key = label,
+                "the PPIO LIST answers again; observing this key's PpioInstances by sweeps"
+            );
+        }
+        // Every key walked has the series (0 while its LIST is served).
+        env.metrics.api.set_list_unavailable(label, false);
+        woken
+    }
+
+    /// The LIST is not served here, or did not end (`endless`): the key's PpioInstances go
+    /// over to GETs (returned, to be woken) until [`LIST_RETRY`] has passed.
+    fn not_usable(&mut self, env: &Env, label: &str, endless: bool, now: Instant) -> Vec<Object> {
+        env.metrics
+            .api
+            .sweep(if endless { "truncated" } else { "unavailable" });
+        if self.unavailable_until.is_none() {
+            let why = if endless {
+                "the PPIO LIST did not end within twice the pages of its last complete walk"
+            } else {
+                "the PPIO LIST call is not available (HTTP 404, 405 or 501)"
+            };
+            warn!(
+                key = label,
+                retry_in_s = LIST_RETRY.as_secs(),
+                "{why}; observing this key's PpioInstances by one GET each instead"
+            );
+        }
+        env.metrics.api.set_list_unavailable(label, true);
+        self.unavailable_until = Some(now + LIST_RETRY);
+        self.list_failing = false;
+        self.items.clear();
+        self.watching_objects()
+    }
+
+    /// A page failed every try. A 429: the key's pause is every PpioInstance's answer until
+    /// it ends. Any other error is never an instance's outcome: GETs observe the key's
+    /// PpioInstances (each as its LIST item goes stale) until a walk succeeds again.
+    fn walk_failed(&mut self, env: &Env, label: &str, e: &PpioError, now: Instant) {
+        env.metrics.api.sweep("error");
+        if matches!(e, PpioError::RateLimited { .. }) {
+            debug!(key = label, error = %e, "a walk over the PPIO LIST was rate limited");
+        } else {
+            if !self.list_failing {
                 warn!(
-                    key = label.as_str(),
+                    key = label,
                     error = %e,
                     "walks over the PPIO LIST fail; observing this key's PpioInstances by one GET each until a walk succeeds again"
                 );
             }
-            env.metrics.api.set_list_unavailable(&label, true);
-            st.list_failing = true;
-            st.arm_fail_wake(now);
-            Some(e)
+            env.metrics.api.set_list_unavailable(label, true);
+            self.list_failing = true;
         }
-    };
-    st.finished = Some((started, error));
-    // Wake who asked before this walk started (their instances were on no page: a GET
-    // decides); the others wait for the next walk, which starts soon.
-    let unavailable = st.unavailable_until.is_some() || st.list_failing;
-    let mut woken = Vec::new();
-    st.waiters.retain(|_, waiting| {
-        waiting.retain(|(object, asked)| {
-            let answered = *asked < started || unavailable;
-            if answered {
-                woken.push(object.clone());
-            }
-            !answered
-        });
-        !waiting.is_empty()
-    });
-    if !st.waiters.is_empty() && st.asked.is_none() {
-        st.asked = Some(now);
+        self.arm_fail_wake(now);
     }
-    drop(st);
-    wake(env, sweep.fingerprint, woken);
-    wake(env, sweep.fingerprint, woken_all);
+
+    /// Who asked before the walk that `started` (their instances were on no page: a GET
+    /// decides), or everyone waiting when the LIST is not usable; the others wait for the
+    /// next walk, asked for here.
+    fn answer_waiters(&mut self, started: Instant, now: Instant) -> Vec<Object> {
+        let unavailable = self.unavailable_until.is_some() || self.list_failing;
+        let mut woken = Vec::new();
+        self.waiters.retain(|_, waiting| {
+            waiting.retain(|(object, asked)| {
+                let answered = *asked < started || unavailable;
+                if answered {
+                    woken.push(object.clone());
+                }
+                !answered
+            });
+            !waiting.is_empty()
+        });
+        if !self.waiters.is_empty() && self.asked.is_none() {
+            self.asked = Some(now);
+        }
+        woken
+    }
 }
 
 /// Records how late the observations of a key's walk came (past their interval), and says
