@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use kube::{Api, Client};
 
-use crate::cli::{ConfigError, parse_namespace};
+use crate::args::{ConfigError, parse_namespace};
 use crate::crd::PpioInstance;
 
 /// How long the readiness request may take.

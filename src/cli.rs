@@ -20,11 +20,12 @@ use crate::controller::{
 use crate::duration::{Human, MAX_REFRESH, MIN_REFRESH, parse_duration_within};
 use crate::leader::LeaderConfig;
 use crate::operator::{DEFAULT_CONCURRENCY, RunConfig};
-use crate::ppio::{
-    ApiKey, DEFAULT_BASE_URL, DEFAULT_REQUEST_TIMEOUT, HttpClient, HttpClientConfig,
-};
+use crate::ppio::ApiKey;
 use crate::server::MetricsAuth;
 use crate::telemetry::{self, LogFormat, LogLevel};
+
+pub use crate::args::{ConfigError, PpioArgs};
+use crate::args::{parse_namespace, parse_timeout};
 
 /// Mirrors PPIO GPU instances into PpioInstance resources.
 #[derive(Debug, Parser)]
@@ -281,63 +282,6 @@ fn parse_horizon(s: &str) -> Result<Human, String> {
     .map_err(|e| e.to_string())
 }
 
-/// How to reach the PPIO API: the options `run` and `import` share.
-#[derive(Debug, Args)]
-pub struct PpioArgs {
-    /// Base URL of the PPIO API.
-    #[arg(long, env = "PPIO_BASE_URL", default_value = DEFAULT_BASE_URL, value_parser = parse_base_url)]
-    pub ppio_base_url: String,
-
-    /// Accept an http:// base URL for a host other than loopback (the API key then travels
-    /// unencrypted; only for a trusted proxy on a private network).
-    #[arg(long, env = "PPIO_ALLOW_INSECURE_HTTP")]
-    pub ppio_allow_insecure_http: bool,
-
-    /// Timeout of one PPIO API request (1s..60s).
-    #[arg(long, env = "PPIO_REQUEST_TIMEOUT", default_value_t = Human(DEFAULT_REQUEST_TIMEOUT), value_parser = parse_timeout, value_name = "DURATION")]
-    pub ppio_request_timeout: Human,
-
-    /// A PEM file of certificate authorities to trust for the PPIO API besides the built-in
-    /// (Mozilla) roots, e.g. a corporate TLS proxy's.
-    #[arg(long, env = "PPIO_CA_FILE", value_name = "PATH")]
-    pub ppio_ca_file: Option<std::path::PathBuf>,
-}
-
-impl PpioArgs {
-    /// The PPIO client these options describe.
-    pub fn client(&self) -> Result<HttpClient, ConfigError> {
-        let extra_roots = match &self.ppio_ca_file {
-            None => Vec::new(),
-            Some(path) => read_roots(path).map_err(|message| ConfigError {
-                flag: "--ppio-ca-file",
-                message,
-            })?,
-        };
-        HttpClient::new(&HttpClientConfig {
-            base_url: self.ppio_base_url.clone(),
-            timeout: self.ppio_request_timeout.0,
-            allow_insecure_http: self.ppio_allow_insecure_http,
-            extra_roots,
-            ..Default::default()
-        })
-        .map_err(|e| ConfigError {
-            flag: "--ppio-base-url",
-            message: e.to_string(),
-        })
-    }
-}
-
-/// The certificates of a PEM bundle; at least one, or why not.
-fn read_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let roots = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|_| format!("{} is not a PEM bundle of certificates", path.display()))?;
-    if roots.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    Ok(roots)
-}
-
 /// `--ppio-observe`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ObserveMode {
@@ -345,14 +289,6 @@ pub enum ObserveMode {
     List,
     /// One GET per PpioInstance per interval.
     Get,
-}
-
-/// A command-line value that passed clap's parsing but cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[error("{flag}: {message}")]
-pub struct ConfigError {
-    pub flag: &'static str,
-    pub message: String,
 }
 
 impl RunArgs {
@@ -423,26 +359,8 @@ impl RunArgs {
     }
 }
 
-/// Checks the URL's form; whether plain http:// is allowed is decided with
-/// --ppio-allow-insecure-http when the configuration is built.
-pub(crate) fn parse_base_url(s: &str) -> Result<String, String> {
-    HttpClient::new(&HttpClientConfig {
-        base_url: s.to_string(),
-        allow_insecure_http: true,
-        ..Default::default()
-    })
-    .map(|_| s.to_string())
-    .map_err(|e| e.to_string())
-}
-
 fn parse_refresh(s: &str) -> Result<Human, String> {
     parse_duration_within(s, MIN_REFRESH, MAX_REFRESH)
-        .map(Human)
-        .map_err(|e| e.to_string())
-}
-
-fn parse_timeout(s: &str) -> Result<Human, String> {
-    parse_duration_within(s, Duration::from_secs(1), Duration::from_secs(60))
         .map(Human)
         .map_err(|e| e.to_string())
 }
@@ -483,21 +401,6 @@ pub fn default_identity() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "ppio-operator".into());
     format!("{host}-{}", std::process::id())
-}
-
-pub(crate) fn parse_namespace(s: &str) -> Result<String, String> {
-    let ok = s.len() <= 63
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "'{s}' is not a valid namespace name (lowercase letters, digits and '-')"
-        ))
-    }
 }
 
 /// Runs a parsed command line; the return value is the process exit code.

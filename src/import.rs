@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use kube::api::ObjectMeta;
 
-use crate::cli::ConfigError;
+use crate::args::ConfigError;
 use crate::crd::{PpioInstance, PpioInstanceSpec, SecretKeyRef};
 use crate::ppio::{ApiKey, ListQuery, PpioApi, PpioError, wire};
 
@@ -28,11 +28,11 @@ const MAX_PAGES: usize = 100_000;
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
     /// The namespace of the manifests.
-    #[arg(long, value_parser = crate::cli::parse_namespace)]
+    #[arg(long, value_parser = crate::args::parse_namespace)]
     pub namespace: String,
 
     #[command(flatten)]
-    pub ppio: crate::cli::PpioArgs,
+    pub ppio: crate::args::PpioArgs,
 
     /// Only instances whose name or id contains this text (the API's `name` filter).
     #[arg(long)]
@@ -76,7 +76,8 @@ pub struct ImportArgs {
 fn parse_secret_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 253
-        && s.split('.').all(|l| crate::cli::parse_namespace(l).is_ok());
+        && s.split('.')
+            .all(|l| crate::args::parse_namespace(l).is_ok());
     if ok {
         Ok(s.to_string())
     } else {

@@ -23,6 +23,7 @@
 //! Test and demo tooling lives in the `ppio-testenv` crate (`crates/testenv`), never here.
 #![forbid(unsafe_code)]
 
+pub mod args;
 pub mod check;
 pub mod cli;
 pub mod controller;

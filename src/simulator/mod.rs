@@ -281,10 +281,10 @@ pub struct SimulatorConfig {
 
 impl SimulateArgs {
     /// Reads the fixtures and checks the keys; starts nothing.
-    pub fn config(self) -> Result<SimulatorConfig, crate::cli::ConfigError> {
+    pub fn config(self) -> Result<SimulatorConfig, crate::args::ConfigError> {
         let instances = match &self.fixtures {
             None => Simulator::samples(),
-            Some(path) => fixtures::read_fixtures(path).map_err(|e| crate::cli::ConfigError {
+            Some(path) => fixtures::read_fixtures(path).map_err(|e| crate::args::ConfigError {
                 flag: "--fixtures",
                 message: e.to_string(),
             })?,
@@ -296,7 +296,7 @@ impl SimulateArgs {
             .filter(|k| !k.is_empty())
             .collect();
         if keys.is_empty() {
-            return Err(crate::cli::ConfigError {
+            return Err(crate::args::ConfigError {
                 flag: "--api-key",
                 message: "give at least one non-empty key".into(),
             });
