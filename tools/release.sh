@@ -25,7 +25,7 @@
 #      qemu-aarch64-static when installed)
 #   2. writes the third-party licence texts (cargo about: every crate of the normal dependency
 #      tree of both platforms) and a CycloneDX SBOM per platform (cargo cyclonedx, from
-#      Cargo.lock)
+#      Cargo.lock; the commit's time, and a serial number made from its content)
 #   3. assembles the image index (tools/oci-archive.sh: one layer per platform with the binary,
 #      user 65532, LICENSE and the licence texts); the same commit gives the same digests
 #   4. packages the chart with image.repository set to REGISTRY/ppio-operator
@@ -196,12 +196,29 @@ if [[ ! -f $licences_kept ]]; then
   mv "$licences_kept.tmp" "$licences_kept"
 fi
 cp "$licences_kept" "$out/THIRD-PARTY-LICENSES.txt"
+# sbom_reproducible FILE: cargo cyclonedx stamps each SBOM with the time and a random serial
+# number; the commit's time, and a serial number made from the content (a name-based UUID),
+# make the same commit give the same SBOMs, as it gives the same image.
+sbom_reproducible() {
+  local file=$1 when hex variant uuid
+  when=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
+  sed -i -E 's/("timestamp": )"[^"]*"/\1"'"$when"'"/; s/("serialNumber": )"[^"]*"/\1""/' "$file"
+  hex=$(sha256sum "$file" | cut -c1-32)
+  variant=$(printf %x $(((0x${hex:16:1} & 3) | 8)))
+  uuid=${hex:0:8}-${hex:8:4}-5${hex:13:3}-$variant${hex:17:3}-${hex:20:12}
+  sed -i -E 's/("serialNumber": )""/\1"urn:uuid:'"$uuid"'"/' "$file"
+  grep -q "\"timestamp\": \"$when\"" "$file" && grep -q "\"serialNumber\": \"urn:uuid:$uuid\"" "$file" || {
+    echo "tools/release.sh: $file: no timestamp or serialNumber to set (a new cargo cyclonedx?)" >&2
+    exit 1
+  }
+}
 step "the SBOMs (cargo cyclonedx, CycloneDX 1.5 JSON)"
 for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
   arch=$(arch_of "$t")
   cargo cyclonedx --format json --spec-version 1.5 --no-build-deps --target "$t" \
     --override-filename "sbom-linux-$arch.cdx" --quiet
   mv "sbom-linux-$arch.cdx.json" "$out/sbom-linux-$arch.cdx.json"
+  sbom_reproducible "$out/sbom-linux-$arch.cdx.json"
   # It writes one beside each workspace crate too (the test helpers): not shipped.
   rm -f crates/*/"sbom-linux-$arch.cdx.json"
 done

@@ -11,8 +11,8 @@
 //! One node for this binary and one test that walks through the steps in order (each needs
 //! the one before): the release is published and checked (both platforms in the registry, the
 //! SBOMs attached, the signatures of image and chart, refused for a stranger's key and for
-//! altered content, the same digest as the earlier build); the image's binary starts in a
-//! container (and the image has no shell),
+//! altered content, the same digest as the earlier build, with the tools at another path);
+//! the image's binary starts in a container (and the image has no shell),
 //! the simulator runs from the same image as a pod behind a Service, `helm install` makes an
 //! Available Deployment whose pod runs as 65532 with a read-only root filesystem, no
 //! capabilities, no privilege escalation and seccomp, passes its probes, reads the CRD with
@@ -883,6 +883,22 @@ async fn release(s: &mut Scene) {
         .env("COSIGN_PASSWORD", "");
     ok(run(c, None), "cosign generate-key-pair (a stranger's)");
 
+    // The release's tools as another machine installs them: at another path, cargo-auditable
+    // a copy of its own (it names itself to cargo by its own path), the others linked. The
+    // image must not change with where they are.
+    let elsewhere = work.join("tools");
+    std::fs::create_dir_all(&elsewhere).expect("tools dir");
+    for entry in std::fs::read_dir(tools_dir()).expect("the tools") {
+        let entry = entry.expect("a tool");
+        let to = elsewhere.join(entry.file_name());
+        if entry.file_name() == "cargo-auditable" {
+            std::fs::copy(entry.path(), &to).expect("copy cargo-auditable");
+        } else {
+            let from = std::fs::canonicalize(entry.path()).expect("a tool's path");
+            std::os::unix::fs::symlink(from, &to).expect("link a tool");
+        }
+    }
+
     let out_dir = work.join("out");
     let mut c = Command::new(Path::new(REPO).join("tools/release.sh"));
     c.args([VERSION, &target, "--key"])
@@ -892,7 +908,7 @@ async fn release(s: &mut Scene) {
         .arg("--out")
         .arg(&out_dir)
         .env("COSIGN_PASSWORD", "")
-        .env("PPIO_TOOLS_BIN", tools_dir());
+        .env("PPIO_TOOLS_BIN", &elsewhere);
     let start = Instant::now();
     let said = run(c, None);
     let stderr = String::from_utf8_lossy(&said.stderr).into_owned();
@@ -910,15 +926,23 @@ async fn release(s: &mut Scene) {
     let _ = INDEX_DIGEST.set(index_digest.clone());
     assert_eq!(env["SIGNED"], "true");
 
-    // The same commit, built twice (here and by tools/test.sh before the tests), gives the
-    // same image digest.
+    // The same commit, built twice (here, with the tools elsewhere, and by tools/test.sh
+    // before the tests), gives the same image digest.
     let before = release_dir();
     if before.join("release.env").is_file() {
         assert_eq!(
             release_env(&before)["IMAGE_INDEX_DIGEST"],
             index_digest,
-            "two builds of the same commit give the same image index"
+            "two builds of the same commit, with the release's tools at two paths, give the same image index"
         );
+        for arch in ["amd64", "arm64"] {
+            let sbom = format!("sbom-linux-{arch}.cdx.json");
+            let read = |dir: &Path| std::fs::read(dir.join(&sbom)).expect("the SBOM");
+            assert!(
+                read(&before) == read(&out_dir),
+                "two builds of the same commit give the same {sbom} (time and serial number)"
+            );
+        }
     } else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
