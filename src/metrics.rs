@@ -40,32 +40,56 @@ pub struct RequestLabels {
     pub class: String,
 }
 
-/// A PpioInstance's labels. The series of one PpioInstance share one copy of its namespace
-/// and name (10,000 PpioInstances have eight series each).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ObjectLabels {
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
+/// A PpioInstance's namespace and name.
+#[derive(Debug, Hash, PartialEq, Eq)]
+pub struct ObjectName {
+    pub namespace: Box<str>,
+    pub name: Box<str>,
+}
+
+/// A PpioInstance's labels (`namespace`, `name`): one pointer to the copy of its names that
+/// all its series share. 10,000 PpioInstances have about a dozen series each, each keyed by
+/// these labels in its family's table, so every byte of the key counts a hundred thousand
+/// times over.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ObjectLabels(Arc<ObjectName>);
+
+impl ObjectLabels {
+    pub fn new(namespace: &str, name: &str) -> ObjectLabels {
+        ObjectLabels(Arc::new(ObjectName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }))
+    }
+}
+
+impl EncodeLabelSet for ObjectLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        [("namespace", &*self.0.namespace), ("name", &*self.0.name)].encode(encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
+    #[prometheus(flatten)]
+    pub object: ObjectLabels,
     pub state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
+    #[prometheus(flatten)]
+    pub object: ObjectLabels,
     pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MoneyLabels {
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
+    #[prometheus(flatten)]
+    pub object: ObjectLabels,
     pub currency: String,
 }
 
@@ -81,8 +105,8 @@ pub const UNKNOWN_CURRENCY: &str = "unknown";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PriceLabels {
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
+    #[prometheus(flatten)]
+    pub object: ObjectLabels,
     pub kind: &'static str,
 }
 
@@ -625,10 +649,7 @@ impl InstanceMetrics {
 
     /// The labels of a PpioInstance: the copy its series already share, or a new one.
     fn labels_of(&self, namespace: &str, name: &str) -> ObjectLabels {
-        let probe = ObjectLabels {
-            namespace: namespace.into(),
-            name: name.into(),
-        };
+        let probe = ObjectLabels::new(namespace, name);
         let mut labels = lock(&self.labels);
         match labels.get(&probe) {
             Some(known) => known.clone(),
@@ -723,8 +744,7 @@ impl InstanceMetrics {
                 ("storage", p.rootfs_storage_price),
             ] {
                 let labels = PriceLabels {
-                    namespace: obj.namespace.clone(),
-                    name: obj.name.clone(),
+                    object: obj.clone(),
                     kind,
                 };
                 match v {
@@ -747,8 +767,7 @@ impl InstanceMetrics {
             .and_then(|c| c.currency.clone())
             .unwrap_or_else(|| UNKNOWN_CURRENCY.to_string());
         let labels = MoneyLabels {
-            namespace: obj.namespace.clone(),
-            name: obj.name.clone(),
+            object: obj.clone(),
             currency: currency.clone(),
         };
         if let Some(old) = lock(&self.currencies).insert(obj.clone(), currency)
@@ -796,8 +815,7 @@ impl InstanceMetrics {
 
     fn forget_money(&self, obj: &ObjectLabels, currency: &str) {
         let labels = MoneyLabels {
-            namespace: obj.namespace.clone(),
-            name: obj.name.clone(),
+            object: obj.clone(),
             currency: currency.to_string(),
         };
         self.hourly_cost.remove(&labels);
@@ -825,10 +843,7 @@ impl InstanceMetrics {
 
     /// Removes every series of a PpioInstance that is gone.
     pub fn forget(&self, namespace: &str, name: &str) {
-        let obj = ObjectLabels {
-            namespace: namespace.into(),
-            name: name.into(),
-        };
+        let obj = ObjectLabels::new(namespace, name);
         lock(&self.labels).remove(&obj);
         if let Some(old) = lock(&self.states).remove(&obj) {
             self.state.remove(&state_labels(&obj, &old));
@@ -847,8 +862,7 @@ impl InstanceMetrics {
         self.spot_reclaim.remove(&obj);
         for kind in ["instance", "base", "storage"] {
             self.price.remove(&PriceLabels {
-                namespace: obj.namespace.clone(),
-                name: obj.name.clone(),
+                object: obj.clone(),
                 kind,
             });
         }
@@ -858,8 +872,7 @@ impl InstanceMetrics {
 /// The labels of a state series; `state` is already a [`safe_label_value`].
 fn state_labels(obj: &ObjectLabels, state: &str) -> StateLabels {
     StateLabels {
-        namespace: obj.namespace.clone(),
-        name: obj.name.clone(),
+        object: obj.clone(),
         state: state.into(),
     }
 }
@@ -892,8 +905,7 @@ fn one_labelled_series<L>(
 /// The labels of a not-synced series; `reason` is already a [`safe_label_value`].
 fn reason_labels(obj: &ObjectLabels, reason: &str) -> ReasonLabels {
     ReasonLabels {
-        namespace: obj.namespace.clone(),
-        name: obj.name.clone(),
+        object: obj.clone(),
         reason: reason.into(),
     }
 }
@@ -1123,8 +1135,7 @@ mod tests {
             .observed_at("ml", "a", std::time::SystemTime::now());
         let first = m.instances.labels_of("ml", "a");
         let again = m.instances.labels_of("ml", "a");
-        assert!(Arc::ptr_eq(&first.name, &again.name));
-        assert!(Arc::ptr_eq(&first.namespace, &again.namespace));
+        assert!(Arc::ptr_eq(&first.0, &again.0));
         assert_eq!(lock(&m.instances.labels).len(), 1);
         m.instances.forget("ml", "a");
         assert!(lock(&m.instances.labels).is_empty());

@@ -329,14 +329,14 @@ impl Sweeps {
             self.unwatch(fp, &old, &entry);
         }
         drop(watching);
-        lock(&sweep.state)
-            .watchers
-            .entry(id.to_string())
-            .or_default()
-            .push(Watcher {
-                object: entry,
-                last_success: None,
-            });
+        let mut st = lock(&sweep.state);
+        let list = st.watchers.entry(id.to_string()).or_default();
+        // Nearly always the one: room for exactly it (a push would make room for four).
+        list.reserve_exact(1);
+        list.push(Watcher {
+            object: entry,
+            last_success: None,
+        });
     }
 
     /// The [`Sweeps::digest`] of the LIST item the sweeps of a key last read for `id`.
@@ -1397,6 +1397,7 @@ impl State {
             .iter()
             .any(|((ns, name), _)| ns == object.0 && name == object.1)
         {
+            waiting.reserve_exact(1);
             waiting.push(((object.0.to_string(), object.1.to_string()), now));
         }
         let ask = self.walking.is_none() && self.asked.is_none();
