@@ -27,6 +27,32 @@ use crate::{ControlPlane, client_for, tools_dir};
 struct Shared {
     kubeconfig: PathBuf,
     _cp: ControlPlane,
+    /// Held until this process exits (a static is never dropped): then its folder goes.
+    _folder: FolderGuard,
+}
+
+/// Removes a folder once this process has exited, whatever way it ends: a shell waits for
+/// the end of a pipe only this process holds, gives the control plane's processes the time
+/// their guards give them to stop (SIGTERM, SIGKILL 5 s later), and removes the folder.
+struct FolderGuard {
+    _pipe: std::process::ChildStdin,
+}
+
+impl FolderGuard {
+    fn new(folder: &Path) -> Result<FolderGuard, String> {
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"read _x; sleep 7; rm -rf -- "$1""#)
+            .arg("sh")
+            .arg(folder)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the folder guard: {e}"))?;
+        let pipe = child.stdin.take().ok_or("the folder guard has no stdin")?;
+        Ok(FolderGuard { _pipe: pipe })
+    }
 }
 
 static CONTROL_PLANE: OnceLock<Result<Shared, String>> = OnceLock::new();
@@ -72,9 +98,12 @@ fn shared() -> &'static Shared {
             let cp = rt
                 .block_on(ControlPlane::start(&tools, Some(&dir), Some(&crds)))
                 .map_err(|e| format!("{e} (build the upstream programs with tools/build.sh)"))?;
+            // From here on (a control plane that did not start keeps its logs for a look).
+            let folder = FolderGuard::new(&dir)?;
             Ok(Shared {
                 kubeconfig: cp.kubeconfig.clone(),
                 _cp: cp,
+                _folder: folder,
             })
         })
         .join()
