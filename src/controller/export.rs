@@ -230,9 +230,8 @@ pub(super) async fn export(
         .service
         .as_ref()
         .map(|s| s.name.clone().unwrap_or_else(|| name.clone()));
-    let plan = service_plan(status, &ctx.settings.exports.deny);
     let service = target
-        .service_export(want_service, &plan, old_service.as_ref())
+        .service_export(want_service, status, old_service.as_ref())
         .await;
 
     {
@@ -625,7 +624,6 @@ impl Target<'_> {
         }
     }
 
-    /// Deletes a connection Secret no longer asked for, when it is ours.
     /// The connection Secret named `want`, if asked for; the one before (`old`) is removed
     /// when it has another name.
     async fn connection_secret(
@@ -640,20 +638,23 @@ impl Target<'_> {
         self.secret(&want?, fetched, old).await
     }
 
-    /// The Service named `want` and its EndpointSlices, if asked for, by `plan`; the ones
-    /// before (`old`) are removed when they have another name.
+    /// The Service named `want` and its EndpointSlices, if asked for, planned from `status`;
+    /// the ones before (`old`) are removed when they have another name.
     async fn service_export(
         &self,
         want: Option<String>,
-        plan: &ServicePlan,
+        status: &PpioInstanceStatus,
         old: Option<&Part>,
     ) -> Option<Part> {
         if let Some(old) = old.filter(|o| Some(&o.name) != want.as_ref()) {
             self.remove_service(&old.name).await;
         }
-        self.service(&want?, plan, old).await
+        let want = want?;
+        let plan = service_plan(status, &self.ctx.settings.exports.deny);
+        self.service(&want, &plan, old).await
     }
 
+    /// Deletes a connection Secret no longer asked for, when it is ours.
     async fn remove_secret(&self, name: &str) {
         let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), self.ns);
         if let Ok(Some(s)) = call("reading the connection Secret", api.get_opt(name)).await

@@ -670,18 +670,14 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
     let due_before = history.due;
     let polled = poll(instance, ctx, refresh, history).await?;
     let next = polled.next;
-    let handled_refresh = if polled.requested || polled.wrote {
-        requested.map(str::to_string)
-    } else {
-        previous.as_ref().and_then(|t| t.handled_refresh.clone())
+    let asked = Asked {
+        refresh_now,
+        requested,
+        due_before,
     };
-    let tracked = Tracked::after_poll(previous, polled, generation, now, refresh_now, due_before);
     ctx.set_tracked(
         &key,
-        Tracked {
-            handled_refresh,
-            ..tracked
-        },
+        Tracked::after_poll(previous, polled, generation, now, asked),
     );
     // Back when the Expiring condition changes by itself, or an export is to be checked
     // again, if that comes first.
@@ -725,6 +721,14 @@ fn history(previous: Option<&Tracked>, generation: Option<i64>, refresh_now: boo
     }
 }
 
+/// What a poll was asked for: a refresh now (`refresh_now`, for the refresh annotation's
+/// value `requested`), and when it was due by its interval (`due_before`).
+struct Asked<'a> {
+    refresh_now: bool,
+    requested: Option<&'a str>,
+    due_before: Option<Instant>,
+}
+
 impl Tracked {
     /// An object seen first since start-up, already observed at its generation: its first
     /// poll is at `at`.
@@ -742,20 +746,24 @@ impl Tracked {
         }
     }
 
-    /// What is remembered after a poll started at `now` (`due_before`: when it was due by
-    /// its interval). The refresh annotation handled stays the one before.
+    /// What is remembered after a poll started at `now`, asked for as `asked` says.
     fn after_poll(
         previous: Option<Tracked>,
         polled: Polled,
         generation: Option<i64>,
         now: Instant,
-        refresh_now: bool,
-        due_before: Option<Instant>,
+        asked: Asked<'_>,
     ) -> Tracked {
-        let last_forced = if refresh_now && polled.requested {
+        let last_forced = if asked.refresh_now && polled.requested {
             Some(now)
         } else {
             previous.as_ref().and_then(|t| t.last_forced)
+        };
+        // The refresh annotation this poll acted on, or the one handled before.
+        let handled_refresh = if polled.requested || polled.wrote {
+            asked.requested.map(str::to_string)
+        } else {
+            previous.and_then(|t| t.handled_refresh)
         };
         let next_poll = match polled.next {
             // The walk it waits for reconciles it when it ends: that reconcile polls.
@@ -766,7 +774,7 @@ impl Tracked {
         // A poll that waits for its budget slot stays due when it was; any other outcome sets
         // a new due time.
         let due = if polled.reserved.is_some() {
-            due_before.or(Some(now))
+            asked.due_before.or(Some(now))
         } else {
             Some(next_poll)
         };
@@ -774,7 +782,7 @@ impl Tracked {
             generation,
             next_poll,
             failures: polled.failures,
-            handled_refresh: previous.and_then(|t| t.handled_refresh),
+            handled_refresh,
             last_forced,
             gone_suspected: polled.gone_suspected,
             reserved: polled.reserved,

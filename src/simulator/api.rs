@@ -163,32 +163,55 @@ pub(super) struct ListQuery {
 }
 
 impl ListQuery {
-    /// Whether the LIST's filters (name or id, status, regions, billing mode) keep `i`.
-    fn matches(&self, i: &Value) -> bool {
+    /// The LIST's filters, read once for all the instances they are matched against.
+    fn filter(&self) -> ListFilter<'_> {
+        fn asked(f: &Option<String>) -> Option<&str> {
+            f.as_deref().filter(|v| !v.is_empty())
+        }
+        ListFilter {
+            name: asked(&self.name),
+            status: asked(&self.status),
+            billing_mode: asked(&self.billing_mode),
+            regions: self
+                .regions
+                .as_deref()
+                .map(|r| {
+                    r.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The filters of a LIST (an empty value filters nothing).
+struct ListFilter<'a> {
+    name: Option<&'a str>,
+    status: Option<&'a str>,
+    billing_mode: Option<&'a str>,
+    regions: Vec<&'a str>,
+}
+
+impl ListFilter<'_> {
+    /// Whether the filters (name or id, status, regions, billing mode) keep `i`.
+    fn keeps(&self, i: &Value) -> bool {
         let str_at = |path: &[&str]| {
             path.iter()
                 .try_fold(i, |v, k| v.get(k))
                 .and_then(Value::as_str)
-                .map(str::to_string)
                 .unwrap_or_default()
         };
-        let asked = |f: &Option<String>| f.clone().filter(|v| !v.is_empty());
-        let regions: Vec<String> = self
-            .regions
-            .as_deref()
-            .map(|r| {
-                r.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-        asked(&self.name)
-            .is_none_or(|n| str_at(&["name"]).contains(&n) || str_at(&["id"]).contains(&n))
-            && asked(&self.status).is_none_or(|s| str_at(&["status", "status"]) == s)
-            && (regions.is_empty() || regions.contains(&str_at(&["region"])))
-            && asked(&self.billing_mode).is_none_or(|m| str_at(&["billing", "mode"]) == m)
+        self.name
+            .is_none_or(|n| str_at(&["name"]).contains(n) || str_at(&["id"]).contains(n))
+            && self
+                .status
+                .is_none_or(|s| str_at(&["status", "status"]) == s)
+            && (self.regions.is_empty() || self.regions.contains(&str_at(&["region"])))
+            && self
+                .billing_mode
+                .is_none_or(|m| str_at(&["billing", "mode"]) == m)
     }
 }
 
@@ -272,7 +295,8 @@ pub(super) async fn list_instances(
     }
     let st = lock(&sim.state);
     // Only the page's items are copied: a walk over many instances reads many pages.
-    let matching: Vec<&Value> = st.instances.values().filter(|i| q.matches(i)).collect();
+    let filter = q.filter();
+    let matching: Vec<&Value> = st.instances.values().filter(|i| filter.keeps(i)).collect();
     let limit = page_size;
     let total = matching.len();
     let sources = page_items(matching, start, limit, fault.endless);
