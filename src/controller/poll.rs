@@ -41,9 +41,6 @@ pub struct Seen {
     pub state: Option<String>,
     /// When PPIO sent it.
     pub observed_at: Option<Instant>,
-    /// When a LIST item that changed the observation (or the status) was applied: a GET's
-    /// answer that came before then is stale. An unchanged item does not make it stale.
-    pub changed_at: Option<Instant>,
     /// The digest of the LIST item the stored status shows.
     pub listed: Option<u64>,
     /// Whether a GET observed the instance since start-up.
@@ -398,7 +395,7 @@ impl<'a> Step<'a> {
         // The key's walks reconcile it when its item changes or goes missing, or when they
         // fail; otherwise it looks again at its next full GET (with full GETs off, after
         // LISTED_RECHECK_INTERVALS). While walks fail, it looks again when its item goes
-        // stale, to show why. A full GET already due waits in the key's line, not here.
+        // stale, to show why. A full GET already due waits for its budget slot, not here.
         let recheck = listed_recheck(&self.seen, full_refresh_intervals, self.refresh, self.now);
         self.walks_list_it = !failing;
         self.listed_next = Some(if failing {
@@ -490,22 +487,19 @@ impl<'a> Step<'a> {
             instance_id: &instance.spec.instance_id,
             urgent: self.is_urgent(),
             namespace: &namespace,
-            newer_than: self.seen.changed_at,
+            newer_than: self.seen.observed_at,
             hand_after,
         };
         ctx.lines.obtain(&self.api_key, self.fingerprint, ask)
     }
 
     /// A poll whose GET waits in the key's line (`guess`: about how long). The line wakes it
-    /// with the answer; it also looks again by itself later, in case no wake comes. The
-    /// controller keeps the earlier of two requeues: this one is set past the poll the
-    /// answer's reconcile asks for, so that a wake that comes leaves no extra reconcile.
+    /// with the answer; it also looks again by itself after twice the guess (not before its
+    /// interval), in case no wake comes. A wake cancels that: the controller keeps the
+    /// earlier of two requeues, and the answer's reconcile asks for the next interval.
     fn queued(&mut self, guess: Duration) -> Polled {
-        // Past the poll the answer's reconcile asks for (about `guess` + an interval from
-        // now), so that it replaces this one. A listed PpioInstance keeps the time it looks
-        // again at its item: the key's walks wake it too.
-        let backstop = (self.refresh.max(SWEEP_WAIT) + guess).saturating_mul(2);
-        let next = self.listed_next.unwrap_or_else(|| jitter(backstop));
+        let backstop = self.refresh.max(SWEEP_WAIT).max(guess.saturating_mul(2));
+        let next = sooner(self.listed_next, jitter(backstop));
         self.poll_on_wake = true;
         self.waiting(next, true)
     }
@@ -644,7 +638,6 @@ impl<'a> Step<'a> {
             observed: last_item,
             state: status_state(Some(observed_state)),
             observed_at: Some(at),
-            changed_at: None,
             listed: last_item.filter(|listed| *listed == as_item),
             fetched: true,
             full_due: Some(if spot {
@@ -695,9 +688,6 @@ async fn apply_listed(
     };
     let wrote = write_status(instance, ctx, observation, Some(at)).await?;
     seen.get_wanted |= changed;
-    if changed || wrote {
-        seen.changed_at = Some(at);
-    }
     seen.observed = Some(digest);
     seen.state = status_state(item.state());
     seen.observed_at = Some(at);
