@@ -424,6 +424,29 @@ impl State {
         // A GET whose answer never came (its task ended unexpectedly) is asked again.
         self.sent
             .retain(|_, at| now.saturating_duration_since(*at) < ANSWER_TTL);
+        self.shrink();
+    }
+
+    /// Gives back the room a burst of waiting requests took (a bulk apply queues every
+    /// PpioInstance of the key at once; a map or queue never shrinks by itself).
+    fn shrink(&mut self) {
+        fn roomy(len: usize, capacity: usize) -> bool {
+            capacity > 64 && capacity > len.saturating_mul(4)
+        }
+        if roomy(self.asks.len(), self.asks.capacity()) {
+            self.asks.shrink_to_fit();
+        }
+        if roomy(self.sent.len(), self.sent.capacity()) {
+            self.sent.shrink_to_fit();
+        }
+        if roomy(self.answers.len(), self.answers.capacity()) {
+            self.answers.shrink_to_fit();
+        }
+        for queue in &mut self.queues {
+            if roomy(queue.len(), queue.capacity()) {
+                queue.shrink_to_fit();
+            }
+        }
     }
 }
 
@@ -772,6 +795,48 @@ mod tests {
             Obtained::Answer(_)
         ));
         assert_eq!(*lock(&fake.asked), ["x", "x"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_line_gives_back_the_room_of_a_bulk_apply_once_served() {
+        let fake = Arc::new(Fake::default());
+        let lines = lines_on(fake.clone(), 1000.0, 1);
+        let names: Vec<String> = (0..2000).map(|n| format!("o{n}")).collect();
+        let ask = |n: &str| GetAsk {
+            object: ObjectRef::new(n).within("ns"),
+            instance_id: "i",
+            urgent: false,
+            namespace: "ns",
+            newer_than: None,
+            hand_after: Some(Instant::now()),
+        };
+        for n in &names {
+            assert!(matches!(
+                lines.obtain(&key(), 1, ask(n)),
+                Obtained::Queued(_)
+            ));
+        }
+        let room = |lines: &Lines| {
+            let line = lines.line(&key(), 1, Instant::now());
+            let st = lock(&line.state);
+            st.asks.capacity() + st.answers.capacity() + st.queues[3].capacity()
+        };
+        assert!(room(&lines) >= 2000 * 2, "{}", room(&lines));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for n in &names {
+            assert!(matches!(
+                lines.obtain(&key(), 1, ask(n)),
+                Obtained::Answer(_)
+            ));
+        }
+        assert_eq!(lock(&fake.asked).len(), 2000);
+        // Served and taken: at its next look the line keeps little room.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(matches!(
+            lines.obtain(&key(), 1, ask("late")),
+            Obtained::Queued(_)
+        ));
+        assert!(room(&lines) < 500, "{}", room(&lines));
     }
 
     #[tokio::test(start_paused = true)]

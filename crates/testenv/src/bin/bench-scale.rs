@@ -28,7 +28,7 @@
 //! walks meanwhile, and how long the newcomers took to show Synced.
 #![forbid(unsafe_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -857,12 +857,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let writes = metric_sum(&op_metrics1, "ppio_status_writes_total", &[])
         - metric_sum(&op_metrics0, "ppio_status_writes_total", &[]);
     let oldest = oldest_observation(&op_metrics1);
+    let reconciles = metric_sum(&op_metrics1, "ppio_reconciles_total", &[])
+        - metric_sum(&op_metrics0, "ppio_reconciles_total", &[]);
+    // How the window's GETs fall on instances: once each, or some fetched again.
+    let mut fetched: BTreeMap<u64, u64> = BTreeMap::new();
+    for (id, count) in &counts1.instances {
+        let before = counts0.instances.get(id).copied().unwrap_or(0);
+        if *count > before {
+            *fetched.entry(count - before).or_default() += 1;
+        }
+    }
     println!("steady state over {secs:.0} s:");
     println!(
         "  PPIO requests per instance per interval: {:.4} ({:.4} GET, {:.4} LIST)",
         per((gets + lists) as f64),
         per(gets as f64),
         per(lists as f64)
+    );
+    println!(
+        "  instances by GETs in the window (GETs: instances): {}",
+        fetched
+            .iter()
+            .map(|(gets, ids)| format!("{gets}: {ids}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  reconciles per instance per interval: {:.4} ({:.2} per GET)",
+        per(reconciles),
+        reconciles / (gets.max(1) as f64)
     );
     println!(
         "  status writes: {writes:.0} ({:.2} per instance per hour)",
