@@ -388,7 +388,7 @@ impl ApiMetrics {
         );
         r.register(
             "key_restarts",
-            "Sweepers of an API key that ended unexpectedly (a panic) and were started again",
+            "Tasks of an API key (its sweeper, its request line) that ended unexpectedly (a panic) and were started again",
             self.key_restarts.clone(),
         );
     }

@@ -22,7 +22,7 @@ pub mod poll;
 pub mod schedule;
 
 pub use keys::{LATENESS_REPORT_GAP, LATENESS_WARNING};
-pub use keys::{budget, ledger, permits, sweep, wakes};
+pub use keys::{budget, ledger, line, permits, sweep, wakes};
 use keys::{key_label, worth_saying};
 
 use std::collections::{BTreeSet, HashMap};
@@ -46,9 +46,10 @@ use crate::ppio::{ApiKey, PpioApi};
 use crate::vocabulary::condition;
 pub use cached::CachedInstance;
 
-pub use budget::{Buckets, Budget, DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND, Reservation};
+pub use budget::{Budget, DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND};
 pub use events::{Transition, transitions};
 pub use ledger::MoneySettings;
+pub use line::Lines;
 pub use poll::{History, Polled, Seen, poll};
 pub use schedule::{
     BACKOFF_BASE, BACKOFF_MAX, CONFIRM_GONE, GONE_POLL, MAX_KEY_PAUSE, MIN_REFRESH_GAP,
@@ -106,8 +107,6 @@ struct Tracked {
     last_forced: Option<Instant>,
     /// The last poll answered "not found" and a second one is due to confirm it.
     gone_suspected: bool,
-    /// A request slot reserved in the key's budget, for the poll at `next_poll`.
-    reserved: Option<Reservation>,
     /// When the next poll is due by its interval (not counting a wait for the budget).
     due: Option<Instant>,
     /// The last observation.
@@ -129,7 +128,8 @@ pub struct Context {
     /// When set, the phases of the full-refresh slots come from this seed instead of the
     /// per-process random one (tests that replay a run; see [`Context::with_phase_seed`]).
     phase_seed: Option<u64>,
-    buckets: Arc<Buckets>,
+    /// Each key's request line: its budget, and the GETs that wait for it.
+    lines: Arc<Lines>,
     /// Each key's walks over its LIST.
     sweeps: sweep::Sweeps,
     /// Each key's catalogue, bills and balance.
@@ -155,23 +155,9 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Context {
         let key_paused_until = Arc::default();
-        let buckets = Arc::default();
-        let sweeps = sweeps(
-            &ppio,
-            &buckets,
-            &settings,
-            &metrics,
-            &key_paused_until,
-            None,
-        );
-        let ledger = ledger(
-            &ppio,
-            &buckets,
-            &settings,
-            &metrics,
-            &key_paused_until,
-            None,
-        );
+        let lines = lines(&ppio, &settings, &metrics, &key_paused_until, None);
+        let sweeps = sweeps(&ppio, &lines, &settings, &metrics, &key_paused_until, None);
+        let ledger = ledger(&ppio, &lines, &settings, &metrics, &key_paused_until, None);
         Context {
             ledger,
             exports: export::Exports::default(),
@@ -182,7 +168,7 @@ impl Context {
             recorder: None,
             tracked: Mutex::new(HashMap::new()),
             key_paused_until,
-            buckets,
+            lines,
             sweeps,
             key_hasher: RandomState::new(),
             phase_seed: None,
@@ -212,9 +198,16 @@ impl Context {
     /// Reconciles a PpioInstance through `waker` as soon as a walk over its key's LIST
     /// answers it (without, it comes back after its refresh interval).
     pub fn with_waker(mut self, waker: Waker) -> Context {
+        self.lines = lines(
+            &self.ppio,
+            &self.settings,
+            &self.metrics,
+            &self.key_paused_until,
+            Some(waker.clone()),
+        );
         self.sweeps = sweeps(
             &self.ppio,
-            &self.buckets,
+            &self.lines,
             &self.settings,
             &self.metrics,
             &self.key_paused_until,
@@ -222,7 +215,7 @@ impl Context {
         );
         self.ledger = ledger(
             &self.ppio,
-            &self.buckets,
+            &self.lines,
             &self.settings,
             &self.metrics,
             &self.key_paused_until,
@@ -237,7 +230,7 @@ impl Context {
         let waker = self.ledger.waker();
         self.ledger = ledger(
             &self.ppio,
-            &self.buckets,
+            &self.lines,
             &self.settings,
             &self.metrics,
             &self.key_paused_until,
@@ -402,10 +395,27 @@ impl Context {
     }
 }
 
+/// The request lines of a controller.
+fn lines(
+    ppio: &Arc<dyn PpioApi>,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    paused: &Arc<Mutex<HashMap<u64, Instant>>>,
+    waker: Option<Waker>,
+) -> Arc<Lines> {
+    Arc::new(Lines::new(line::Env {
+        ppio: ppio.clone(),
+        budget: settings.budget,
+        metrics: metrics.clone(),
+        paused: paused.clone(),
+        waker,
+    }))
+}
+
 /// The sweeps of a controller.
 fn sweeps(
     ppio: &Arc<dyn PpioApi>,
-    buckets: &Arc<Buckets>,
+    lines: &Arc<Lines>,
     settings: &Settings,
     metrics: &Arc<Metrics>,
     paused: &Arc<Mutex<HashMap<u64, Instant>>>,
@@ -413,7 +423,7 @@ fn sweeps(
 ) -> sweep::Sweeps {
     sweep::Sweeps::new(sweep::Env {
         ppio: ppio.clone(),
-        buckets: buckets.clone(),
+        lines: lines.clone(),
         budget: settings.budget,
         metrics: metrics.clone(),
         page_size: match settings.observe {
@@ -437,7 +447,7 @@ fn sweeps(
 /// The books of a controller.
 fn ledger(
     ppio: &Arc<dyn PpioApi>,
-    buckets: &Arc<Buckets>,
+    lines: &Arc<Lines>,
     settings: &Settings,
     metrics: &Arc<Metrics>,
     paused: &Arc<Mutex<HashMap<u64, Instant>>>,
@@ -445,8 +455,7 @@ fn ledger(
 ) -> ledger::Ledger {
     ledger::Ledger::new(ledger::Env {
         ppio: ppio.clone(),
-        buckets: buckets.clone(),
-        budget: settings.budget,
+        lines: lines.clone(),
         metrics: metrics.clone(),
         paused: paused.clone(),
         waker,
@@ -562,14 +571,11 @@ pub fn error_policy(
         handled_refresh: None,
         last_forced: None,
         gone_suspected: false,
-        reserved: None,
         due: None,
         seen: Seen::default(),
     });
     t.failures += 1;
-    // The reserved budget slot went with the failed reconcile, and the status may not show
-    // the last observation.
-    t.reserved = None;
+    // The status may not show the last observation.
     t.seen.listed = None;
     let delay = backoff(t.failures);
     // Watch events during the backoff do not cut it short.
@@ -707,13 +713,6 @@ fn history(previous: Option<&Tracked>, generation: Option<i64>, refresh_now: boo
     History {
         failures: previous.map(|t| t.failures).unwrap_or(0),
         gone_suspected: previous.is_some_and(|t| t.gone_suspected),
-        // A reservation holds for the poll it was made for, and for a refresh request (an
-        // urgent GET) when it is ahead of the routine GETs, as the request's own is: a request
-        // that waits for its slot keeps it, and does not chase a new one at every reconcile.
-        // A spec change reserves anew.
-        reserved: same_spec
-            .and_then(|t| t.reserved)
-            .filter(|r| r.serves(refresh_now)),
         due: same_spec.filter(|_| !refresh_now).and_then(|t| t.due),
         forced: refresh_now,
         // What was observed for another spec (another instance id) does not count.
@@ -740,7 +739,6 @@ impl Tracked {
             handled_refresh: None,
             last_forced: None,
             gone_suspected: false,
-            reserved: None,
             due: Some(at),
             seen: Seen::default(),
         }
@@ -771,9 +769,9 @@ impl Tracked {
             Some(delay) => now + delay,
             None => far_future(now),
         };
-        // A poll that waits for its budget slot stays due when it was; any other outcome sets
-        // a new due time.
-        let due = if polled.reserved.is_some() {
+        // A poll whose GET waits in its key's line stays due when it was; any other outcome
+        // sets a new due time.
+        let due = if polled.queued {
             asked.due_before.or(Some(now))
         } else {
             Some(next_poll)
@@ -785,7 +783,6 @@ impl Tracked {
             handled_refresh,
             last_forced,
             gone_suspected: polled.gone_suspected,
-            reserved: polled.reserved,
             due,
             seen: polled.seen,
         }

@@ -10,13 +10,15 @@ use kube::Resource;
 use tracing::debug;
 
 use super::apply::write_status;
-use super::budget::Reservation;
 use super::credentials::{SECRET_TTL, resolve_key};
+use super::line::{Answer, GetAsk, Obtained};
 use super::schedule::{
     CONFIRM_GONE, GONE_POLL, MAX_KEY_PAUSE, backoff, jitter, jitter_up, poll_interval,
 };
 use super::sweep::{LISTED_RECHECK_INTERVALS, Lookup, Observe, SWEEP_WAIT};
+use super::wakes::Wake;
 use super::{Context, Error};
+
 use kube::ResourceExt;
 
 use crate::crd::PpioInstance;
@@ -24,6 +26,10 @@ use crate::outcome::Retry;
 use crate::ppio::{ApiKey, Instance, PpioError};
 use crate::status::{Failure, Observation};
 use crate::vocabulary::state;
+
+/// How long after a status write its watch event is taken to have reached the controller: an
+/// answer asked for right after the write is not handed over sooner.
+pub const WATCH_LAG: Duration = Duration::from_secs(1);
 
 /// What the controller keeps of the last observation of a PpioInstance, between polls.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -35,6 +41,9 @@ pub struct Seen {
     pub state: Option<String>,
     /// When PPIO sent it.
     pub observed_at: Option<Instant>,
+    /// When a LIST item that changed the observation (or the status) was applied: a GET's
+    /// answer that came before then is stale. An unchanged item does not make it stale.
+    pub changed_at: Option<Instant>,
     /// The digest of the LIST item the stored status shows.
     pub listed: Option<u64>,
     /// Whether a GET observed the instance since start-up.
@@ -58,9 +67,8 @@ pub struct Polled {
     pub requested: bool,
     /// PPIO answered "not found" for the first time; the next poll confirms it.
     pub gone_suspected: bool,
-    /// The request slot reserved in the key's budget for the next poll (it waits for it
-    /// outside any reconcile slot and uses it when it comes back).
-    pub reserved: Option<Reservation>,
+    /// Its GET waits in the key's line (sent by the line, which wakes it with the answer).
+    pub queued: bool,
     /// The observation kept for the next poll.
     pub seen: Seen,
     /// The next reconcile polls, however early it comes: it waits for a walk over the key's
@@ -78,7 +86,7 @@ impl Polled {
             wrote,
             requested: true,
             gone_suspected: false,
-            reserved: None,
+            queued: false,
             seen,
             poll_on_wake: false,
         }
@@ -92,8 +100,6 @@ pub struct History {
     pub failures: u32,
     /// The last poll answered "not found" and was not reported yet.
     pub gone_suspected: bool,
-    /// A request slot reserved earlier in the key's budget.
-    pub reserved: Option<Reservation>,
     /// When this poll was due (its interval), to measure how late it runs.
     pub due: Option<Instant>,
     /// The refresh annotation asks for this poll: a GET, whatever sweeps know.
@@ -118,8 +124,9 @@ impl From<u32> for History {
 ///
 /// The steps: a suspended PpioInstance or one without a usable key is answered at once;
 /// with sweeps, the key's LIST item is applied and decides whether a GET is wanted
-/// ([`Step::by_sweeps`]); a GET waits for the key's pause and budget ([`Step::take_slot`]);
-/// its answer is applied ([`Step::fetched`]) or recorded as a failure ([`failed`]).
+/// ([`Step::by_sweeps`]); a GET waits for the key's pause ([`Step::paused`]) and is asked of
+/// the key's line ([`Step::obtain`]), which answers it now or wakes the PpioInstance with the
+/// answer; the answer is applied ([`Step::fetched`]) or recorded as a failure ([`failed`]).
 pub async fn poll(
     instance: &PpioInstance,
     ctx: &Context,
@@ -136,7 +143,7 @@ pub async fn poll(
             wrote,
             requested: false,
             gone_suspected: false,
-            reserved: None,
+            queued: false,
             seen: Seen::default(),
             poll_on_wake: false,
         });
@@ -155,11 +162,19 @@ pub async fn poll(
     {
         return Ok(done);
     }
-    if let Some(waiting) = step.take_slot() {
+    if let Some(waiting) = step.paused() {
         return Ok(waiting);
     }
-    match step.fetch().await {
-        Ok(observed) => step.fetched(observed).await,
+    let answer = match step.obtain().await {
+        Ok(answer) => answer,
+        Err(waiting) => return Ok(waiting),
+    };
+    let answer = match step.refused_rotated(answer).await {
+        Ok(answer) => answer,
+        Err(waiting) => return Ok(waiting),
+    };
+    match answer.result {
+        Ok(observed) => step.fetched(observed, answer.at).await,
         Err(e) => {
             failed(
                 instance,
@@ -194,7 +209,7 @@ async fn without_key(
         wrote,
         requested: false,
         gone_suspected: false,
-        reserved: None,
+        queued: false,
         seen: history.seen,
         poll_on_wake: false,
     })
@@ -210,7 +225,6 @@ struct Step<'a> {
     now: Instant,
     failures: u32,
     gone_suspected: bool,
-    reserved: Option<Reservation>,
     due: Option<Instant>,
     forced: bool,
     seen: Seen,
@@ -253,7 +267,6 @@ impl<'a> Step<'a> {
             now: Instant::now(),
             failures: history.failures,
             gone_suspected: history.gone_suspected,
-            reserved: history.reserved,
             due: history.due,
             forced: history.forced,
             seen: history.seen,
@@ -265,15 +278,16 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// A poll that sends nothing now: back after `next`, keeping `reserved`.
-    fn waiting(&mut self, next: Duration, reserved: Option<Reservation>) -> Polled {
+    /// A poll that sends nothing now: back after `next` (`queued`: its GET waits in the key's
+    /// line).
+    fn waiting(&mut self, next: Duration, queued: bool) -> Polled {
         Polled {
             next: Some(next),
             failures: self.failures,
             wrote: self.wrote,
             requested: false,
             gone_suspected: self.gone_suspected,
-            reserved,
+            queued,
             seen: std::mem::take(&mut self.seen),
             poll_on_wake: self.poll_on_wake,
         }
@@ -308,7 +322,7 @@ impl<'a> Step<'a> {
         }
         if !self.get_now {
             let next = self.listed_next.unwrap_or_else(|| jitter(self.refresh));
-            return Ok(Some(self.waiting(next, None)));
+            return Ok(Some(self.waiting(next, false)));
         }
         Ok(None)
     }
@@ -384,7 +398,7 @@ impl<'a> Step<'a> {
         // The key's walks reconcile it when its item changes or goes missing, or when they
         // fail; otherwise it looks again at its next full GET (with full GETs off, after
         // LISTED_RECHECK_INTERVALS). While walks fail, it looks again when its item goes
-        // stale, to show why. A full GET already due waits for its budget slot, not here.
+        // stale, to show why. A full GET already due waits in the key's line, not here.
         let recheck = listed_recheck(&self.seen, full_refresh_intervals, self.refresh, self.now);
         self.walks_list_it = !failing;
         self.listed_next = Some(if failing {
@@ -420,7 +434,7 @@ impl<'a> Step<'a> {
             wrote,
             requested: false,
             gone_suspected: self.gone_suspected,
-            reserved: None,
+            queued: false,
             seen: std::mem::take(&mut self.seen),
             poll_on_wake: true,
         })
@@ -449,63 +463,87 @@ impl<'a> Step<'a> {
         seen.get_wanted || transitional || full_due || spot_due || export_due
     }
 
-    /// A GET is wanted right after a status write: it follows once the watch brings the
-    /// status just written, at its slot of the key's budget, taken now. After a bulk apply
-    /// each PpioInstance comes back once, at its slot, not once more just to take one.
+    /// A GET is wanted right after a status write: it is asked of the key's line now (it
+    /// keeps its place from now on), and its answer is handed over once the watch has
+    /// brought the status just written ([`WATCH_LAG`]), so that it is applied on top of that
+    /// status, not of the one before. The line wakes the PpioInstance with the answer.
     fn back_for_get(&mut self) -> Polled {
-        let ctx = self.ctx;
-        let is_urgent = self.is_urgent();
-        let slot = match self.reserved {
-            Some(r) if r.serves(is_urgent) => Some(r),
-            _ if ctx.key_pause(&self.api_key).is_none() => Some(reserve_get(
-                ctx,
-                self.instance,
-                self.fingerprint,
-                self.now,
-                is_urgent,
-            )),
-            _ => None,
+        let hand_after = Some(self.now + WATCH_LAG);
+        let guess = match self.ask_line(hand_after) {
+            Obtained::Queued(guess) => guess,
+            // An answer that came meanwhile is dropped (it would go on top of the status
+            // before this one): the GET is asked again.
+            Obtained::Answer(_) | Obtained::Now => match self.ask_line(hand_after) {
+                Obtained::Queued(guess) => guess,
+                _ => Duration::ZERO,
+            },
         };
-        // Come back when the slot has come, counting the walk pages that go first.
-        let wait = slot.map_or(Duration::ZERO, |r| {
-            slot_wait(ctx, self.fingerprint, r, self.now)
-        });
-        let next = sooner(self.listed_next, wait).max(Duration::from_secs(1));
+        self.queued(guess)
+    }
+
+    /// The GET's ask of the key's line.
+    fn ask_line(&self, hand_after: Option<Instant>) -> Obtained {
+        let (instance, ctx) = (self.instance, self.ctx);
+        let namespace = instance.namespace().unwrap_or_default();
+        let ask = GetAsk {
+            object: Wake::new(&instance.name_any()).within(&namespace),
+            instance_id: &instance.spec.instance_id,
+            urgent: self.is_urgent(),
+            namespace: &namespace,
+            newer_than: self.seen.changed_at,
+            hand_after,
+        };
+        ctx.lines.obtain(&self.api_key, self.fingerprint, ask)
+    }
+
+    /// A poll whose GET waits in the key's line (`guess`: about how long). The line wakes it
+    /// with the answer; it also looks again by itself later, in case no wake comes. The
+    /// controller keeps the earlier of two requeues: this one is set past the poll the
+    /// answer's reconcile asks for, so that a wake that comes leaves no extra reconcile.
+    fn queued(&mut self, guess: Duration) -> Polled {
+        // Past the poll the answer's reconcile asks for (about `guess` + an interval from
+        // now), so that it replaces this one. A listed PpioInstance keeps the time it looks
+        // again at its item: the key's walks wake it too.
+        let backstop = (self.refresh.max(SWEEP_WAIT) + guess).saturating_mul(2);
+        let next = self.listed_next.unwrap_or_else(|| jitter(backstop));
         self.poll_on_wake = true;
-        self.waiting(next, slot)
+        self.waiting(next, true)
     }
 
     fn is_urgent(&self) -> bool {
         urgent(self.instance, &self.seen, self.forced, self.gone_suspected)
     }
 
-    /// The key's pause and budget: `Some` when the GET must wait for them.
-    ///
-    /// A slot reserved earlier, or the next free one. A poll never waits for its slot inside
-    /// a reconcile (that would hold a reconcile permit): it comes back when the slot is due,
-    /// and keeps it until then. Sweeps of the key's LIST go first: a slot moves later by each
-    /// page they take meanwhile. A routine slot reserved earlier is given up when the GET
-    /// became urgent meanwhile (a transition began while it waited for its full refresh).
-    fn take_slot(&mut self) -> Option<Polled> {
+    /// The key's pause: `Some` when the GET must wait for it. Another object using this key
+    /// was told to wait (429 Retry-After): so do we. A listed instance looks again when its
+    /// item goes stale, to show the pause then.
+    fn paused(&mut self) -> Option<Polled> {
+        let until = self.ctx.key_pause(&self.api_key)?;
+        let delay = until.saturating_duration_since(self.now) + jitter_up(Duration::from_secs(1));
+        let next = sooner(self.listed_next, delay);
+        Some(self.waiting(next, false))
+    }
+
+    /// The GET, asked of the key's line: its answer when one that waited came, or sent now
+    /// when the budget allows it. `Err`: it waits in the line ([`Step::queued`]). A GET that
+    /// waits keeps its place however often it is asked again, and moves ahead when it became
+    /// urgent meanwhile (a transition began).
+    async fn obtain(&mut self) -> Result<Answer, Polled> {
         let ctx = self.ctx;
-        if let Some(until) = ctx.key_pause(&self.api_key) {
-            // Another object using this key was told to wait (429 Retry-After): so do we. A
-            // listed instance looks again when its item goes stale, to show the pause then.
-            let delay =
-                until.saturating_duration_since(self.now) + jitter_up(Duration::from_secs(1));
-            let next = sooner(self.listed_next, delay);
-            return Some(self.waiting(next, None));
-        }
-        let is_urgent = self.is_urgent();
-        let slot = match self.reserved {
-            Some(r) if r.serves(is_urgent) => r,
-            _ => reserve_get(ctx, self.instance, self.fingerprint, self.now, is_urgent),
+        let answer = match self.ask_line(None) {
+            Obtained::Answer(answer) => *answer,
+            Obtained::Now => {
+                let result = ctx
+                    .lines
+                    .get(&self.api_key, &self.instance.spec.instance_id)
+                    .await;
+                Answer {
+                    result,
+                    at: Instant::now(),
+                }
+            }
+            Obtained::Queued(guess) => return Err(self.queued(guess)),
         };
-        if let Err(moved) = ctx.buckets.redeem(self.fingerprint, slot, self.now) {
-            let wait = slot_wait(ctx, self.fingerprint, moved, self.now);
-            let next = sooner(self.listed_next, wait);
-            return Some(self.waiting(next, Some(moved)));
-        }
         if let Some(due) = self.due
             && ctx.settings.observe == Observe::Get
         {
@@ -515,30 +553,33 @@ impl<'a> Step<'a> {
                 self.refresh,
             );
         }
-        None
+        Ok(answer)
     }
 
-    /// The GET. A key refused (401) may just have been rotated: the Secret is read again, and
-    /// the GET tried once more when it holds another key.
-    async fn fetch(&self) -> Result<Instance, PpioError> {
+    /// A key refused (401) may just have been rotated: the Secret is read again, and the GET
+    /// asked once more of the line of the key it holds now, when that is another.
+    async fn refused_rotated(&mut self, answer: Answer) -> Result<Answer, Polled> {
         let (instance, ctx) = (self.instance, self.ctx);
-        let result = get_instance(ctx, &self.api_key, instance).await;
-        if matches!(result, Err(PpioError::Unauthorized))
-            && let Some(sref) = &instance.spec.credentials_secret_ref
-        {
-            ctx.secrets
-                .forget(&instance.namespace().unwrap_or_default(), &sref.name);
-            if let Ok(Ok(fresh)) = resolve_key(instance, ctx).await
-                && fresh != self.api_key
-            {
-                return get_instance(ctx, &fresh, instance).await;
-            }
+        let Some(sref) = &instance.spec.credentials_secret_ref else {
+            return Ok(answer);
+        };
+        if !matches!(answer.result, Err(PpioError::Unauthorized)) {
+            return Ok(answer);
         }
-        result
+        ctx.secrets
+            .forget(&instance.namespace().unwrap_or_default(), &sref.name);
+        match resolve_key(instance, ctx).await {
+            Ok(Ok(fresh)) if fresh != self.api_key => {
+                self.fingerprint = ctx.fingerprint(&fresh);
+                self.api_key = fresh;
+                self.obtain().await
+            }
+            _ => Ok(answer),
+        }
     }
 
     /// A GET's answer: the status written, the observation kept, and when to look again.
-    async fn fetched(mut self, observed: Instance) -> Result<Polled, Error> {
+    async fn fetched(mut self, observed: Instance, at: Instant) -> Result<Polled, Error> {
         let (instance, ctx, refresh) = (self.instance, self.ctx, self.refresh);
         let observed_state = observed.state().unwrap_or_default().to_string();
         let spot = is_spot(instance)
@@ -547,7 +588,6 @@ impl<'a> Step<'a> {
                 .as_ref()
                 .and_then(|b| b.mode.as_ref())
                 .is_some_and(|m| m.0 == "spot");
-        let at = Instant::now();
         let wrote = write_status(instance, ctx, Observation::Instance(&observed), Some(at)).await?
             || self.wrote;
         let Observe::List {
@@ -604,6 +644,7 @@ impl<'a> Step<'a> {
             observed: last_item,
             state: status_state(Some(observed_state)),
             observed_at: Some(at),
+            changed_at: None,
             listed: last_item.filter(|listed| *listed == as_item),
             fetched: true,
             full_due: Some(if spot {
@@ -654,6 +695,9 @@ async fn apply_listed(
     };
     let wrote = write_status(instance, ctx, observation, Some(at)).await?;
     seen.get_wanted |= changed;
+    if changed || wrote {
+        seen.changed_at = Some(at);
+    }
     seen.observed = Some(digest);
     seen.state = status_state(item.state());
     seen.observed_at = Some(at);
@@ -686,7 +730,7 @@ async fn failed(
                 wrote: false,
                 requested: true,
                 gone_suspected: true,
-                reserved: None,
+                queued: false,
                 seen,
                 poll_on_wake: false,
             });
@@ -715,23 +759,6 @@ async fn failed(
     // The status no longer shows the last observation: apply the next one in full.
     seen.listed = None;
     Ok(Polled::sent(delay, failures, wrote, seen))
-}
-
-/// `GET /gpus/v2/instances/{id}`, counted in the request metrics.
-async fn get_instance(
-    ctx: &Context,
-    key: &crate::ppio::ApiKey,
-    instance: &PpioInstance,
-) -> Result<crate::ppio::Instance, PpioError> {
-    let start = Instant::now();
-    let result = ctx.ppio.get_instance(key, &instance.spec.instance_id).await;
-    let class = result
-        .as_ref()
-        .map_or_else(PpioError::request_class, |_| "2xx");
-    ctx.metrics
-        .api
-        .request(class, start.elapsed().as_secs_f64());
-    result
 }
 
 /// The PpioInstance no longer takes a LIST item (suspended, or without a usable key).
@@ -785,32 +812,6 @@ fn urgent(instance: &PpioInstance, seen: &Seen, forced: bool, gone_suspected: bo
         || seen.get_wanted
         || observed.is_some_and(state::is_transitional)
         || (!seen.fetched && !fetched_before(instance))
-}
-
-/// How long a GET waits for its reserved slot, counting the walk pages that go first
-/// ([`super::sweep::Sweeps::slot_wait`]).
-fn slot_wait(ctx: &Context, fingerprint: u64, r: Reservation, now: Instant) -> Duration {
-    ctx.sweeps
-        .slot_wait(fingerprint, r.slot.saturating_duration_since(now))
-}
-
-/// A slot of the key's budget for a GET: ahead of the routine ones when `urgent`, else in
-/// the namespace's fair share of the routine ones.
-fn reserve_get(
-    ctx: &Context,
-    instance: &PpioInstance,
-    fingerprint: u64,
-    now: Instant,
-    urgent: bool,
-) -> Reservation {
-    if urgent {
-        ctx.buckets
-            .reserve_ahead(ctx.settings.budget, fingerprint, now)
-    } else {
-        let namespace = instance.metadata.namespace.as_deref().unwrap_or_default();
-        ctx.buckets
-            .reserve_fair(ctx.settings.budget, fingerprint, namespace, now)
-    }
 }
 
 /// Whether the stored status shows a spot instance (its reclaim notice needs a GET every

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::mock::*;
 use kube::core::DeserializeGuard;
-use ppio_operator::controller::{Budget, CachedInstance, History, Reservation, poll, reconcile};
+use ppio_operator::controller::{Budget, CachedInstance, History, poll, reconcile};
 use ppio_operator::crd::SecretKeyRef;
 use ppio_operator::simulator::{BodyFault, Fault};
 use serde_json::json;
@@ -481,66 +481,51 @@ async fn a_malformed_object_does_not_stop_the_others() {
 
 #[ppio_test_macros::test]
 async fn instances_sharing_a_key_share_its_request_budget() {
-    // One request per 4 s, no burst: slots far apart, so that how long the first poll's
-    // request takes on a busy machine does not matter (the client gives up after 2 s).
-    let interval = Duration::from_secs(4);
+    // One request per second, no burst.
     let budget = ppio_operator::controller::Budget {
-        per_second: Some(0.25),
+        per_second: Some(1.0),
         burst: 1,
     };
     let h = harness_with_budget(Some(KEY), budget).await;
-    // Four polls: one goes now, the others are given the next slots, one interval apart, and
-    // come back for them (none waits inside its reconcile).
+    // Four polls: one sends its GET now; the others are queued in the key's line, which
+    // sends them at the budget's pace (none waits inside its reconcile).
     let first = poll(&instance("i0", None), &h.ctx, REFRESH, 0)
         .await
         .expect("poll");
-    assert!(first.requested && first.reserved.is_none());
-    // The clock stands still from here (the next polls send no request), so the waits they
-    // are given are exact: each one interval after the one before.
-    tokio::time::pause();
-    let mut deferred: Vec<(u32, Duration, Reservation)> = Vec::new();
+    assert!(first.requested && !first.queued);
+    let started = tokio::time::Instant::now();
     for n in 1..4u32 {
         let p = poll(&instance(&format!("i{n}"), None), &h.ctx, REFRESH, 0)
             .await
             .expect("poll");
-        assert!(!p.requested, "i{n} went past the budget");
-        let wait = p.next.expect("requeue");
-        let reserved = p.reserved.expect("a reserved slot");
-        assert!(
-            wait > Duration::ZERO && wait <= interval * n,
-            "i{n} waits {wait:?} for slot {n}"
-        );
-        if let Some((_, before_wait, before)) = deferred.last() {
-            assert_eq!(wait - *before_wait, interval, "i{n}: the next slot");
-            assert_eq!(reserved.slot - before.slot, interval, "i{n}: the next slot");
-        }
-        deferred.push((n, wait, reserved));
+        assert!(!p.requested && p.queued, "i{n} went past the budget");
+        assert!(p.next.is_some_and(|n| n > Duration::ZERO), "{p:?}");
     }
-    assert_eq!(h.sim.requests_for("ca338f12f3"), 1);
-    // Just before its slot a reservation still waits.
-    let (n, last_wait, reserved) = deferred[2];
-    tokio::time::advance(last_wait - Duration::from_millis(1)).await;
-    let early = History {
-        reserved: Some(reserved),
-        ..History::default()
-    };
-    let p = poll(&instance(&format!("i{n}"), None), &h.ctx, REFRESH, early)
+    // Asked again while it waits, a GET keeps its place: nothing more is sent.
+    let again = poll(&instance("i1", None), &h.ctx, REFRESH, 0)
         .await
         .expect("poll");
-    assert!(!p.requested, "i{n} went before its slot");
-    // At their slots they poll without taking more of the budget (in real time again, for
-    // the requests they send).
-    tokio::time::advance(Duration::from_millis(1)).await;
-    tokio::time::resume();
-    for (n, _, reserved) in deferred {
-        let history = History {
-            reserved: Some(reserved),
-            ..History::default()
-        };
-        let p = poll(&instance(&format!("i{n}"), None), &h.ctx, REFRESH, history)
+    assert!(!again.requested && again.queued);
+    assert!(h.sim.requests_for("ca338f12f3") <= 2);
+    // The line sends the three, one a second.
+    while h.sim.requests_for("ca338f12f3") < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the line sent them"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        started.elapsed()
+    );
+    // Each PpioInstance, polled again, takes its answer: no request of its own.
+    for n in 1..4u32 {
+        let p = poll(&instance(&format!("i{n}"), None), &h.ctx, REFRESH, 0)
             .await
             .expect("poll");
-        assert!(p.requested, "i{n} used its slot");
+        assert!(p.requested && !p.queued && p.wrote, "i{n}: {p:?}");
     }
     assert_eq!(h.sim.requests_for("ca338f12f3"), 4);
 }

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::budget::{Buckets, Budget};
+use super::line::{Class, Lines};
 use super::wakes::Waker;
 use crate::lock;
 use crate::metrics::Metrics;
@@ -146,8 +146,7 @@ struct Entry {
 /// What the key's books read with.
 pub(in crate::controller) struct Env {
     pub ppio: Arc<dyn PpioApi>,
-    pub buckets: Arc<Buckets>,
-    pub budget: Budget,
+    pub lines: Arc<Lines>,
     pub metrics: Arc<Metrics>,
     pub paused: Arc<Mutex<HashMap<u64, Instant>>>,
     pub waker: Option<Waker>,
@@ -442,33 +441,26 @@ fn next_read(settings: &MoneySettings, st: &BookState, now: Instant) -> (Read, I
     }
 }
 
-/// Waits for a slot of the key's budget (routine: after the GETs and walk pages that observe
-/// instances) and for the key's pause (a 429 on its instance calls).
-async fn take_slot(env: &Env, fingerprint: u64) {
-    let mut r = env
-        .buckets
-        .reserve_slot(env.budget, fingerprint, Instant::now());
-    loop {
-        let paused = lock(&env.paused).get(&fingerprint).copied();
-        let at = paused.map_or(r.slot, |p| p.max(r.slot));
-        if at > Instant::now() {
-            tokio::time::sleep_until(at).await;
-        }
-        match env.buckets.redeem(fingerprint, r, Instant::now()) {
-            Ok(()) => return,
-            Err(moved) => r = moved,
-        }
+/// Waits for the key's pause (a 429 on its instance calls) and a slot of the key's budget
+/// (routine: after the GETs and walk pages that observe instances).
+async fn take_slot(env: &Env, books: &Books) {
+    let paused = lock(&env.paused).get(&books.fingerprint).copied();
+    if let Some(until) = paused.filter(|t| *t > Instant::now()) {
+        tokio::time::sleep_until(until).await;
     }
+    env.lines
+        .slot(&books.key, books.fingerprint, Class::Routine)
+        .await;
 }
 
 /// One money call, in the key's budget, counted in `ppio_api_requests{endpoint}`.
 async fn call<T>(
     env: &Env,
-    fingerprint: u64,
+    books: &Books,
     endpoint: &str,
     request: impl std::future::Future<Output = Result<T, PpioError>>,
 ) -> Result<T, PpioError> {
-    take_slot(env, fingerprint).await;
+    take_slot(env, books).await;
     let start = Instant::now();
     let result = request.await;
     let class = result
@@ -481,13 +473,7 @@ async fn call<T>(
 }
 
 async fn read_catalogue(env: &Env, books: &Books) {
-    let result = call(
-        env,
-        books.fingerprint,
-        "products",
-        env.ppio.products(&books.key),
-    )
-    .await;
+    let result = call(env, books, "products", env.ppio.products(&books.key)).await;
     let now = Instant::now();
     let mut st = lock(&books.state);
     st.next_catalogue = match result {
@@ -561,14 +547,7 @@ async fn read_sliced(
             BillKind::PayAsYouGo => "bills",
             BillKind::Prepaid => "monthly_bills",
         };
-        match call(
-            env,
-            books.fingerprint,
-            endpoint,
-            env.ppio.bills(&books.key, &query),
-        )
-        .await
-        {
+        match call(env, books, endpoint, env.ppio.bills(&books.key, &query)).await {
             Ok(t) => totals.merge(t),
             Err(PpioError::TooLarge { limit }) => {
                 match w.halves().filter(|_| w.end - w.start > MIN_SLICE) {
@@ -589,13 +568,7 @@ async fn read_balance(env: &Env, books: &Books) {
     if lock(&books.state).balance == Balance::NotServed {
         return;
     }
-    let result = call(
-        env,
-        books.fingerprint,
-        "balance",
-        env.ppio.balance(&books.key),
-    )
-    .await;
+    let result = call(env, books, "balance", env.ppio.balance(&books.key)).await;
     let mut st = lock(&books.state);
     match result {
         Ok(amount) => {

@@ -1,8 +1,11 @@
 //! The per-key side of the controller: what each API key owns, shared by every PpioInstance
 //! that uses it.
 //!
-//! - [`budget`]: the key's request budget (token bucket, its lines: walk pages, urgent GETs,
-//!   the fair line, routine GETs);
+//! - [`budget`]: the key's request budget (a rate with a burst) and the namespaces' fair
+//!   shares of it;
+//! - [`line`]: the key's request line, the one task that hands out the budget (walk pages,
+//!   urgent GETs, the fair line, routine GETs and money calls, in that order), sends the GETs
+//!   that waited and keeps their answers;
 //! - [`sweep`]: the key's walks over its LIST, its plan (walks or GETs, their period, the
 //!   full-refresh stretch), and the sweeper task that runs them;
 //! - [`ledger`]: the key's catalogue, bills and balance;
@@ -14,6 +17,7 @@
 
 pub mod budget;
 pub mod ledger;
+pub mod line;
 pub mod permits;
 pub mod sweep;
 pub mod wakes;

@@ -7,7 +7,8 @@
 //!   and sooner when a PpioInstance waits for its first observation (debounced by
 //!   [`SWEEP_DEBOUNCE`]), so a bulk apply is observed within seconds: a waiting PpioInstance
 //!   is reconciled as soon as the page with its instance is read.
-//! - Pages take the key's budget before any GET ([`super::budget::Buckets::reserve_first`]).
+//! - Pages take the key's budget before any GET (the first class of the key's line,
+//!   [`super::line`]).
 //! - Only the items of instances some PpioInstance asked for are kept, each with the time its
 //!   page was read. A walk over a changing list can skip items: an instance missing from a
 //!   walk is looked up by a GET, never taken for gone.
@@ -31,7 +32,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::budget::{Buckets, Budget};
+use super::budget::Budget;
+use super::line::{Class, Lines};
 use super::wakes::{Wake, Waker};
 use crate::controller::schedule::{MAX_KEY_PAUSE, backoff, jitter};
 use crate::lock;
@@ -119,7 +121,7 @@ pub enum Lookup {
 /// What a key's sweeper uses.
 pub(in crate::controller) struct Env {
     pub ppio: Arc<dyn PpioApi>,
-    pub buckets: Arc<Buckets>,
+    pub lines: Arc<Lines>,
     pub budget: Budget,
     pub metrics: Arc<Metrics>,
     pub page_size: u32,
@@ -469,32 +471,6 @@ impl Sweeps {
         Lookup::Wait
     }
 
-    /// How long a GET waits for a slot of the key's budget `wait` ahead: sweeps go first,
-    /// and each page they read meanwhile moves the slot one request later. That is the pages
-    /// the walk in progress has yet to read (as many as the last walk read), and the share of
-    /// the budget the next walks take while the GET waits. The GET then comes back about
-    /// when its slot has come, not once more for each walk it waited through.
-    pub(in crate::controller) fn slot_wait(&self, fingerprint: u64, wait: Duration) -> Duration {
-        let Some(per_page) = self.env.budget.interval().filter(|_| !wait.is_zero()) else {
-            return wait;
-        };
-        let Some(sweep) = lock(&self.env.keys).get(&fingerprint).cloned() else {
-            return wait;
-        };
-        let st = lock(&sweep.state);
-        if st.stopped || st.pages == 0 || st.period.is_zero() || st.unavailable_until.is_some() {
-            return wait;
-        }
-        let ahead = match st.walking {
-            Some(_) => st.pages.saturating_sub(st.walk_pages),
-            None => 0,
-        };
-        let walk = per_page.saturating_mul(st.pages).as_secs_f64();
-        // The period as last reckoned: working it out here would go over every wanted id.
-        let share = (walk / st.period.as_secs_f64()).min(0.9);
-        per_page.saturating_mul(ahead) + wait.div_f64(1.0 - share)
-    }
-
     /// The sweeps of a key, started on first use (and again after they stopped, idle).
     fn key_sweep(&self, key: &ApiKey, fingerprint: u64) -> Arc<KeySweep> {
         let mut keys = lock(&self.env.keys);
@@ -536,7 +512,7 @@ fn retire(env: &Env, sweep: &Arc<KeySweep>) {
         .is_some_and(|s| Arc::ptr_eq(s, sweep))
     {
         keys.remove(&sweep.fingerprint);
-        env.buckets.forget(sweep.fingerprint);
+        env.lines.forget(sweep.fingerprint);
         lock(&env.paused).remove(&sweep.fingerprint);
         env.metrics.api.forget_key(&sweep.label());
     }
@@ -962,12 +938,9 @@ async fn read_page(
         if let Some(until) = paused.filter(|t| *t > Instant::now()) {
             tokio::time::sleep_until(until).await;
         }
-        let wait = env
-            .buckets
-            .reserve_first(env.budget, sweep.fingerprint, Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
+        env.lines
+            .slot(&sweep.key, sweep.fingerprint, Class::Page)
+            .await;
         let start = Instant::now();
         let result = env.ppio.list_instances(&sweep.key, query).await;
         let class = result
