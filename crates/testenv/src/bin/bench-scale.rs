@@ -854,11 +854,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lists = counts1.list - counts0.list;
     let intervals = secs / 60.0;
     let per = |x: f64| x / n as f64 / intervals;
-    let writes = metric_sum(&op_metrics1, "ppio_status_writes_total", &[])
-        - metric_sum(&op_metrics0, "ppio_status_writes_total", &[]);
+    // How much an operator metric grew over the window.
+    let grew =
+        |name: &str| metric_sum(&op_metrics1, name, &[]) - metric_sum(&op_metrics0, name, &[]);
+    let writes = grew("ppio_status_writes_total");
     let oldest = oldest_observation(&op_metrics1);
-    let reconciles = metric_sum(&op_metrics1, "ppio_reconciles_total", &[])
-        - metric_sum(&op_metrics0, "ppio_reconciles_total", &[]);
+    let reconciles = grew("ppio_reconciles_total");
     // How the window's GETs fall on instances: once each, or some fetched again.
     let mut fetched: BTreeMap<u64, u64> = BTreeMap::new();
     for (id, count) in &counts1.instances {
@@ -913,8 +914,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         secret_gets(&api_metrics1) - secret_gets(&api_metrics0)
     );
     if exports > 0 {
-        let export_writes = metric_sum(&op_metrics1, "ppio_export_writes_total", &[])
-            - metric_sum(&op_metrics0, "ppio_export_writes_total", &[]);
+        let export_writes = grew("ppio_export_writes_total");
         let writes = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
         let reads = ["GET", "LIST"];
         println!(
