@@ -269,6 +269,11 @@ pub fn bind_failed(log: &Path) -> bool {
 /// How many times a server is started on a new port when its port was taken.
 pub const PORT_ATTEMPTS: usize = 5;
 
+/// The Services' addresses of a control plane that serves a node (its
+/// `--service-cluster-ip-range`; the node's kube-proxy and teardown know it as
+/// `node::SERVICE_CIDR`).
+pub const NODE_SERVICE_CIDR: &str = "10.0.0.0/24";
+
 /// How [`ControlPlane::start_with`] sets up kube-apiserver. The default is the control plane
 /// of the end-to-end tests: loopback only, RBAC only, no ServiceAccount admission and no
 /// `kubernetes` Service endpoints (no pod ever runs).
@@ -414,7 +419,7 @@ impl ControlPlane {
                 format!(
                     "--service-cluster-ip-range={}",
                     if options.node_ip.is_some() {
-                        crate::node::SERVICE_CIDR
+                        NODE_SERVICE_CIDR
                     } else {
                         "10.0.0.0/16"
                     }

@@ -51,7 +51,7 @@ pub const LOCK_FILE: &str = "/run/ppio-testenv-node.lock";
 /// The pods' addresses (the CNI bridge's host-local range); the bridge is 10.244.0.1.
 pub const POD_CIDR: &str = "10.244.0.0/24";
 /// The Services' addresses (kube-apiserver's `--service-cluster-ip-range`).
-pub const SERVICE_CIDR: &str = "10.0.0.0/24";
+pub use crate::controlplane::NODE_SERVICE_CIDR as SERVICE_CIDR;
 /// The CNI network's name.
 pub const CNI_NETWORK: &str = "ppio-testenv-node";
 /// The pod sandbox image, built by `tools/build.sh pause` into the tools folder as
