@@ -722,6 +722,13 @@ impl InstanceMetrics {
                 state_labels,
             );
         }
+        self.observe_prepaid_end(&obj, status);
+        self.observe_money(&obj, status);
+        self.observe_pricing(&obj, status);
+    }
+
+    /// The end of a prepaid instance's term (none: no series).
+    fn observe_prepaid_end(&self, obj: &ObjectLabels, status: &PpioInstanceStatus) {
         let prepaid_end = status
             .billing
             .as_ref()
@@ -730,30 +737,34 @@ impl InstanceMetrics {
             .and_then(|t| t.parse::<jiff::Timestamp>().ok());
         match prepaid_end {
             Some(t) => {
-                self.prepaid_end.get_or_create(&obj).set(t.as_second());
+                self.prepaid_end.get_or_create(obj).set(t.as_second());
             }
             None => {
-                self.prepaid_end.remove(&obj);
+                self.prepaid_end.remove(obj);
             }
         }
-        self.observe_money(&obj, status);
-        if let Some(p) = &status.pricing {
-            for (kind, v) in [
-                ("instance", p.instance_price),
-                ("base", p.instance_base_price),
-                ("storage", p.rootfs_storage_price),
-            ] {
-                let labels = PriceLabels {
-                    object: obj.clone(),
-                    kind,
-                };
-                match v {
-                    Some(v) => {
-                        self.price.get_or_create(&labels).set(v);
-                    }
-                    None => {
-                        self.price.remove(&labels);
-                    }
+    }
+
+    /// The instance's prices by kind (a price not shown: no series).
+    fn observe_pricing(&self, obj: &ObjectLabels, status: &PpioInstanceStatus) {
+        let Some(p) = &status.pricing else {
+            return;
+        };
+        for (kind, v) in [
+            ("instance", p.instance_price),
+            ("base", p.instance_base_price),
+            ("storage", p.rootfs_storage_price),
+        ] {
+            let labels = PriceLabels {
+                object: obj.clone(),
+                kind,
+            };
+            match v {
+                Some(v) => {
+                    self.price.get_or_create(&labels).set(v);
+                }
+                None => {
+                    self.price.remove(&labels);
                 }
             }
         }

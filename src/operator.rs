@@ -392,31 +392,8 @@ async fn reconcile_until(
     // The cache holds each PpioInstance without what the operator never reads (managedFields,
     // others' labels and annotations: kubectl's last-applied copy, a tenant's large ones).
     let (store, writer) = reflector::store();
-    // Deleted PpioInstances are forgotten as the watch reports them; a relist (after which
-    // deletions meanwhile show only as absence) is followed by a pass over everything kept.
     let (gone_tx, gone_rx) = tokio::sync::mpsc::unbounded_channel::<Gone>();
-    let objects = watcher(guarded, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(slim)
-        .reflect(writer)
-        .inspect(move |event| {
-            let gone = match event {
-                Ok(watcher::Event::Delete(o)) => {
-                    Gone::One(o.namespace().unwrap_or_default(), o.name_any())
-                }
-                Ok(watcher::Event::InitDone) => Gone::Relisted,
-                _ => return,
-            };
-            let _ = gone_tx.send(gone);
-        })
-        .applied_objects()
-        // A change of status alone (the operator's own writes, above all) needs no reconcile:
-        // each object is reconciled when it appears, when its spec (generation) or its
-        // annotations (a refresh request) change, and at the times it asked for.
-        .predicate_filter(
-            predicates::generation.combine(predicates::annotations),
-            PredicateConfig::default(),
-        );
+    let objects = instance_changes(guarded, writer, gone_tx);
     let controller = Controller::for_stream(objects, store.clone()).reconcile_on(woken);
     // Aborted when this future ends or is dropped (a leader that lost the lease).
     let housekeeping = AbortOnDrop(tokio::spawn(housekeep(ctx.clone(), store, gone_rx, health)));
@@ -448,4 +425,37 @@ async fn reconcile_until(
     drop(housekeeping);
     info!("ppio-operator stopped");
     Ok(())
+}
+
+/// The PpioInstances to reconcile as the watch shows them, cached slim in `writer`'s store.
+/// Deleted PpioInstances are forgotten as the watch reports them (sent to `gone`); a relist
+/// (after which deletions meanwhile show only as absence) is followed by a pass over
+/// everything kept.
+fn instance_changes(
+    api: Api<DeserializeGuard<CachedInstance>>,
+    writer: reflector::store::Writer<DeserializeGuard<CachedInstance>>,
+    gone: tokio::sync::mpsc::UnboundedSender<Gone>,
+) -> impl futures::Stream<Item = Result<DeserializeGuard<CachedInstance>, watcher::Error>> {
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(slim)
+        .reflect(writer)
+        .inspect(move |event| {
+            let dead = match event {
+                Ok(watcher::Event::Delete(o)) => {
+                    Gone::One(o.namespace().unwrap_or_default(), o.name_any())
+                }
+                Ok(watcher::Event::InitDone) => Gone::Relisted,
+                _ => return,
+            };
+            let _ = gone.send(dead);
+        })
+        .applied_objects()
+        // A change of status alone (the operator's own writes, above all) needs no reconcile:
+        // each object is reconciled when it appears, when its spec (generation) or its
+        // annotations (a refresh request) change, and at the times it asked for.
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            PredicateConfig::default(),
+        )
 }

@@ -626,13 +626,7 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
     let same_spec = previous.as_ref().filter(|t| t.generation == generation);
     let requested = refresh_request(instance).map(crate::status::refresh_token);
     let requested = requested.as_deref();
-    let refresh_now = requested.is_some()
-        && requested
-            != instance
-                .status
-                .as_ref()
-                .and_then(|s| s.last_handled_refresh.as_deref())
-        && requested != previous.as_ref().and_then(|t| t.handled_refresh.as_deref());
+    let refresh_now = refresh_not_handled(instance, previous.as_ref(), requested);
     let due = schedule::Due {
         now,
         next_poll: same_spec.map(|t| t.next_poll),
@@ -685,14 +679,36 @@ async fn reconcile_instance(instance: &PpioInstance, ctx: &Context) -> Result<Ac
         &key,
         Tracked::after_poll(previous, polled, generation, now, asked),
     );
-    // Back when the Expiring condition changes by itself, or an export is to be checked
-    // again, if that comes first.
-    let money_next = own_change(ctx, &object, now).saturating_duration_since(now);
-    Ok(match next {
+    Ok(next_action(ctx, &object, now, next))
+}
+
+/// Whether the refresh annotation's token `requested` asks for a refresh that neither the
+/// status nor this process handled yet.
+fn refresh_not_handled(
+    instance: &PpioInstance,
+    previous: Option<&Tracked>,
+    requested: Option<&str>,
+) -> bool {
+    let shown = instance.status.as_ref();
+    requested.is_some()
+        && requested != shown.and_then(|s| s.last_handled_refresh.as_deref())
+        && requested != previous.and_then(|t| t.handled_refresh.as_deref())
+}
+
+/// When a PpioInstance polled now is reconciled again: at its `next` poll, or sooner when
+/// the Expiring condition changes by itself or an export is to be checked again.
+fn next_action(
+    ctx: &Context,
+    object: &(String, String),
+    now: Instant,
+    next: Option<Duration>,
+) -> Action {
+    let money_next = own_change(ctx, object, now).saturating_duration_since(now);
+    match next {
         Some(next) => Action::requeue(next.min(money_next)),
         None if money_next < FAR_MONEY => Action::requeue(money_next),
         None => Action::await_change(),
-    })
+    }
 }
 
 /// Whether the stored observation is to be shown again now, without a poll: the key's

@@ -755,62 +755,8 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
     let mut failures = 0u32;
     let mut last_start: Option<Instant> = None;
     loop {
-        let next = {
-            let mut st = lock(&sweep.state);
-            if st.stopped {
-                return;
-            }
-            let now = Instant::now();
-            let State {
-                wanted, watchers, ..
-            } = &mut *st;
-            wanted.retain(|id, w| {
-                watchers.contains_key(id)
-                    || now.saturating_duration_since(w.touched) < SWEEP_IDLE.max(3 * w.refresh)
-            });
-            if st.wanted.is_empty() && st.waiters.is_empty() {
-                st.stopped = true;
-                drop(st);
-                debug!("no PpioInstance uses this key's sweeps any more; stopping them");
-                retire(&env, &sweep);
-                return;
-            }
-            replan(&env, &sweep, &mut st);
-            let regular = match last_start {
-                // The first walk waits for an ask (debounced below).
-                None => now + SWEEP_IDLE,
-                Some(at) if failures > 0 => at + backoff(failures),
-                // Walked only to measure the LIST; looked at again meanwhile.
-                Some(at) if st.by_gets => (at + PLAN_MEASURE).min(now + PLAN_EVERY),
-                Some(at) => at + st.period,
-            };
-            // Walks fail, or a 429 pauses the key: once the last good observations are older
-            // than the shortest interval, every watcher is reconciled to show it.
-            let paused = lock(&env.paused)
-                .get(&sweep.fingerprint)
-                .is_some_and(|until| *until > now);
-            let failing = matches!(st.finished, Some((_, Some(_))));
-            if paused || failing {
-                st.arm_fail_wake(now);
-            }
-            if st.fail_wake.is_some_and(|at| at <= now) {
-                st.fail_wake = None;
-                st.fail_woken = true;
-                wake(&env, sweep.fingerprint, st.watching_objects());
-            }
-            let asked = st
-                .asked
-                .filter(|_| !st.by_gets)
-                .map(|at| at + SWEEP_DEBOUNCE);
-            let mut next = asked.map_or(regular, |a| a.min(regular));
-            if let Some(until) = st.unavailable_until {
-                next = next.max(until);
-            }
-            if let Some(until) = lock(&env.paused).get(&sweep.fingerprint) {
-                next = next.max(*until);
-            }
-            // Waking the watchers does not wait for the pause.
-            st.fail_wake.map_or(next, |at| next.min(at))
+        let Some(next) = next_walk(&env, &sweep, last_start, failures) else {
+            return;
         };
         if next > Instant::now() {
             // Look again when woken or at `next` (a pause may have come meanwhile).
@@ -834,6 +780,68 @@ async fn run(env: Arc<Env>, sweep: Arc<KeySweep>) {
         };
         finish(&env, &sweep, started, outcome);
     }
+}
+
+/// When the sweeper walks next (after the walk that started at `last_start`, and
+/// `failures` failed walks in a row), or `None` once no PpioInstance asked for
+/// [`SWEEP_IDLE`] (the sweeper retires). Replans the key, and reconciles every watcher once
+/// the key's walks fail or pause for longer than the shortest interval.
+fn next_walk(
+    env: &Env,
+    sweep: &Arc<KeySweep>,
+    last_start: Option<Instant>,
+    failures: u32,
+) -> Option<Instant> {
+    let mut st = lock(&sweep.state);
+    if st.stopped {
+        return None;
+    }
+    let now = Instant::now();
+    let State {
+        wanted, watchers, ..
+    } = &mut *st;
+    wanted.retain(|id, w| {
+        watchers.contains_key(id)
+            || now.saturating_duration_since(w.touched) < SWEEP_IDLE.max(3 * w.refresh)
+    });
+    if st.wanted.is_empty() && st.waiters.is_empty() {
+        st.stopped = true;
+        drop(st);
+        debug!("no PpioInstance uses this key's sweeps any more; stopping them");
+        retire(env, sweep);
+        return None;
+    }
+    replan(env, sweep, &mut st);
+    let regular = match last_start {
+        // The first walk waits for an ask (debounced below).
+        None => now + SWEEP_IDLE,
+        Some(at) if failures > 0 => at + backoff(failures),
+        // Walked only to measure the LIST; looked at again meanwhile.
+        Some(at) if st.by_gets => (at + PLAN_MEASURE).min(now + PLAN_EVERY),
+        Some(at) => at + st.period,
+    };
+    // Walks fail, or a 429 pauses the key: once the last good observations are older than
+    // the shortest interval, every watcher is reconciled to show it.
+    let paused_until = lock(&env.paused).get(&sweep.fingerprint).copied();
+    let failing = matches!(st.finished, Some((_, Some(_))));
+    if paused_until.is_some_and(|until| until > now) || failing {
+        st.arm_fail_wake(now);
+    }
+    if st.fail_wake.is_some_and(|at| at <= now) {
+        st.fail_wake = None;
+        st.fail_woken = true;
+        wake(env, sweep.fingerprint, st.watching_objects());
+    }
+    let asked = st
+        .asked
+        .filter(|_| !st.by_gets)
+        .map(|at| at + SWEEP_DEBOUNCE);
+    let next = asked
+        .map_or(regular, |a| a.min(regular))
+        .max(st.unavailable_until.unwrap_or(now))
+        .max(paused_until.unwrap_or(now));
+    // Waking the watchers does not wait for the pause.
+    Some(st.fail_wake.map_or(next, |at| next.min(at)))
 }
 
 /// How a walk ended.
@@ -1071,34 +1079,18 @@ fn take_page(
     let read_secs = unix_seconds(std::time::SystemTime::now());
     let mut late = Duration::ZERO;
     {
-        let mut guard = lock(&sweep.state);
-        guard.walk_pages = pages;
-        let State {
-            wanted,
-            items,
-            redecode,
-            ids_by_hash,
-            waiters,
-            watchers,
-            ..
-        } = &mut *guard;
+        let mut st = lock(&sweep.state);
+        st.walk_pages = pages;
         for text in page.item_texts() {
             let hash = sweep.hasher.hash_one(text);
-            // The id of a text met on the last walk is known without decoding it.
-            let (id, decoded) = match ids_by_hash.get(&hash) {
-                Some(known) => (known.clone(), None),
-                None => match Instance::from_item(text) {
-                    Some(item) => (usable_id(&item), Some(item)),
-                    None => (None, None),
-                },
-            };
+            let (id, decoded) = st.id_of(hash, text);
             if remember(next_ids, hash, &id) {
                 new_items += 1;
             }
             let Some(id) = id else {
                 continue;
             };
-            let Some(refresh) = wanted.get(&*id).map(|w| w.refresh) else {
+            let Some(refresh) = st.wanted.get(&*id).map(|w| w.refresh) else {
                 continue;
             };
             let listed = Listed {
@@ -1107,41 +1099,73 @@ fn take_page(
                 decoded,
                 read_at,
                 refresh,
-                wanted_again: !redecode.is_empty() && redecode.remove(&*id),
+                wanted_again: !st.redecode.is_empty() && st.redecode.remove(&*id),
                 walk: this_walk,
             };
-            let previous = items.get_mut(&*id);
-            if let Some(old) = &previous {
-                late = late.max(read_at.saturating_duration_since(old.at + refresh));
-            }
-            let Some((next, changed)) = listed.item(&env.digests, previous.as_deref()) else {
-                // Listed, though not readable this time: the last item stays.
-                if let Some(old) = previous {
-                    old.walk = this_walk;
-                }
-                continue;
-            };
-            match previous {
-                Some(old) => *old = next,
-                None => {
-                    items.insert(id.clone(), next);
-                }
-            }
-            // Who waits for this instance is answered now, not at the walk's end.
-            if !waiters.is_empty()
-                && let Some(waiting) = waiters.remove(&*id)
-            {
-                woken.extend(waiting.into_iter().map(|(object, _)| object));
-            }
-            if let Some(watchers) = watchers.get_mut(&*id) {
-                listed_again(env, watchers, changed, read_secs, &mut woken);
-            }
+            late = late.max(st.take_item(env, id, listed, read_secs, &mut woken));
         }
     }
     wake(env, sweep.fingerprint, woken);
     // Also when on time: the gauge falls back to 0 once the key catches up.
     report_lateness(env, sweep, late);
     new_items
+}
+
+impl State {
+    /// The instance id of an item text (`None`: none usable), and the item when finding the
+    /// id decoded it: the id of a text met on the last walk is known without decoding it.
+    fn id_of(&self, hash: u64, text: &str) -> (Option<Arc<str>>, Option<Instance>) {
+        match self.ids_by_hash.get(&hash) {
+            Some(known) => (known.clone(), None),
+            None => match Instance::from_item(text) {
+                Some(item) => (usable_id(&item), Some(item)),
+                None => (None, None),
+            },
+        }
+    }
+
+    /// Keeps a wanted instance's item as `listed` shows it, and adds to `woken` who waits
+    /// for it and, when it changed, its watchers. Returns how late the item was (its last
+    /// listing older than its interval).
+    fn take_item(
+        &mut self,
+        env: &Env,
+        id: Arc<str>,
+        listed: Listed<'_>,
+        read_secs: f64,
+        woken: &mut Vec<Object>,
+    ) -> Duration {
+        let walk = listed.walk;
+        let previous = self.items.get_mut(&*id);
+        let late = previous.as_ref().map_or(Duration::ZERO, |old| {
+            listed
+                .read_at
+                .saturating_duration_since(old.at + listed.refresh)
+        });
+        let Some((next, changed)) = listed.item(&env.digests, previous.as_deref()) else {
+            // Listed, though not readable this time: the last item stays.
+            if let Some(old) = previous {
+                old.walk = walk;
+            }
+            return late;
+        };
+        match previous {
+            Some(old) => *old = next,
+            None => {
+                self.items.insert(id.clone(), next);
+            }
+        }
+        // Who waits for this instance is answered now, not at the walk's end.
+        if !self.waiters.is_empty()
+            && let Some(waiting) = self.waiters.remove(&*id)
+        {
+            woken.extend(waiting.into_iter().map(|(object, _)| object));
+        }
+        if let Some(watchers) = self.watchers.get_mut(&*id) {
+            listed_again(env, watchers, changed, read_secs, woken);
+        }
+        late
+    }
 }
 
 /// An item listed again for its `watchers`: changed, they are woken; unchanged, their
