@@ -223,10 +223,11 @@ pub struct MoneyArgs {
     #[arg(long, env = "PPIO_PREPAID_EXPIRY_HORIZON", default_value_t = Human(crate::money::status::DEFAULT_PREPAID_HORIZON), value_parser = parse_horizon, value_name = "DURATION")]
     pub prepaid_expiry_horizon: Human,
 
-    /// A key's first catalogue read this long after its first use (its first bill read three
-    /// times as long after): for tests and demos.
-    #[arg(long, env = "PPIO_MONEY_FIRST_READ", default_value_t = Human(crate::controller::ledger::FIRST_READ), value_parser = parse_timeout, value_name = "DURATION", hide = true)]
-    pub money_first_read: Human,
+    /// A key's first catalogue read this long after its first use, its first bill read three
+    /// times as long after (default: the catalogue at once, the bills after a minute): for
+    /// tests and demos.
+    #[arg(long, env = "PPIO_MONEY_FIRST_READ", value_parser = parse_timeout, value_name = "DURATION", hide = true)]
+    pub money_first_read: Option<Human>,
 }
 
 impl MoneyArgs {
@@ -243,7 +244,14 @@ impl MoneyArgs {
             catalogue_every: self.catalogue_refresh_interval.0,
             bills_every: self.billing_refresh_interval.0,
             horizon: self.prepaid_expiry_horizon.0,
-            first_read: self.money_first_read.0,
+            first_read: self
+                .money_first_read
+                .map_or(crate::controller::ledger::FIRST_READ, |d| d.0),
+            first_bills: self
+                .money_first_read
+                .map_or(crate::controller::ledger::FIRST_BILLS, |d| {
+                    d.0.saturating_mul(3)
+                }),
         }
     }
 }

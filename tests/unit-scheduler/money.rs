@@ -125,6 +125,52 @@ async fn hourly_cost_is_calibrated_per_instance_per_card_or_left_unknown() {
     );
 }
 
+/// A key's first catalogue and bills go ahead of its GETs: a bulk apply on a busy key shows
+/// the hourly cost in every first status, and no status is written a second time when the
+/// catalogue comes (the catalogue used to wait behind every first GET, and then rewrote
+/// every status of the key).
+#[ppio_test_macros::test(start_paused = true)]
+async fn a_bulk_apply_shows_the_cost_in_every_first_status_and_writes_each_once() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    let n = 40;
+    for i in 0..n {
+        priced(&ppio, &format!("m{i}"), "postpaid", 12600, 1);
+    }
+    ppio.money.lock().expect("lock").catalogue = Some(Ok(catalogue()));
+    // Two requests a second: the 40 first GETs take 20 s.
+    let (ctx, wakes) = context_with(&api, ppio.clone(), 2.0, 2, Observe::Get, every_minute());
+    run(
+        ctx.clone(),
+        &api,
+        wakes,
+        the_objects(n),
+        8,
+        Duration::from_secs(40),
+    )
+    .await;
+    // The key's burst (two GETs) goes before its first catalogue read: those two are
+    // written again, with the cost, half a second later. Every other PpioInstance's first
+    // status shows the cost, and nothing writes it again.
+    for i in 0..n {
+        let writes = api.writes_of(&format!("ml/m{i}"));
+        let hourly = |k: usize| {
+            writes
+                .get(k)
+                .and_then(|(_, s)| s.cost.clone())
+                .and_then(|c| c.hourly)
+        };
+        let last = writes.len().saturating_sub(1);
+        assert_eq!(hourly(last).as_deref(), Some("12.600"), "m{i}'s status");
+        if i < 2 {
+            assert_eq!(writes.len(), 2, "m{i}: written before the catalogue came");
+            assert!(writes[1].0 - writes[0].0 <= Duration::from_secs(1));
+        } else {
+            assert_eq!(writes.len(), 1, "m{i}: one observation, one write");
+        }
+    }
+}
+
 #[ppio_test_macros::test(start_paused = true)]
 async fn month_to_date_comes_from_bills_per_instance_on_a_small_key() {
     let api = MockApi::default();

@@ -1,12 +1,12 @@
 //! Each API key's books: its products catalogue, its bills this month and its balance, read
-//! by a task of the key's own inside the key's request budget (after the GETs and walk pages
-//! that observe instances), and what the PpioInstances of the key need of them to show
+//! by a task of the key's own inside the key's request budget (the first reads ahead of
+//! everything, later ones after the GETs and walk pages that observe instances), and what the PpioInstances of the key need of them to show
 //! `status.cost`.
 //!
-//! * The catalogue is read soon after a key is first used ([`FIRST_READ`]), then every
-//!   `catalogue_every` (prices change slowly).
-//! * Bills are read soon after (three times as long), then every `bills_every` and right after
-//!   a month begins. A key with few instances asks per instance (`ownerId`); a larger one asks
+//! * The catalogue is read as soon as a key is first used ([`FIRST_READ`]), ahead of its other
+//!   requests, then every `catalogue_every` (prices change slowly).
+//! * Bills are read a minute later ([`FIRST_BILLS`]), also ahead of the key's other requests
+//!   the first time, then every `bills_every` and right after a month begins. A key with few instances asks per instance (`ownerId`); a larger one asks
 //!   for the whole account, and in slices of the month when an answer is over its cap.
 //! * The balance is read with the bills; a call not served here is said once and not asked
 //!   again for [`NOT_SERVED_RETRY`].
@@ -33,9 +33,13 @@ use crate::money::status::MoneyView;
 use crate::money::{Amount, BillTotals, Catalogue, Window};
 use crate::ppio::{ApiKey, BillKind, BillQuery, PpioApi, PpioError};
 
-/// The first catalogue read of a key, this long after its first use (its first GETs go
-/// first); its first bill read three times as long after.
-pub const FIRST_READ: Duration = Duration::from_secs(20);
+/// A key's first catalogue read, this long after its first use: at once, ahead of the key's
+/// other requests ([`Class::Books`]), so that its statuses show the hourly cost from their
+/// first write (not written a second time when the catalogue comes).
+pub const FIRST_READ: Duration = Duration::ZERO;
+/// A key's first bill read, this long after its first use: the PpioInstances of a bulk apply
+/// are known by then (a key with few asks for their bills one by one).
+pub const FIRST_BILLS: Duration = Duration::from_secs(60);
 /// A failed read is tried again after this long.
 pub const RETRY: Duration = Duration::from_secs(600);
 /// A call not served here is asked again after this long.
@@ -61,9 +65,10 @@ pub struct MoneySettings {
     pub bills_every: Duration,
     /// `Expiring=True PrepaidEnding` this long before a prepaid term without auto-renew ends.
     pub horizon: Duration,
-    /// A key's first catalogue read comes this long after its first use, its first bill
-    /// read three times as long after ([`FIRST_READ`]).
+    /// A key's first catalogue read comes this long after its first use ([`FIRST_READ`]).
     pub first_read: Duration,
+    /// A key's first bill read comes this long after its first use ([`FIRST_BILLS`]).
+    pub first_bills: Duration,
 }
 
 impl MoneySettings {
@@ -85,6 +90,7 @@ impl Default for MoneySettings {
             bills_every: Duration::from_secs(3600),
             horizon: crate::money::status::DEFAULT_PREPAID_HORIZON,
             first_read: FIRST_READ,
+            first_bills: FIRST_BILLS,
         }
     }
 }
@@ -240,7 +246,7 @@ impl Ledger {
                 burn: Amount::default(),
                 touched: now,
                 next_catalogue: now + self.env.settings.first_read,
-                next_bills: now + self.env.settings.first_read.saturating_mul(3),
+                next_bills: now + self.env.settings.first_bills,
                 said: HashSet::new(),
                 stopped: false,
             }),
@@ -410,8 +416,9 @@ async fn keep(
         match due {
             Read::Catalogue => read_catalogue(&env, &books).await,
             Read::Bills => {
-                read_bills(&env, &books, &ids).await;
-                read_balance(&env, &books).await;
+                let class = read_class(lock(&books.state).snapshot.bills.is_some());
+                read_bills(&env, &books, &ids, class).await;
+                read_balance(&env, &books, class).await;
             }
         }
         publish_account(&env, &books);
@@ -441,26 +448,33 @@ fn next_read(settings: &MoneySettings, st: &BookState, now: Instant) -> (Read, I
     }
 }
 
-/// Waits for the key's pause (a 429 on its instance calls) and a slot of the key's budget
-/// (routine: after the GETs and walk pages that observe instances).
-async fn take_slot(env: &Env, books: &Books) {
+/// Waits for the key's pause (a 429 on its instance calls) and a slot of `class` in the key's
+/// budget.
+async fn take_slot(env: &Env, books: &Books, class: Class) {
     let paused = lock(&env.paused).get(&books.fingerprint).copied();
     if let Some(until) = paused.filter(|t| *t > Instant::now()) {
         tokio::time::sleep_until(until).await;
     }
-    env.lines
-        .slot(&books.key, books.fingerprint, Class::Routine)
-        .await;
+    env.lines.slot(&books.key, books.fingerprint, class).await;
 }
 
-/// One money call, in the key's budget, counted in `ppio_api_requests{endpoint}`.
+/// The place of a read's calls in the key's line: ahead of everything while the books it
+/// brings are not known yet (every status of the key waits for them: a handful of calls),
+/// else routine (after the GETs and walk pages that observe instances).
+fn read_class(known: bool) -> Class {
+    if known { Class::Routine } else { Class::Books }
+}
+
+/// One money call, in the key's budget (a slot of `class`), counted in
+/// `ppio_api_requests{endpoint}`.
 async fn call<T>(
     env: &Env,
     books: &Books,
     endpoint: &str,
+    class: Class,
     request: impl std::future::Future<Output = Result<T, PpioError>>,
 ) -> Result<T, PpioError> {
-    take_slot(env, books).await;
+    take_slot(env, books, class).await;
     let start = Instant::now();
     let result = request.await;
     let class = result
@@ -473,7 +487,8 @@ async fn call<T>(
 }
 
 async fn read_catalogue(env: &Env, books: &Books) {
-    let result = call(env, books, "products", env.ppio.products(&books.key)).await;
+    let class = read_class(lock(&books.state).snapshot.catalogue.is_some());
+    let result = call(env, books, "products", class, env.ppio.products(&books.key)).await;
     let now = Instant::now();
     let mut st = lock(&books.state);
     st.next_catalogue = match result {
@@ -488,7 +503,7 @@ async fn read_catalogue(env: &Env, books: &Books) {
 }
 
 /// Reads the month's bills (both kinds) and keeps them only when every answer came.
-async fn read_bills(env: &Env, books: &Books, ids: &BTreeSet<String>) {
+async fn read_bills(env: &Env, books: &Books, ids: &BTreeSet<String>, class: Class) {
     let read_at = Timestamp::now();
     let window = Window::month_to(read_at);
     let mut totals = BillTotals::default();
@@ -500,7 +515,7 @@ async fn read_bills(env: &Env, books: &Books, ids: &BTreeSet<String>) {
             vec![None]
         };
         for owner in owners {
-            match read_sliced(env, books, kind, window, owner).await {
+            match read_sliced(env, books, kind, window, owner, class).await {
                 Ok(t) => totals.merge(t),
                 Err(e) => outcome = Err(e),
             }
@@ -526,14 +541,15 @@ async fn read_bills(env: &Env, books: &Books, ids: &BTreeSet<String>) {
     st.next_bills = now + every.min(until_next_month(read_at));
 }
 
-/// One bill list over `window`; an answer over its cap is asked for again in halves of the
-/// window (down to [`MIN_SLICE`]).
+/// One bill list over `window` (its first call a slot of `class`); an answer over its cap is
+/// asked for again in halves of the window (down to [`MIN_SLICE`]), each a routine call.
 async fn read_sliced(
     env: &Env,
     books: &Books,
     kind: BillKind,
     window: Window,
     owner: Option<String>,
+    mut class: Class,
 ) -> Result<BillTotals, PpioError> {
     let mut pending = vec![window];
     let mut totals = BillTotals::default();
@@ -547,7 +563,16 @@ async fn read_sliced(
             BillKind::PayAsYouGo => "bills",
             BillKind::Prepaid => "monthly_bills",
         };
-        match call(env, books, endpoint, env.ppio.bills(&books.key, &query)).await {
+        let answer = call(
+            env,
+            books,
+            endpoint,
+            class,
+            env.ppio.bills(&books.key, &query),
+        )
+        .await;
+        class = Class::Routine;
+        match answer {
             Ok(t) => totals.merge(t),
             Err(PpioError::TooLarge { limit }) => {
                 match w.halves().filter(|_| w.end - w.start > MIN_SLICE) {
@@ -564,11 +589,11 @@ async fn read_sliced(
     Ok(totals)
 }
 
-async fn read_balance(env: &Env, books: &Books) {
+async fn read_balance(env: &Env, books: &Books, class: Class) {
     if lock(&books.state).balance == Balance::NotServed {
         return;
     }
-    let result = call(env, books, "balance", env.ppio.balance(&books.key)).await;
+    let result = call(env, books, "balance", class, env.ppio.balance(&books.key)).await;
     let mut st = lock(&books.state);
     match result {
         Ok(amount) => {

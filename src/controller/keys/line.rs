@@ -2,7 +2,8 @@
 //! token bucket: a steady rate with a burst), keeps the key's waiting requests in order, and
 //! sends the GETs that waited.
 //!
-//! Four classes, each served before the next ([`Class`]): walk pages; urgent GETs (a
+//! Five classes, each served before the next ([`Class`]): the first money calls of a key (its
+//! catalogue and bills, not known yet); walk pages; urgent GETs (a
 //! transition followed, a first sight, a changed LIST item, a refresh request, a "gone" to
 //! confirm, a spot instance); the fair line (a routine GET of a namespace that asked the key
 //! for no more than the average namespace lately, while routine GETs wait); routine GETs
@@ -38,17 +39,21 @@ use crate::ppio::{ApiKey, Instance, PpioApi, PpioError};
 /// A request's place in its key's line: each class is served before the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Class {
+    /// A money call of a key whose catalogue or bills are not known yet (a handful of calls):
+    /// every status of the key shows what they bring, and a status written before they came
+    /// is written again when they do.
+    Books = 0,
     /// A page of a walk over the key's LIST.
-    Page = 0,
+    Page = 1,
     /// A GET that cannot wait behind the routine ones.
-    Urgent = 1,
+    Urgent = 2,
     /// A routine GET of a namespace within its fair share of the key.
-    Fair = 2,
+    Fair = 3,
     /// A full refresh, a GET by interval, a money call.
-    Routine = 3,
+    Routine = 4,
 }
 
-const CLASSES: usize = 4;
+const CLASSES: usize = 5;
 
 /// An answer kept for its PpioInstance this long at most (it was deleted, or found its
 /// observation elsewhere meanwhile).
@@ -642,10 +647,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn pages_go_first_then_urgent_then_fair_then_routine_each_in_order() {
+    async fn books_go_first_then_pages_then_urgent_then_fair_then_routine_each_in_order() {
         use Class::*;
-        let order = served(&[Routine, Routine, Fair, Urgent, Page, Urgent, Page]).await;
-        assert_eq!(order, [4, 6, 3, 5, 2, 0, 1]);
+        let order = served(&[Routine, Routine, Fair, Urgent, Page, Urgent, Page, Books]).await;
+        assert_eq!(order, [7, 4, 6, 3, 5, 2, 0, 1]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -819,7 +824,9 @@ mod tests {
         let room = |lines: &Lines| {
             let line = lines.line(&key(), 1, Instant::now());
             let st = lock(&line.state);
-            st.asks.capacity() + st.answers.capacity() + st.queues[3].capacity()
+            st.asks.capacity()
+                + st.answers.capacity()
+                + st.queues[Class::Routine as usize].capacity()
         };
         assert!(room(&lines) >= 2000 * 2, "{}", room(&lines));
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -4,7 +4,8 @@
 //! - [`budget`]: the key's request budget (a rate with a burst) and the namespaces' fair
 //!   shares of it;
 //! - [`line`]: the key's request line, the one task that hands out the budget (walk pages,
-//!   urgent GETs, the fair line, routine GETs and money calls, in that order), sends the GETs
+//!   urgent GETs, the fair line, routine GETs and money calls, in that order, after a key's
+//!   first money calls), sends the GETs
 //!   that waited and keeps their answers;
 //! - [`sweep`]: the key's walks over its LIST, its plan (walks or GETs, their period, the
 //!   full-refresh stretch), and the sweeper task that runs them;

@@ -335,6 +335,11 @@ struct Progress {
     /// Seconds from each object's creationTimestamp to its Synced condition's
     /// lastTransitionTime (both to the second): what the objects themselves record.
     recorded: HashMap<String, i64>,
+    /// Changes the watch showed of objects it had seen before: status writes (no one else
+    /// changes them).
+    writes: u64,
+    /// The objects the watch showed.
+    seen: HashSet<String>,
 }
 
 impl Progress {
@@ -361,19 +366,26 @@ fn lock(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
 async fn follow(api: Api<PpioInstance>, progress: Arc<Mutex<Progress>>) {
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     while let Some(event) = events.next().await {
-        let o = match event {
-            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => o,
+        let (o, relisted) = match event {
+            Ok(watcher::Event::Apply(o)) => (o, false),
+            Ok(watcher::Event::InitApply(o)) => (o, true),
             Ok(_) => continue,
             Err(e) => {
                 eprintln!("watch: {e}");
                 continue;
             }
         };
-        let (Some(name), Some(status)) = (o.metadata.name.clone(), o.status.as_ref()) else {
+        let Some(name) = o.metadata.name.clone() else {
+            continue;
+        };
+        let mut p = lock(&progress);
+        if !p.seen.insert(name.clone()) && !relisted {
+            p.writes += 1;
+        }
+        let Some(status) = o.status.as_ref() else {
             continue;
         };
         let now = Instant::now();
-        let mut p = lock(&progress);
         if status.state.is_some() {
             p.with_state.insert(name.clone());
         }
@@ -401,17 +413,22 @@ async fn timeline(
     [op, apiserver, etcd]: [u32; 3],
 ) {
     println!(
-        "  fill timeline: s, created, with a state, Synced, LIST, GET, CPU s operator/API server/etcd"
+        "  fill timeline: s, created, with a state, Synced, status writes, LIST, GET, CPU s operator/API server/etcd"
     );
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let (created, with_state, synced) = {
+        let (created, with_state, synced, writes) = {
             let p = lock(&progress);
-            (p.created.len(), p.with_state.len(), p.synced.len())
+            (
+                p.created.len(),
+                p.with_state.len(),
+                p.synced.len(),
+                p.writes,
+            )
         };
         let counts = sim.counts();
         println!(
-            "  {:>5.0} {created:>6} {with_state:>6} {synced:>6} {:>5} {:>6} {:.1}/{:.1}/{:.1}",
+            "  {:>5.0} {created:>6} {with_state:>6} {synced:>6} {writes:>6} {:>5} {:>6} {:.1}/{:.1}/{:.1}",
             start.elapsed().as_secs_f64(),
             counts.list,
             counts.instances.values().sum::<u64>(),
