@@ -198,6 +198,9 @@ impl Spend {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BillTotals {
     pub by_owner: HashMap<String, Spend>,
+    /// The instance ids the totals answer for; `None`: every instance of the account (an
+    /// instance without a bill spent nothing).
+    pub covers: Option<std::collections::HashSet<String>>,
 }
 
 impl BillTotals {
@@ -205,6 +208,29 @@ impl BillTotals {
         for (owner, spend) in other.by_owner {
             self.by_owner.entry(owner).or_default().add(spend);
         }
+    }
+
+    /// An instance's spend: `None` when the totals do not answer for it (it was not asked
+    /// for, or came after they were read).
+    pub fn spend_of(&self, id: &str) -> Option<Spend> {
+        if self.covers.as_ref().is_some_and(|c| !c.contains(id)) {
+            return None;
+        }
+        Some(self.by_owner.get(id).copied().unwrap_or_default())
+    }
+
+    /// Whether the totals answer for instance `id`.
+    pub fn answers_for(&self, id: &str) -> bool {
+        self.covers.as_ref().is_none_or(|c| c.contains(id))
+    }
+
+    /// Keeps the totals of `ids` alone, which they then answer for (a key keeps its own
+    /// instances' bills, not its whole account's).
+    pub fn keep_only<'a>(&mut self, ids: impl IntoIterator<Item = &'a String>) {
+        let ids: std::collections::HashSet<String> = ids.into_iter().cloned().collect();
+        self.by_owner.retain(|owner, _| ids.contains(owner));
+        self.by_owner.shrink_to_fit();
+        self.covers = Some(ids);
     }
 }
 

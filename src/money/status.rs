@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{Amount, BillTotals, Catalogue, Expiry, Spend, billed_through, expiry, hourly_cost};
+use super::{Amount, BillTotals, Catalogue, Expiry, billed_through, expiry, hourly_cost};
 use crate::crd::{Cost, PpioInstanceStatus};
 use crate::status::make_condition;
 use crate::vocabulary::{condition, reason, state, status as cstatus};
@@ -172,15 +172,18 @@ fn cost_of(
             }
         },
     };
-    let (month_to_date, billed) = match (view.bills, status.instance_id.as_deref()) {
-        (Some((totals, read_at)), Some(id)) => {
-            let spend: Spend = totals.by_owner.get(id).copied().unwrap_or_default();
-            (
-                Some(spend.amount().to_string()),
-                billed_through(spend, read_at).map(|t| t.to_string()),
-            )
-        }
-        _ => (stored.month_to_date, stored.billed_through),
+    // Bills that do not answer for the instance (it came after they were read) keep what
+    // the stored status shows.
+    let spend = match (view.bills, status.instance_id.as_deref()) {
+        (Some((totals, read_at)), Some(id)) => totals.spend_of(id).map(|s| (s, read_at)),
+        _ => None,
+    };
+    let (month_to_date, billed) = match spend {
+        Some((spend, read_at)) => (
+            Some(spend.amount().to_string()),
+            billed_through(spend, read_at).map(|t| t.to_string()),
+        ),
+        None => (stored.month_to_date, stored.billed_through),
     };
     let figures = Cost {
         currency: None,

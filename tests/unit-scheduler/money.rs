@@ -289,6 +289,76 @@ async fn a_large_account_asks_for_its_bills_whole_and_in_slices_when_too_large()
     );
 }
 
+/// A PpioInstance that comes after its key's bills were read is not shown a month to date of
+/// zero (the bills did not answer for it): none until the bills are read again, which is
+/// brought forward to within UNCOVERED_BILLS, then its own.
+#[ppio_test_macros::test(start_paused = true)]
+async fn a_newcomer_after_the_bill_read_shows_no_month_to_date_until_its_bills_are_read() {
+    let api = MockApi::default();
+    let ppio = Arc::new(FakePpio::default());
+    let mut totals = BillTotals::default();
+    for (owner, paid) in [("m0", 10_000), ("m3", 20_000)] {
+        totals.by_owner.insert(
+            owner.into(),
+            Spend {
+                paid,
+                through: None,
+            },
+        );
+    }
+    ppio.money.lock().expect("lock").bills = Some(Ok(totals));
+    let hourly_bills = MoneySettings {
+        bills_every: Duration::from_secs(3600),
+        ..every_minute()
+    };
+    let (ctx, wakes) = context_with(&api, ppio.clone(), 10.0, 10, Observe::Get, hourly_bills);
+    let month_to_date = |name: &str| last(&api, name).cost.and_then(|c| c.month_to_date);
+    let bill_reads = || {
+        let m = ppio.money.lock().expect("lock");
+        m.calls.iter().filter(|(c, _, _)| *c == "bills").count()
+    };
+    // Three PpioInstances; their bills are read a minute after the key's first use, one
+    // owner at a time.
+    let wakes_again = wakes.clone();
+    run(
+        ctx.clone(),
+        &api,
+        wakes,
+        the_objects(3),
+        8,
+        Duration::from_secs(100),
+    )
+    .await;
+    assert_eq!(month_to_date("m0").as_deref(), Some("1.0000"));
+    assert_eq!(month_to_date("m1").as_deref(), Some("0.0000"));
+    assert_eq!(bill_reads(), 3);
+    // A fourth comes: the bills read did not ask for it, so it shows no month to date (not
+    // a zero), and the bills are read again within ten minutes, not in an hour.
+    let wakes_later = wakes_again.clone();
+    run(
+        ctx.clone(),
+        &api,
+        wakes_again,
+        the_objects(4),
+        8,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(month_to_date("m3"), None, "before its bills are read");
+    run(
+        ctx,
+        &api,
+        wakes_later,
+        the_objects(4),
+        8,
+        Duration::from_secs(600),
+    )
+    .await;
+    assert_eq!(month_to_date("m3").as_deref(), Some("2.0000"));
+    assert_eq!(month_to_date("m0").as_deref(), Some("1.0000"));
+    assert_eq!(bill_reads(), 3 + 4, "one more read, of the four owners");
+}
+
 #[ppio_test_macros::test(start_paused = true)]
 async fn money_failures_never_touch_an_instances_observation() {
     let api = MockApi::default();

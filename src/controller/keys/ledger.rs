@@ -6,7 +6,10 @@
 //! * The catalogue is read as soon as a key is first used ([`FIRST_READ`]), ahead of its other
 //!   requests, then every `catalogue_every` (prices change slowly).
 //! * Bills are read a minute later ([`FIRST_BILLS`]), also ahead of the key's other requests
-//!   the first time, then every `bills_every` and right after a month begins. A key with few instances asks per instance (`ownerId`); a larger one asks
+//!   the first time, then every `bills_every` and right after a month begins. A key keeps the
+//!   totals of its own instances only (not its whole account's); an instance that comes after
+//!   a read has the bills read again within [`UNCOVERED_BILLS`], its month to date shown
+//!   unknown meanwhile. A key with few instances asks per instance (`ownerId`); a larger one asks
 //!   for the whole account, and in slices of the month when an answer is over its cap.
 //! * The balance is read with the bills; a call not served here is said once and not asked
 //!   again for [`NOT_SERVED_RETRY`].
@@ -40,6 +43,9 @@ pub const FIRST_READ: Duration = Duration::ZERO;
 /// A key's first bill read, this long after its first use: the PpioInstances of a bulk apply
 /// are known by then (a key with few asks for their bills one by one).
 pub const FIRST_BILLS: Duration = Duration::from_secs(60);
+/// A PpioInstance its key's bills do not answer for (it came after they were read) has them
+/// read again within this long (under churn, a key's bills are read this often at most).
+pub const UNCOVERED_BILLS: Duration = Duration::from_secs(600);
 /// A failed read is tried again after this long.
 pub const RETRY: Duration = Duration::from_secs(600);
 /// A call not served here is asked again after this long.
@@ -225,7 +231,21 @@ impl Ledger {
             return;
         }
         let books = self.books_of(key, fingerprint);
-        lock(&books.state).touched = Instant::now();
+        let mut st = lock(&books.state);
+        let now = Instant::now();
+        st.touched = now;
+        // An instance the key's bills do not answer for (it came after they were read) has
+        // them read again within UNCOVERED_BILLS.
+        let uncovered = st
+            .snapshot
+            .bills
+            .as_ref()
+            .is_some_and(|(totals, _)| !totals.answers_for(id));
+        if uncovered && st.next_bills > now + UNCOVERED_BILLS {
+            st.next_bills = now + UNCOVERED_BILLS;
+            drop(st);
+            books.wake.notify_one();
+        }
     }
 
     /// The books of a key, opened on first use (and again after they closed, idle).
@@ -527,6 +547,8 @@ async fn read_bills(env: &Env, books: &Books, ids: &BTreeSet<String>, class: Cla
             break;
         }
     }
+    // The key keeps its own instances' totals, not its whole account's.
+    totals.keep_only(ids);
     let now = Instant::now();
     let mut st = lock(&books.state);
     let every = match outcome {
