@@ -213,10 +213,8 @@ impl BillTotals {
     /// An instance's spend: `None` when the totals do not answer for it (it was not asked
     /// for, or came after they were read).
     pub fn spend_of(&self, id: &str) -> Option<Spend> {
-        if self.covers.as_ref().is_some_and(|c| !c.contains(id)) {
-            return None;
-        }
-        Some(self.by_owner.get(id).copied().unwrap_or_default())
+        self.answers_for(id)
+            .then(|| self.by_owner.get(id).copied().unwrap_or_default())
     }
 
     /// Whether the totals answer for instance `id`.

@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing::warn;
 
 use super::budget::{Budget, Shares};
 use super::wakes::{Wake, Waker};
@@ -457,23 +456,8 @@ impl State {
 
 /// Serves a key's line, and starts again (after the error backoff) when that panics.
 async fn supervise(env: Arc<Env>, line: Arc<Line>) {
-    use futures::FutureExt;
-    let mut restarts = 0u32;
-    loop {
-        let ran = std::panic::AssertUnwindSafe(run(env.clone(), line.clone()))
-            .catch_unwind()
-            .await;
-        if ran.is_ok() {
-            return;
-        }
-        restarts = restarts.saturating_add(1);
-        env.metrics.api.key_restarts.inc();
-        warn!(
-            key = super::key_label(line.fingerprint).as_str(),
-            "the request line of this API key ended unexpectedly; starting it again"
-        );
-        tokio::time::sleep(backoff(restarts)).await;
-    }
+    let start = || run(env.clone(), line.clone());
+    super::supervise(&env.metrics, line.fingerprint, "request line", start, || {}).await;
 }
 
 /// Serves a key's line until nothing waits in it.

@@ -27,6 +27,34 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// Runs one of a key's tasks (`start` makes it anew) until it returns. A panic ends the run:
+/// it is counted in `ppio_api_key_restarts_total` and said in the log, `after_panic` tidies
+/// what the task left, and the task starts again after the error backoff.
+pub(crate) async fn supervise<Fut: std::future::Future<Output = ()>>(
+    metrics: &crate::metrics::Metrics,
+    fingerprint: u64,
+    task: &str,
+    mut start: impl FnMut() -> Fut,
+    mut after_panic: impl FnMut(),
+) {
+    use futures::FutureExt;
+    let mut restarts = 0u32;
+    loop {
+        let ran = std::panic::AssertUnwindSafe(start()).catch_unwind().await;
+        if ran.is_ok() {
+            return;
+        }
+        restarts = restarts.saturating_add(1);
+        metrics.api.key_restarts.inc();
+        tracing::warn!(
+            key = key_label(fingerprint).as_str(),
+            "the {task} of this API key ended unexpectedly; starting it again"
+        );
+        after_panic();
+        tokio::time::sleep(crate::controller::schedule::backoff(restarts)).await;
+    }
+}
+
 /// An API key as logs and metrics name it (label `key`): its fingerprint, never the key.
 pub(crate) fn key_label(fingerprint: u64) -> String {
     format!("{fingerprint:016x}")

@@ -721,21 +721,8 @@ fn restretch(env: &Env, sweep: &KeySweep, st: &mut State, stretch: f64) {
 /// walk it was in is over, and every PpioInstance of the key looks again. Counted in
 /// `ppio_api_key_restarts_total`.
 async fn supervise(env: Arc<Env>, sweep: Arc<KeySweep>) {
-    use futures::FutureExt;
-    let mut restarts = 0u32;
-    loop {
-        let ran = std::panic::AssertUnwindSafe(run(env.clone(), sweep.clone()))
-            .catch_unwind()
-            .await;
-        if ran.is_ok() {
-            return;
-        }
-        restarts = restarts.saturating_add(1);
-        env.metrics.api.key_restarts.inc();
-        warn!(
-            key = sweep.label().as_str(),
-            "the sweeper of this API key ended unexpectedly; starting it again"
-        );
+    let start = || run(env.clone(), sweep.clone());
+    let after_panic = || {
         let woken = {
             let mut st = lock(&sweep.state);
             st.walking = None;
@@ -745,8 +732,15 @@ async fn supervise(env: Arc<Env>, sweep: Arc<KeySweep>) {
             woken
         };
         wake(&env, sweep.fingerprint, woken);
-        tokio::time::sleep(backoff(restarts)).await;
-    }
+    };
+    super::supervise(
+        &env.metrics,
+        sweep.fingerprint,
+        "sweeper",
+        start,
+        after_panic,
+    )
+    .await;
 }
 
 /// A key's sweeper: walks when its period has passed or a PpioInstance waits, until none
