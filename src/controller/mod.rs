@@ -354,6 +354,7 @@ impl Context {
 
     fn forget(&self, key: &str) {
         if let Some((ns, name)) = key.split_once('/') {
+            self.lines.unplan(&keys::wakes::Wake::new(name).within(ns));
             self.sweeps.forget(ns, name);
             self.ledger.forget(ns, name);
             self.exports.forget(ns, name);

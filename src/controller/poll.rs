@@ -31,6 +31,10 @@ use crate::vocabulary::state;
 /// answer asked for right after the write is not handed over sooner.
 pub const WATCH_LAG: Duration = Duration::from_secs(1);
 
+/// A PpioInstance whose full GET its key's line sends when due (and wakes it with the
+/// answer) looks again by itself this many intervals after that, should no wake come.
+pub const PLAN_BACKSTOP: u32 = 2;
+
 /// What the controller keeps of the last observation of a PpioInstance, between polls.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Seen {
@@ -399,7 +403,11 @@ impl<'a> Step<'a> {
         // fail; otherwise it looks again at its next full GET (with full GETs off, after
         // LISTED_RECHECK_INTERVALS). While walks fail, it looks again when its item goes
         // stale, to show why. A full GET already due waits in the key's line, not here.
-        let recheck = listed_recheck(&self.seen, full_refresh_intervals, self.refresh, self.now);
+        let recheck = if failing {
+            listed_recheck(&self.seen, full_refresh_intervals, self.refresh, self.now)
+        } else {
+            self.recheck(&self.seen, full_refresh_intervals, self.now)
+        };
         self.walks_list_it = !failing;
         self.listed_next = Some(if failing {
             recheck.min(
@@ -483,17 +491,45 @@ impl<'a> Step<'a> {
 
     /// The GET's ask of the key's line.
     fn ask_line(&self, hand_after: Option<Instant>) -> Obtained {
-        let (instance, ctx) = (self.instance, self.ctx);
-        let namespace = instance.namespace().unwrap_or_default();
-        let ask = GetAsk {
-            object: Wake::new(&instance.name_any()).within(&namespace),
-            instance_id: &instance.spec.instance_id,
+        let namespace = self.instance.namespace().unwrap_or_default();
+        let ask = self.get_ask(&namespace, hand_after);
+        self.ctx.lines.obtain(&self.api_key, self.fingerprint, ask)
+    }
+
+    fn get_ask<'n>(&'n self, namespace: &'n str, hand_after: Option<Instant>) -> GetAsk<'n> {
+        GetAsk {
+            object: Wake::new(&self.instance.name_any()).within(namespace),
+            instance_id: &self.instance.spec.instance_id,
             urgent: self.is_urgent(),
-            namespace: &namespace,
+            namespace,
             newer_than: self.seen.changed_at,
             hand_after,
+        }
+    }
+
+    /// When a PpioInstance its key's walks keep current looks again by itself, from `from`
+    /// ([`listed_recheck`]). Its next full GET is planned with the key's line, which sends it
+    /// when due and wakes the PpioInstance with the answer: it then looks again by itself
+    /// only [`PLAN_BACKSTOP`] intervals after that, should no wake come.
+    fn recheck(&self, seen: &Seen, full_refresh_intervals: u32, from: Instant) -> Duration {
+        let recheck = listed_recheck(seen, full_refresh_intervals, self.refresh, from);
+        let Some(due) = seen
+            .full_due
+            .filter(|t| *t > self.now && full_refresh_intervals > 0)
+        else {
+            return recheck;
         };
-        ctx.lines.obtain(&self.api_key, self.fingerprint, ask)
+        let namespace = self.instance.namespace().unwrap_or_default();
+        let ask = self.get_ask(&namespace, None);
+        if self
+            .ctx
+            .lines
+            .plan(&self.api_key, self.fingerprint, ask, due)
+        {
+            recheck + self.refresh.max(SWEEP_WAIT).saturating_mul(PLAN_BACKSTOP)
+        } else {
+            recheck
+        }
     }
 
     /// A poll whose GET waits in the key's line (`guess`: about how long). The line wakes it
@@ -603,7 +639,7 @@ impl<'a> Step<'a> {
         // itself only at its next full GET, and a walk that finds its item changed or
         // missing reconciles it before that.
         if self.walks_list_it && state::STABLE.contains(&observed_state.as_str()) && !spot {
-            let next = listed_recheck(&seen, full_refresh_intervals, refresh, at);
+            let next = self.recheck(&seen, full_refresh_intervals, at);
             return Ok(Polled {
                 poll_on_wake: true,
                 ..Polled::sent(next, 0, wrote, seen)

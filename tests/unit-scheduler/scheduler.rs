@@ -1041,7 +1041,7 @@ async fn full_gets_after_a_long_fill_run_at_the_even_rate_not_as_a_backlog() {
 }
 
 /// Reconciles of the PpioInstances run so far, read at `at`.
-async fn reconciles_at(ctx: Arc<Context>, at: Instant) -> f64 {
+pub(crate) async fn reconciles_at(ctx: Arc<Context>, at: Instant) -> f64 {
     tokio::time::sleep_until(at).await;
     reconciles(&ctx)
 }

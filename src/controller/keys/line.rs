@@ -17,11 +17,17 @@
 //! the PpioInstance is woken ([`Waker`]) to apply it. A reconcile never waits for the budget,
 //! and holds no reconcile permit while a GET that waited is in flight.
 //!
-//! The task runs while requests wait and ends when none do (supervised: a panic starts it
-//! again, counted in `ppio_api_key_restarts_total`). A 429 answered to a GET it sent pauses
-//! the key at once. A key that has not asked for [`KEY_IDLE`] is forgotten.
+//! A PpioInstance whose next full GET is known ahead (its key's walks keep it current until
+//! then) plans it with the line ([`Lines::plan`]): at its due time the GET joins the routine
+//! GETs, the task sends it, and the PpioInstance is woken with the answer: one reconcile per
+//! full GET, and none of them waits on PPIO. A PpioInstance that asks for a GET meanwhile
+//! drops its plan.
+//!
+//! The task runs while requests wait or are planned, and ends when none do (supervised: a
+//! panic starts it again, counted in `ppio_api_key_restarts_total`). A 429 answered to a GET
+//! it sent pauses the key at once. A key that has not asked for [`KEY_IDLE`] is forgotten.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,6 +127,9 @@ struct Line {
     key: ApiKey,
     fingerprint: u64,
     state: Mutex<State>,
+    /// Wakes the task before the time it sleeps to (a request came while it waits for a
+    /// planned GET's due time).
+    arrived: tokio::sync::Notify,
 }
 
 struct State {
@@ -133,6 +142,11 @@ struct State {
     sent: HashMap<Wake, Instant>,
     /// Answers not taken yet, with the instance id each is for.
     answers: HashMap<Wake, (String, Answer)>,
+    /// The full GETs planned ahead, by PpioInstance, and in the order they are due.
+    plans: HashMap<Wake, Plan>,
+    plans_due: BTreeMap<(Instant, u64), Wake>,
+    /// The number of the next plan (plans due at the same instant keep their order).
+    next_plan: u64,
     shares: Shares,
     /// The task serving the line runs.
     running: bool,
@@ -149,6 +163,13 @@ struct Ask {
     instance_id: String,
     class: Class,
     hand_after: Option<Instant>,
+}
+
+/// A full GET planned for its due time.
+struct Plan {
+    instance_id: Box<str>,
+    due: Instant,
+    number: u64,
 }
 
 /// What the task does next.
@@ -176,6 +197,8 @@ impl Lines {
         let mut st = lock(&line.state);
         st.used = now;
         st.prune(now);
+        // Asked for now: a GET it planned is not sent as well.
+        st.unplan(&ask.object);
         if let Some((id, answer)) = st.answers.remove(&ask.object)
             && id == ask.instance_id
             && ask.newer_than.is_none_or(|t| answer.at > t)
@@ -218,6 +241,41 @@ impl Lines {
         Obtained::Queued(st.wait_guess(self.env.budget, class))
     }
 
+    /// Plans the full GET of `ask.instance_id` for `ask.object` at `due` (replacing the one it
+    /// planned before): the GET waits with the routine ones from then, is sent by the line,
+    /// and the PpioInstance is woken with its answer. `false` when the line cannot wake it (no
+    /// waker): the PpioInstance asks by itself at the time.
+    pub fn plan(&self, key: &ApiKey, fingerprint: u64, ask: GetAsk<'_>, due: Instant) -> bool {
+        if self.env.waker.is_none() {
+            return false;
+        }
+        let now = Instant::now();
+        let line = self.line(key, fingerprint, now);
+        let mut st = lock(&line.state);
+        st.used = now;
+        if st
+            .plans
+            .get(&ask.object)
+            .is_some_and(|p| p.due == due && *p.instance_id == *ask.instance_id)
+        {
+            return true;
+        }
+        st.unplan(&ask.object);
+        let number = st.next_plan;
+        st.next_plan += 1;
+        st.plans_due.insert((due, number), ask.object.clone());
+        st.plans.insert(
+            ask.object,
+            Plan {
+                instance_id: ask.instance_id.into(),
+                due,
+                number,
+            },
+        );
+        self.serve(&line, &mut st);
+        true
+    }
+
     /// Waits for a slot of `class` in the key's line (a walk page, a money call).
     pub async fn slot(&self, key: &ApiKey, fingerprint: u64, class: Class) {
         let now = Instant::now();
@@ -243,14 +301,25 @@ impl Lines {
         send_get(&self.env, key, instance_id).await
     }
 
-    /// Forgets the line of a key no longer in use, unless requests wait in it.
+    /// Forgets the line of a key no longer in use (its plans dropped: no PpioInstance uses
+    /// the key), unless requests wait in it.
     pub fn forget(&self, fingerprint: u64) {
         let mut keys = lock(&self.keys);
-        if keys
-            .get(&fingerprint)
-            .is_some_and(|l| lock(&l.state).idle())
-        {
+        if keys.get(&fingerprint).is_some_and(|l| {
+            let mut st = lock(&l.state);
+            st.plans.clear();
+            st.plans_due.clear();
+            st.idle()
+        }) {
             keys.remove(&fingerprint);
+        }
+    }
+
+    /// Drops what a deleted PpioInstance planned with any key.
+    pub fn unplan(&self, object: &Wake) {
+        let lines: Vec<Arc<Line>> = lock(&self.keys).values().cloned().collect();
+        for line in lines {
+            lock(&line.state).unplan(object);
         }
     }
 
@@ -288,14 +357,17 @@ impl Lines {
             key: key.clone(),
             fingerprint,
             state: Mutex::new(State::new(self.env.budget, now)),
+            arrived: tokio::sync::Notify::new(),
         });
         keys.insert(fingerprint, line.clone());
         line
     }
 
-    /// Starts the task serving `line`, unless it runs.
+    /// Starts the task serving `line`, or tells it that something came when it runs.
     fn serve(&self, line: &Arc<Line>, st: &mut State) {
-        if !st.running {
+        if st.running {
+            line.arrived.notify_one();
+        } else {
             st.running = true;
             tokio::spawn(supervise(self.env.clone(), line.clone()));
         }
@@ -311,6 +383,9 @@ impl State {
             asks: HashMap::new(),
             sent: HashMap::new(),
             answers: HashMap::new(),
+            plans: HashMap::new(),
+            plans_due: BTreeMap::new(),
+            next_plan: 0,
             shares: Shares::default(),
             running: false,
             used: now,
@@ -318,9 +393,52 @@ impl State {
         }
     }
 
-    /// Nothing waits, runs or is kept.
+    /// Nothing waits, runs, is planned or kept.
     fn idle(&self) -> bool {
-        !self.running && self.asks.is_empty() && self.sent.is_empty() && self.answers.is_empty()
+        !self.running
+            && self.asks.is_empty()
+            && self.sent.is_empty()
+            && self.answers.is_empty()
+            && self.plans.is_empty()
+    }
+
+    /// Drops the GET `object` planned, if any.
+    fn unplan(&mut self, object: &Wake) {
+        if self.plans.is_empty() {
+            return;
+        }
+        if let Some(plan) = self.plans.remove(object) {
+            self.plans_due.remove(&(plan.due, plan.number));
+        }
+    }
+
+    /// The planned GETs due at `now` join the routine GETs (one that waits or was sent
+    /// already is not asked twice); when the next one is due.
+    fn release_due(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(entry) = self.plans_due.first_entry() {
+            if entry.key().0 > now {
+                return Some(entry.key().0);
+            }
+            let object = entry.remove();
+            let Some(plan) = self.plans.remove(&object) else {
+                continue;
+            };
+            if self.asks.contains_key(&object) || self.sent.contains_key(&object) {
+                continue;
+            }
+            let namespace = object.namespace.clone().unwrap_or_default();
+            let class = self.class_of(false, &namespace, now);
+            self.asks.insert(
+                object.clone(),
+                Ask {
+                    instance_id: plan.instance_id.into(),
+                    class,
+                    hand_after: None,
+                },
+            );
+            self.queues[class as usize].push_back(Waiter::Get(object));
+        }
+        None
     }
 
     /// The class of a GET: urgent, or routine in the namespace's fair share while routine
@@ -393,7 +511,11 @@ impl State {
     /// key's pause allow it, else when to look again; `Idle` (and the task ends) when nothing
     /// waits.
     fn next(&mut self, budget: Budget, paused_until: Option<Instant>, now: Instant) -> Next {
+        let next_plan = self.release_due(now);
         let Some(c) = (0..CLASSES).find(|c| self.waits(*c)) else {
+            if let Some(due) = next_plan {
+                return Next::Sleep(due);
+            }
             self.running = false;
             return Next::Idle;
         };
@@ -446,6 +568,9 @@ impl State {
         if roomy(self.answers.len(), self.answers.capacity()) {
             self.answers.shrink_to_fit();
         }
+        if roomy(self.plans.len(), self.plans.capacity()) {
+            self.plans.shrink_to_fit();
+        }
         for queue in &mut self.queues {
             if roomy(queue.len(), queue.capacity()) {
                 queue.shrink_to_fit();
@@ -468,7 +593,12 @@ async fn run(env: Arc<Env>, line: Arc<Line>) {
         let next = lock(&line.state).next(env.budget, paused_until, now);
         match next {
             Next::Idle => return,
-            Next::Sleep(until) => tokio::time::sleep_until(until).await,
+            Next::Sleep(until) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {}
+                    () = line.arrived.notified() => {}
+                }
+            }
             Next::Slot(tx) => {
                 let _ = tx.send(());
             }
@@ -856,5 +986,56 @@ mod tests {
             .slot(&ApiKey::new("key-b").expect("key"), 2, Class::Routine)
             .await;
         assert_eq!(lines.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_planned_get_is_sent_when_due_and_dropped_when_asked_for_sooner() {
+        let fake = Arc::new(Fake::default());
+        let lines = Lines::new(Env {
+            ppio: fake.clone(),
+            budget: Budget {
+                per_second: Some(1.0),
+                burst: 1,
+            },
+            metrics: Arc::new(Metrics::default()),
+            paused: Arc::default(),
+            waker: Some(Waker::new(16)),
+        });
+        let ask = |n: &'static str| GetAsk {
+            object: ObjectRef::new(n).within("ns"),
+            instance_id: n,
+            urgent: false,
+            namespace: "ns",
+            newer_than: None,
+            hand_after: None,
+        };
+        let t0 = Instant::now();
+        let secs = |s: u64| t0 + Duration::from_secs(s);
+        assert!(lines.plan(&key(), 1, ask("a"), secs(30)));
+        assert!(lines.plan(&key(), 1, ask("b"), secs(10)));
+        assert!(lines.plan(&key(), 1, ask("c"), secs(20)));
+        // Planned again for later: the earlier plan is replaced.
+        assert!(lines.plan(&key(), 1, ask("a"), secs(40)));
+        // Asked for before its plan is due: sent by its caller, and not again when due.
+        tokio::time::sleep_until(secs(5)).await;
+        assert!(matches!(lines.obtain(&key(), 1, ask("c")), Obtained::Now));
+        tokio::time::sleep_until(secs(39)).await;
+        assert_eq!(*lock(&fake.asked), ["b"]);
+        tokio::time::sleep_until(secs(41)).await;
+        assert_eq!(*lock(&fake.asked), ["b", "a"]);
+        // Their answers are kept for their PpioInstances.
+        for n in ["a", "b"] {
+            assert!(matches!(
+                lines.obtain(&key(), 1, ask(n)),
+                Obtained::Answer(_)
+            ));
+        }
+        // The plans of a key no longer in use go with it.
+        assert!(lines.plan(&key(), 1, ask("d"), secs(100)));
+        lines.forget(1);
+        tokio::time::sleep_until(secs(200)).await;
+        assert_eq!(*lock(&fake.asked), ["b", "a"]);
+        lines.forget(1);
+        assert!(lines.is_empty());
     }
 }

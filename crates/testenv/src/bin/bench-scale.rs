@@ -67,6 +67,42 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds of a fixed piece of the operator's own work (decoding a PPIO instance and
+/// computing its status, 100,000 times) on one thread: a yardstick of how fast this machine
+/// runs the operator's code right now, printed around the steady window so that CPU figures of
+/// runs on a busier or quieter machine can be told apart from changes of the code.
+fn yardstick() -> f64 {
+    fn thread_cpu() -> f64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let fields: Vec<f64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+    }
+    std::thread::spawn(|| {
+        let body = ppio_testenv::mock::FIXTURE.as_bytes();
+        let start = thread_cpu();
+        let mut status = None;
+        for i in 0..100_000i64 {
+            let instance = ppio_operator::ppio::Instance::from_slice(body).expect("decodes");
+            let now = jiff::Timestamp::from_second(1_750_000_000 + i).expect("time");
+            status = Some(ppio_operator::status::compute_status(
+                "ca338f12f3",
+                Some(1),
+                None,
+                ppio_operator::status::Observation::Instance(&instance),
+                status.as_ref(),
+                now,
+            ));
+        }
+        thread_cpu() - start
+    })
+    .join()
+    .unwrap_or(0.0)
+}
+
 /// `BENCH_SLOW_SCRAPERS=S`: S clients ask for /metrics and never read (a 4 KiB receive
 /// buffer each) for 20 s; prints the operator's RSS before and at most during, and the
 /// slowest /readyz answer meanwhile.
@@ -835,6 +871,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Steady state.
+    let yardstick0 = tokio::task::spawn_blocking(yardstick).await.unwrap_or(0.0);
     let counts0 = sim.counts();
     let op_metrics0 = http_get(op_addr, "/metrics")
         .await
@@ -861,12 +898,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Before the window's last /metrics read: the operator keeps the text of an answer (about
     // 6 MB at 10,000) for a second, for other scrapers to share.
     let rss_settled = rss_mib(op_pid);
+    // Before the window's last /metrics answer, whose CPU is a scraper's, printed apart.
+    let (op_cpu1, api_cpu1) = (cpu_seconds(op_pid), cpu_seconds(apiserver_pid));
     let op_metrics1 = http_get(op_addr, "/metrics")
         .await
         .map(|(_, b)| b)
         .unwrap_or_default();
+    let scrape_cpu = cpu_seconds(op_pid) - op_cpu1;
     let api_metrics1 = apiserver_metrics(&client).await;
-    let (op_cpu1, api_cpu1) = (cpu_seconds(op_pid), cpu_seconds(apiserver_pid));
+    let yardstick1 = tokio::task::spawn_blocking(yardstick).await.unwrap_or(0.0);
     let gets = counts1.instances.values().sum::<u64>() - counts0.instances.values().sum::<u64>();
     let lists = counts1.list - counts0.list;
     let intervals = secs / 60.0;
@@ -944,9 +984,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!(
-        "  operator CPU: {:.1} µs per instance per interval; API server CPU: {:.2} s",
+        "  operator CPU: {:.1} µs per instance per interval; API server CPU: {:.2} s; one /metrics answer: {:.2} s",
         per(op_cpu1 - op_cpu0) * 1e6,
-        api_cpu1 - api_cpu0
+        api_cpu1 - api_cpu0,
+        scrape_cpu
+    );
+    println!(
+        "  yardstick (the operator's decode + status code, 100,000 times, one thread): {yardstick0:.2} s CPU before the window, {yardstick1:.2} s after"
     );
     println!(
         "  operator RSS: {rss_settled:.0} MiB settled; {:.0} MiB right after a /metrics answer",
