@@ -308,7 +308,8 @@ pub struct ApiMetrics {
     pub sweeps: Family<ResultLabels, Counter>,
     /// API keys whose walks and budget the operator holds state for.
     pub keys: Gauge,
-    /// A key's sweeper that ended unexpectedly and was started again.
+    /// A key's task (its request line and its walks) that ended unexpectedly and was started
+    /// again.
     pub key_restarts: Counter,
     /// Per API key fingerprint and money call: 1 while PPIO does not serve the call here.
     pub call_unavailable: Family<CallLabels, Gauge>,
@@ -388,7 +389,7 @@ impl ApiMetrics {
         );
         r.register(
             "key_restarts",
-            "Tasks of an API key (its sweeper, its request line) that ended unexpectedly (a panic) and were started again",
+            "API key tasks (each key's request line and walks) that ended unexpectedly (a panic) and were started again",
             self.key_restarts.clone(),
         );
     }

@@ -354,7 +354,6 @@ impl Context {
 
     fn forget(&self, key: &str) {
         if let Some((ns, name)) = key.split_once('/') {
-            self.lines.unplan(&keys::wakes::Wake::new(name).within(ns));
             self.sweeps.forget(ns, name);
             self.ledger.forget(ns, name);
             self.exports.forget(ns, name);
@@ -370,6 +369,12 @@ impl Context {
             (true, false) => self.metrics.controller.backoffs.dec(),
             _ => 0,
         };
+    }
+
+    /// How many API keys hold a request line (their budget, and the GETs that wait or are
+    /// planned on them).
+    pub fn key_lines(&self) -> usize {
+        self.lines.len()
     }
 
     /// Drops what is remembered (and the metrics series) of a deleted PpioInstance.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::list_faults::longest_gaps;
-use crate::scheduler::{FakePpio, LIST, Wakes, context, ids, objects, reconciles_at, run};
+use crate::scheduler::{FakePpio, LIST, Wakes, context, ids, objects, run};
 use crate::support::mock::MockApi;
 use ppio_operator::controller::Context;
 use ppio_operator::crd::PpioInstance;
@@ -224,53 +224,4 @@ async fn full_gets_the_budget_cannot_cover_are_spread_further_apart_and_said() {
             last = t;
         }
     }
-}
-
-#[ppio_test_macros::test(start_paused = true)]
-async fn a_full_get_on_a_busy_key_costs_one_reconcile() {
-    let api = MockApi::default();
-    let ppio = Arc::new(FakePpio::default());
-    // The scale benchmark's key, scaled down: 3,000 instances on 3 requests/s. Walks of 30
-    // pages and full GETs take most of the budget, so a full GET that comes due often waits
-    // behind a walk's pages.
-    let all = objects("r", 3000, None);
-    ppio.list_ids(ids(&all));
-    let (ctx, wakes) = context(&api, ppio.clone(), 3.0, 20, LIST);
-    let start = Instant::now();
-    let (from, to) = (
-        start + Duration::from_secs(35 * 60),
-        start + Duration::from_secs(65 * 60),
-    );
-    let (_, before, after) = tokio::join!(
-        run(
-            ctx.clone(),
-            &api,
-            wakes,
-            all,
-            64,
-            Duration::from_secs(66 * 60)
-        ),
-        reconciles_at(ctx.clone(), from),
-        reconciles_at(ctx.clone(), to),
-    );
-    let gets: usize = ppio
-        .by_id()
-        .iter()
-        .filter(|(id, _)| *id != "LIST")
-        .map(|(_, times)| times.iter().filter(|t| **t >= from && **t < to).count())
-        .sum();
-    // Each instance once in the period (a full GET every 30 intervals).
-    assert!(
-        (2900..=3100).contains(&gets),
-        "{gets} full GETs in one period"
-    );
-    // The line sends a full GET when it is due and its turn has come, and wakes its
-    // PpioInstance with the answer: one reconcile per GET, not one to ask and another to
-    // apply the answer that waited (1.22 per GET that way).
-    let per_get = (after - before) / gets as f64;
-    assert!(
-        per_get <= 1.02,
-        "{} reconciles for {gets} full GETs: {per_get:.2} per GET",
-        after - before
-    );
 }

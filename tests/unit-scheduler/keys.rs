@@ -48,6 +48,7 @@ async fn a_rotated_keys_state_is_freed() {
     // Long after the last rotation, only the key in use holds state, and only its series
     // remain.
     assert_eq!(metric(&ctx, "ppio_api_keys"), 1.0);
+    assert_eq!(ctx.key_lines(), 1, "request lines held");
     let series = ctx
         .metrics
         .encode()

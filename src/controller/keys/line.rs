@@ -23,9 +23,16 @@
 //! full GET, and none of them waits on PPIO. A PpioInstance that asks for a GET meanwhile
 //! drops its plan.
 //!
-//! The task runs while requests wait or are planned, and ends when none do (supervised: a
-//! panic starts it again, counted in `ppio_api_key_restarts_total`). A 429 answered to a GET
-//! it sent pauses the key at once. A key that has not asked for [`KEY_IDLE`] is forgotten.
+//! The key's walks over its LIST ([`super::sweep`]) run in the same task, alongside the
+//! requests it serves: their pages wait in the line like any other request. So each key has
+//! one task, which alone hands out its budget, runs its walks, keeps its planned GETs and
+//! sends the ones that waited.
+//!
+//! The task runs while requests wait or are planned or the key's walks run, and ends when
+//! none do (supervised: a panic starts it again, the walk it was in over, counted in
+//! `ppio_api_key_restarts_total`). A 429 answered to a GET it sent pauses the key at once. A
+//! key that has not asked for [`KEY_IDLE`] is forgotten, and so is one whose walks retired
+//! with nothing waiting.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -106,6 +113,14 @@ pub struct GetAsk<'a> {
     pub hand_after: Option<Instant>,
 }
 
+/// A key's walks over its LIST, run by the key's task alongside the requests it serves.
+pub trait Walks: Send + Sync {
+    /// Walks until no PpioInstance uses the walks any more (they retire).
+    fn run(&self) -> futures::future::BoxFuture<'static, ()>;
+    /// A panic ended the key's task: what the walk in progress left is tidied.
+    fn after_panic(&self);
+}
+
 /// What the lines share.
 pub struct Env {
     pub ppio: Arc<dyn PpioApi>,
@@ -120,7 +135,7 @@ pub struct Env {
 /// Every key's line.
 pub struct Lines {
     env: Arc<Env>,
-    keys: Mutex<HashMap<u64, Arc<Line>>>,
+    keys: Arc<Mutex<HashMap<u64, Arc<Line>>>>,
 }
 
 struct Line {
@@ -148,8 +163,12 @@ struct State {
     /// The number of the next plan (plans due at the same instant keep their order).
     next_plan: u64,
     shares: Shares,
+    /// The key's walks, run by its task.
+    walks: Option<Arc<dyn Walks>>,
     /// The task serving the line runs.
     running: bool,
+    /// The key is no longer in use: its line goes once idle.
+    retired: bool,
     used: Instant,
     pruned: Instant,
 }
@@ -184,7 +203,7 @@ impl Lines {
     pub fn new(env: Env) -> Lines {
         Lines {
             env: Arc::new(env),
-            keys: Mutex::new(HashMap::new()),
+            keys: Arc::default(),
         }
     }
 
@@ -195,7 +214,7 @@ impl Lines {
         let paused = self.paused(fingerprint, now);
         let line = self.line(key, fingerprint, now);
         let mut st = lock(&line.state);
-        st.used = now;
+        st.touch(now);
         st.prune(now);
         // Asked for now: a GET it planned is not sent as well.
         st.unplan(&ask.object);
@@ -252,7 +271,7 @@ impl Lines {
         let now = Instant::now();
         let line = self.line(key, fingerprint, now);
         let mut st = lock(&line.state);
-        st.used = now;
+        st.touch(now);
         if st
             .plans
             .get(&ask.object)
@@ -283,7 +302,7 @@ impl Lines {
         let turn = {
             let line = self.line(key, fingerprint, now);
             let mut st = lock(&line.state);
-            st.used = now;
+            st.touch(now);
             if !paused && st.take_now(self.env.budget, class, now) {
                 return;
             }
@@ -301,24 +320,46 @@ impl Lines {
         send_get(&self.env, key, instance_id).await
     }
 
-    /// Forgets the line of a key no longer in use (its plans dropped: no PpioInstance uses
-    /// the key), unless requests wait in it.
+    /// Runs `walks` in the task of `key` (in place of any it ran).
+    pub fn attach(&self, key: &ApiKey, fingerprint: u64, walks: Arc<dyn Walks>) {
+        let now = Instant::now();
+        let line = self.line(key, fingerprint, now);
+        let mut st = lock(&line.state);
+        st.touch(now);
+        st.walks = Some(walks);
+        self.serve(&line, &mut st);
+    }
+
+    /// Stops the walks of the key of `fingerprint` (the controller stops).
+    pub fn detach(&self, fingerprint: u64) {
+        if let Some(line) = lock(&self.keys).get(&fingerprint) {
+            lock(&line.state).walks = None;
+            line.arrived.notify_one();
+        }
+    }
+
+    /// Forgets the line of a key no longer in use (its plans and answers dropped: no
+    /// PpioInstance uses the key): now when idle, else once its task ends with nothing
+    /// waiting (unless the key is used again meanwhile).
     pub fn forget(&self, fingerprint: u64) {
         let mut keys = lock(&self.keys);
         if keys.get(&fingerprint).is_some_and(|l| {
             let mut st = lock(&l.state);
             st.plans.clear();
             st.plans_due.clear();
+            st.answers.clear();
+            st.retired = true;
             st.idle()
         }) {
             keys.remove(&fingerprint);
         }
     }
 
-    /// Drops what a deleted PpioInstance planned with any key.
-    pub fn unplan(&self, object: &Wake) {
-        let lines: Vec<Arc<Line>> = lock(&self.keys).values().cloned().collect();
-        for line in lines {
+    /// Drops the GET `object` planned with the key of `fingerprint` (it was deleted, or uses
+    /// another key now).
+    pub fn unplan(&self, fingerprint: u64, object: &Wake) {
+        let line = lock(&self.keys).get(&fingerprint).cloned();
+        if let Some(line) = line {
             lock(&line.state).unplan(object);
         }
     }
@@ -369,7 +410,7 @@ impl Lines {
             line.arrived.notify_one();
         } else {
             st.running = true;
-            tokio::spawn(supervise(self.env.clone(), line.clone()));
+            tokio::spawn(supervise(self.env.clone(), self.keys.clone(), line.clone()));
         }
     }
 }
@@ -387,15 +428,24 @@ impl State {
             plans_due: BTreeMap::new(),
             next_plan: 0,
             shares: Shares::default(),
+            walks: None,
             running: false,
+            retired: false,
             used: now,
             pruned: now,
         }
     }
 
+    /// The key is used now.
+    fn touch(&mut self, now: Instant) {
+        self.used = now;
+        self.retired = false;
+    }
+
     /// Nothing waits, runs, is planned or kept.
     fn idle(&self) -> bool {
         !self.running
+            && self.walks.is_none()
             && self.asks.is_empty()
             && self.sent.is_empty()
             && self.answers.is_empty()
@@ -516,6 +566,10 @@ impl State {
             if let Some(due) = next_plan {
                 return Next::Sleep(due);
             }
+            if self.walks.is_some() {
+                // The walks run: the task stays, woken when a request comes.
+                return Next::Sleep(now + KEY_IDLE);
+            }
             self.running = false;
             return Next::Idle;
         };
@@ -579,22 +633,44 @@ impl State {
     }
 }
 
-/// Serves a key's line, and starts again (after the error backoff) when that panics.
-async fn supervise(env: Arc<Env>, line: Arc<Line>) {
-    let start = || run(env.clone(), line.clone());
-    super::supervise(&env.metrics, line.fingerprint, "request line", start, || {}).await;
+/// Runs a key's task, and starts it again (after the error backoff) when it panics: the
+/// walk it was in is over.
+async fn supervise(env: Arc<Env>, keys: Arc<Mutex<HashMap<u64, Arc<Line>>>>, line: Arc<Line>) {
+    let start = || run(env.clone(), keys.clone(), line.clone());
+    let after_panic = || {
+        let walks = lock(&line.state).walks.clone();
+        if let Some(walks) = walks {
+            walks.after_panic();
+        }
+    };
+    super::supervise(&env.metrics, line.fingerprint, "task", start, after_panic).await;
 }
 
-/// Serves a key's line until nothing waits in it.
-async fn run(env: Arc<Env>, line: Arc<Line>) {
+/// The walks a key's task runs, and the future running them.
+type Walking = (Arc<dyn Walks>, futures::future::BoxFuture<'static, ()>);
+
+/// A key's task: serves its line, and runs its walks, until neither waits. A retired key's
+/// line is forgotten then.
+async fn run(env: Arc<Env>, keys: Arc<Mutex<HashMap<u64, Arc<Line>>>>, line: Arc<Line>) {
+    let mut walking: Option<Walking> = None;
     loop {
+        if follow_walks(&line, &mut walking).await {
+            continue;
+        }
         let now = Instant::now();
         let paused_until = lock(&env.paused).get(&line.fingerprint).copied();
         let next = lock(&line.state).next(env.budget, paused_until, now);
         match next {
-            Next::Idle => return,
+            Next::Idle => break,
             Next::Sleep(until) => {
+                let walk = async {
+                    match walking.as_mut() {
+                        Some((_, running)) => running.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
+                    () = walk => end_walks(&line, &mut walking),
                     () = tokio::time::sleep_until(until) => {}
                     () = line.arrived.notified() => {}
                 }
@@ -605,6 +681,49 @@ async fn run(env: Arc<Env>, line: Arc<Line>) {
             Next::Get(object, ask) => {
                 tokio::spawn(get_for(env.clone(), line.clone(), object, ask));
             }
+        }
+    }
+    let mut keys = lock(&keys);
+    if keys.get(&line.fingerprint).is_some_and(|l| {
+        Arc::ptr_eq(l, &line) && {
+            let mut st = lock(&l.state);
+            if st.retired {
+                // Answers that came for a key no longer used are taken by no one.
+                st.answers.clear();
+            }
+            st.retired && st.idle()
+        }
+    }) {
+        keys.remove(&line.fingerprint);
+    }
+}
+
+/// Starts the walks attached to the line (in place of the ones running, or none when they
+/// were detached), and moves the running ones on; `true` when they just ended.
+async fn follow_walks(line: &Line, walking: &mut Option<Walking>) -> bool {
+    let attached = lock(&line.state).walks.clone();
+    match (attached, walking.as_ref()) {
+        (Some(a), Some((w, _))) if Arc::ptr_eq(&a, w) => {}
+        (Some(a), _) => *walking = Some((a.clone(), a.run())),
+        (None, _) => *walking = None,
+    }
+    let Some((_, running)) = walking.as_mut() else {
+        return false;
+    };
+    // Polled at each turn, not only while the task sleeps: a busy line still moves them on.
+    if futures::poll!(running.as_mut()).is_pending() {
+        return false;
+    }
+    end_walks(line, walking);
+    true
+}
+
+/// The walks ended (they retired): the line no longer runs them.
+fn end_walks(line: &Line, walking: &mut Option<Walking>) {
+    if let Some((ended, _)) = walking.take() {
+        let mut st = lock(&line.state);
+        if st.walks.as_ref().is_some_and(|w| Arc::ptr_eq(w, &ended)) {
+            st.walks = None;
         }
     }
 }

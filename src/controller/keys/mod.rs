@@ -3,12 +3,12 @@
 //!
 //! - [`budget`]: the key's request budget (a rate with a burst) and the namespaces' fair
 //!   shares of it;
-//! - [`line`]: the key's request line, the one task that hands out the budget (walk pages,
-//!   urgent GETs, the fair line, routine GETs and money calls, in that order, after a key's
-//!   first money calls), sends the GETs
-//!   that waited and keeps their answers;
-//! - [`sweep`]: the key's walks over its LIST, its plan (walks or GETs, their period, the
-//!   full-refresh stretch), and the sweeper task that runs them;
+//! - [`line`]: the key's request line and its task, the one task of the key: it hands out
+//!   the budget (walk pages, urgent GETs, the fair line, routine GETs and money calls, in that
+//!   order, after a key's first money calls), runs the key's walks, sends the full GETs
+//!   planned for their due time and the GETs that waited, and keeps their answers;
+//! - [`sweep`]: the key's walks over its LIST and its plan (walks or GETs, their period, the
+//!   full-refresh stretch), run by the key's task;
 //! - [`ledger`]: the key's catalogue, bills and balance;
 //! - [`wakes`]: the PpioInstances a walk answers, handed to the controller key by key;
 //! - [`permits`]: the reconcile permits, shared between the sources of API keys.

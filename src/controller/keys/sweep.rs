@@ -2,8 +2,8 @@
 //! (`GET /gpus/v2/instances`) observes every PpioInstance whose instance is on a page, so
 //! that one request serves a page of instances instead of one.
 //!
-//! - One task per key walks the pages (following `next_cursor`, opaque, until `has_more` is
-//!   false) every [`SWEEP_SHARE`] of the shortest refresh interval of the key's PpioInstances,
+//! - The key's task ([`super::line`]: the one that serves the key's request line) walks the
+//!   pages (following `next_cursor`, opaque, until `has_more` is false) every [`SWEEP_SHARE`] of the shortest refresh interval of the key's PpioInstances,
 //!   and sooner when a PpioInstance waits for its first observation (debounced by
 //!   [`SWEEP_DEBOUNCE`]), so a bulk apply is observed within seconds: a waiting PpioInstance
 //!   is reconciled as soon as the page with its instance is read.
@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::budget::Budget;
-use super::line::{Class, Lines};
+use super::line::{Class, Lines, Walks};
 use super::wakes::{Wake, Waker};
 use crate::controller::schedule::{MAX_KEY_PAUSE, backoff, jitter};
 use crate::lock;
@@ -141,8 +141,6 @@ pub struct Sweeps {
     env: Arc<Env>,
     /// Which key and instance id each watching PpioInstance takes its LIST item from.
     watching: Mutex<HashMap<Object, (u64, String)>>,
-    /// The sweepers' tasks, aborted with the controller.
-    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 pub(in crate::controller) struct KeySweep {
@@ -311,7 +309,6 @@ impl Sweeps {
         Sweeps {
             env: Arc::new(env),
             watching: Mutex::new(HashMap::new()),
-            tasks: Mutex::new(Vec::new()),
         }
     }
 
@@ -329,6 +326,11 @@ impl Sweeps {
         if let Some((fp, old)) = watching.insert(entry.clone(), (sweep.fingerprint, id.to_string()))
         {
             self.unwatch(fp, &old, &entry);
+            if fp != sweep.fingerprint {
+                // Its next full GET goes with the key it uses now.
+                let object = Wake::new(object.1).within(object.0);
+                self.env.lines.unplan(fp, &object);
+            }
         }
         drop(watching);
         let mut st = lock(&sweep.state);
@@ -387,6 +389,9 @@ impl Sweeps {
         let removed = lock(&self.watching).remove(&object);
         if let Some((fp, id)) = removed {
             self.unwatch(fp, &id, &object);
+            self.env
+                .lines
+                .unplan(fp, &Wake::new(name).within(namespace));
         }
     }
 
@@ -488,10 +493,12 @@ impl Sweeps {
         });
         keys.insert(fingerprint, sweep.clone());
         self.env.metrics.api.keys.set(keys.len() as i64);
-        let task = tokio::spawn(supervise(self.env.clone(), sweep.clone()));
-        let mut tasks = lock(&self.tasks);
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(task.abort_handle());
+        // The walks run in the key's task, alongside the requests its line serves.
+        let walks = Arc::new(KeyWalks {
+            env: self.env.clone(),
+            sweep: sweep.clone(),
+        });
+        self.env.lines.attach(key, fingerprint, walks);
         sweep
     }
 }
@@ -525,9 +532,11 @@ fn retire(env: &Env, sweep: &Arc<KeySweep>) {
 }
 
 impl Drop for Sweeps {
+    /// The walks stop with the controller.
     fn drop(&mut self) {
-        for task in lock(&self.tasks).drain(..) {
-            task.abort();
+        let keys: Vec<u64> = lock(&self.env.keys).keys().copied().collect();
+        for fingerprint in keys {
+            self.env.lines.detach(fingerprint);
         }
     }
 }
@@ -717,30 +726,29 @@ fn restretch(env: &Env, sweep: &KeySweep, st: &mut State, stretch: f64) {
     }
 }
 
-/// Runs a key's sweeper, and starts it again (after the error backoff) when it panics: the
-/// walk it was in is over, and every PpioInstance of the key looks again. Counted in
-/// `ppio_api_key_restarts_total`.
-async fn supervise(env: Arc<Env>, sweep: Arc<KeySweep>) {
-    let start = || run(env.clone(), sweep.clone());
-    let after_panic = || {
+/// A key's walks, as its task runs them.
+struct KeyWalks {
+    env: Arc<Env>,
+    sweep: Arc<KeySweep>,
+}
+
+impl Walks for KeyWalks {
+    fn run(&self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(run(self.env.clone(), self.sweep.clone()))
+    }
+
+    /// The walk it was in is over, and every PpioInstance of the key looks again.
+    fn after_panic(&self) {
         let woken = {
-            let mut st = lock(&sweep.state);
+            let mut st = lock(&self.sweep.state);
             st.walking = None;
             st.asked = Some(Instant::now());
             let mut woken = st.watching_objects();
             woken.extend(st.waiters.values().flatten().map(|(o, _)| o.clone()));
             woken
         };
-        wake(&env, sweep.fingerprint, woken);
-    };
-    super::supervise(
-        &env.metrics,
-        sweep.fingerprint,
-        "sweeper",
-        start,
-        after_panic,
-    )
-    .await;
+        wake(&self.env, self.sweep.fingerprint, woken);
+    }
 }
 
 /// A key's sweeper: walks when its period has passed or a PpioInstance waits, until none
