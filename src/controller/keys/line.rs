@@ -34,7 +34,7 @@
 //! key that has not asked for [`KEY_IDLE`] is forgotten, and so is one whose walks retired
 //! with nothing waiting.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::budget::{Budget, Shares};
+use super::plans::{Due, Plans};
 use super::wakes::{Wake, Waker};
 use crate::controller::schedule::{MAX_KEY_PAUSE, backoff};
 use crate::lock;
@@ -157,11 +158,8 @@ struct State {
     sent: HashMap<Wake, Instant>,
     /// Answers not taken yet, with the instance id each is for.
     answers: HashMap<Wake, (String, Answer)>,
-    /// The full GETs planned ahead, by PpioInstance, and in the order they are due.
-    plans: HashMap<Wake, Plan>,
-    plans_due: BTreeMap<(Instant, u64), Wake>,
-    /// The number of the next plan (plans due at the same instant keep their order).
-    next_plan: u64,
+    /// The full GETs planned ahead.
+    plans: Plans,
     shares: Shares,
     /// The key's walks, run by its task.
     walks: Option<Arc<dyn Walks>>,
@@ -182,13 +180,6 @@ struct Ask {
     instance_id: String,
     class: Class,
     hand_after: Option<Instant>,
-}
-
-/// A full GET planned for its due time.
-struct Plan {
-    instance_id: Box<str>,
-    due: Instant,
-    number: u64,
 }
 
 /// What the task does next.
@@ -272,26 +263,12 @@ impl Lines {
         let line = self.line(key, fingerprint, now);
         let mut st = lock(&line.state);
         st.touch(now);
-        if st
-            .plans
-            .get(&ask.object)
-            .is_some_and(|p| p.due == due && *p.instance_id == *ask.instance_id)
+        // The task is told only when this plan comes before what it waits for.
+        if st.plans.plan(&ask.object, ask.instance_id, due)
+            && (!st.running || st.plans.first_due() == Some(due))
         {
-            return true;
+            self.serve(&line, &mut st);
         }
-        st.unplan(&ask.object);
-        let number = st.next_plan;
-        st.next_plan += 1;
-        st.plans_due.insert((due, number), ask.object.clone());
-        st.plans.insert(
-            ask.object,
-            Plan {
-                instance_id: ask.instance_id.into(),
-                due,
-                number,
-            },
-        );
-        self.serve(&line, &mut st);
         true
     }
 
@@ -346,7 +323,6 @@ impl Lines {
         if keys.get(&fingerprint).is_some_and(|l| {
             let mut st = lock(&l.state);
             st.plans.clear();
-            st.plans_due.clear();
             st.answers.clear();
             st.retired = true;
             st.idle()
@@ -424,9 +400,7 @@ impl State {
             asks: HashMap::new(),
             sent: HashMap::new(),
             answers: HashMap::new(),
-            plans: HashMap::new(),
-            plans_due: BTreeMap::new(),
-            next_plan: 0,
+            plans: Plans::default(),
             shares: Shares::default(),
             walks: None,
             running: false,
@@ -454,24 +428,19 @@ impl State {
 
     /// Drops the GET `object` planned, if any.
     fn unplan(&mut self, object: &Wake) {
-        if self.plans.is_empty() {
-            return;
-        }
-        if let Some(plan) = self.plans.remove(object) {
-            self.plans_due.remove(&(plan.due, plan.number));
-        }
+        self.plans.unplan(object);
     }
 
     /// The planned GETs due at `now` join the routine GETs (one that waits or was sent
     /// already is not asked twice); when the next one is due.
     fn release_due(&mut self, now: Instant) -> Option<Instant> {
-        while let Some(entry) = self.plans_due.first_entry() {
-            if entry.key().0 > now {
-                return Some(entry.key().0);
-            }
-            let object = entry.remove();
-            let Some(plan) = self.plans.remove(&object) else {
-                continue;
+        loop {
+            let Due {
+                object,
+                instance_id,
+            } = match self.plans.take_due(now) {
+                Ok(due) => due,
+                Err(next) => return next,
             };
             if self.asks.contains_key(&object) || self.sent.contains_key(&object) {
                 continue;
@@ -481,14 +450,13 @@ impl State {
             self.asks.insert(
                 object.clone(),
                 Ask {
-                    instance_id: plan.instance_id.into(),
+                    instance_id,
                     class,
                     hand_after: None,
                 },
             );
             self.queues[class as usize].push_back(Waiter::Get(object));
         }
-        None
     }
 
     /// The class of a GET: urgent, or routine in the namespace's fair share while routine
@@ -622,9 +590,7 @@ impl State {
         if roomy(self.answers.len(), self.answers.capacity()) {
             self.answers.shrink_to_fit();
         }
-        if roomy(self.plans.len(), self.plans.capacity()) {
-            self.plans.shrink_to_fit();
-        }
+        self.plans.shrink();
         for queue in &mut self.queues {
             if roomy(queue.len(), queue.capacity()) {
                 queue.shrink_to_fit();

@@ -9,6 +9,7 @@
 //!   planned for their due time and the GETs that waited, and keeps their answers;
 //! - [`sweep`]: the key's walks over its LIST and its plan (walks or GETs, their period, the
 //!   full-refresh stretch), run by the key's task;
+//! - `plans`: the full GETs planned on a key's line, in the order they come due;
 //! - [`ledger`]: the key's catalogue, bills and balance;
 //! - [`wakes`]: the PpioInstances a walk answers, handed to the controller key by key;
 //! - [`permits`]: the reconcile permits, shared between the sources of API keys.
@@ -20,6 +21,7 @@ pub mod budget;
 pub mod ledger;
 pub mod line;
 pub mod permits;
+mod plans;
 pub mod sweep;
 pub mod wakes;
 
