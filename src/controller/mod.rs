@@ -122,8 +122,6 @@ pub struct Context {
     /// Publishes Events; `None` in tests that do not look at Events.
     recorder: Option<kube::runtime::events::Recorder>,
     tracked: Mutex<HashMap<String, Tracked>>,
-    /// Per API key (by fingerprint): no request before this instant (a 429's Retry-After).
-    key_paused_until: Arc<Mutex<HashMap<u64, Instant>>>,
     key_hasher: RandomState,
     /// When set, the phases of the full-refresh slots come from this seed instead of the
     /// per-process random one (tests that replay a run; see [`Context::with_phase_seed`]).
@@ -154,10 +152,9 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Context {
-        let key_paused_until = Arc::default();
-        let lines = lines(&ppio, &settings, &metrics, &key_paused_until, None);
-        let sweeps = sweeps(&ppio, &lines, &settings, &metrics, &key_paused_until, None);
-        let ledger = ledger(&ppio, &lines, &settings, &metrics, &key_paused_until, None);
+        let lines = lines(&ppio, &settings, &metrics, None);
+        let sweeps = sweeps(&ppio, &lines, &settings, &metrics, None);
+        let ledger = ledger(&ppio, &lines, &settings, &metrics, None);
         Context {
             ledger,
             exports: export::Exports::default(),
@@ -167,7 +164,6 @@ impl Context {
             metrics,
             recorder: None,
             tracked: Mutex::new(HashMap::new()),
-            key_paused_until,
             lines,
             sweeps,
             key_hasher: RandomState::new(),
@@ -202,7 +198,6 @@ impl Context {
             &self.ppio,
             &self.settings,
             &self.metrics,
-            &self.key_paused_until,
             Some(waker.clone()),
         );
         self.sweeps = sweeps(
@@ -210,7 +205,6 @@ impl Context {
             &self.lines,
             &self.settings,
             &self.metrics,
-            &self.key_paused_until,
             Some(waker.clone()),
         );
         self.ledger = ledger(
@@ -218,7 +212,6 @@ impl Context {
             &self.lines,
             &self.settings,
             &self.metrics,
-            &self.key_paused_until,
             Some(waker),
         );
         self
@@ -233,7 +226,6 @@ impl Context {
             &self.lines,
             &self.settings,
             &self.metrics,
-            &self.key_paused_until,
             waker,
         );
         self
@@ -320,19 +312,14 @@ impl Context {
         );
     }
 
+    /// Until when a 429 pauses every request of `key`, if it does now (the key's line keeps
+    /// the pause).
     fn key_pause(&self, key: &ApiKey) -> Option<Instant> {
-        let fp = self.fingerprint(key);
-        let mut paused = lock(&self.key_paused_until);
-        let now = Instant::now();
-        paused.retain(|_, until| *until > now);
-        paused.get(&fp).copied()
+        self.lines.paused_until(self.fingerprint(key))
     }
 
     fn pause_key(&self, key: &ApiKey, until: Instant) {
-        let fp = self.fingerprint(key);
-        let mut paused = lock(&self.key_paused_until);
-        let entry = paused.entry(fp).or_insert(until);
-        *entry = (*entry).max(until);
+        self.lines.pause(self.fingerprint(key), until);
     }
 
     fn tracked(&self, key: &str) -> Option<Tracked> {
@@ -406,14 +393,12 @@ fn lines(
     ppio: &Arc<dyn PpioApi>,
     settings: &Settings,
     metrics: &Arc<Metrics>,
-    paused: &Arc<Mutex<HashMap<u64, Instant>>>,
     waker: Option<Waker>,
 ) -> Arc<Lines> {
     Arc::new(Lines::new(line::Env {
         ppio: ppio.clone(),
         budget: settings.budget,
         metrics: metrics.clone(),
-        paused: paused.clone(),
         waker,
     }))
 }
@@ -424,7 +409,6 @@ fn sweeps(
     lines: &Arc<Lines>,
     settings: &Settings,
     metrics: &Arc<Metrics>,
-    paused: &Arc<Mutex<HashMap<u64, Instant>>>,
     waker: Option<Waker>,
 ) -> sweep::Sweeps {
     sweep::Sweeps::new(sweep::Env {
@@ -443,7 +427,6 @@ fn sweeps(
             } => full_refresh_intervals,
             Observe::Get => 0,
         },
-        paused: paused.clone(),
         waker,
         digests: RandomState::new(),
         keys: Mutex::new(HashMap::new()),
@@ -456,14 +439,12 @@ fn ledger(
     lines: &Arc<Lines>,
     settings: &Settings,
     metrics: &Arc<Metrics>,
-    paused: &Arc<Mutex<HashMap<u64, Instant>>>,
     waker: Option<Waker>,
 ) -> ledger::Ledger {
     ledger::Ledger::new(ledger::Env {
         ppio: ppio.clone(),
         lines: lines.clone(),
         metrics: metrics.clone(),
-        paused: paused.clone(),
         waker,
         settings: settings.money.clone(),
     })

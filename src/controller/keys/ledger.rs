@@ -160,7 +160,6 @@ pub(in crate::controller) struct Env {
     pub ppio: Arc<dyn PpioApi>,
     pub lines: Arc<Lines>,
     pub metrics: Arc<Metrics>,
-    pub paused: Arc<Mutex<HashMap<u64, Instant>>>,
     pub waker: Option<Waker>,
     pub settings: MoneySettings,
 }
@@ -471,8 +470,7 @@ fn next_read(settings: &MoneySettings, st: &BookState, now: Instant) -> (Read, I
 /// Waits for the key's pause (a 429 on its instance calls) and a slot of `class` in the key's
 /// budget.
 async fn take_slot(env: &Env, books: &Books, class: Class) {
-    let paused = lock(&env.paused).get(&books.fingerprint).copied();
-    if let Some(until) = paused.filter(|t| *t > Instant::now()) {
+    if let Some(until) = env.lines.paused_until(books.fingerprint) {
         tokio::time::sleep_until(until).await;
     }
     env.lines.slot(&books.key, books.fingerprint, class).await;

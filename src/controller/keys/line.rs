@@ -25,8 +25,8 @@
 //!
 //! The key's walks over its LIST ([`super::sweep`]) run in the same task, alongside the
 //! requests it serves: their pages wait in the line like any other request. So each key has
-//! one task, which alone hands out its budget, runs its walks, keeps its planned GETs and
-//! sends the ones that waited.
+//! one task, which alone hands out its budget, keeps its 429 pause, runs its walks, keeps its
+//! planned GETs and sends the ones that waited.
 //!
 //! The task runs while requests wait or are planned or the key's walks run, and ends when
 //! none do (supervised: a panic starts it again, the walk it was in over, counted in
@@ -127,8 +127,6 @@ pub struct Env {
     pub ppio: Arc<dyn PpioApi>,
     pub budget: Budget,
     pub metrics: Arc<Metrics>,
-    /// Per key (fingerprint): no request before this instant (a 429's Retry-After).
-    pub paused: Arc<Mutex<HashMap<u64, Instant>>>,
     /// Wakes a PpioInstance whose answer is there; `None`: it finds it at its next poll.
     pub waker: Option<Waker>,
 }
@@ -163,6 +161,8 @@ struct State {
     shares: Shares,
     /// The key's walks, run by its task.
     walks: Option<Arc<dyn Walks>>,
+    /// No request before this instant (a 429's Retry-After, met by any request of the key).
+    paused_until: Option<Instant>,
     /// The task serving the line runs.
     running: bool,
     /// The key is no longer in use: its line goes once idle.
@@ -202,9 +202,9 @@ impl Lines {
     /// sent now by the caller when the budget allows, else queued.
     pub fn obtain(&self, key: &ApiKey, fingerprint: u64, ask: GetAsk<'_>) -> Obtained {
         let now = Instant::now();
-        let paused = self.paused(fingerprint, now);
         let line = self.line(key, fingerprint, now);
         let mut st = lock(&line.state);
+        let paused = st.paused(now);
         st.touch(now);
         st.prune(now);
         // Asked for now: a GET it planned is not sent as well.
@@ -275,10 +275,10 @@ impl Lines {
     /// Waits for a slot of `class` in the key's line (a walk page, a money call).
     pub async fn slot(&self, key: &ApiKey, fingerprint: u64, class: Class) {
         let now = Instant::now();
-        let paused = self.paused(fingerprint, now);
         let turn = {
             let line = self.line(key, fingerprint, now);
             let mut st = lock(&line.state);
+            let paused = st.paused(now);
             st.touch(now);
             if !paused && st.take_now(self.env.budget, class, now) {
                 return;
@@ -350,10 +350,19 @@ impl Lines {
         self.len() == 0
     }
 
-    fn paused(&self, fingerprint: u64, now: Instant) -> bool {
-        lock(&self.env.paused)
-            .get(&fingerprint)
-            .is_some_and(|t| *t > now)
+    /// Pauses every request of the key of `fingerprint` until `until` (a 429's Retry-After;
+    /// a longer pause already set stays).
+    pub fn pause(&self, fingerprint: u64, until: Instant) {
+        if let Some(line) = lock(&self.keys).get(&fingerprint) {
+            lock(&line.state).pause(until);
+        }
+    }
+
+    /// Until when the key of `fingerprint` is paused, if it is now.
+    pub fn paused_until(&self, fingerprint: u64) -> Option<Instant> {
+        let line = lock(&self.keys).get(&fingerprint).cloned()?;
+        let now = Instant::now();
+        lock(&line.state).paused_until.filter(|t| *t > now)
     }
 
     /// The line of `key`, a new one (its burst free) when it has none; a new key first drops
@@ -403,11 +412,20 @@ impl State {
             plans: Plans::default(),
             shares: Shares::default(),
             walks: None,
+            paused_until: None,
             running: false,
             retired: false,
             used: now,
             pruned: now,
         }
+    }
+
+    fn pause(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |t| t.max(until)));
+    }
+
+    fn paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|t| t > now)
     }
 
     /// The key is used now.
@@ -624,8 +642,11 @@ async fn run(env: Arc<Env>, keys: Arc<Mutex<HashMap<u64, Arc<Line>>>>, line: Arc
             continue;
         }
         let now = Instant::now();
-        let paused_until = lock(&env.paused).get(&line.fingerprint).copied();
-        let next = lock(&line.state).next(env.budget, paused_until, now);
+        let next = {
+            let mut st = lock(&line.state);
+            let paused_until = st.paused_until;
+            st.next(env.budget, paused_until, now)
+        };
         match next {
             Next::Idle => break,
             Next::Sleep(until) => {
@@ -703,10 +724,7 @@ async fn get_for(env: Arc<Env>, line: Arc<Line>, object: Wake, ask: Ask) {
     if let Err(e) = &result
         && let Some(after) = e.retry_after()
     {
-        let until = at + after.max(backoff(1)).min(MAX_KEY_PAUSE);
-        let mut paused = lock(&env.paused);
-        let entry = paused.entry(line.fingerprint).or_insert(until);
-        *entry = (*entry).max(until);
+        lock(&line.state).pause(at + after.max(backoff(1)).min(MAX_KEY_PAUSE));
     }
     if let Some(after) = ask.hand_after {
         tokio::time::sleep_until(after).await;
@@ -785,7 +803,6 @@ mod tests {
                 burst,
             },
             metrics: Arc::new(Metrics::default()),
-            paused: Arc::default(),
             waker: None,
         })
     }
@@ -884,7 +901,8 @@ mod tests {
     async fn a_paused_key_serves_nothing_until_the_pause_ends() {
         let lines = lines(10.0, 1);
         let t0 = Instant::now();
-        lock(&lines.env.paused).insert(1, t0 + Duration::from_secs(30));
+        lines.line(&key(), 1, t0);
+        lines.pause(1, t0 + Duration::from_secs(30));
         lines.slot(&key(), 1, Class::Page).await;
         assert_eq!((Instant::now() - t0).as_secs(), 30);
     }
@@ -1083,7 +1101,6 @@ mod tests {
                 burst: 1,
             },
             metrics: Arc::new(Metrics::default()),
-            paused: Arc::default(),
             waker: Some(Waker::new(16)),
         });
         let ask = |n: &'static str| GetAsk {

@@ -127,8 +127,6 @@ pub(in crate::controller) struct Env {
     pub page_size: u32,
     /// Full GETs every this many refresh intervals (0: none).
     pub full_refresh_intervals: u32,
-    /// Per API key fingerprint: no request before this instant (a 429's Retry-After).
-    pub paused: Arc<Mutex<HashMap<u64, Instant>>>,
     pub waker: Option<Waker>,
     /// Keys [`Sweeps::digest`] (at random: a crafted item cannot collide on purpose).
     pub digests: std::hash::RandomState,
@@ -434,9 +432,7 @@ impl Sweeps {
             && now.saturating_duration_since(*at) < refresh
         {
             if item.is_some() || applied == Some(*digest) {
-                let paused = lock(&self.env.paused)
-                    .get(&fingerprint)
-                    .is_some_and(|until| *until > now);
+                let paused = self.env.lines.paused_until(fingerprint).is_some();
                 return Lookup::Listed {
                     item: item.clone().filter(|_| applied != Some(*digest)),
                     digest: *digest,
@@ -520,7 +516,6 @@ fn retire(env: &Env, sweep: &Arc<KeySweep>) {
     {
         keys.remove(&sweep.fingerprint);
         env.lines.forget(sweep.fingerprint);
-        lock(&env.paused).remove(&sweep.fingerprint);
         env.metrics.api.forget_key(&sweep.label());
     }
     env.metrics.api.keys.set(keys.len() as i64);
@@ -824,7 +819,7 @@ fn next_walk(
     };
     // Walks fail, or a 429 pauses the key: once the last good observations are older than
     // the shortest interval, every watcher is reconciled to show it.
-    let paused_until = lock(&env.paused).get(&sweep.fingerprint).copied();
+    let paused_until = env.lines.paused_until(sweep.fingerprint);
     let failing = matches!(st.finished, Some((_, Some(_))));
     if paused_until.is_some_and(|until| until > now) || failing {
         st.arm_fail_wake(now);
@@ -944,8 +939,7 @@ async fn read_page(
     loop {
         attempt += 1;
         // A 429 met meanwhile (by a GET, or an earlier page) pauses the walk too.
-        let paused = lock(&env.paused).get(&sweep.fingerprint).copied();
-        if let Some(until) = paused.filter(|t| *t > Instant::now()) {
+        if let Some(until) = env.lines.paused_until(sweep.fingerprint) {
             tokio::time::sleep_until(until).await;
         }
         env.lines
@@ -966,10 +960,8 @@ async fn read_page(
         };
         debug!(attempt, error = %e, "a page of the PPIO LIST failed");
         if let Some(after) = e.retry_after() {
-            let until = Instant::now() + after.min(MAX_KEY_PAUSE);
-            let mut paused = lock(&env.paused);
-            let entry = paused.entry(sweep.fingerprint).or_insert(until);
-            *entry = (*entry).max(until);
+            env.lines
+                .pause(sweep.fingerprint, Instant::now() + after.min(MAX_KEY_PAUSE));
         }
         if attempt >= PAGE_ATTEMPTS {
             return Err(Walked::Failed(e));
