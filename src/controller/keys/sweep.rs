@@ -3,7 +3,8 @@
 //! that one request serves a page of instances instead of one.
 //!
 //! - The key's task ([`super::line`]: the one that serves the key's request line) walks the
-//!   pages (following `next_cursor`, opaque, until `has_more` is false) every [`SWEEP_SHARE`] of the shortest refresh interval of the key's PpioInstances,
+//!   pages (following `next_cursor`, opaque, until `has_more` is false) every
+//!   [`SWEEP_SHARE`] of the shortest refresh interval of the key's PpioInstances,
 //!   and sooner when a PpioInstance waits for its first observation (debounced by
 //!   [`SWEEP_DEBOUNCE`]), so a bulk apply is observed within seconds: a waiting PpioInstance
 //!   is reconciled as soon as the page with its instance is read.
