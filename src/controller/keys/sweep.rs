@@ -52,7 +52,9 @@ pub const SWEEP_SHARE: f64 = 0.8;
 /// bulk apply is served by one walk.
 pub const SWEEP_DEBOUNCE: Duration = Duration::from_millis(500);
 /// A PpioInstance not yet fetched in full that asks with no other such ask this long before
-/// it (and no walk under way) is alone: a GET observes it, not a walk.
+/// it (and no walk asked for) is alone: a GET observes it, not a walk. A walk under way does
+/// not count: it may have read the newcomer's page already, and one newcomer would then ask
+/// for a whole walk after it.
 pub const LONE_GAP: Duration = Duration::from_secs(2);
 /// A LIST found unavailable is tried again after this long.
 pub const LIST_RETRY: Duration = Duration::from_secs(3600);
@@ -301,6 +303,9 @@ struct Wanted {
     since: Instant,
     touched: Instant,
     refresh: Duration,
+    /// A lone newcomer: observed by its GET, not by LIST items, until it was fetched in full
+    /// (a walk under way may list it while its GET waits for the key's budget).
+    lone: bool,
 }
 
 impl Sweeps {
@@ -400,9 +405,9 @@ impl Sweeps {
     /// the object as a waiter when nothing fresh is known yet.
     ///
     /// A lone newcomer (`fetched`: false, its status holds no full observation yet), with no
-    /// other within [`LONE_GAP`] and no walk under way or asked for, is answered
-    /// [`Lookup::Missing`]: its GET gives a complete first status, for one request instead of
-    /// a walk.
+    /// other within [`LONE_GAP`] and no walk asked for (one under way may be past its page), is answered
+    /// [`Lookup::Missing`] until it was fetched: its GET gives a complete first status, for one
+    /// request instead of a walk.
     #[allow(clippy::too_many_arguments)]
     pub(in crate::controller) fn lookup(
         &self,
@@ -426,6 +431,10 @@ impl Sweeps {
         if st.by_gets || (!st.serves.is_zero() && refresh < st.serves) {
             return Lookup::Missing;
         }
+        // A lone newcomer waits for its GET, whatever a walk lists meanwhile.
+        if lone {
+            return Lookup::Missing;
+        }
         // Fresh for less than one interval: at its interval's end it is stale.
         if let Some(Item {
             item, at, digest, ..
@@ -447,9 +456,6 @@ impl Sweeps {
         if st.list_failing {
             // The key's walks fail: a GET observes it until one succeeds again.
             return Lookup::Unavailable;
-        }
-        if lone {
-            return Lookup::Missing;
         }
         let answered = st
             .finished
@@ -1356,28 +1362,29 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
 /// What a PpioInstance's lookup asks of a key's sweeps.
 impl State {
     /// Notes that `id` is wanted (`refresh`: how often); whether it is a lone newcomer (not
-    /// `fetched` yet, with no other within [`LONE_GAP`] and no walk under way or asked for).
+    /// `fetched` yet, with no other within [`LONE_GAP`] and no walk asked for).
     fn want(&mut self, id: &str, refresh: Duration, fetched: bool, now: Instant) -> (Wanted, bool) {
         if let Some(w) = self.wanted.get_mut(id) {
             w.touched = now;
             w.refresh = refresh;
-            return (*w, false);
+            w.lone &= !fetched;
+            return (*w, w.lone);
+        }
+        let lone = !fetched
+            && self.asked.is_none()
+            && self
+                .last_newcomer
+                .is_none_or(|t| now.saturating_duration_since(t) >= LONE_GAP);
+        if !fetched {
+            self.last_newcomer = Some(now);
         }
         let w = Wanted {
             since: now,
             touched: now,
             refresh,
+            lone,
         };
         self.wanted.insert(id.to_string(), w);
-        if fetched {
-            return (w, false);
-        }
-        let lone = self.walking.is_none()
-            && self.asked.is_none()
-            && self
-                .last_newcomer
-                .is_none_or(|t| now.saturating_duration_since(t) >= LONE_GAP);
-        self.last_newcomer = Some(now);
         (w, lone)
     }
 
