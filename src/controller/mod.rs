@@ -319,7 +319,7 @@ impl Context {
     }
 
     fn pause_key(&self, key: &ApiKey, until: Instant) {
-        self.lines.pause(self.fingerprint(key), until);
+        self.lines.pause(key, self.fingerprint(key), until);
     }
 
     fn tracked(&self, key: &str) -> Option<Tracked> {

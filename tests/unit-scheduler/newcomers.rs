@@ -113,7 +113,10 @@ async fn a_bulk_apply_says_its_details_are_still_coming_until_each_first_get() {
 async fn ppioinstances_arriving_one_by_one_cost_no_walk_each() {
     // Walks of 10 pages at 10 requests/s take about a second of each 48 s.
     let (pages, regular) = one_by_one(10.0, 40).await;
-    assert!(pages <= regular + 15, "{pages} LIST pages (regular walks: {regular})");
+    assert!(
+        pages <= regular + 15,
+        "{pages} LIST pages (regular walks: {regular})"
+    );
 }
 
 #[ppio_test_macros::test(start_paused = true)]
@@ -121,7 +124,10 @@ async fn ppioinstances_arriving_one_by_one_during_walks_cost_no_walk_each() {
     // At 0.5 requests/s a walk of 10 pages takes 20 s of each 48 s: most newcomers arrive
     // while one is under way, and it may have read their page already.
     let (pages, regular) = one_by_one(0.5, 40).await;
-    assert!(pages <= regular + 15, "{pages} LIST pages (regular walks: {regular})");
+    assert!(
+        pages <= regular + 15,
+        "{pages} LIST pages (regular walks: {regular})"
+    );
 }
 
 /// A key whose account lists 1,000 instances (walks of 10 pages), 100 of them tracked from

@@ -467,12 +467,9 @@ fn next_read(settings: &MoneySettings, st: &BookState, now: Instant) -> (Read, I
     }
 }
 
-/// Waits for the key's pause (a 429 on its instance calls) and a slot of `class` in the key's
-/// budget.
+/// Waits for a slot of `class` in the key's budget (the line hands out none before the key's
+/// pause, a 429 on any of its calls, ends).
 async fn take_slot(env: &Env, books: &Books, class: Class) {
-    if let Some(until) = env.lines.paused_until(books.fingerprint) {
-        tokio::time::sleep_until(until).await;
-    }
     env.lines.slot(&books.key, books.fingerprint, class).await;
 }
 

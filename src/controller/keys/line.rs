@@ -350,12 +350,11 @@ impl Lines {
         self.len() == 0
     }
 
-    /// Pauses every request of the key of `fingerprint` until `until` (a 429's Retry-After;
-    /// a longer pause already set stays).
-    pub fn pause(&self, fingerprint: u64, until: Instant) {
-        if let Some(line) = lock(&self.keys).get(&fingerprint) {
-            lock(&line.state).pause(until);
-        }
+    /// Pauses every request of `key` (of `fingerprint`) until `until` (a 429's Retry-After;
+    /// a longer pause already set stays). A key with no line yet gets one, which keeps it.
+    pub fn pause(&self, key: &ApiKey, fingerprint: u64, until: Instant) {
+        let line = self.line(key, fingerprint, Instant::now());
+        lock(&line.state).pause(until);
     }
 
     /// Until when the key of `fingerprint` is paused, if it is now.
@@ -901,8 +900,7 @@ mod tests {
     async fn a_paused_key_serves_nothing_until_the_pause_ends() {
         let lines = lines(10.0, 1);
         let t0 = Instant::now();
-        lines.line(&key(), 1, t0);
-        lines.pause(1, t0 + Duration::from_secs(30));
+        lines.pause(&key(), 1, t0 + Duration::from_secs(30));
         lines.slot(&key(), 1, Class::Page).await;
         assert_eq!((Instant::now() - t0).as_secs(), 30);
     }

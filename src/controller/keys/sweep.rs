@@ -945,10 +945,8 @@ async fn read_page(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        // A 429 met meanwhile (by a GET, or an earlier page) pauses the walk too.
-        if let Some(until) = env.lines.paused_until(sweep.fingerprint) {
-            tokio::time::sleep_until(until).await;
-        }
+        // A 429 met meanwhile (by a GET, or an earlier page) pauses the walk too: the line
+        // hands out no slot before the pause ends.
         env.lines
             .slot(&sweep.key, sweep.fingerprint, Class::Page)
             .await;
@@ -967,8 +965,8 @@ async fn read_page(
         };
         debug!(attempt, error = %e, "a page of the PPIO LIST failed");
         if let Some(after) = e.retry_after() {
-            env.lines
-                .pause(sweep.fingerprint, Instant::now() + after.min(MAX_KEY_PAUSE));
+            let until = Instant::now() + after.min(MAX_KEY_PAUSE);
+            env.lines.pause(&sweep.key, sweep.fingerprint, until);
         }
         if attempt >= PAGE_ATTEMPTS {
             return Err(Walked::Failed(e));
