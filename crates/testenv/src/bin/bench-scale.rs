@@ -51,6 +51,9 @@ fn arg(n: usize) -> Option<String> {
     std::env::args().nth(n)
 }
 
+/// The steady window's operator CPU is also printed for each of this many equal slices.
+const CPU_SLICES: u32 = 3;
+
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -880,6 +883,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let api_metrics0 = apiserver_metrics(&client).await;
     let (op_cpu0, api_cpu0) = (cpu_seconds(op_pid), cpu_seconds(apiserver_pid));
     let t0 = Instant::now();
+    // The operator's CPU at each third of the window: one window's figure can be moved by a
+    // burst of work (a money read, the full GETs' slots), three show how much.
+    let thirds = tokio::spawn(async move {
+        let mut at = Vec::new();
+        for k in 1..CPU_SLICES {
+            let third = Duration::from_secs(steady).mul_f64(f64::from(k) / f64::from(CPU_SLICES));
+            tokio::time::sleep_until((t0 + third).into()).await;
+            at.push(cpu_seconds(op_pid));
+        }
+        at
+    });
     match &churn {
         Some(churn) => {
             churn_window(
@@ -905,6 +919,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(_, b)| b)
         .unwrap_or_default();
     let scrape_cpu = cpu_seconds(op_pid) - op_cpu1;
+    let mut marks = vec![op_cpu0];
+    marks.extend(thirds.await.unwrap_or_default());
+    marks.push(op_cpu1);
+    let slices: Vec<f64> = marks.windows(2).map(|w| w[1] - w[0]).collect();
     let api_metrics1 = apiserver_metrics(&client).await;
     let yardstick1 = tokio::task::spawn_blocking(yardstick).await.unwrap_or(0.0);
     let gets = counts1.instances.values().sum::<u64>() - counts0.instances.values().sum::<u64>();
@@ -989,6 +1007,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         api_cpu1 - api_cpu0,
         scrape_cpu
     );
+    if slices.len() == CPU_SLICES as usize {
+        let slice_intervals = intervals / f64::from(CPU_SLICES);
+        let us: Vec<f64> = slices
+            .iter()
+            .map(|c| c / n as f64 / slice_intervals * 1e6)
+            .collect();
+        let mut sorted = us.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "  operator CPU by thirds of the window: {} µs per instance per interval (median {:.1})",
+            us.iter()
+                .map(|u| format!("{u:.1}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            sorted[sorted.len() / 2]
+        );
+    }
     println!(
         "  yardstick (the operator's decode + status code, 100,000 times, one thread): {yardstick0:.2} s CPU before the window, {yardstick1:.2} s after"
     );
