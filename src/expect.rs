@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use crate::conditions::make_condition;
 use crate::crd::{Expectation, PpioInstanceStatus};
 use crate::duration::parse_duration_within;
-use crate::status::make_condition;
 use crate::vocabulary::{condition, reason, state, status as cstatus};
 
 /// The grace period when `spec.expect.gracePeriod` is omitted.

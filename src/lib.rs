@@ -26,6 +26,7 @@
 pub mod args;
 pub mod check;
 pub mod cli;
+pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod duration;

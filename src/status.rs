@@ -6,7 +6,7 @@
 //! changes.
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::crd::{
     AutoMigrate, AutoRenew, Billing, Endpoints, Jupyter, LogEndpoints, MonthlyPrice, Network, Port,
@@ -17,8 +17,8 @@ use crate::outcome::{Class, Progress};
 use crate::ppio::{PpioError, wire};
 use crate::vocabulary::{condition, reason, state, status as cstatus};
 
-/// The longest condition message.
-pub const MAX_MESSAGE_CHARS: usize = 256;
+use crate::conditions::make_condition;
+pub use crate::conditions::{MAX_MESSAGE_CHARS, bounded};
 /// The longest text field copied from PPIO.
 pub const MAX_TEXT_CHARS: usize = 1024;
 /// The most entries of an array copied from PPIO (ports, volumes, GPU ids, prices).
@@ -361,39 +361,6 @@ fn progress_conditions(
             stalled(cstatus::FALSE, reason::SUSPENDED, NOT_STALLED),
         ),
     }
-}
-
-pub(crate) fn make_condition(
-    old: Option<&Condition>,
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Condition {
-    let last_transition_time = match old {
-        Some(o) if o.status == status => o.last_transition_time.clone(),
-        _ => Time(now),
-    };
-    Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message: bounded(message),
-        observed_generation: generation,
-        last_transition_time,
-    }
-}
-
-/// Cuts a message to [`MAX_MESSAGE_CHARS`] characters.
-pub fn bounded(message: &str) -> String {
-    if message.chars().count() <= MAX_MESSAGE_CHARS {
-        return message.to_string();
-    }
-    let mut out: String = message.chars().take(MAX_MESSAGE_CHARS - 3).collect();
-    out.push_str("...");
-    out
 }
 
 /// Vendor text as status shows it: no control characters, at most [`MAX_TEXT_CHARS`]

@@ -163,7 +163,7 @@ pub(super) async fn publish_events(ctx: &Context, instance: &PpioInstance, list:
             Transition::State { from, to } => Event {
                 type_: EventType::Normal,
                 reason: event::STATE_CHANGED.into(),
-                note: Some(crate::status::bounded(&format!(
+                note: Some(crate::conditions::bounded(&format!(
                     "The instance state changed from {from} to {to}."
                 ))),
                 action: event::ACTION_OBSERVE.into(),

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{Context, KUBE_CALL_TIMEOUT};
+use crate::conditions::make_condition;
 use crate::crd::{PpioInstance, PpioInstanceStatus};
 use crate::export::{
     ConnectionData, INSTANCE_LABEL, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, SLICE_MANAGER,
@@ -37,7 +38,6 @@ use crate::export::{
 use crate::lock;
 use crate::metrics::ExportWriteLabels;
 use crate::ppio::Instance;
-use crate::status::make_condition;
 use crate::vocabulary::{condition, reason, status as cstatus};
 
 /// How long a check of an exported object stands: after it, the next observation reads the

@@ -10,8 +10,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::{Amount, BillTotals, Catalogue, Expiry, billed_through, expiry, hourly_cost};
+use crate::conditions::make_condition;
 use crate::crd::{Cost, PpioInstanceStatus};
-use crate::status::make_condition;
 use crate::vocabulary::{condition, reason, state, status as cstatus};
 
 /// What the operator knows of money for one PpioInstance's key.

@@ -551,7 +551,6 @@ mod tests {
     use axum::response::{IntoResponse, Response};
 
     use super::*;
-    use crate::outcome::Class;
 
     fn client(base: &str) -> HttpClient {
         HttpClient::new(&HttpClientConfig {
@@ -660,7 +659,7 @@ mod tests {
         for id in [".", ".."] {
             let e = c.get_instance(&key(), id).await.expect_err("refused");
             assert_eq!(e, PpioError::InvalidInstanceId, "{id:?}");
-            assert_eq!(e.class(), Class::RequestRejected);
+            assert_eq!(e.reason(), "RequestRejected");
         }
         assert!(seen.lock().expect("lock").is_empty(), "{seen:?}");
         let _ = c.get_instance(&key(), "...").await;
@@ -775,7 +774,7 @@ mod tests {
             let k = ApiKey::new(raw).expect("key");
             let e = c.get_instance(&k, "x").await.expect_err("refused");
             assert_eq!(e, PpioError::InvalidApiKey, "{raw:?}");
-            assert_eq!(e.class(), Class::CredentialsMissing);
+            assert_eq!(e.reason(), "CredentialsMissing");
             assert_eq!(
                 e.to_string(),
                 "the API key contains characters that cannot be sent in an HTTP header"
@@ -802,7 +801,7 @@ mod tests {
         .await;
         let e = c.get_instance(&key(), "x").await.expect_err("404");
         assert_eq!(e, PpioError::NotFoundWithoutPpioBody);
-        assert_eq!(e.class(), Class::ApiUnavailable);
+        assert_eq!(e.reason(), "ApiUnavailable");
         let (c, _) = serve(|| StatusCode::NOT_FOUND.into_response()).await;
         let e = c.get_instance(&key(), "x").await.expect_err("404");
         assert_eq!(e, PpioError::NotFoundWithoutPpioBody);

@@ -408,7 +408,7 @@ mod tests {
         ] {
             let e = classify(404, body);
             assert_eq!(e, PpioError::NotFoundWithoutPpioBody, "{body:?}");
-            assert_eq!(e.class(), crate::outcome::Class::ApiUnavailable, "{body:?}");
+            assert_eq!(e.reason(), "ApiUnavailable", "{body:?}");
             assert_eq!(
                 e.to_string(),
                 "the PPIO API answered HTTP 404 without a PPIO error body (a proxy or a wrong base URL?)"
