@@ -633,6 +633,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let settle: u64 = arg(4).and_then(|a| a.parse().ok()).unwrap_or(0);
 
     let state = tempfile::Builder::new().prefix("ppio-bench-").tempdir()?;
+    // SIGINT or SIGTERM stops the bench the way an error does: its programs are stopped and
+    // its folder removed when `bench` and `state` are dropped.
+    tokio::select! {
+        done = bench(n, operator, (steady, settle), &state) => done,
+        () = ppio_operator::signal::shutdown_signal() => {
+            eprintln!("bench-scale: stopped by a signal; its programs and its folder go");
+            Err("stopped by a signal".into())
+        }
+    }
+}
+
+/// The bench itself, with its programs' files under `state`.
+async fn bench(
+    n: usize,
+    operator: PathBuf,
+    (steady, settle): (u64, u64),
+    state: &tempfile::TempDir,
+) -> Result<(), Box<dyn std::error::Error>> {
     let crds = state.path().join("crds");
     std::fs::create_dir_all(&crds)?;
     std::fs::write(
