@@ -1,7 +1,7 @@
 //! Each API key's books: its products catalogue, its bills this month and its balance, read
 //! by a task of the key's own inside the key's request budget (the first reads ahead of
-//! everything, later ones after the GETs and walk pages that observe instances), and what the PpioInstances of the key need of them to show
-//! `status.cost`.
+//! everything, later ones after the GETs and walk pages that observe instances), and what the
+//! PpioInstances of the key need of them to show `status.cost`.
 //!
 //! * The catalogue is read as soon as a key is first used ([`FIRST_READ`]), ahead of its other
 //!   requests, then every `catalogue_every` (prices change slowly).

@@ -405,9 +405,9 @@ impl Sweeps {
     /// the object as a waiter when nothing fresh is known yet.
     ///
     /// A lone newcomer (`fetched`: false, its status holds no full observation yet), with no
-    /// other within [`LONE_GAP`] and no walk asked for (one under way may be past its page), is answered
-    /// [`Lookup::Missing`] until it was fetched: its GET gives a complete first status, for one
-    /// request instead of a walk.
+    /// other within [`LONE_GAP`] and no walk asked for (one under way may be past its page),
+    /// is answered [`Lookup::Missing`] until it was fetched: its GET gives a complete first
+    /// status, for one request instead of a walk.
     #[allow(clippy::too_many_arguments)]
     pub(in crate::controller) fn lookup(
         &self,
