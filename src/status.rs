@@ -18,7 +18,6 @@ use crate::ppio::{PpioError, wire};
 use crate::vocabulary::{condition, reason, state, status as cstatus};
 
 use crate::conditions::make_condition;
-pub use crate::conditions::{MAX_MESSAGE_CHARS, bounded};
 /// The longest text field copied from PPIO.
 pub const MAX_TEXT_CHARS: usize = 1024;
 /// The most entries of an array copied from PPIO (ports, volumes, GPU ids, prices).

@@ -467,12 +467,6 @@ fn next_read(settings: &MoneySettings, st: &BookState, now: Instant) -> (Read, I
     }
 }
 
-/// Waits for a slot of `class` in the key's budget (the line hands out none before the key's
-/// pause, a 429 on any of its calls, ends).
-async fn take_slot(env: &Env, books: &Books, class: Class) {
-    env.lines.slot(&books.key, books.fingerprint, class).await;
-}
-
 /// The place of a read's calls in the key's line: ahead of everything while the books it
 /// brings are not known yet (every status of the key waits for them: a handful of calls),
 /// else routine (after the GETs and walk pages that observe instances).
@@ -480,8 +474,8 @@ fn read_class(known: bool) -> Class {
     if known { Class::Routine } else { Class::Books }
 }
 
-/// One money call, in the key's budget (a slot of `class`), counted in
-/// `ppio_api_requests{endpoint}`.
+/// One money call, in the key's budget (a slot of `class`, handed out by the key's line after
+/// any 429 pause of the key ends), counted in `ppio_api_requests{endpoint}`.
 async fn call<T>(
     env: &Env,
     books: &Books,
@@ -489,7 +483,7 @@ async fn call<T>(
     class: Class,
     request: impl std::future::Future<Output = Result<T, PpioError>>,
 ) -> Result<T, PpioError> {
-    take_slot(env, books, class).await;
+    env.lines.slot(&books.key, books.fingerprint, class).await;
     let start = Instant::now();
     let result = request.await;
     let class = result

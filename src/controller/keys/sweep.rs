@@ -423,7 +423,7 @@ impl Sweeps {
         self.watch(&sweep, id, object);
         let now = Instant::now();
         let mut st = lock(&sweep.state);
-        let (wanted, lone) = st.want(id, refresh, fetched, now);
+        let wanted = st.want(id, refresh, fetched, now);
         if st.unavailable_until.is_some_and(|t| t > now) {
             return Lookup::Unavailable;
         }
@@ -432,7 +432,7 @@ impl Sweeps {
             return Lookup::Missing;
         }
         // A lone newcomer waits for its GET, whatever a walk lists meanwhile.
-        if lone {
+        if wanted.lone {
             return Lookup::Missing;
         }
         // Fresh for less than one interval: at its interval's end it is stale.
@@ -1359,14 +1359,14 @@ fn finish(env: &Env, sweep: &KeySweep, started: Instant, outcome: Walked) {
 
 /// What a PpioInstance's lookup asks of a key's sweeps.
 impl State {
-    /// Notes that `id` is wanted (`refresh`: how often); whether it is a lone newcomer (not
-    /// `fetched` yet, with no other within [`LONE_GAP`] and no walk asked for).
-    fn want(&mut self, id: &str, refresh: Duration, fetched: bool, now: Instant) -> (Wanted, bool) {
+    /// Notes that `id` is wanted (`refresh`: how often). A newcomer (not `fetched` yet) with
+    /// no other within [`LONE_GAP`] and no walk asked for is lone until it was fetched.
+    fn want(&mut self, id: &str, refresh: Duration, fetched: bool, now: Instant) -> Wanted {
         if let Some(w) = self.wanted.get_mut(id) {
             w.touched = now;
             w.refresh = refresh;
             w.lone &= !fetched;
-            return (*w, w.lone);
+            return *w;
         }
         let lone = !fetched
             && self.asked.is_none()
@@ -1383,7 +1383,7 @@ impl State {
             lone,
         };
         self.wanted.insert(id.to_string(), w);
-        (w, lone)
+        w
     }
 
     /// `object` waits for the next walk to list `id`; whether that walk is to be asked for
